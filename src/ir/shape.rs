@@ -1,0 +1,273 @@
+//! Caffe's shape rules, exactly: convolution rounds down, pooling rounds up by default (with
+//! Caffe's clipping of a last window that would start in the padding), inner product flattens.
+//! Every product is checked so that absurd dimensions are refused before anything is allocated.
+
+use super::{Graph, Hw, Node, Op, PoolParams, RoundMode, MAX_ELEMENTS};
+use anyhow::{bail, ensure, Context, Result};
+
+/// Number of elements of a shape, refusing overflow and absurd sizes.
+pub fn checked_count(shape: &[usize]) -> Result<usize> {
+    let mut n: usize = 1;
+    for &d in shape {
+        n = n
+            .checked_mul(d)
+            .filter(|&n| n <= MAX_ELEMENTS)
+            .with_context(|| {
+                format!(
+                    "shape {shape:?} has more than {MAX_ELEMENTS} elements; refusing to allocate it"
+                )
+            })?;
+    }
+    Ok(n)
+}
+
+/// Output size of a convolution along one axis (Caffe: floor).
+pub fn conv_out(input: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<usize> {
+    let extent = dilation
+        .checked_mul(kernel.saturating_sub(1))
+        .and_then(|v| v.checked_add(1))
+        .context("kernel extent overflows")?;
+    let padded = input.checked_add(pad.checked_mul(2).context("pad overflows")?).context("padded size overflows")?;
+    ensure!(stride > 0, "stride must be positive");
+    ensure!(
+        padded >= extent,
+        "kernel extent {extent} is larger than the padded input {padded}"
+    );
+    Ok((padded - extent) / stride + 1)
+}
+
+/// Output size of a pooling along one axis (Caffe: ceil by default, floor with `round_mode`),
+/// including Caffe's rule that the last window must start inside the image or its left padding.
+pub fn pool_out(input: usize, kernel: usize, stride: usize, pad: usize, round: RoundMode) -> Result<usize> {
+    ensure!(stride > 0, "stride must be positive");
+    ensure!(kernel > 0, "kernel size must be positive");
+    ensure!(pad < kernel, "pad {pad} must be smaller than the kernel {kernel}");
+    let padded = input.checked_add(2 * pad).context("padded size overflows")?;
+    ensure!(
+        padded >= kernel,
+        "kernel {kernel} is larger than the padded input {padded}"
+    );
+    let span = padded - kernel;
+    let mut out = match round {
+        RoundMode::Ceil => span.div_ceil(stride) + 1,
+        RoundMode::Floor => span / stride + 1,
+    };
+    if pad > 0 && (out - 1) * stride >= input + pad {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// Effective kernel/stride/pad of a pooling on an `h × w` input (global pooling covers it all).
+pub fn pool_geometry(p: &PoolParams, h: usize, w: usize) -> (Hw, Hw, Hw) {
+    if p.global {
+        (Hw { h, w }, Hw::square(1), Hw::square(0))
+    } else {
+        (p.kernel, p.stride, p.pad)
+    }
+}
+
+fn expect_chw<'a>(node: &Node, shape: &'a [usize]) -> Result<(usize, usize, usize)> {
+    match shape {
+        [c, h, w] => Ok((*c, *h, *w)),
+        _ => bail!(
+            "layer '{}' ({}) needs a C×H×W input, got shape {:?}",
+            node.name,
+            node.op.type_name(),
+            shape
+        ),
+    }
+}
+
+/// Normalise a Caffe axis (may be negative, counts the batch axis) against a rank that includes
+/// the batch axis.
+fn canonical_axis(axis: i64, rank_with_batch: usize) -> Result<usize> {
+    let r = rank_with_batch as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    ensure!((0..r).contains(&a), "axis {axis} is out of range for a blob of rank {r}");
+    Ok(a as usize)
+}
+
+/// Output shapes of one node given its input shapes.
+pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>> {
+    let first = inputs.first().copied().context("layer has no input")?;
+    let out: Vec<usize> = match &node.op {
+        Op::Convolution(c) => {
+            let (ch, h, w) = expect_chw(node, first)?;
+            ensure!(c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
+                "group {} must divide both the input channels {} and num_output {}", c.group, ch, c.num_output);
+            ensure!(c.num_output > 0, "num_output must be positive");
+            vec![
+                c.num_output,
+                conv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
+                conv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
+            ]
+        }
+        Op::Pooling(p) => {
+            let (ch, h, w) = expect_chw(node, first)?;
+            let (k, s, pad) = pool_geometry(p, h, w);
+            vec![
+                ch,
+                pool_out(h, k.h, s.h, pad.h, p.round)?,
+                pool_out(w, k.w, s.w, pad.w, p.round)?,
+            ]
+        }
+        Op::InnerProduct(p) => {
+            ensure!(p.num_output > 0, "num_output must be positive");
+            let axis = p.axis;
+            ensure!(axis >= 1 && axis <= first.len(), "inner product axis {axis} is out of range for input shape {first:?}");
+            let mut s = first[..axis - 1].to_vec();
+            s.push(p.num_output);
+            s
+        }
+        Op::ReLU { .. } | Op::PReLU { .. } | Op::Softmax { .. } | Op::Lrn(_) | Op::BatchNorm { .. }
+        | Op::Scale { .. } | Op::Bias { .. } => first.to_vec(),
+        Op::Eltwise { coeffs, .. } => {
+            for (i, s) in inputs.iter().enumerate() {
+                ensure!(*s == first, "Eltwise input {i} has shape {s:?}, but input 0 has {first:?}");
+            }
+            ensure!(coeffs.is_empty() || coeffs.len() == inputs.len(),
+                "Eltwise has {} coefficients for {} inputs", coeffs.len(), inputs.len());
+            first.to_vec()
+        }
+        Op::Concat { axis } => {
+            ensure!(*axis >= 1 && *axis <= first.len(), "concat axis {axis} out of range for {first:?}");
+            let a = axis - 1;
+            let mut s = first.to_vec();
+            s[a] = 0;
+            for (i, t) in inputs.iter().enumerate() {
+                ensure!(t.len() == first.len(), "Concat input {i} has rank {} but input 0 has {}", t.len(), first.len());
+                for d in 0..first.len() {
+                    ensure!(d == a || t[d] == first[d], "Concat input {i} shape {t:?} does not match input 0 shape {first:?} outside axis {axis}");
+                }
+                s[a] += t[a];
+            }
+            s
+        }
+        Op::Flatten { axis, end_axis } => {
+            let full: Vec<usize> = std::iter::once(1).chain(first.iter().copied()).collect();
+            let a = canonical_axis(*axis as i64, full.len())?;
+            let e = canonical_axis(*end_axis, full.len())?;
+            ensure!(a >= 1 && a <= e, "Flatten axes {a}..{e} are invalid for shape {first:?}");
+            let mut s = full[1..a].to_vec();
+            s.push(full[a..=e].iter().product());
+            s.extend_from_slice(&full[e + 1..]);
+            s
+        }
+        Op::Reshape { dims, axis, num_axes } => reshape(first, dims, *axis, *num_axes)?,
+    };
+    checked_count(&out)?;
+    let n = node.outputs.len().max(1);
+    Ok(vec![out; n])
+}
+
+/// Caffe's Reshape rule (0 copies a dimension, one -1 is inferred), on shapes without batch axis.
+fn reshape(input: &[usize], dims: &[i64], axis: i64, num_axes: i64) -> Result<Vec<usize>> {
+    let full: Vec<usize> = std::iter::once(1).chain(input.iter().copied()).collect();
+    let r = full.len() as i64;
+    let start = if axis < 0 { axis + r + 1 } else { axis };
+    ensure!((0..=r).contains(&start), "reshape axis {axis} out of range");
+    let end = if num_axes < 0 { r } else { start + num_axes };
+    ensure!(end <= r, "reshape num_axes {num_axes} out of range");
+    let (start, end) = (start as usize, end as usize);
+    let mut mid = Vec::new();
+    let mut infer = None;
+    for (i, &d) in dims.iter().enumerate() {
+        match d {
+            0 => mid.push(*full.get(start + i).context("reshape dim 0 copies a missing axis")?),
+            -1 => {
+                ensure!(infer.is_none(), "reshape has more than one -1");
+                infer = Some(mid.len());
+                mid.push(1);
+            }
+            d if d > 0 => mid.push(d as usize),
+            d => bail!("reshape dimension {d} is invalid"),
+        }
+    }
+    let mut out: Vec<usize> = full[..start].to_vec();
+    out.extend(&mid);
+    out.extend_from_slice(&full[end..]);
+    let total: usize = checked_count(input)?;
+    if let Some(i) = infer {
+        let known: usize = checked_count(&out)?;
+        ensure!(known > 0 && total % known == 0, "reshape cannot infer -1: {total} elements into {out:?}");
+        out[start + i] = total / known;
+    }
+    ensure!(checked_count(&out)? == total, "reshape to {out:?} changes the element count {total}");
+    ensure!(out.first() == Some(&1), "reshape must keep the batch axis");
+    Ok(out[1..].to_vec())
+}
+
+/// Fill `g.shapes` for every blob, walking the nodes in order.
+pub fn infer(g: &mut Graph) -> Result<()> {
+    let input_shape = g
+        .input
+        .shape
+        .clone()
+        .context("the input shape is unknown (give an Input layer, input_shape, or data)")?;
+    checked_count(&input_shape).context("input shape")?;
+    g.shapes.clear();
+    g.shapes.insert(g.input.blob.clone(), input_shape);
+    for node in &g.nodes {
+        let ins: Vec<&[usize]> = node
+            .inputs
+            .iter()
+            .map(|b| {
+                g.shapes
+                    .get(b)
+                    .map(Vec::as_slice)
+                    .with_context(|| format!("layer '{}': input blob '{b}' has no shape", node.name))
+            })
+            .collect::<Result<_>>()?;
+        let outs = node_output_shapes(node, &ins)
+            .with_context(|| format!("layer '{}' ({})", node.name, node.op.type_name()))?;
+        for (b, s) in node.outputs.iter().zip(outs) {
+            g.shapes.insert(b.clone(), s);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_uses_caffe_ceil_rule() {
+        // ARM's CIFAR-10 model: 32 -> 16 with k3 s2 p0 (floor would give 15).
+        assert_eq!(pool_out(32, 3, 2, 0, RoundMode::Ceil).unwrap(), 16);
+        assert_eq!(pool_out(32, 3, 2, 0, RoundMode::Floor).unwrap(), 15);
+        assert_eq!(pool_out(16, 3, 2, 0, RoundMode::Ceil).unwrap(), 8);
+        assert_eq!(pool_out(8, 3, 2, 0, RoundMode::Ceil).unwrap(), 4);
+    }
+
+    #[test]
+    fn pooling_clips_a_last_window_starting_in_the_padding() {
+        // in 5, k2 s2 p1: ceil((5+2-2)/2)+1 = 4, but window 3 would start at 6-1 = 5 >= 5+1? (3*2=6 >= 6) -> 3.
+        assert_eq!(pool_out(5, 2, 2, 1, RoundMode::Ceil).unwrap(), 3);
+        assert_eq!(pool_out(6, 3, 2, 1, RoundMode::Ceil).unwrap(), 4);
+    }
+
+    #[test]
+    fn convolution_rounds_down() {
+        assert_eq!(conv_out(32, 5, 1, 2, 1).unwrap(), 32);
+        assert_eq!(conv_out(7, 3, 2, 0, 1).unwrap(), 3);
+        assert_eq!(conv_out(7, 3, 1, 0, 2).unwrap(), 3);
+        assert!(conv_out(2, 5, 1, 0, 1).is_err());
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused() {
+        assert!(checked_count(&[1 << 20, 1 << 20, 1 << 20]).is_err());
+        assert!(checked_count(&[usize::MAX, 2]).is_err());
+        assert_eq!(checked_count(&[3, 32, 32]).unwrap(), 3072);
+    }
+
+    #[test]
+    fn reshape_follows_caffe_rules() {
+        assert_eq!(reshape(&[2, 8], &[0, 4, 4], 0, -1).unwrap(), vec![4, 4]);
+        assert!(reshape(&[2, 8], &[0, 2, 4], 0, -1).is_err());
+        assert_eq!(reshape(&[16, 4, 4], &[0, -1], 0, -1).unwrap(), vec![256]);
+        assert_eq!(reshape(&[16, 4, 4], &[-1, 4], 1, -1).unwrap(), vec![64, 4]);
+    }
+}
