@@ -6,3 +6,12 @@
 pub mod caffe;
 pub mod cli;
 pub mod ir;
+
+/// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside
+/// the checkout. Only tests and benchmarks use it.
+pub fn shared_dir() -> std::path::PathBuf {
+    match std::env::var_os("NNQUANT_SHARED") {
+        Some(p) => p.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
+}
