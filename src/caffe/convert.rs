@@ -11,8 +11,20 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Layer types that nnquant lowers into ops.
 pub const COMPUTE_TYPES: &[&str] = &[
-    "Convolution", "InnerProduct", "Pooling", "ReLU", "PReLU", "Softmax", "LRN", "BatchNorm",
-    "Scale", "Bias", "Eltwise", "Concat", "Flatten", "Reshape",
+    "Convolution",
+    "InnerProduct",
+    "Pooling",
+    "ReLU",
+    "PReLU",
+    "Softmax",
+    "LRN",
+    "BatchNorm",
+    "Scale",
+    "Bias",
+    "Eltwise",
+    "Concat",
+    "Flatten",
+    "Reshape",
 ];
 /// Layer types that are identities at inference time: their tops alias their bottom.
 pub const ALIAS_TYPES: &[&str] = &["Dropout", "Split"];
@@ -20,8 +32,15 @@ pub const ALIAS_TYPES: &[&str] = &["Dropout", "Split"];
 pub const INPUT_TYPES: &[&str] = &["Input", "Data", "ImageData", "HDF5Data"];
 /// Layers that only matter for training or evaluation and are dropped.
 pub const TRAIN_ONLY_TYPES: &[&str] = &[
-    "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss",
-    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "ContrastiveLoss", "Silence",
+    "Accuracy",
+    "SoftmaxWithLoss",
+    "EuclideanLoss",
+    "HingeLoss",
+    "InfogainLoss",
+    "MultinomialLogisticLoss",
+    "SigmoidCrossEntropyLoss",
+    "ContrastiveLoss",
+    "Silence",
 ];
 
 /// Every layer type `nnquant` accepts, for error messages.
@@ -63,19 +82,46 @@ fn included(include: &[NetStateRule], exclude: &[NetStateRule]) -> bool {
 fn v1_type_name(t: proto::v1_layer_parameter::LayerType) -> String {
     use proto::v1_layer_parameter::LayerType as T;
     match t {
-        T::Absval => "AbsVal", T::Accuracy => "Accuracy", T::Argmax => "ArgMax", T::Bnll => "BNLL",
-        T::Concat => "Concat", T::ContrastiveLoss => "ContrastiveLoss", T::Convolution => "Convolution",
-        T::Data => "Data", T::Deconvolution => "Deconvolution", T::Dropout => "Dropout",
-        T::DummyData => "DummyData", T::EuclideanLoss => "EuclideanLoss", T::Eltwise => "Eltwise",
-        T::Exp => "Exp", T::Flatten => "Flatten", T::Hdf5Data => "HDF5Data", T::Hdf5Output => "HDF5Output",
-        T::HingeLoss => "HingeLoss", T::Im2col => "Im2col", T::ImageData => "ImageData",
-        T::InfogainLoss => "InfogainLoss", T::InnerProduct => "InnerProduct", T::Lrn => "LRN",
-        T::MemoryData => "MemoryData", T::MultinomialLogisticLoss => "MultinomialLogisticLoss",
-        T::Mvn => "MVN", T::Pooling => "Pooling", T::Power => "Power", T::Relu => "ReLU",
-        T::Sigmoid => "Sigmoid", T::SigmoidCrossEntropyLoss => "SigmoidCrossEntropyLoss",
-        T::Silence => "Silence", T::Softmax => "Softmax", T::SoftmaxLoss => "SoftmaxWithLoss",
-        T::Split => "Split", T::Slice => "Slice", T::Tanh => "TanH", T::WindowData => "WindowData",
-        T::Threshold => "Threshold", T::None => "NONE",
+        T::Absval => "AbsVal",
+        T::Accuracy => "Accuracy",
+        T::Argmax => "ArgMax",
+        T::Bnll => "BNLL",
+        T::Concat => "Concat",
+        T::ContrastiveLoss => "ContrastiveLoss",
+        T::Convolution => "Convolution",
+        T::Data => "Data",
+        T::Deconvolution => "Deconvolution",
+        T::Dropout => "Dropout",
+        T::DummyData => "DummyData",
+        T::EuclideanLoss => "EuclideanLoss",
+        T::Eltwise => "Eltwise",
+        T::Exp => "Exp",
+        T::Flatten => "Flatten",
+        T::Hdf5Data => "HDF5Data",
+        T::Hdf5Output => "HDF5Output",
+        T::HingeLoss => "HingeLoss",
+        T::Im2col => "Im2col",
+        T::ImageData => "ImageData",
+        T::InfogainLoss => "InfogainLoss",
+        T::InnerProduct => "InnerProduct",
+        T::Lrn => "LRN",
+        T::MemoryData => "MemoryData",
+        T::MultinomialLogisticLoss => "MultinomialLogisticLoss",
+        T::Mvn => "MVN",
+        T::Pooling => "Pooling",
+        T::Power => "Power",
+        T::Relu => "ReLU",
+        T::Sigmoid => "Sigmoid",
+        T::SigmoidCrossEntropyLoss => "SigmoidCrossEntropyLoss",
+        T::Silence => "Silence",
+        T::Softmax => "Softmax",
+        T::SoftmaxLoss => "SoftmaxWithLoss",
+        T::Split => "Split",
+        T::Slice => "Slice",
+        T::Tanh => "TanH",
+        T::WindowData => "WindowData",
+        T::Threshold => "Threshold",
+        T::None => "NONE",
     }
     .to_string()
 }
@@ -91,18 +137,18 @@ pub fn upgrade_v1(l: &V1LayerParameter) -> LayerParameter {
         include: l.include.clone(),
         exclude: l.exclude.clone(),
         transform_param: l.transform_param.clone(),
-        concat_param: l.concat_param.clone(),
+        concat_param: l.concat_param,
         convolution_param: l.convolution_param.clone(),
         data_param: l.data_param.clone(),
-        dropout_param: l.dropout_param.clone(),
+        dropout_param: l.dropout_param,
         eltwise_param: l.eltwise_param.clone(),
         hdf5_data_param: l.hdf5_data_param.clone(),
         image_data_param: l.image_data_param.clone(),
         inner_product_param: l.inner_product_param.clone(),
-        lrn_param: l.lrn_param.clone(),
-        pooling_param: l.pooling_param.clone(),
-        relu_param: l.relu_param.clone(),
-        softmax_param: l.softmax_param.clone(),
+        lrn_param: l.lrn_param,
+        pooling_param: l.pooling_param,
+        relu_param: l.relu_param,
+        softmax_param: l.softmax_param,
         ..Default::default()
     }
 }
@@ -121,35 +167,60 @@ pub fn layers_of(net: &NetParameter) -> Result<Vec<LayerParameter>> {
 }
 
 /// Pick `v` if set, else the first element of a repeated field, else `default`.
-fn spatial(repeated: &[u32], single_h: Option<u32>, single_w: Option<u32>, default: u32, what: &str) -> Result<Hw> {
+fn spatial(
+    repeated: &[u32],
+    single_h: Option<u32>,
+    single_w: Option<u32>,
+    default: u32,
+    what: &str,
+) -> Result<Hw> {
     let (h, w) = match (single_h, single_w) {
         (Some(h), Some(w)) => (h, w),
         (None, None) => match repeated {
             [] => (default, default),
             [v] => (*v, *v),
             [h, w] => (*h, *w),
-            _ => bail!("{what} has {} values; only 2-D (one or two values) is supported", repeated.len()),
+            _ => bail!(
+                "{what} has {} values; only 2-D (one or two values) is supported",
+                repeated.len()
+            ),
         },
         _ => bail!("{what}: give both the _h and _w forms or neither"),
     };
-    Ok(Hw { h: h as usize, w: w as usize })
+    Ok(Hw {
+        h: h as usize,
+        w: w as usize,
+    })
 }
 
 fn conv_params(l: &LayerParameter) -> Result<ConvParams> {
     let c = l.convolution_param.clone().unwrap_or_default();
-    ensure!(c.axis() == 1, "convolution axis {} is not supported (only 1)", c.axis());
+    ensure!(
+        c.axis() == 1,
+        "convolution axis {} is not supported (only 1)",
+        c.axis()
+    );
     let kernel = spatial(&c.kernel_size, c.kernel_h, c.kernel_w, 0, "kernel_size")?;
-    ensure!(kernel.h > 0 && kernel.w > 0, "convolution needs kernel_size (or kernel_h and kernel_w)");
+    ensure!(
+        kernel.h > 0 && kernel.w > 0,
+        "convolution needs kernel_size (or kernel_h and kernel_w)"
+    );
     // Caffe: the _h/_w forms replace the repeated field; mixing both is an error.
     let pad = if c.pad_h.is_some() || c.pad_w.is_some() {
         ensure!(c.pad.is_empty(), "give either pad or pad_h/pad_w, not both");
-        Hw { h: c.pad_h() as usize, w: c.pad_w() as usize }
+        Hw {
+            h: c.pad_h() as usize,
+            w: c.pad_w() as usize,
+        }
     } else {
         spatial(&c.pad, None, None, 0, "pad")?
     };
     let stride = spatial(&c.stride, c.stride_h, c.stride_w, 1, "stride")?;
     let dilation = spatial(&c.dilation, None, None, 1, "dilation")?;
-    ensure!(stride.h > 0 && stride.w > 0 && dilation.h > 0 && dilation.w > 0, "stride and dilation must be positive");
+    ensure!(
+        stride.h > 0 && stride.w > 0 && dilation.h > 0 && dilation.w > 0,
+        "stride and dilation must be positive"
+    );
     Ok(ConvParams {
         num_output: c.num_output() as usize,
         kernel,
@@ -162,7 +233,7 @@ fn conv_params(l: &LayerParameter) -> Result<ConvParams> {
 }
 
 fn pool_params(l: &LayerParameter) -> Result<PoolParams> {
-    let p = l.pooling_param.clone().unwrap_or_default();
+    let p = l.pooling_param.unwrap_or_default();
     use proto::pooling_parameter::{PoolMethod as PM, RoundMode as RM};
     let method = match p.pool() {
         PM::Max => PoolMethod::Max,
@@ -172,15 +243,24 @@ fn pool_params(l: &LayerParameter) -> Result<PoolParams> {
     let global = p.global_pooling();
     let pick = |single: Option<u32>, h: Option<u32>, w: Option<u32>, default: u32| -> Result<Hw> {
         match (h, w) {
-            (Some(h), Some(w)) => Ok(Hw { h: h as usize, w: w as usize }),
+            (Some(h), Some(w)) => Ok(Hw {
+                h: h as usize,
+                w: w as usize,
+            }),
             (None, None) => Ok(Hw::square(single.unwrap_or(default) as usize)),
             _ => bail!("pooling: give both the _h and _w forms or neither"),
         }
     };
     let kernel = pick(p.kernel_size, p.kernel_h, p.kernel_w, 0)?;
-    ensure!(global || (kernel.h > 0 && kernel.w > 0), "pooling needs kernel_size (or kernel_h/kernel_w, or global_pooling)");
+    ensure!(
+        global || (kernel.h > 0 && kernel.w > 0),
+        "pooling needs kernel_size (or kernel_h/kernel_w, or global_pooling)"
+    );
     let pad = if p.pad_h.is_some() || p.pad_w.is_some() {
-        Hw { h: p.pad_h() as usize, w: p.pad_w() as usize }
+        Hw {
+            h: p.pad_h() as usize,
+            w: p.pad_w() as usize,
+        }
     } else {
         Hw::square(p.pad() as usize)
     };
@@ -198,7 +278,10 @@ fn pool_params(l: &LayerParameter) -> Result<PoolParams> {
 }
 
 fn axis_u(axis: i32, what: &str) -> Result<usize> {
-    ensure!(axis >= 1, "{what} axis {axis} is not supported (use a positive axis ≥ 1)");
+    ensure!(
+        axis >= 1,
+        "{what} axis {axis} is not supported (use a positive axis ≥ 1)"
+    );
     Ok(axis as usize)
 }
 
@@ -217,12 +300,25 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
             })
         }
         "Pooling" => Op::Pooling(pool_params(l)?),
-        "ReLU" => Op::ReLU { negative_slope: l.relu_param.clone().unwrap_or_default().negative_slope() },
-        "PReLU" => Op::PReLU { channel_shared: l.prelu_param.clone().unwrap_or_default().channel_shared() },
-        "Softmax" => Op::Softmax { axis: axis_u(l.softmax_param.clone().unwrap_or_default().axis(), "Softmax")? },
+        "ReLU" => Op::ReLU {
+            negative_slope: l.relu_param.unwrap_or_default().negative_slope(),
+        },
+        "PReLU" => Op::PReLU {
+            channel_shared: l.prelu_param.clone().unwrap_or_default().channel_shared(),
+        },
+        "Softmax" => Op::Softmax {
+            axis: axis_u(
+                l.softmax_param.unwrap_or_default().axis(),
+                "Softmax",
+            )?,
+        },
         "LRN" => {
-            let p = l.lrn_param.clone().unwrap_or_default();
-            ensure!(p.local_size() % 2 == 1, "LRN local_size must be odd, got {}", p.local_size());
+            let p = l.lrn_param.unwrap_or_default();
+            ensure!(
+                p.local_size() % 2 == 1,
+                "LRN local_size must be odd, got {}",
+                p.local_size()
+            );
             Op::Lrn(LrnParams {
                 local_size: p.local_size() as usize,
                 alpha: p.alpha(),
@@ -235,23 +331,42 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
             })
         }
         "BatchNorm" => {
-            let p = l.batch_norm_param.clone().unwrap_or_default();
+            let p = l.batch_norm_param.unwrap_or_default();
             if p.use_global_stats == Some(false) {
                 bail!("BatchNorm with use_global_stats: false computes batch statistics; inference needs the stored statistics (set it to true or remove it)");
             }
             Op::BatchNorm { eps: p.eps() }
         }
         "Scale" => {
-            ensure!(l.bottom.len() == 1, "Scale with a second bottom (scale taken from a blob) is not supported");
+            ensure!(
+                l.bottom.len() == 1,
+                "Scale with a second bottom (scale taken from a blob) is not supported"
+            );
             let p = l.scale_param.clone().unwrap_or_default();
-            ensure!(p.num_axes() == 1, "Scale num_axes {} is not supported (only 1)", p.num_axes());
-            Op::Scale { axis: axis_u(p.axis(), "Scale")?, bias_term: p.bias_term() }
+            ensure!(
+                p.num_axes() == 1,
+                "Scale num_axes {} is not supported (only 1)",
+                p.num_axes()
+            );
+            Op::Scale {
+                axis: axis_u(p.axis(), "Scale")?,
+                bias_term: p.bias_term(),
+            }
         }
         "Bias" => {
-            ensure!(l.bottom.len() == 1, "Bias with a second bottom is not supported");
+            ensure!(
+                l.bottom.len() == 1,
+                "Bias with a second bottom is not supported"
+            );
             let p = l.bias_param.clone().unwrap_or_default();
-            ensure!(p.num_axes() == 1, "Bias num_axes {} is not supported (only 1)", p.num_axes());
-            Op::Bias { axis: axis_u(p.axis(), "Bias")? }
+            ensure!(
+                p.num_axes() == 1,
+                "Bias num_axes {} is not supported (only 1)",
+                p.num_axes()
+            );
+            Op::Bias {
+                axis: axis_u(p.axis(), "Bias")?,
+            }
         }
         "Eltwise" => {
             let p = l.eltwise_param.clone().unwrap_or_default();
@@ -261,17 +376,32 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
                 E::Sum => EltwiseOp::Sum,
                 E::Max => EltwiseOp::Max,
             };
-            ensure!(p.coeff.is_empty() || op == EltwiseOp::Sum, "Eltwise coefficients are only allowed with SUM");
-            Op::Eltwise { op, coeffs: p.coeff.clone() }
+            ensure!(
+                p.coeff.is_empty() || op == EltwiseOp::Sum,
+                "Eltwise coefficients are only allowed with SUM"
+            );
+            Op::Eltwise {
+                op,
+                coeffs: p.coeff.clone(),
+            }
         }
         "Concat" => {
-            let p = l.concat_param.clone().unwrap_or_default();
-            let axis = if p.axis.is_some() { p.axis() } else { p.concat_dim() as i32 };
-            Op::Concat { axis: axis_u(axis, "Concat")? }
+            let p = l.concat_param.unwrap_or_default();
+            let axis = if p.axis.is_some() {
+                p.axis()
+            } else {
+                p.concat_dim() as i32
+            };
+            Op::Concat {
+                axis: axis_u(axis, "Concat")?,
+            }
         }
         "Flatten" => {
-            let p = l.flatten_param.clone().unwrap_or_default();
-            Op::Flatten { axis: axis_u(p.axis(), "Flatten")?, end_axis: p.end_axis() as i64 }
+            let p = l.flatten_param.unwrap_or_default();
+            Op::Flatten {
+                axis: axis_u(p.axis(), "Flatten")?,
+                end_axis: p.end_axis() as i64,
+            }
         }
         "Reshape" => {
             let p = l.reshape_param.clone().unwrap_or_default();
@@ -299,10 +429,18 @@ fn preprocess_of(t: Option<&proto::TransformationParameter>) -> Preprocess {
 }
 
 fn dims_without_batch(dims: &[i64], what: &str) -> Result<Vec<usize>> {
-    ensure!(dims.len() >= 2, "{what}: shape {dims:?} needs a batch axis and at least one more");
+    ensure!(
+        dims.len() >= 2,
+        "{what}: shape {dims:?} needs a batch axis and at least one more"
+    );
     dims[1..]
         .iter()
-        .map(|&d| usize::try_from(d).ok().filter(|&d| d > 0).with_context(|| format!("{what}: dimension {d} is invalid")))
+        .map(|&d| {
+            usize::try_from(d)
+                .ok()
+                .filter(|&d| d > 0)
+                .with_context(|| format!("{what}: dimension {d} is invalid"))
+        })
         .collect()
 }
 
@@ -314,8 +452,18 @@ fn input_from_layer(l: &LayerParameter) -> Result<Input> {
     let (shape, data_layer) = match ty {
         "Input" => {
             let shapes = l.input_param.clone().unwrap_or_default().shape;
-            ensure!(!shapes.is_empty(), "Input layer '{}' declares no shape", l.name());
-            (Some(dims_without_batch(&shapes[0].dim, &format!("Input layer '{}'", l.name()))?), None)
+            ensure!(
+                !shapes.is_empty(),
+                "Input layer '{}' declares no shape",
+                l.name()
+            );
+            (
+                Some(dims_without_batch(
+                    &shapes[0].dim,
+                    &format!("Input layer '{}'", l.name()),
+                )?),
+                None,
+            )
         }
         "Data" => {
             let d = l.data_param.clone().unwrap_or_default();
@@ -327,21 +475,35 @@ fn input_from_layer(l: &LayerParameter) -> Result<Input> {
                 preprocess.scale = d.scale();
             }
             let backend = d.backend().as_str_name().to_string();
-            (None, Some(DataLayerSource::Db { source: d.source().to_string(), backend }))
+            (
+                None,
+                Some(DataLayerSource::Db {
+                    source: d.source().to_string(),
+                    backend,
+                }),
+            )
         }
         "ImageData" => {
             let d = l.image_data_param.clone().unwrap_or_default();
-            (None, Some(DataLayerSource::ImageList {
-                source: d.source().to_string(),
-                root_folder: d.root_folder().to_string(),
-                new_height: d.new_height() as usize,
-                new_width: d.new_width() as usize,
-                is_color: d.is_color(),
-            }))
+            (
+                None,
+                Some(DataLayerSource::ImageList {
+                    source: d.source().to_string(),
+                    root_folder: d.root_folder().to_string(),
+                    new_height: d.new_height() as usize,
+                    new_width: d.new_width() as usize,
+                    is_color: d.is_color(),
+                }),
+            )
         }
         "HDF5Data" => {
             let d = l.hdf5_data_param.clone().unwrap_or_default();
-            (None, Some(DataLayerSource::Hdf5List { source: d.source().to_string() }))
+            (
+                None,
+                Some(DataLayerSource::Hdf5List {
+                    source: d.source().to_string(),
+                }),
+            )
         }
         _ => unreachable!("only input types reach here"),
     };
@@ -357,17 +519,27 @@ fn input_from_layer(l: &LayerParameter) -> Result<Input> {
 /// Lower a parsed net into a graph without weights and without shapes.
 pub fn lower(net: &NetParameter) -> Result<Graph> {
     let layers = layers_of(net)?;
-    let layers: Vec<&LayerParameter> = layers.iter().filter(|l| included(&l.include, &l.exclude)).collect();
+    let layers: Vec<&LayerParameter> = layers
+        .iter()
+        .filter(|l| included(&l.include, &l.exclude))
+        .collect();
 
     let mut input: Option<Input> = None;
     if !net.input.is_empty() {
-        ensure!(net.input.len() == 1, "nets with {} inputs are not supported (one input only)", net.input.len());
+        ensure!(
+            net.input.len() == 1,
+            "nets with {} inputs are not supported (one input only)",
+            net.input.len()
+        );
         let shape = if let Some(s) = net.input_shape.first() {
             dims_without_batch(&s.dim, "input_shape")?
         } else if net.input_dim.len() >= 2 {
             dims_without_batch(&net.input_dim, "input_dim")?
         } else {
-            bail!("net input '{}' has no input_shape or input_dim", net.input[0]);
+            bail!(
+                "net input '{}' has no input_shape or input_dim",
+                net.input[0]
+            );
         };
         input = Some(Input {
             blob: net.input[0].clone(),
@@ -393,7 +565,10 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
         let name = l.name().to_string();
         let ty = l.r#type().to_string();
         ensure!(!name.is_empty(), "a layer of type '{ty}' has no name");
-        ensure!(names.insert(name.clone()), "two layers are named '{name}'; layer names must be unique");
+        ensure!(
+            names.insert(name.clone()),
+            "two layers are named '{name}'; layer names must be unique"
+        );
         let ctx = || format!("layer '{name}' ({ty})");
 
         if INPUT_TYPES.contains(&ty.as_str()) {
@@ -424,7 +599,10 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
                 },
             })
             .collect::<Result<_>>()?;
-        ensure!(!bottoms.is_empty(), "layer '{name}' ({ty}) has no bottom blob");
+        ensure!(
+            !bottoms.is_empty(),
+            "layer '{name}' ({ty}) has no bottom blob"
+        );
 
         if ALIAS_TYPES.contains(&ty.as_str()) {
             for t in &l.top {
@@ -439,7 +617,11 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
             );
         }
         let op = lower_op(l).with_context(ctx)?;
-        ensure!(l.top.len() == 1, "layer '{name}' ({ty}) has {} tops; exactly one is supported", l.top.len());
+        ensure!(
+            l.top.len() == 1,
+            "layer '{name}' ({ty}) has {} tops; exactly one is supported",
+            l.top.len()
+        );
         let top = &l.top[0];
         // SSA: a blob written a second time (in place) gets a fresh name, the layer's own if free.
         let out = if ssa_names.contains(top) {
@@ -447,14 +629,23 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
             if ssa_names.contains(&cand) || current.contains_key(&cand) && cand != *top {
                 cand = format!("{top}@{name}");
             }
-            ensure!(!ssa_names.contains(&cand), "layer '{name}': cannot name its output blob uniquely");
+            ensure!(
+                !ssa_names.contains(&cand),
+                "layer '{name}': cannot name its output blob uniquely"
+            );
             cand
         } else {
             top.clone()
         };
         ssa_names.insert(out.clone());
         current.insert(top.clone(), out.clone());
-        nodes.push(Node { name, op, inputs: bottoms, outputs: vec![out], weights: vec![] });
+        nodes.push(Node {
+            name,
+            op,
+            inputs: bottoms,
+            outputs: vec![out],
+            weights: vec![],
+        });
     }
 
     let input = input.context("the net has no input: add an Input layer, net-level input/input_shape, or a Data/ImageData/HDF5Data layer for the TEST phase")?;
@@ -467,5 +658,11 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
         .filter(|o| !consumed.contains(o))
         .cloned()
         .collect();
-    Ok(Graph { name: net.name().to_string(), input, nodes, outputs, shapes: BTreeMap::new() })
+    Ok(Graph {
+        name: net.name().to_string(),
+        input,
+        nodes,
+        outputs,
+        shapes: BTreeMap::new(),
+    })
 }

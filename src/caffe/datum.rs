@@ -28,16 +28,24 @@ pub struct DatumRecord {
 
 /// Decode and validate one Datum; `what` names the record in error messages.
 pub fn decode_datum(bytes: &[u8], what: &str) -> Result<DatumRecord> {
-    let d = Datum::decode(bytes).map_err(|e| anyhow::anyhow!("{what}: not a valid Caffe Datum ({e})"))?;
+    let d = Datum::decode(bytes)
+        .map_err(|e| anyhow::anyhow!("{what}: not a valid Caffe Datum ({e})"))?;
     let dim = |v: i64, n: &str| -> Result<usize> {
         usize::try_from(v).map_err(|_| anyhow::anyhow!("{what}: negative {n} {v}"))
     };
-    let (channels, height, width) = (dim(d.channels(), "channels")?, dim(d.height(), "height")?, dim(d.width(), "width")?);
+    let (channels, height, width) = (
+        dim(d.channels(), "channels")?,
+        dim(d.height(), "height")?,
+        dim(d.width(), "width")?,
+    );
     let pixels = if d.encoded() {
         DatumPixels::Encoded(d.data().to_vec())
     } else {
         let count = checked_count(&[channels, height, width])?;
-        ensure!(count > 0, "{what}: datum has zero size {channels}×{height}×{width}");
+        ensure!(
+            count > 0,
+            "{what}: datum has zero size {channels}×{height}×{width}"
+        );
         if !d.data().is_empty() {
             ensure!(
                 d.data().len() == count,
@@ -54,11 +62,23 @@ pub fn decode_datum(bytes: &[u8], what: &str) -> Result<DatumRecord> {
             DatumPixels::F32(d.float_data.clone())
         }
     };
-    Ok(DatumRecord { channels, height, width, pixels, label: d.label() })
+    Ok(DatumRecord {
+        channels,
+        height,
+        width,
+        pixels,
+        label: d.label(),
+    })
 }
 
 /// Encode a datum (used by tests and fixtures that write a Caffe LMDB).
-pub fn encode_datum(channels: usize, height: usize, width: usize, chw: &[u8], label: i64) -> Vec<u8> {
+pub fn encode_datum(
+    channels: usize,
+    height: usize,
+    width: usize,
+    chw: &[u8],
+    label: i64,
+) -> Vec<u8> {
     Datum {
         channels: Some(channels as i64),
         height: Some(height as i64),

@@ -22,7 +22,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.chars().count(), |p| before[p + 1..].chars().count()) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.chars().count(), |p| before[p + 1..].chars().count())
+        + 1;
     (line, col)
 }
 
@@ -53,7 +56,11 @@ pub fn parse_net_text(text: &str, origin: &str) -> Result<NetParameter> {
             };
             bail!(
                 "{origin}:{line}:{col}: prototxt syntax error: {e}{}{hint}",
-                if token.is_empty() { String::new() } else { format!(" at '{token}'") }
+                if token.is_empty() {
+                    String::new()
+                } else {
+                    format!(" at '{token}'")
+                }
             );
         }
     };
@@ -113,7 +120,10 @@ mod tests {
         let net = parse_net_text(txt, "t").unwrap();
         assert_eq!(net.input_dim, vec![1, 3, 8, 8]);
         assert_eq!(net.layer.len(), 2);
-        assert_eq!(net.layer[0].convolution_param.as_ref().unwrap().kernel_h, Some(3));
+        assert_eq!(
+            net.layer[0].convolution_param.as_ref().unwrap().kernel_h,
+            Some(3)
+        );
         assert_eq!(net.layers.len(), 1);
     }
 }

@@ -29,14 +29,19 @@ pub fn blob_to_tensor(b: &BlobProto, what: &str) -> Result<Tensor> {
         Some(s) => s
             .dim
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| anyhow::anyhow!("{what}: negative dimension {d}")))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| anyhow::anyhow!("{what}: negative dimension {d}"))
+            })
             .collect::<Result<_>>()?,
         None => {
             // Legacy 4-D description; Caffe treats missing fields as 0 only when no data follows.
             let legacy = [b.num(), b.channels(), b.height(), b.width()];
             let dims: Vec<usize> = legacy
                 .iter()
-                .map(|&d| usize::try_from(d).map_err(|_| anyhow::anyhow!("{what}: negative dimension {d}")))
+                .map(|&d| {
+                    usize::try_from(d)
+                        .map_err(|_| anyhow::anyhow!("{what}: negative dimension {d}"))
+                })
                 .collect::<Result<_>>()?;
             if dims.iter().all(|&d| d == 0) {
                 vec![b.data.len().max(b.double_data.len())]
@@ -102,16 +107,20 @@ pub fn parse_caffemodel(bytes: &[u8], origin: &str) -> Result<WeightSet> {
 }
 
 fn hdf5_err(origin: &str, e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::anyhow!("{origin}: cannot read the HDF5 caffemodel ({e}); the file is truncated or corrupt")
+    anyhow::anyhow!(
+        "{origin}: cannot read the HDF5 caffemodel ({e}); the file is truncated or corrupt"
+    )
 }
 
 /// Decode an HDF5 caffemodel held in memory.
 pub fn parse_hdf5(bytes: Vec<u8>, origin: &str) -> Result<WeightSet> {
     let file_len = bytes.len();
     let file = hdf5_pure::File::from_bytes(bytes).map_err(|e| hdf5_err(origin, e))?;
-    let data = file
-        .group("data")
-        .map_err(|_| anyhow::anyhow!("{origin}: the HDF5 file has no /data group, so it is not a Caffe HDF5 caffemodel"))?;
+    let data = file.group("data").map_err(|_| {
+        anyhow::anyhow!(
+            "{origin}: the HDF5 file has no /data group, so it is not a Caffe HDF5 caffemodel"
+        )
+    })?;
     let mut layers = BTreeMap::new();
     for layer in data.groups().map_err(|e| hdf5_err(origin, e))? {
         let g = data.group(&layer).map_err(|e| hdf5_err(origin, e))?;
@@ -122,12 +131,19 @@ pub fn parse_hdf5(bytes: Vec<u8>, origin: &str) -> Result<WeightSet> {
         // Blobs are named 0, 1, 2 ...; sort numerically and insist on no gaps.
         let mut idx: Vec<(usize, String)> = names
             .drain(..)
-            .map(|n| n.parse::<usize>().map(|i| (i, n.clone())).map_err(|_| anyhow::anyhow!("{origin}: /data/{layer}/{n} is not a numbered blob")))
+            .map(|n| {
+                n.parse::<usize>().map(|i| (i, n.clone())).map_err(|_| {
+                    anyhow::anyhow!("{origin}: /data/{layer}/{n} is not a numbered blob")
+                })
+            })
             .collect::<Result<_>>()?;
         idx.sort();
         let mut blobs = Vec::new();
         for (k, (i, n)) in idx.iter().enumerate() {
-            ensure!(*i == k, "{origin}: layer '{layer}' has blob {i} but no blob {k}");
+            ensure!(
+                *i == k,
+                "{origin}: layer '{layer}' has blob {i} but no blob {k}"
+            );
             let what = format!("{origin}: /data/{layer}/{n}");
             let ds = g.dataset(n).map_err(|e| hdf5_err(&what, e))?;
             let shape: Vec<usize> = ds
@@ -139,9 +155,16 @@ pub fn parse_hdf5(bytes: Vec<u8>, origin: &str) -> Result<WeightSet> {
             let count = checked_count(&shape).with_context(|| what.clone())?;
             // An uncompressed float32 dataset cannot be larger than the file that holds it:
             // refuse corrupt shapes before the reader allocates for them.
-            ensure!(count.saturating_mul(4) <= file_len, "{what}: declared shape {shape:?} is larger than the file; the file is corrupt");
+            ensure!(
+                count.saturating_mul(4) <= file_len,
+                "{what}: declared shape {shape:?} is larger than the file; the file is corrupt"
+            );
             let values = ds.read_f32().map_err(|e| hdf5_err(&what, e))?;
-            ensure!(values.len() == count, "{what}: shape {shape:?} but {} values", values.len());
+            ensure!(
+                values.len() == count,
+                "{what}: shape {shape:?} but {} values",
+                values.len()
+            );
             check_finite(&values, &what)?;
             blobs.push(Tensor::new(shape, values));
         }
@@ -155,7 +178,8 @@ pub fn parse_hdf5(bytes: Vec<u8>, origin: &str) -> Result<WeightSet> {
 
 /// Read a weights file, choosing the decoder by content.
 pub fn read_weights(path: &Path) -> Result<WeightSet> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the weights file {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
     let origin = path.display().to_string();
     if bytes.is_empty() {
         bail!("the weights file {origin} is empty");
@@ -169,8 +193,13 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
 
 /// Read a BlobProto file (Caffe's `mean.binaryproto`).
 pub fn read_blob_file(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the blob file {}", path.display()))?;
-    ensure!(!bytes.is_empty(), "the blob file {} is empty", path.display());
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read the blob file {}", path.display()))?;
+    ensure!(
+        !bytes.is_empty(),
+        "the blob file {} is empty",
+        path.display()
+    );
     let b = BlobProto::decode(bytes.as_slice())
         .map_err(|e| anyhow::anyhow!("{}: not a valid BlobProto ({e})", path.display()))?;
     blob_to_tensor(&b, &path.display().to_string())

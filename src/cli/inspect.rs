@@ -1,9 +1,9 @@
 //! `nnquant inspect`: the layer table of a model.
 
 use super::ShapeArg;
-use anyhow::Result;
 use crate::caffe::{self, LoadOptions};
 use crate::ir::summary;
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,15 +31,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if let Some(m) = &a.mean_file {
             let t = caffe::read_blob_file(m)?;
             // A mean blob is 1×C×H×W (Caffe's layout); drop the leading batch axis.
-            input_shape = Some(if t.shape.len() == 4 { t.shape[1..].to_vec() } else { t.shape.clone() });
+            input_shape = Some(if t.shape.len() == 4 {
+                t.shape[1..].to_vec()
+            } else {
+                t.shape.clone()
+            });
         }
     }
-    let g = caffe::load_model(&a.model, &LoadOptions { weights: a.weights.as_deref(), input_shape })?;
+    let g = caffe::load_model(
+        &a.model,
+        &LoadOptions {
+            weights: a.weights.as_deref(),
+            input_shape,
+        },
+    )?;
     let s = summary::summarize(&g);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!("model {} — input '{}' {}", s.name, s.input_blob, summary::shape_text(&s.input_shape));
+        println!(
+            "model {} — input '{}' {}",
+            s.name,
+            s.input_blob,
+            summary::shape_text(&s.input_shape)
+        );
         print!("{}", summary::table(&s));
         println!("outputs: {}", s.outputs.join(", "));
     }

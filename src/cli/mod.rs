@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "nnquant", version, about = "Caffe CNN → bit-exact int8 firmware for ARM Cortex-M")]
+#[command(
+    name = "nnquant",
+    version,
+    about = "Caffe CNN → bit-exact int8 firmware for ARM Cortex-M"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,8 +45,15 @@ impl std::str::FromStr for ShapeArg {
 pub fn parse_shape(s: &str) -> Result<Vec<usize>> {
     let v: Vec<usize> = s
         .split([',', 'x', '×'])
-        .map(|p| p.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("'{s}' is not a shape like 3,32,32")))
+        .map(|p| {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("'{s}' is not a shape like 3,32,32"))
+        })
         .collect::<Result<_>>()?;
-    ensure!(!v.is_empty() && v.iter().all(|&d| d > 0), "'{s}' is not a shape like 3,32,32");
+    ensure!(
+        !v.is_empty() && v.iter().all(|&d| d > 0),
+        "'{s}' is not a shape like 3,32,32"
+    );
     Ok(v)
 }

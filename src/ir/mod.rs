@@ -11,8 +11,8 @@
 //! - `nodes` are stored in a valid execution (topological) order.
 
 pub mod passes;
-pub mod summary;
 pub mod shape;
+pub mod summary;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -137,22 +137,47 @@ pub enum Op {
     /// weights: `[N, K]` (or `[K, N]` when transposed) (+ bias `[N]`).
     InnerProduct(InnerProductParams),
     Pooling(PoolParams),
-    ReLU { negative_slope: f32 },
+    ReLU {
+        negative_slope: f32,
+    },
     /// weights: slopes `[C]` (or `[1]` when channel_shared).
-    PReLU { channel_shared: bool },
-    Softmax { axis: usize },
+    PReLU {
+        channel_shared: bool,
+    },
+    Softmax {
+        axis: usize,
+    },
     Lrn(LrnParams),
     /// weights: mean `[C]`, variance `[C]`, scale factor `[1]` (Caffe's moving-average counter).
-    BatchNorm { eps: f32 },
+    BatchNorm {
+        eps: f32,
+    },
     /// weights: scale (shape of the covered axes) (+ bias).
-    Scale { axis: usize, bias_term: bool },
+    Scale {
+        axis: usize,
+        bias_term: bool,
+    },
     /// weights: bias (shape of the covered axes).
-    Bias { axis: usize },
-    Eltwise { op: EltwiseOp, coeffs: Vec<f32> },
+    Bias {
+        axis: usize,
+    },
+    Eltwise {
+        op: EltwiseOp,
+        coeffs: Vec<f32>,
+    },
     /// `axis` counts the batch axis, as in Caffe (1 = channels).
-    Concat { axis: usize },
-    Flatten { axis: usize, end_axis: i64 },
-    Reshape { dims: Vec<i64>, axis: i64, num_axes: i64 },
+    Concat {
+        axis: usize,
+    },
+    Flatten {
+        axis: usize,
+        end_axis: i64,
+    },
+    Reshape {
+        dims: Vec<i64>,
+        axis: i64,
+        num_axes: i64,
+    },
 }
 
 impl Op {
@@ -335,15 +360,26 @@ pub fn expected_weight_shapes(op: &Op, input: &[usize]) -> Vec<Vec<usize>> {
     let channels = input.first().copied().unwrap_or(0);
     match op {
         Op::Convolution(c) => {
-            let mut v = vec![vec![c.num_output, channels / c.group.max(1), c.kernel.h, c.kernel.w]];
+            let mut v = vec![vec![
+                c.num_output,
+                channels / c.group.max(1),
+                c.kernel.h,
+                c.kernel.w,
+            ]];
             if c.bias_term {
                 v.push(vec![c.num_output]);
             }
             v
         }
         Op::InnerProduct(p) => {
-            let k: usize = input.get(p.axis.saturating_sub(1)..).map_or(0, |s| s.iter().product());
-            let w = if p.transpose { vec![k, p.num_output] } else { vec![p.num_output, k] };
+            let k: usize = input
+                .get(p.axis.saturating_sub(1)..)
+                .map_or(0, |s| s.iter().product());
+            let w = if p.transpose {
+                vec![k, p.num_output]
+            } else {
+                vec![p.num_output, k]
+            };
             let mut v = vec![w];
             if p.bias_term {
                 v.push(vec![p.num_output]);

@@ -22,12 +22,20 @@ pub fn checked_count(shape: &[usize]) -> Result<usize> {
 }
 
 /// Output size of a convolution along one axis (Caffe: floor).
-pub fn conv_out(input: usize, kernel: usize, stride: usize, pad: usize, dilation: usize) -> Result<usize> {
+pub fn conv_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Result<usize> {
     let extent = dilation
         .checked_mul(kernel.saturating_sub(1))
         .and_then(|v| v.checked_add(1))
         .context("kernel extent overflows")?;
-    let padded = input.checked_add(pad.checked_mul(2).context("pad overflows")?).context("padded size overflows")?;
+    let padded = input
+        .checked_add(pad.checked_mul(2).context("pad overflows")?)
+        .context("padded size overflows")?;
     ensure!(stride > 0, "stride must be positive");
     ensure!(
         padded >= extent,
@@ -38,11 +46,22 @@ pub fn conv_out(input: usize, kernel: usize, stride: usize, pad: usize, dilation
 
 /// Output size of a pooling along one axis (Caffe: ceil by default, floor with `round_mode`),
 /// including Caffe's rule that the last window must start inside the image or its left padding.
-pub fn pool_out(input: usize, kernel: usize, stride: usize, pad: usize, round: RoundMode) -> Result<usize> {
+pub fn pool_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    round: RoundMode,
+) -> Result<usize> {
     ensure!(stride > 0, "stride must be positive");
     ensure!(kernel > 0, "kernel size must be positive");
-    ensure!(pad < kernel, "pad {pad} must be smaller than the kernel {kernel}");
-    let padded = input.checked_add(2 * pad).context("padded size overflows")?;
+    ensure!(
+        pad < kernel,
+        "pad {pad} must be smaller than the kernel {kernel}"
+    );
+    let padded = input
+        .checked_add(2 * pad)
+        .context("padded size overflows")?;
     ensure!(
         padded >= kernel,
         "kernel {kernel} is larger than the padded input {padded}"
@@ -67,7 +86,7 @@ pub fn pool_geometry(p: &PoolParams, h: usize, w: usize) -> (Hw, Hw, Hw) {
     }
 }
 
-fn expect_chw<'a>(node: &Node, shape: &'a [usize]) -> Result<(usize, usize, usize)> {
+fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
     match shape {
         [c, h, w] => Ok((*c, *h, *w)),
         _ => bail!(
@@ -84,7 +103,10 @@ fn expect_chw<'a>(node: &Node, shape: &'a [usize]) -> Result<(usize, usize, usiz
 fn canonical_axis(axis: i64, rank_with_batch: usize) -> Result<usize> {
     let r = rank_with_batch as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    ensure!((0..r).contains(&a), "axis {axis} is out of range for a blob of rank {r}");
+    ensure!(
+        (0..r).contains(&a),
+        "axis {axis} is out of range for a blob of rank {r}"
+    );
     Ok(a as usize)
 }
 
@@ -94,8 +116,13 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
     let out: Vec<usize> = match &node.op {
         Op::Convolution(c) => {
             let (ch, h, w) = expect_chw(node, first)?;
-            ensure!(c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
-                "group {} must divide both the input channels {} and num_output {}", c.group, ch, c.num_output);
+            ensure!(
+                c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
+                "group {} must divide both the input channels {} and num_output {}",
+                c.group,
+                ch,
+                c.num_output
+            );
             ensure!(c.num_output > 0, "num_output must be positive");
             vec![
                 c.num_output,
@@ -115,28 +142,51 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
         Op::InnerProduct(p) => {
             ensure!(p.num_output > 0, "num_output must be positive");
             let axis = p.axis;
-            ensure!(axis >= 1 && axis <= first.len(), "inner product axis {axis} is out of range for input shape {first:?}");
+            ensure!(
+                axis >= 1 && axis <= first.len(),
+                "inner product axis {axis} is out of range for input shape {first:?}"
+            );
             let mut s = first[..axis - 1].to_vec();
             s.push(p.num_output);
             s
         }
-        Op::ReLU { .. } | Op::PReLU { .. } | Op::Softmax { .. } | Op::Lrn(_) | Op::BatchNorm { .. }
-        | Op::Scale { .. } | Op::Bias { .. } => first.to_vec(),
+        Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Lrn(_)
+        | Op::BatchNorm { .. }
+        | Op::Scale { .. }
+        | Op::Bias { .. } => first.to_vec(),
         Op::Eltwise { coeffs, .. } => {
             for (i, s) in inputs.iter().enumerate() {
-                ensure!(*s == first, "Eltwise input {i} has shape {s:?}, but input 0 has {first:?}");
+                ensure!(
+                    *s == first,
+                    "Eltwise input {i} has shape {s:?}, but input 0 has {first:?}"
+                );
             }
-            ensure!(coeffs.is_empty() || coeffs.len() == inputs.len(),
-                "Eltwise has {} coefficients for {} inputs", coeffs.len(), inputs.len());
+            ensure!(
+                coeffs.is_empty() || coeffs.len() == inputs.len(),
+                "Eltwise has {} coefficients for {} inputs",
+                coeffs.len(),
+                inputs.len()
+            );
             first.to_vec()
         }
         Op::Concat { axis } => {
-            ensure!(*axis >= 1 && *axis <= first.len(), "concat axis {axis} out of range for {first:?}");
+            ensure!(
+                *axis >= 1 && *axis <= first.len(),
+                "concat axis {axis} out of range for {first:?}"
+            );
             let a = axis - 1;
             let mut s = first.to_vec();
             s[a] = 0;
             for (i, t) in inputs.iter().enumerate() {
-                ensure!(t.len() == first.len(), "Concat input {i} has rank {} but input 0 has {}", t.len(), first.len());
+                ensure!(
+                    t.len() == first.len(),
+                    "Concat input {i} has rank {} but input 0 has {}",
+                    t.len(),
+                    first.len()
+                );
                 for d in 0..first.len() {
                     ensure!(d == a || t[d] == first[d], "Concat input {i} shape {t:?} does not match input 0 shape {first:?} outside axis {axis}");
                 }
@@ -148,13 +198,20 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
             let full: Vec<usize> = std::iter::once(1).chain(first.iter().copied()).collect();
             let a = canonical_axis(*axis as i64, full.len())?;
             let e = canonical_axis(*end_axis, full.len())?;
-            ensure!(a >= 1 && a <= e, "Flatten axes {a}..{e} are invalid for shape {first:?}");
+            ensure!(
+                a >= 1 && a <= e,
+                "Flatten axes {a}..{e} are invalid for shape {first:?}"
+            );
             let mut s = full[1..a].to_vec();
             s.push(full[a..=e].iter().product());
             s.extend_from_slice(&full[e + 1..]);
             s
         }
-        Op::Reshape { dims, axis, num_axes } => reshape(first, dims, *axis, *num_axes)?,
+        Op::Reshape {
+            dims,
+            axis,
+            num_axes,
+        } => reshape(first, dims, *axis, *num_axes)?,
     };
     checked_count(&out)?;
     let n = node.outputs.len().max(1);
@@ -174,7 +231,11 @@ fn reshape(input: &[usize], dims: &[i64], axis: i64, num_axes: i64) -> Result<Ve
     let mut infer = None;
     for (i, &d) in dims.iter().enumerate() {
         match d {
-            0 => mid.push(*full.get(start + i).context("reshape dim 0 copies a missing axis")?),
+            0 => mid.push(
+                *full
+                    .get(start + i)
+                    .context("reshape dim 0 copies a missing axis")?,
+            ),
             -1 => {
                 ensure!(infer.is_none(), "reshape has more than one -1");
                 infer = Some(mid.len());
@@ -190,10 +251,16 @@ fn reshape(input: &[usize], dims: &[i64], axis: i64, num_axes: i64) -> Result<Ve
     let total: usize = checked_count(input)?;
     if let Some(i) = infer {
         let known: usize = checked_count(&out)?;
-        ensure!(known > 0 && total % known == 0, "reshape cannot infer -1: {total} elements into {out:?}");
+        ensure!(
+            known > 0 && total % known == 0,
+            "reshape cannot infer -1: {total} elements into {out:?}"
+        );
         out[start + i] = total / known;
     }
-    ensure!(checked_count(&out)? == total, "reshape to {out:?} changes the element count {total}");
+    ensure!(
+        checked_count(&out)? == total,
+        "reshape to {out:?} changes the element count {total}"
+    );
     ensure!(out.first() == Some(&1), "reshape must keep the batch axis");
     Ok(out[1..].to_vec())
 }
@@ -213,10 +280,9 @@ pub fn infer(g: &mut Graph) -> Result<()> {
             .inputs
             .iter()
             .map(|b| {
-                g.shapes
-                    .get(b)
-                    .map(Vec::as_slice)
-                    .with_context(|| format!("layer '{}': input blob '{b}' has no shape", node.name))
+                g.shapes.get(b).map(Vec::as_slice).with_context(|| {
+                    format!("layer '{}': input blob '{b}' has no shape", node.name)
+                })
             })
             .collect::<Result<_>>()?;
         let outs = node_output_shapes(node, &ins)

@@ -86,7 +86,10 @@ pub fn summarize(g: &Graph) -> Summary {
 
 /// `C×H×W` text of a shape.
 pub fn shape_text(s: &[usize]) -> String {
-    s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
 }
 
 /// Thousands separators for readability in tables.
@@ -105,13 +108,24 @@ pub fn grouped(n: u64) -> String {
 /// A plain-text table (also valid Markdown).
 pub fn table(s: &Summary) -> String {
     let mut rows = vec![vec![
-        "layer".to_string(), "op".into(), "params".into(), "in → out".into(), "output".into(),
-        "weights".into(), "MACs".into(), "int8 param B".into(), "act B".into(),
+        "layer".to_string(),
+        "op".into(),
+        "params".into(),
+        "in → out".into(),
+        "output".into(),
+        "weights".into(),
+        "MACs".into(),
+        "int8 param B".into(),
+        "act B".into(),
     ]];
     for l in &s.layers {
         rows.push(vec![
             l.name.clone(),
-            if l.params_text.is_empty() { l.op.clone() } else { format!("{} {}", l.op, l.params_text) },
+            if l.params_text.is_empty() {
+                l.op.clone()
+            } else {
+                format!("{} {}", l.op, l.params_text)
+            },
             grouped(l.params as u64),
             format!("{} → {}", l.inputs.join(","), l.outputs.join(",")),
             shape_text(&l.output_shape),
@@ -123,8 +137,14 @@ pub fn table(s: &Summary) -> String {
     }
     let t = &s.totals;
     rows.push(vec![
-        "total".into(), format!("{} layers", t.layers), grouped(t.params as u64), String::new(), String::new(),
-        format!("{}+{}", grouped(t.weights as u64), t.biases), grouped(t.macs), grouped(t.int8_param_bytes as u64),
+        "total".into(),
+        format!("{} layers", t.layers),
+        grouped(t.params as u64),
+        String::new(),
+        String::new(),
+        format!("{}+{}", grouped(t.weights as u64), t.biases),
+        grouped(t.macs),
+        grouped(t.int8_param_bytes as u64),
         format!("max {}", grouped(t.largest_output_bytes as u64)),
     ]);
     let widths: Vec<usize> = (0..rows[0].len())
@@ -139,7 +159,14 @@ pub fn table(s: &Summary) -> String {
             .collect();
         out += &format!("| {} |\n", cells.join(" | "));
         if i == 0 {
-            out += &format!("|{}|\n", widths.iter().map(|w| "-".repeat(w + 2)).collect::<Vec<_>>().join("|"));
+            out += &format!(
+                "|{}|\n",
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(w + 2))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            );
         }
     }
     out
