@@ -6,6 +6,7 @@
 pub mod caffe;
 pub mod cli;
 pub mod ir;
+pub mod report;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside
 /// the checkout. Only tests and benchmarks use it.

@@ -1,0 +1,276 @@
+//! Firmware generation: a standalone Cargo crate rendered from the Tera templates in
+//! `templates/firmware/` (embedded in the binary), the kernels file copied verbatim, and a static
+//! memory plan. Output is deterministic: the same model and options give byte-identical files.
+
+pub mod plan;
+pub mod target;
+pub mod write;
+
+use crate::fixed::graph::{QGraph, QOp};
+use crate::model::NnqModel;
+use anyhow::{ensure, Context as _, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+pub use target::Target;
+
+/// The kernels, compiled into nnquant and written verbatim into every firmware crate.
+pub const KERNELS_RS: &str = include_str!("../fixed/kernels.rs");
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("Cargo.toml", include_str!("../../templates/firmware/Cargo.toml.tera")),
+    ("build.rs", include_str!("../../templates/firmware/build.rs.tera")),
+    ("memory.x", include_str!("../../templates/firmware/memory.x.tera")),
+    (".cargo/config.toml", include_str!("../../templates/firmware/config.toml.tera")),
+    ("src/lib.rs", include_str!("../../templates/firmware/lib.rs.tera")),
+    ("src/main.rs", include_str!("../../templates/firmware/main.rs.tera")),
+    ("src/parameter.rs", include_str!("../../templates/firmware/parameter.rs.tera")),
+    ("src/weights.rs", include_str!("../../templates/firmware/weights.rs.tera")),
+    ("src/test_vectors.rs", include_str!("../../templates/firmware/test_vectors.rs.tera")),
+    ("README.md", include_str!("../../templates/firmware/README.md.tera")),
+];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: Target,
+    pub crate_name: String,
+    /// Test images (HWC uint8, one `Vec` each) embedded for `main.rs` to run.
+    pub test_images: Vec<Vec<u8>>,
+}
+
+/// Figures of the generated firmware's memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryReport {
+    pub flash_param_bytes: usize,
+    pub flash_mean_bytes: usize,
+    pub arena_bytes: usize,
+    pub scratch_bytes: usize,
+    pub plan: plan::Plan,
+}
+
+pub struct Generated {
+    /// Relative path → contents.
+    pub files: BTreeMap<String, String>,
+    pub memory: MemoryReport,
+}
+
+#[derive(Serialize)]
+struct Param {
+    name: String,
+    ty: &'static str,
+    value: String,
+}
+
+#[derive(Serialize)]
+struct InputRef {
+    off: usize,
+    len: usize,
+    c: usize,
+    shift: i32,
+    c_offset: usize,
+}
+
+#[derive(Serialize)]
+struct LayerCtx {
+    comment: String,
+    kind: &'static str,
+    p: String,
+    out_off: usize,
+    out_len: usize,
+    out_c: usize,
+    ins: Vec<InputRef>,
+    params: Vec<Param>,
+}
+
+#[derive(Serialize)]
+struct ArrayCtx {
+    name: String,
+    doc: String,
+    len: usize,
+    values: String,
+}
+
+/// A Rust identifier prefix from a layer name, unique within the graph.
+fn const_prefix(name: &str, used: &mut BTreeSet<String>) -> String {
+    let mut p: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    if p.is_empty() || p.starts_with(|c: char| c.is_ascii_digit()) {
+        p = format!("L_{p}");
+    }
+    let base = p.clone();
+    let mut i = 2;
+    while !used.insert(p.clone()) {
+        p = format!("{base}_{i}");
+        i += 1;
+    }
+    p
+}
+
+fn list<T: ToString>(v: &[T]) -> String {
+    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+fn dims(d: crate::fixed::graph::Hwc) -> String {
+    format!("Dims {{ h: {}, w: {}, c: {} }}", d.h, d.w, d.c)
+}
+
+fn pair(p: crate::ir::Hw) -> String {
+    format!("Pair {{ h: {}, w: {} }}", p.h, p.w)
+}
+
+fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Result<Vec<LayerCtx>> {
+    let mut used = BTreeSet::new();
+    let mut out = Vec::new();
+    for l in &g.layers {
+        let p = const_prefix(&l.name, &mut used);
+        let o = &pl.blobs[&l.output];
+        let ob = &g.blobs[&l.output];
+        let ins: Vec<InputRef> = l
+            .inputs
+            .iter()
+            .map(|b| InputRef { off: pl.blobs[b].offset, len: pl.blobs[b].len, c: g.blobs[b].layout.c, shift: 0, c_offset: 0 })
+            .collect();
+        let in_place = pl.in_place.contains(&l.name);
+        let mut params = Vec::new();
+        let mut param = |n: &str, ty: &'static str, v: String| params.push(Param { name: format!("{p}_{n}"), ty, value: v });
+        let (kind, comment) = match &l.op {
+            QOp::Conv(c) => {
+                param("IN", "Dims", dims(c.in_dims));
+                param("OUT", "Dims", dims(c.out_dims));
+                param("KERNEL", "Pair", pair(c.kernel));
+                param("PAD", "Pair", pair(c.pad));
+                param("STRIDE", "Pair", pair(c.stride));
+                param("GROUPS", "usize", c.groups.to_string());
+                param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                arrays.push(ArrayCtx {
+                    name: format!("{p}_WEIGHTS"),
+                    doc: format!("`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.", l.name, c.out_dims.c, c.kernel.h, c.kernel.w, c.in_dims.c / c.groups, c.weight_frac_bits),
+                    len: c.weights.len(),
+                    values: list(&c.weights),
+                });
+                arrays.push(ArrayCtx { name: format!("{p}_BIAS"), doc: format!("`{}` biases [{}], {} fraction bits.", l.name, c.bias.len(), c.bias_frac_bits), len: c.bias.len(), values: list(&c.bias) });
+                ("conv", format!("{}: convolution {}x{} /{} pad {}, {} -> {}", l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output))
+            }
+            QOp::Fc(f) => {
+                param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
+                param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
+                param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
+                param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
+                arrays.push(ArrayCtx {
+                    name: format!("{p}_WEIGHTS"),
+                    doc: format!("`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.", l.name, f.out_len, f.in_len, f.weight_frac_bits),
+                    len: f.weights.len(),
+                    values: list(&f.weights),
+                });
+                arrays.push(ArrayCtx { name: format!("{p}_BIAS"), doc: format!("`{}` biases [{}], {} fraction bits.", l.name, f.bias.len(), f.bias_frac_bits), len: f.bias.len(), values: list(&f.bias) });
+                ("fc", format!("{}: fully connected {} -> {}, {} -> {}", l.name, f.in_len, f.out_len, l.inputs[0], l.output))
+            }
+            QOp::MaxPool(q) | QOp::AvePool(q) => {
+                param("IN", "Dims", dims(q.in_dims));
+                param("OUT", "Dims", dims(q.out_dims));
+                param("KERNEL", "Pair", pair(q.kernel));
+                param("PAD", "Pair", pair(q.pad));
+                param("STRIDE", "Pair", pair(q.stride));
+                let k = if matches!(l.op, QOp::MaxPool(_)) { "maxpool" } else { "avepool" };
+                (k, format!("{}: {} {}x{} /{}, {} -> {}", l.name, k, q.kernel.h, q.kernel.w, q.stride.h, l.inputs[0], l.output))
+            }
+            QOp::Relu => (if in_place { "relu_inplace" } else { "relu_copy" }, format!("{}: ReLU {} -> {}{}", l.name, l.inputs[0], l.output, if in_place { " (in place)" } else { "" })),
+            QOp::Reshape => (if in_place { "alias" } else { "copy" }, format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output)),
+            QOp::Add { a_lshift, b_lshift, out_rshift } => {
+                param("A_LSHIFT", "i32", a_lshift.to_string());
+                param("B_LSHIFT", "i32", b_lshift.to_string());
+                param("OUT_RSHIFT", "i32", out_rshift.to_string());
+                ("add", format!("{}: add {} + {} -> {}", l.name, l.inputs[0], l.inputs[1], l.output))
+            }
+            QOp::Concat { .. } => ("concat", format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output)),
+        };
+        let mut ins = ins;
+        if let QOp::Concat { shifts } = &l.op {
+            ensure!(shifts.len() == ins.len(), "layer '{}': {} shifts for {} inputs", l.name, shifts.len(), ins.len());
+            let mut c_off = 0;
+            for (i, s) in ins.iter_mut().zip(shifts) {
+                i.shift = *s;
+                i.c_offset = c_off;
+                c_off += i.c;
+            }
+        }
+        out.push(LayerCtx { comment, kind, p, out_off: o.offset, out_len: o.len, out_c: ob.layout.c, ins, params });
+    }
+    Ok(out)
+}
+
+/// Render the crate's files.
+pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
+    let g = &m.graph;
+    let pl = plan::plan(g);
+    plan::check(g, &pl).map_err(|e| anyhow::anyhow!("internal error in the memory plan: {e}"))?;
+    ensure!(g.outputs.len() == 1, "the model has {} outputs; code generation supports one", g.outputs.len());
+    let out_blob = &g.outputs[0];
+    let input_len = m.input.len();
+    for (i, img) in opts.test_images.iter().enumerate() {
+        ensure!(img.len() == input_len, "test image {i} has {} bytes, the model input needs {input_len}", img.len());
+    }
+    let mut arrays = Vec::new();
+    let layers = layer_contexts(g, &pl, &mut arrays)?;
+    let flash_param_bytes = arrays.iter().map(|a| a.len).sum();
+    let (c, h, w) = (m.input.shape_chw[0], m.input.shape_chw.get(1).copied().unwrap_or(1), m.input.shape_chw.get(2).copied().unwrap_or(1));
+    let mean_desc = match m.input.mean_u8.len() {
+        0 => "none".to_string(),
+        n if n == input_len => format!("per pixel, HWC {h}×{w}×{c}"),
+        n => format!("per channel, {n} values"),
+    };
+    // An empty mean still needs an array the kernel can take.
+    let crate_ident = opts.crate_name.replace('-', "_");
+    let mut ctx = tera::Context::new();
+    ctx.insert("nnquant_version", env!("CARGO_PKG_VERSION"));
+    ctx.insert("model_name", &m.name);
+    ctx.insert("crate_name", &opts.crate_name);
+    ctx.insert("crate_ident", &crate_ident);
+    ctx.insert("host", &opts.target.is_host());
+    ctx.insert("target", &opts.target);
+    ctx.insert("input", &serde_json::json!({"h": h, "w": w, "c": c, "channel_order": m.input.channel_order}));
+    ctx.insert("input_len", &input_len);
+    ctx.insert("input_off", &pl.blobs[&g.input].offset);
+    ctx.insert("input_mul", &m.input.mul);
+    ctx.insert("input_rshift", &m.input.rshift);
+    ctx.insert("input_frac_bits", &m.input.frac_bits);
+    ctx.insert("output_len", &g.blob_len(out_blob));
+    ctx.insert("output_off", &pl.blobs[out_blob].offset);
+    ctx.insert("output_frac_bits", &g.blobs[out_blob].frac_bits);
+    ctx.insert("arena_len", &pl.arena_len);
+    ctx.insert("layers", &layers);
+    ctx.insert("arrays", &arrays);
+    ctx.insert("mean_desc", &mean_desc);
+    ctx.insert("mean_len", &m.input.mean_u8.len());
+    ctx.insert("mean_values", &list(&m.input.mean_u8));
+    ctx.insert("flash_param_bytes", &flash_param_bytes);
+    ctx.insert("count", &opts.test_images.len());
+    ctx.insert("images", &opts.test_images.iter().map(|i| list(i)).collect::<Vec<_>>());
+    ctx.insert(
+        "live",
+        &pl.per_layer
+            .iter()
+            .map(|l| serde_json::json!({"layer": l.layer, "live": l.live.join(", "), "live_bytes": l.live_bytes}))
+            .collect::<Vec<_>>(),
+    );
+    let mut tera = tera::Tera::new();
+    for (name, text) in TEMPLATES {
+        tera.add_raw_template(name, text).with_context(|| format!("template {name}"))?;
+    }
+    let mut files = BTreeMap::new();
+    for (name, _) in TEMPLATES {
+        if opts.target.is_host() && *name == "memory.x" {
+            continue;
+        }
+        let text = tera.render(name, &ctx).map_err(|e| anyhow::anyhow!("rendering template {name}: {e:?}"))?;
+        files.insert(name.to_string(), text);
+    }
+    if opts.target.is_host() {
+        files.insert("memory.x".into(), "/* not used on the host */\n".into());
+    }
+    files.insert("src/kernels.rs".into(), KERNELS_RS.to_string());
+    files.insert(write::MARKER.into(), format!("generated by nnquant {} for {}\n", env!("CARGO_PKG_VERSION"), opts.target.name));
+    let memory = MemoryReport { flash_param_bytes, flash_mean_bytes: m.input.mean_u8.len(), arena_bytes: pl.arena_len, scratch_bytes: 0, plan: pl };
+    Ok(Generated { files, memory })
+}

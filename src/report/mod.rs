@@ -1,0 +1,147 @@
+//! The quantization report: one serde structure written as JSON (for CI) and rendered as Markdown
+//! (for people), and the comparison of two reports (`nnquant report diff`).
+//!
+//! Reports are deterministic: same inputs → byte-identical files. Wall-clock figures are only
+//! included when the user asks for them (`timing`), since they differ on every run.
+
+pub mod diff;
+pub mod markdown;
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "nnquant.report/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub model: ModelInfo,
+    pub calibration: DataInfo,
+    pub evaluation: DataInfo,
+    /// Set when calibration and evaluation are the same data: their accuracy is not a held-out figure.
+    pub same_data_warning: bool,
+    pub accuracy: Accuracy,
+    pub layers: Vec<LayerReport>,
+    pub blobs: Vec<BlobReport>,
+    pub search: SearchReport,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub timing: Option<Timing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub prototxt: String,
+    pub prototxt_sha256: String,
+    pub weights: String,
+    pub weights_sha256: String,
+    pub macs_per_image: u64,
+    pub int8_param_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub source: String,
+    pub images: usize,
+    pub labelled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub images: usize,
+    /// Fractions in [0, 1]; `None` when the evaluation data has no labels.
+    pub float_top1: Option<f64>,
+    pub quant_top1: Option<f64>,
+    pub float_correct: Option<usize>,
+    pub quant_correct: Option<usize>,
+    /// Fraction of images where the quantized and float top-1 classes agree.
+    pub top1_agreement: f64,
+    /// SQNR of the final output against float, in dB.
+    pub output_sqnr_db: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub op: String,
+    pub input_frac_bits: i32,
+    pub output_frac_bits: i32,
+    pub weight_frac_bits: Option<i32>,
+    pub bias_frac_bits: Option<i32>,
+    pub bias_lshift: Option<u32>,
+    pub out_rshift: Option<u32>,
+    /// Weights and biases that hit the int8 limits when quantized.
+    pub saturated_params: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub frac_bits: i32,
+    pub float_max_abs: f64,
+    /// Signal-to-quantization-noise ratio of this blob on the evaluation set, dB.
+    pub sqnr_db: f64,
+    /// Elements equal to -128 or 127 on the evaluation set (likely saturated).
+    pub saturated: u64,
+    pub elements: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchReport {
+    pub strategy: String,
+    pub evaluations: usize,
+    pub start_score: Score,
+    pub final_score: Score,
+    pub trace: Vec<TraceStep>,
+}
+
+/// What the search maximises on the calibration set: correct top-1 (or agreement with float
+/// when there are no labels), then the smaller divergence from float as a tie-breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub correct: usize,
+    pub images: usize,
+    /// Mean KL divergence of the softmax of quantized outputs from float (nats).
+    pub kl: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    pub layer: String,
+    /// "weight", "bias" or "activation".
+    pub param: String,
+    pub frac_bits: i32,
+    pub score: Score,
+    pub accepted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub float_seconds: f64,
+    pub search_seconds: f64,
+    pub eval_seconds: f64,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises") + "\n"
+    }
+
+    pub fn from_json(text: &str, origin: &str) -> anyhow::Result<Report> {
+        let r: Report = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{origin} is not an nnquant report ({e})"))?;
+        anyhow::ensure!(r.schema == SCHEMA, "{origin} has report schema '{}', this nnquant reads '{SCHEMA}'", r.schema);
+        Ok(r)
+    }
+}
+
+/// SQNR in dB of `quant` (already dequantized) against `reference`.
+pub fn sqnr_db(signal_power: f64, noise_power: f64) -> f64 {
+    if noise_power <= 0.0 {
+        return 200.0; // exact: report a large finite number so JSON stays valid
+    }
+    if signal_power <= 0.0 {
+        return 0.0;
+    }
+    (10.0 * (signal_power / noise_power).log10()).clamp(-200.0, 200.0)
+}
