@@ -60,7 +60,15 @@ impl Preprocessor {
     /// `mean` is the mean-file blob (`[C,H,W]` or `[1,C,H,W]`), already read by the caller
     /// (see [`Preprocessor::load`]). Giving both a mean blob and `mean_value`s is refused, as
     /// Caffe does.
+    ///
+    /// A `scale` of 0 (or not finite) is refused: it would feed the net zeros. Note that
+    /// `Preprocess::default()` has scale 0; the front end always fills Caffe's default 1.
     pub fn new(p: &Preprocess, mean: Option<Tensor>) -> Result<Self> {
+        ensure!(
+            p.scale != 0.0 && p.scale.is_finite(),
+            "transform_param scale is {}; it must be a non-zero finite number (Caffe's default is 1)",
+            p.scale
+        );
         let mean = match (mean, p.mean_values.is_empty()) {
             (Some(_), false) => bail!("transform_param gives both a mean file and mean_value; Caffe refuses that, keep one"),
             (Some(t), true) => {

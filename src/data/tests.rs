@@ -793,6 +793,56 @@ fn batches_pack_nchw_and_keep_u8() {
     );
 }
 
+#[test]
+fn options_parse_and_colour_flags_map() {
+    assert_eq!("BGR".parse::<ChannelOrder>().unwrap(), ChannelOrder::Bgr);
+    assert_eq!("rgb".parse::<ChannelOrder>().unwrap(), ChannelOrder::Rgb);
+    assert!("rbg".parse::<ChannelOrder>().is_err());
+    assert_eq!("nchw".parse::<Layout>().unwrap(), Layout::Nchw);
+    assert!("nhw".parse::<Layout>().is_err());
+    let mut p = Preprocess {
+        force_gray: true,
+        ..Default::default()
+    };
+    assert_eq!(ColorMode::from_preprocess(&p).unwrap(), ColorMode::Gray);
+    p.force_color = true;
+    assert!(ColorMode::from_preprocess(&p).is_err());
+    p.force_gray = false;
+    assert_eq!(ColorMode::from_preprocess(&p).unwrap(), ColorMode::Color);
+}
+
+#[test]
+fn folder_tree_force_color_and_gray() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("only");
+    std::fs::create_dir_all(&dir).unwrap();
+    image::GrayImage::from_raw(3, 2, vec![0, 50, 100, 150, 200, 250])
+        .unwrap()
+        .save(dir.join("g.png"))
+        .unwrap();
+    write_png(&dir.join("h.png"), &img(0, 3, 2, 3), 2, 3);
+    let mut spec = DataSpec::new(t.path());
+    spec.color = ColorMode::Color;
+    let all = read_all(&mut open(&spec).unwrap());
+    assert_eq!(all[0].image.shape(), [3, 2, 3]);
+    assert_eq!(
+        u8s(&all[0]),
+        [0, 50, 100, 150, 200, 250].repeat(3).as_slice(),
+        "gray replicated"
+    );
+    spec.color = ColorMode::Gray;
+    let all = read_all(&mut open(&spec).unwrap());
+    assert_eq!(all[1].image.shape(), [1, 2, 3]);
+    let rgb = chw_to_hwc(&img(0, 3, 2, 3), 3, 2, 3);
+    assert_eq!(u8s(&all[1]), imgops::rgb_to_gray(&rgb).as_slice());
+    // Native: a gray file stays one channel, so a mixed folder is refused with the index.
+    let e = format!(
+        "{:#}",
+        read_all_err(&mut *open(&DataSpec::new(t.path())).unwrap())
+    );
+    assert!(e.contains("image 1 is 3×2×3"), "{e}");
+}
+
 // ---------------------------------------------------------------- subsets
 
 struct Counting(usize);
