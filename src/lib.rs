@@ -5,6 +5,7 @@
 
 pub mod caffe;
 pub mod cli;
+pub mod data;
 pub mod ir;
 pub mod report;
 
