@@ -7,6 +7,8 @@ pub mod caffe;
 pub mod cli;
 pub mod data;
 pub mod ir;
+pub mod metrics;
+pub mod progress;
 pub mod report;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside

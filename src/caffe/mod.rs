@@ -72,17 +72,22 @@ pub struct LoadOptions<'a> {
     pub input_shape: Option<Vec<usize>>,
 }
 
-/// Parse the prototxt, lower it, infer shapes and (optionally) attach weights.
-pub fn load_model(prototxt: &Path, opts: &LoadOptions) -> Result<Graph> {
+/// Parse and lower a prototxt into a graph without shapes or weights (the input shape may still be
+/// unknown when it comes from data).
+pub fn lower_file(prototxt: &Path) -> Result<Graph> {
     let net = prototxt::read_net_file(prototxt)?;
-    let mut g = convert::lower(&net).with_context(|| format!("in {}", prototxt.display()))?;
+    convert::lower(&net).with_context(|| format!("in {}", prototxt.display()))
+}
+
+/// Infer shapes (after `input_shape` completes or overrides the input) and attach weights.
+pub fn complete(mut g: Graph, origin: &Path, opts: &LoadOptions) -> Result<Graph> {
     if let Some(s) = &opts.input_shape {
         g.input.shape = Some(s.clone());
     }
     if g.input.shape.is_none() {
         bail!(
             "{}: the input blob '{}' comes from a data layer whose image size nnquant cannot know without data; pass --input-shape C,H,W (or --mean-file / --data, which carry it)",
-            prototxt.display(),
+            origin.display(),
             g.input.blob
         );
     }
@@ -93,11 +98,15 @@ pub fn load_model(prototxt: &Path, opts: &LoadOptions) -> Result<Graph> {
             s[2] = g.input.preprocess.crop_size;
         }
     }
-    ir::shape::infer(&mut g)
-        .with_context(|| format!("shape inference for {}", prototxt.display()))?;
+    ir::shape::infer(&mut g).with_context(|| format!("shape inference for {}", origin.display()))?;
     if let Some(wp) = opts.weights {
         let w = read_weights(wp)?;
         attach_weights(&mut g, &w).with_context(|| format!("weights {}", wp.display()))?;
     }
     Ok(g)
+}
+
+/// Parse the prototxt, lower it, infer shapes and (optionally) attach weights.
+pub fn load_model(prototxt: &Path, opts: &LoadOptions) -> Result<Graph> {
+    complete(lower_file(prototxt)?, prototxt, opts)
 }

@@ -255,7 +255,7 @@ impl Node {
 }
 
 /// Caffe's `transform_param`: how raw pixels become the network's input.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
     /// Multiplied after the mean is subtracted (Caffe's order).
     pub scale: f32,
@@ -267,6 +267,21 @@ pub struct Preprocess {
     pub force_color: bool,
     pub force_gray: bool,
     pub mirror: bool,
+}
+
+impl Default for Preprocess {
+    /// Caffe's defaults: scale 1, no mean, no crop.
+    fn default() -> Self {
+        Preprocess {
+            scale: 1.0,
+            mean_file: None,
+            mean_values: vec![],
+            crop_size: 0,
+            force_color: false,
+            force_gray: false,
+            mirror: false,
+        }
+    }
 }
 
 /// Where the model's TEST data come from when the prototxt names a data layer.
