@@ -6,6 +6,7 @@
 pub mod caffe;
 pub mod cli;
 pub mod data;
+pub mod float;
 pub mod ir;
 pub mod metrics;
 pub mod progress;

@@ -1,0 +1,65 @@
+//! Concat: joins inputs along a Caffe axis (1 = channels). Flatten and Reshape need no module:
+//! they never move data in NCHW memory, so the engine copies the buffer unchanged.
+
+use anyhow::{ensure, Result};
+
+pub(super) struct Concat {
+    /// Elements per image of each input.
+    sizes: Vec<usize>,
+    /// For each input, the contiguous run copied per outer index (its axis extent × inner).
+    runs: Vec<usize>,
+    outer: usize,
+}
+
+impl Concat {
+    pub fn new(axis: usize, inputs: &[&[usize]]) -> Result<Self> {
+        let first = inputs.first().copied().unwrap_or(&[]);
+        ensure!(
+            axis >= 1 && axis <= first.len(),
+            "concat axis {axis} out of range for {first:?}"
+        );
+        let outer: usize = first[..axis - 1].iter().product();
+        let runs = inputs
+            .iter()
+            .map(|s| s[axis - 1..].iter().product())
+            .collect();
+        let sizes = inputs.iter().map(|s| s.iter().product()).collect();
+        Ok(Concat { sizes, runs, outer })
+    }
+
+    pub fn run(&self, ins: &[&[f32]], n: usize, y: &mut [f32]) {
+        let mut at = 0;
+        for img in 0..n {
+            for o in 0..self.outer {
+                for ((x, &size), &run) in ins.iter().zip(&self.sizes).zip(&self.runs) {
+                    y[at..at + run].copy_from_slice(&x[img * size + o * run..][..run]);
+                    at += run;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concat_channels_and_last_axis() {
+        // Channels: [1,1,2] + [2,1,2] -> [3,1,2] for two images.
+        let c = Concat::new(1, &[&[1, 1, 2], &[2, 1, 2]]).unwrap();
+        let a = [1.0, 2.0, 10.0, 20.0];
+        let b = [3.0, 4.0, 5.0, 6.0, 30.0, 40.0, 50.0, 60.0];
+        let mut y = [0.0; 12];
+        c.run(&[&a, &b], 2, &mut y);
+        assert_eq!(
+            y,
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+        );
+        // Axis 2 of [2, 1] + [2, 2] -> [2, 3].
+        let c = Concat::new(2, &[&[2, 1], &[2, 2]]).unwrap();
+        let mut y = [0.0; 6];
+        c.run(&[&[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0]], 1, &mut y);
+        assert_eq!(y, [1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
+    }
+}

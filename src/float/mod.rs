@@ -1,0 +1,338 @@
+//! The float reference engine: runs an [`ir::Graph`] in f32 with Caffe's exact semantics.
+//!
+//! Why it exists: the quantizer needs per-blob float statistics (calibration) and the report
+//! needs the float accuracy it is compared against. It therefore favours *Caffe's* rules (pooling
+//! windows, BatchNorm scale factor, LRN's running sum, ReLU's formula) over speed, but is still
+//! batched (im2col + GEMM, one GEMM per chunk for inner product) and parallel across images.
+//!
+//! Layout: every blob is `N × product(shape)` f32 in NCHW order, shapes from `g.shapes` (without
+//! the batch axis). Every op is per image, so a batch is cut into chunks of images that rayon runs
+//! in parallel; each chunk walks the nodes in order and frees blobs after their last use.
+
+mod conv;
+mod dense;
+mod elementwise;
+mod gemm;
+mod layout;
+#[cfg(test)]
+mod model_tests;
+mod norm;
+mod pool;
+
+use crate::ir::{self, Graph, Node, Op};
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// Which blobs [`Engine::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Only the graph's outputs (intermediate blobs are freed as soon as possible).
+    Outputs,
+    /// Every blob, the input included (the quantizer needs per-blob statistics).
+    All,
+}
+
+/// Blobs of one forward pass, each `batch × product(shape)` in NCHW order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activations {
+    pub blobs: BTreeMap<String, Vec<f32>>,
+    pub batch: usize,
+}
+
+impl Activations {
+    /// The values of one image of one blob.
+    pub fn image(&self, blob: &str, i: usize) -> Option<&[f32]> {
+        let v = self.blobs.get(blob)?;
+        let per = v.len() / self.batch.max(1);
+        v.get(i * per..(i + 1) * per)
+    }
+}
+
+/// One node ready to run: its kernel with borrowed weights and precomputed geometry.
+enum Kernel<'g> {
+    Conv(conv::Conv<'g>),
+    Dense(dense::Dense<'g>),
+    Pool(pool::Pool),
+    Relu(f32),
+    PRelu(elementwise::PRelu<'g>),
+    Affine(elementwise::Affine<'g>),
+    Eltwise(ir::EltwiseOp, &'g [f32]),
+    BatchNorm(norm::BatchNorm),
+    Lrn(norm::Lrn),
+    Softmax(norm::Softmax),
+    Concat(layout::Concat),
+    /// Flatten and Reshape: NCHW memory is unchanged.
+    Copy,
+}
+
+struct Step<'g> {
+    kernel: Kernel<'g>,
+    inputs: Vec<usize>,
+    output: usize,
+}
+
+/// A graph checked and prepared for float inference. Build once, call [`Engine::forward`] often.
+pub struct Engine<'g> {
+    g: &'g Graph,
+    names: Vec<&'g str>,
+    /// Elements per image of each blob.
+    sizes: Vec<usize>,
+    steps: Vec<Step<'g>>,
+    /// Index of the last step reading each blob (`None`: never read).
+    last_use: Vec<Option<usize>>,
+    is_output: Vec<bool>,
+    /// Most images one parallel task runs through the graph; smaller keeps a chunk's blobs in
+    /// cache, larger gives the inner-product GEMM more rows.
+    pub chunk_images: usize,
+}
+
+impl<'g> Engine<'g> {
+    /// Check that every node is computable (known op, weights attached with Caffe's shapes, one
+    /// output, shapes inferred) and precompute each kernel's geometry.
+    pub fn new(g: &'g Graph) -> Result<Self> {
+        let mut ids: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut names = Vec::new();
+        let mut sizes = Vec::new();
+        let mut blob = |name: &'g str, ids: &mut BTreeMap<&'g str, usize>| -> Result<usize> {
+            if let Some(&i) = ids.get(name) {
+                return Ok(i);
+            }
+            let shape = g
+                .shapes
+                .get(name)
+                .with_context(|| format!("blob '{name}' has no inferred shape"))?;
+            ids.insert(name, names.len());
+            names.push(name);
+            sizes.push(ir::shape::checked_count(shape)?);
+            Ok(names.len() - 1)
+        };
+        blob(&g.input.blob, &mut ids)?;
+        let mut steps = Vec::new();
+        for node in &g.nodes {
+            let ctx = || format!("layer '{}' ({})", node.name, node.op.type_name());
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|b| {
+                    ids.get(b.as_str()).copied().with_context(|| {
+                        format!("input blob '{b}' is not produced before this layer")
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .with_context(ctx)?;
+            ensure!(
+                node.outputs.len() == 1,
+                "{}: has {} outputs, the engine needs exactly one",
+                ctx(),
+                node.outputs.len()
+            );
+            let output = blob(&node.outputs[0], &mut ids).with_context(ctx)?;
+            let kernel = kernel_for(g, node).with_context(ctx)?;
+            steps.push(Step {
+                kernel,
+                inputs,
+                output,
+            });
+        }
+        let mut last_use = vec![None; names.len()];
+        for (s, step) in steps.iter().enumerate() {
+            for &i in &step.inputs {
+                last_use[i] = Some(s);
+            }
+        }
+        let mut is_output = vec![false; names.len()];
+        for o in &g.outputs {
+            let id = *ids
+                .get(o.as_str())
+                .with_context(|| format!("graph output '{o}' is not produced by any layer"))?;
+            is_output[id] = true;
+        }
+        Ok(Engine {
+            g,
+            names,
+            sizes,
+            steps,
+            last_use,
+            is_output,
+            chunk_images: 8,
+        })
+    }
+
+    /// The graph this engine runs.
+    pub fn graph(&self) -> &'g Graph {
+        self.g
+    }
+
+    /// Run `batch` images (`input`: `batch × product(input shape)`, NCHW) and return the graph's
+    /// outputs or every blob. Parallel over chunks of images on the current rayon pool.
+    pub fn forward(&self, input: &[f32], batch: usize, keep: Keep) -> Result<Activations> {
+        let per = self.sizes[0];
+        ensure!(
+            input.len() == batch * per,
+            "input has {} values, expected {batch} images × {per} ({:?})",
+            input.len(),
+            self.g.shape(&self.g.input.blob)
+        );
+        let chunk = self
+            .chunk_images
+            .max(1)
+            .min(batch.div_ceil(rayon::current_num_threads()).max(1));
+        let parts: Vec<Vec<Option<Cow<[f32]>>>> = if batch == 0 {
+            Vec::new()
+        } else {
+            input
+                .par_chunks(chunk * per)
+                .map(|x| self.run_chunk(x, x.len() / per, keep))
+                .collect()
+        };
+        let mut blobs = BTreeMap::new();
+        for (id, name) in self.names.iter().enumerate() {
+            let wanted = match keep {
+                Keep::All => true,
+                Keep::Outputs => self.is_output[id],
+            };
+            if !wanted {
+                continue;
+            }
+            let mut v = Vec::with_capacity(batch * self.sizes[id]);
+            for p in &parts {
+                v.extend_from_slice(p[id].as_deref().expect("kept blobs survive the chunk"));
+            }
+            blobs.insert(name.to_string(), v);
+        }
+        Ok(Activations { blobs, batch })
+    }
+
+    /// Run `n` images through every step; returns the blob buffers (freed ones are `None`).
+    fn run_chunk<'a>(&self, input: &'a [f32], n: usize, keep: Keep) -> Vec<Option<Cow<'a, [f32]>>> {
+        let mut bufs: Vec<Option<Cow<[f32]>>> = vec![None; self.names.len()];
+        bufs[0] = Some(Cow::Borrowed(input));
+        for (s, step) in self.steps.iter().enumerate() {
+            let mut out = vec![0.0f32; n * self.sizes[step.output]];
+            {
+                let ins: Vec<&[f32]> = step
+                    .inputs
+                    .iter()
+                    .map(|&i| bufs[i].as_deref().expect("inputs are computed before use"))
+                    .collect();
+                self.run_step(&step.kernel, &ins, n, &mut out);
+            }
+            bufs[step.output] = Some(Cow::Owned(out));
+            if keep == Keep::Outputs {
+                for &i in &step.inputs {
+                    if self.last_use[i] == Some(s) && !self.is_output[i] {
+                        bufs[i] = None;
+                    }
+                }
+            }
+        }
+        bufs
+    }
+
+    fn run_step(&self, kernel: &Kernel, ins: &[&[f32]], n: usize, out: &mut [f32]) {
+        let x = ins[0];
+        match kernel {
+            Kernel::Conv(k) => k.run(x, n, out),
+            Kernel::Dense(k) => k.run(x, n, out),
+            Kernel::Pool(k) => k.run(x, n, out),
+            Kernel::Relu(slope) => elementwise::relu(x, *slope, out),
+            Kernel::PRelu(k) => k.run(x, out),
+            Kernel::Affine(k) => k.run(x, out),
+            Kernel::Eltwise(op, coeffs) => elementwise::eltwise(*op, coeffs, ins, out),
+            Kernel::BatchNorm(k) => k.run(x, out),
+            Kernel::Lrn(k) => k.run(x, n, out),
+            Kernel::Softmax(k) => k.run(x, out),
+            Kernel::Concat(k) => k.run(ins, n, out),
+            Kernel::Copy => out.copy_from_slice(x),
+        }
+    }
+}
+
+/// Check a node's weights against Caffe's layouts and build its kernel.
+fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
+    let input = g.shape(&node.inputs[0]);
+    let output = g.shape(&node.outputs[0]);
+    let expected = ir::expected_weight_shapes(&node.op, input);
+    if node.weights.len() != expected.len() {
+        if node.weights.is_empty() {
+            bail!(
+                "has no weights attached (load the model with its .caffemodel / .h5 weights file)"
+            );
+        }
+        bail!(
+            "has {} weight blobs, expected {} {:?}",
+            node.weights.len(),
+            expected.len(),
+            expected
+        );
+    }
+    for (i, (w, e)) in node.weights.iter().zip(&expected).enumerate() {
+        ensure!(
+            w.shape == *e && w.data.len() == w.shape.iter().product::<usize>(),
+            "weight blob {i} has shape {:?}, expected {e:?}",
+            w.shape
+        );
+    }
+    let w = node.weights.as_slice();
+    if !matches!(node.op, Op::Eltwise { .. } | Op::Concat { .. }) {
+        ensure!(
+            node.inputs.len() == 1,
+            "has {} inputs, expected one",
+            node.inputs.len()
+        );
+    }
+    Ok(match &node.op {
+        Op::Convolution(p) => Kernel::Conv(conv::Conv::new(p, input, output, w)?),
+        Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
+        Op::Pooling(p) => Kernel::Pool(pool::Pool::new(p, input, output)?),
+        Op::ReLU { negative_slope } => Kernel::Relu(*negative_slope),
+        Op::PReLU { channel_shared } => {
+            Kernel::PRelu(elementwise::PRelu::new(*channel_shared, input, w)?)
+        }
+        Op::Softmax { axis } => Kernel::Softmax(norm::Softmax::new(*axis, input)?),
+        Op::Lrn(p) => Kernel::Lrn(norm::Lrn::new(p, input)?),
+        Op::BatchNorm { eps } => Kernel::BatchNorm(norm::BatchNorm::new(*eps, input, w)?),
+        Op::Scale { axis, bias_term } => Kernel::Affine(elementwise::Affine::new(
+            input,
+            *axis,
+            Some(&w[0].data),
+            bias_term.then(|| w[1].data.as_slice()),
+        )?),
+        Op::Bias { axis } => Kernel::Affine(elementwise::Affine::new(
+            input,
+            *axis,
+            None,
+            Some(&w[0].data),
+        )?),
+        Op::Eltwise { op, coeffs } => {
+            ensure!(!node.inputs.is_empty(), "Eltwise has no inputs");
+            for b in &node.inputs {
+                ensure!(
+                    g.shape(b) == input,
+                    "Eltwise input '{b}' has shape {:?}, expected {input:?}",
+                    g.shape(b)
+                );
+            }
+            ensure!(
+                coeffs.is_empty() || coeffs.len() == node.inputs.len(),
+                "Eltwise has {} coefficients for {} inputs",
+                coeffs.len(),
+                node.inputs.len()
+            );
+            Kernel::Eltwise(*op, coeffs)
+        }
+        Op::Concat { axis } => {
+            let shapes: Vec<&[usize]> = node.inputs.iter().map(|b| g.shape(b)).collect();
+            Kernel::Concat(layout::Concat::new(*axis, &shapes)?)
+        }
+        Op::Flatten { .. } | Op::Reshape { .. } => {
+            ensure!(
+                ir::shape::checked_count(input)? == ir::shape::checked_count(output)?,
+                "changes the element count"
+            );
+            Kernel::Copy
+        }
+    })
+}
