@@ -5,6 +5,7 @@
 
 pub mod caffe;
 pub mod cli;
+pub mod fixed;
 pub mod ir;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside
