@@ -5,8 +5,12 @@
 
 pub mod caffe;
 pub mod cli;
+pub mod codegen;
 pub mod data;
+pub mod fixed;
 pub mod float;
+pub mod model;
+pub mod search;
 pub mod ir;
 pub mod metrics;
 pub mod progress;

@@ -1,0 +1,70 @@
+//! Simulator throughput on ARM's CIFAR-10 model: 1017 test images, 2 threads, images/s and
+//! GMAC/s (6,558,720 MAC per image). Plain `main` with `std::time`; skips when `../shared` is
+//! missing. Run: `cargo bench --bench sim`.
+
+use nnquant::caffe::{load_model, LoadOptions};
+use nnquant::fixed::{Formats, Keep, QGraph, Simulator};
+use std::time::Instant;
+
+const MAC_PER_IMAGE: f64 = 6_558_720.0;
+
+fn main() {
+    let shared = nnquant::shared_dir();
+    let m = shared.join("models/arm-cifar10-m4");
+    let images = shared.join("data/cifar10/test_1017_u8_hwc.npy");
+    if !m.exists() || !images.exists() {
+        eprintln!(
+            "skipping the simulator bench: {} not found (set NNQUANT_SHARED)",
+            shared.display()
+        );
+        return;
+    }
+    let g = load_model(
+        &m.join("cifar10_m4_train_test.prototxt"),
+        &LoadOptions {
+            weights: Some(&m.join("cifar10_m4_iter_70000.caffemodel.h5")),
+            input_shape: Some(vec![3, 32, 32]),
+        },
+    )
+    .expect("ARM model");
+    let q = QGraph::quantize(
+        &g,
+        &Formats::from_json_file(&m.join("arm-formats.json")).expect("formats"),
+    )
+    .expect("quantize");
+    let f = npyz::NpyFile::new(std::io::BufReader::new(
+        std::fs::File::open(&images).expect("images"),
+    ))
+    .expect("npy");
+    // Mean subtraction does not change the cost; centre the pixels at 128.
+    let input: Vec<i8> = f
+        .into_vec::<u8>()
+        .expect("u8")
+        .into_iter()
+        .map(|p| (p as i16 - 128) as i8)
+        .collect();
+    let n = input.len() / 3072;
+    let sim = Simulator::new(&q).expect("simulator");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        sim.run(&input, n, &Keep::Outputs).expect("warm-up");
+        let reps = 5;
+        let mut best = f64::INFINITY;
+        for _ in 0..reps {
+            let t = Instant::now();
+            let out = sim.run(&input, n, &Keep::Outputs).expect("run");
+            std::hint::black_box(&out);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let ips = n as f64 / best;
+        println!(
+            "sim (2 threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
+            best * 1e3,
+            ips,
+            ips * MAC_PER_IMAGE / 1e9
+        );
+    });
+}

@@ -1,0 +1,538 @@
+//! The quantized graph: int8 weights in kernel layouts (HWC), a q7 format for every blob, the
+//! shifts of every layer. Serializable and self-contained: it is the heart of the `.nnq.json`
+//! model file, and both the simulator and the code generator read only this.
+
+use super::kernels::{Dims, Pair};
+use super::qformat::QFormat;
+use crate::ir::{EltwiseOp, Graph, Hw, Node, Op, PoolMethod};
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Formats chosen for a model, in ARM's `arm-formats.json` schema: `activations_frac_bits` per
+/// blob, `layers.<name>.{weight_frac_bits, bias_frac_bits}`. Unknown keys (`about`, `input`, …)
+/// are ignored; `bias_lshift`/`out_rshift`, when present, are cross-checked against the shifts
+/// nnquant computes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Formats {
+    #[serde(default)]
+    pub activations_frac_bits: BTreeMap<String, i32>,
+    #[serde(default)]
+    pub layers: BTreeMap<String, LayerFormat>,
+}
+
+/// Formats of one parametric layer (Convolution or InnerProduct).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LayerFormat {
+    pub weight_frac_bits: i32,
+    /// May be omitted for a layer without bias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_frac_bits: Option<i32>,
+    /// Optional expectation, checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_lshift: Option<i32>,
+    /// Optional expectation, checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_rshift: Option<i32>,
+}
+
+impl Formats {
+    pub fn from_json_str(s: &str) -> Result<Formats> {
+        serde_json::from_str(s).context("parsing a formats JSON (activations_frac_bits, layers)")
+    }
+    pub fn from_json_file(path: &Path) -> Result<Formats> {
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// Serializable HWC dimensions (mirrors `kernels::Dims`, which must stay free of serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hwc {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Hwc {
+    pub fn dims(self) -> Dims {
+        Dims {
+            h: self.h,
+            w: self.w,
+            c: self.c,
+        }
+    }
+    pub fn len(self) -> usize {
+        self.h * self.w * self.c
+    }
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// `ir::Hw` as the kernels' `Pair`.
+pub fn pair(hw: Hw) -> Pair {
+    Pair { h: hw.h, w: hw.w }
+}
+
+/// A blob of the quantized graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QBlob {
+    /// Caffe's logical shape without batch (`[C, H, W]`, `[N]`, …).
+    pub shape: Vec<usize>,
+    /// How the bytes are laid out: HWC of these dimensions. A flattened `[C·H·W]` blob keeps the
+    /// HWC order of its source (flattening is free in memory); a 1-D blob is `1×1×N`.
+    pub layout: Hwc,
+    pub frac_bits: i32,
+}
+
+/// Convolution in kernel layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QConv {
+    pub in_dims: Hwc,
+    pub out_dims: Hwc,
+    pub kernel: Hw,
+    pub pad: Hw,
+    pub stride: Hw,
+    pub groups: usize,
+    /// `[out_c][kh][kw][in_c / groups]`.
+    pub weights: Vec<i8>,
+    /// `out_c` values (zeros when the layer has no bias).
+    pub bias: Vec<i8>,
+    pub weight_frac_bits: i32,
+    pub bias_frac_bits: i32,
+    pub bias_lshift: i32,
+    pub out_rshift: i32,
+}
+
+/// Fully connected in kernel layout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QFc {
+    pub in_len: usize,
+    pub out_len: usize,
+    /// `[out][in]`, `in` in the physical (HWC) order of the input blob.
+    pub weights: Vec<i8>,
+    pub bias: Vec<i8>,
+    pub weight_frac_bits: i32,
+    pub bias_frac_bits: i32,
+    pub bias_lshift: i32,
+    pub out_rshift: i32,
+}
+
+/// Pooling geometry (output size from Caffe's rules, computed once by the IR).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QPool {
+    pub in_dims: Hwc,
+    pub out_dims: Hwc,
+    pub kernel: Hw,
+    pub pad: Hw,
+    pub stride: Hw,
+}
+
+/// A quantized operation; each maps to one function of `kernels.rs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum QOp {
+    Conv(QConv),
+    Fc(QFc),
+    MaxPool(QPool),
+    AvePool(QPool),
+    Relu,
+    /// Eltwise SUM of two inputs (`kernels::add_q7`).
+    Add {
+        a_lshift: i32,
+        b_lshift: i32,
+        out_rshift: i32,
+    },
+    /// Channel concatenation, one `out_frac - in_frac` shift per input (`kernels::concat_hwc_q7`).
+    Concat {
+        shifts: Vec<i32>,
+    },
+    /// Flatten/Reshape that keeps the bytes (a copy).
+    Reshape,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QLayer {
+    pub name: String,
+    pub op: QOp,
+    pub inputs: Vec<String>,
+    pub output: String,
+}
+
+/// The quantized network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QGraph {
+    pub name: String,
+    /// The input blob (q7 HWC after `kernels::input_u8_q7`).
+    pub input: String,
+    pub blobs: BTreeMap<String, QBlob>,
+    /// In execution order.
+    pub layers: Vec<QLayer>,
+    /// The network's results. A trailing Softmax is dropped (its input becomes the output):
+    /// it is monotonic, so the firmware's arg-max is unchanged, and q7 logits are what CMSIS's
+    /// examples report too.
+    pub outputs: Vec<String>,
+}
+
+/// Which format keys of the file a blob answers to: its own name, and for SSA names
+/// `top@layer` the Caffe blob name `top`.
+fn caffe_name(blob: &str) -> &str {
+    blob.split_once('@').map_or(blob, |(t, _)| t)
+}
+
+fn hwc_of(shape: &[usize]) -> Option<Hwc> {
+    match *shape {
+        [c, h, w] => Some(Hwc { h, w, c }),
+        [n] => Some(Hwc { h: 1, w: 1, c: n }),
+        _ => None,
+    }
+}
+
+fn check_shift(layer: &str, what: &str, v: i32, formula: &str) -> Result<()> {
+    ensure!(
+        (0..=31).contains(&v),
+        "layer '{layer}': {what} = {formula} = {v} is outside 0..=31; the q7 kernels cannot shift that way. Choose other formats for this layer"
+    );
+    Ok(())
+}
+
+impl QGraph {
+    /// Quantize a float graph with the given formats. The graph must already be in inference
+    /// form (BatchNorm/Scale folded: `ir::passes::fold_batchnorm`).
+    pub fn quantize(g: &Graph, f: &Formats) -> Result<QGraph> {
+        // Which activation keys got used, to report names that match nothing.
+        let mut used: BTreeSet<&str> = BTreeSet::new();
+        let mut lookup = |blob: &str| -> Option<i32> {
+            for k in [blob, caffe_name(blob)] {
+                if let Some((key, v)) = f.activations_frac_bits.get_key_value(k) {
+                    used.insert(key.as_str());
+                    return Some(*v);
+                }
+            }
+            None
+        };
+        let mut blobs: BTreeMap<String, QBlob> = BTreeMap::new();
+        let in_shape = g.shape(&g.input.blob).to_vec();
+        let in_layout = hwc_of(&in_shape).with_context(|| {
+            format!(
+                "input blob '{}' has shape {in_shape:?}; q7 needs C×H×W or N",
+                g.input.blob
+            )
+        })?;
+        let in_frac = lookup(&g.input.blob).with_context(|| {
+            format!(
+                "the formats give no activations_frac_bits for the input blob '{}'",
+                g.input.blob
+            )
+        })?;
+        blobs.insert(
+            g.input.blob.clone(),
+            QBlob {
+                shape: in_shape,
+                layout: in_layout,
+                frac_bits: in_frac,
+            },
+        );
+        let consumers = g.consumer_counts();
+        let mut layers = Vec::new();
+        let mut outputs = g.outputs.clone();
+        let mut dropped = BTreeSet::new();
+        let mut used_layers = BTreeSet::new();
+
+        for n in &g.nodes {
+            let ctx = || format!("layer '{}' ({})", n.name, n.op.type_name());
+            ensure!(
+                n.outputs.len() == 1,
+                "{}: exactly one output is supported",
+                ctx()
+            );
+            let out = &n.outputs[0];
+            if let Op::Softmax { .. } = n.op {
+                ensure!(
+                    !consumers.contains_key(out.as_str()),
+                    "{}: a Softmax that feeds other layers has no q7 kernel",
+                    ctx()
+                );
+                for o in outputs.iter_mut().filter(|o| *o == out) {
+                    *o = n.inputs[0].clone();
+                }
+                dropped.insert(out.clone());
+                continue;
+            }
+            let ins: Vec<&QBlob> = n
+                .inputs
+                .iter()
+                .map(|b| {
+                    blobs
+                        .get(b)
+                        .with_context(|| format!("{}: input blob '{b}' is unknown", ctx()))
+                })
+                .collect::<Result<_>>()?;
+            let in0 = ins[0].clone();
+            let out_shape = g.shape(out).to_vec();
+            let given = lookup(out);
+            // Output format: forced for format-preserving ops, from the file otherwise.
+            let forced = |what: &str| -> Result<i32> {
+                if let Some(v) = given {
+                    ensure!(v == in0.frac_bits, "{}: {what} keeps its input's format ({} fraction bits), but the formats give {v} for its output blob '{out}'", ctx(), in0.frac_bits);
+                }
+                Ok(in0.frac_bits)
+            };
+            let required = || {
+                given.with_context(|| format!("{}: the formats give no activations_frac_bits for its output blob '{out}' (or '{}')", ctx(), caffe_name(out)))
+            };
+            let (op, frac, layout) = match &n.op {
+                Op::Convolution(c) => {
+                    ensure!(c.dilation == Hw::square(1), "{}: dilated convolution has no q7 kernel", ctx());
+                    let out_frac = required()?;
+                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
+                    used_layers.insert(n.name.as_str());
+                    let in_dims = in0.layout;
+                    ensure!(in0.shape.len() == 3, "{}: convolution needs a C×H×W input", ctx());
+                    let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
+                    let cin_g = in_dims.c / c.group;
+                    let (kh, kw) = (c.kernel.h, c.kernel.w);
+                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
+                    let wq = QFormat::new(lf.weight_frac_bits);
+                    let mut weights = vec![0i8; w.len()];
+                    // Caffe [O][I/g][KH][KW] -> kernels [O][KH][KW][I/g].
+                    for o in 0..c.num_output {
+                        for i in 0..cin_g {
+                            for y in 0..kh {
+                                for x in 0..kw {
+                                    let src = ((o * cin_g + i) * kh + y) * kw + x;
+                                    let dst = ((o * kh + y) * kw + x) * cin_g + i;
+                                    weights[dst] = wq.quantize(w[src]);
+                                }
+                            }
+                        }
+                    }
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    let op = QOp::Conv(QConv {
+                        in_dims,
+                        out_dims,
+                        kernel: c.kernel,
+                        pad: c.pad,
+                        stride: c.stride,
+                        groups: c.group,
+                        weights,
+                        bias,
+                        weight_frac_bits: lf.weight_frac_bits,
+                        bias_frac_bits,
+                        bias_lshift,
+                        out_rshift,
+                    });
+                    (op, out_frac, out_dims)
+                }
+                Op::InnerProduct(p) => {
+                    ensure!(p.axis == 1, "{}: inner product over axis {} (only axis 1) has no q7 kernel", ctx(), p.axis);
+                    let out_frac = required()?;
+                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
+                    used_layers.insert(n.name.as_str());
+                    let l = in0.layout;
+                    let k = l.len();
+                    let no = p.num_output;
+                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
+                    let wq = QFormat::new(lf.weight_frac_bits);
+                    let mut weights = vec![0i8; w.len()];
+                    // Caffe flattens C-major (c, y, x); the q7 input is HWC (y, x, c).
+                    for o in 0..no {
+                        for ch in 0..l.c {
+                            for y in 0..l.h {
+                                for x in 0..l.w {
+                                    let logical = (ch * l.h + y) * l.w + x;
+                                    let phys = (y * l.w + x) * l.c + ch;
+                                    let src = if p.transpose { logical * no + o } else { o * k + logical };
+                                    weights[o * k + phys] = wq.quantize(w[src]);
+                                }
+                            }
+                        }
+                    }
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, no)?;
+                    let op = QOp::Fc(QFc {
+                        in_len: k,
+                        out_len: no,
+                        weights,
+                        bias,
+                        weight_frac_bits: lf.weight_frac_bits,
+                        bias_frac_bits,
+                        bias_lshift,
+                        out_rshift,
+                    });
+                    (op, out_frac, Hwc { h: 1, w: 1, c: no })
+                }
+                Op::Pooling(p) => {
+                    let out_dims = hwc_of(&out_shape).context("pool output is not C×H×W")?;
+                    let (k, s, pad) = crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
+                    let q = QPool { in_dims: in0.layout, out_dims, kernel: k, pad, stride: s };
+                    match p.method {
+                        PoolMethod::Max => (QOp::MaxPool(q), forced("max pooling")?, out_dims),
+                        PoolMethod::Ave => (QOp::AvePool(q), forced("average pooling")?, out_dims),
+                    }
+                }
+                Op::ReLU { negative_slope } => {
+                    ensure!(*negative_slope == 0.0, "{}: leaky ReLU (negative_slope {negative_slope}) has no q7 kernel", ctx());
+                    (QOp::Relu, forced("ReLU")?, in0.layout)
+                }
+                Op::Flatten { .. } | Op::Reshape { .. } => {
+                    let same = out_shape.len() == 1 || (in0.layout.h == 1 && in0.layout.w == 1);
+                    ensure!(same, "{}: reshaping {:?} into {out_shape:?} would reorder HWC bytes; only flattening is supported", ctx(), in0.shape);
+                    (QOp::Reshape, forced("a reshape")?, in0.layout)
+                }
+                Op::Eltwise { op, coeffs } => {
+                    ensure!(*op == EltwiseOp::Sum, "{}: Eltwise {op:?} has no q7 kernel (SUM only)", ctx());
+                    ensure!(ins.len() == 2, "{}: q7 Eltwise SUM takes exactly 2 inputs, got {}", ctx(), ins.len());
+                    ensure!(coeffs.iter().all(|&c| c == 1.0), "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)", ctx());
+                    let out_frac = required()?;
+                    let (fa, fb) = (ins[0].frac_bits, ins[1].frac_bits);
+                    let common = fa.max(fb).max(out_frac);
+                    let (a_lshift, b_lshift, out_rshift) = (common - fa, common - fb, common - out_frac);
+                    ensure!(a_lshift <= 23 && b_lshift <= 23 && out_rshift <= 31, "{}: input formats {fa}, {fb} and output format {out_frac} are too far apart for an i32 sum", ctx());
+                    ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
+                    (QOp::Add { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                }
+                Op::Concat { axis } => {
+                    ensure!(*axis == 1, "{}: q7 Concat joins channels (axis 1) only, got axis {axis}", ctx());
+                    let out_frac = required()?;
+                    let mut shifts = Vec::new();
+                    for b in &ins {
+                        ensure!(b.layout.h == in0.layout.h && b.layout.w == in0.layout.w, "{}: inputs differ in H×W", ctx());
+                        let s = out_frac - b.frac_bits;
+                        ensure!((-31..=31).contains(&s), "{}: format change {s} is too large", ctx());
+                        shifts.push(s);
+                    }
+                    let c = ins.iter().map(|b| b.layout.c).sum();
+                    (QOp::Concat { shifts }, out_frac, Hwc { h: in0.layout.h, w: in0.layout.w, c })
+                }
+                other => bail!(
+                    "{}: no q7 kernel for {}; fold BatchNorm/Scale/Bias into the preceding layer first (ir::passes::fold_batchnorm)",
+                    ctx(),
+                    other.type_name()
+                ),
+            };
+            blobs.insert(
+                out.clone(),
+                QBlob {
+                    shape: out_shape,
+                    layout,
+                    frac_bits: frac,
+                },
+            );
+            layers.push(QLayer {
+                name: n.name.clone(),
+                op,
+                inputs: n.inputs.clone(),
+                output: out.clone(),
+            });
+        }
+
+        let unknown: Vec<&String> = f
+            .activations_frac_bits
+            .keys()
+            .filter(|k| {
+                !used.contains(k.as_str())
+                    && !dropped.contains(*k)
+                    && !blobs.keys().any(|b| caffe_name(b) == k.as_str())
+            })
+            .collect();
+        ensure!(
+            unknown.is_empty(),
+            "activations_frac_bits names blob(s) {unknown:?} that match no blob of the model; known blobs: {:?}",
+            blobs.keys().collect::<Vec<_>>()
+        );
+        let unknown: Vec<&String> = f
+            .layers
+            .keys()
+            .filter(|k| !used_layers.contains(k.as_str()))
+            .collect();
+        ensure!(
+            unknown.is_empty(),
+            "the formats name layer(s) {unknown:?} that are not Convolution/InnerProduct layers of the model; those are: {used_layers:?}"
+        );
+        Ok(QGraph {
+            name: g.name.clone(),
+            input: g.input.blob.clone(),
+            blobs,
+            layers,
+            outputs,
+        })
+    }
+
+    /// Format of a blob.
+    pub fn frac_bits(&self, blob: &str) -> Option<i32> {
+        self.blobs.get(blob).map(|b| b.frac_bits)
+    }
+
+    /// Number of q7 elements of a blob per image.
+    pub fn blob_len(&self, blob: &str) -> usize {
+        self.blobs.get(blob).map_or(0, |b| b.layout.len())
+    }
+
+    /// The input's HWC dimensions.
+    pub fn input_dims(&self) -> Hwc {
+        self.blobs[&self.input].layout
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    pub fn from_json(s: &str) -> Result<QGraph> {
+        serde_json::from_str(s).context("parsing a quantized graph")
+    }
+}
+
+/// Quantized bias and shifts of a conv/fc layer, with every check.
+fn shifts(
+    n: &Node,
+    lf: &LayerFormat,
+    in_frac: i32,
+    out_frac: i32,
+    out_n: usize,
+) -> Result<(Vec<i8>, i32, i32, i32)> {
+    let wf = lf.weight_frac_bits;
+    let acc_frac = wf + in_frac;
+    let (bias, bf) = match n.weights.get(1) {
+        Some(b) => {
+            let bf = lf.bias_frac_bits.with_context(|| {
+                format!(
+                    "layer '{}' has a bias but the formats give no bias_frac_bits",
+                    n.name
+                )
+            })?;
+            (QFormat::new(bf).quantize_slice(&b.data), bf)
+        }
+        None => (vec![0; out_n], lf.bias_frac_bits.unwrap_or(acc_frac)),
+    };
+    let bias_lshift = acc_frac - bf;
+    let out_rshift = acc_frac - out_frac;
+    check_shift(
+        &n.name,
+        "bias_lshift",
+        bias_lshift,
+        &format!("weight_frac {wf} + input_frac {in_frac} - bias_frac {bf}"),
+    )?;
+    check_shift(
+        &n.name,
+        "out_rshift",
+        out_rshift,
+        &format!("weight_frac {wf} + input_frac {in_frac} - output_frac {out_frac}"),
+    )?;
+    if let Some(e) = lf.bias_lshift {
+        ensure!(
+            e == bias_lshift,
+            "layer '{}': the formats say bias_lshift {e}, but its formats give {bias_lshift}",
+            n.name
+        );
+    }
+    if let Some(e) = lf.out_rshift {
+        ensure!(
+            e == out_rshift,
+            "layer '{}': the formats say out_rshift {e}, but its formats give {out_rshift}",
+            n.name
+        );
+    }
+    Ok((bias, bf, bias_lshift, out_rshift))
+}

@@ -1,0 +1,590 @@
+//! The fast, batched, bit-exact q7 simulator.
+//!
+//! Why it can differ from `kernels.rs` and still be exact: every conv/fc output is
+//! `sat_i8((bias_term + Σ x·w) >> s)` with the sum taken in wrapping `i32`, which is associative
+//! and commutative, so any summation order gives the same bits. The simulator therefore lays the
+//! convolution out as im2col + an `i16 × i16 → i32` dot-product GEMM (weights pre-widened and
+//! padded to a multiple of 16 with zeros, which add nothing), compiled twice and picked at run
+//! time so that AVX2 is used where the CPU has it. Images run in parallel on rayon's pool.
+//! Pooling, ReLU, Add, Concat call `kernels.rs` directly (they are memory-bound and cheap).
+//! Property tests (`tests/fixed_sim_props.rs`) pin the results to `kernels.rs`.
+
+use super::graph::{pair, QGraph, QOp};
+use super::kernels;
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+
+/// q7 activations of a batch: per blob, `n` images one after the other, each HWC.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activations {
+    pub n: usize,
+    pub blobs: BTreeMap<String, Vec<i8>>,
+}
+
+impl Activations {
+    /// All images of a blob.
+    pub fn get(&self, blob: &str) -> Option<&[i8]> {
+        self.blobs.get(blob).map(Vec::as_slice)
+    }
+    /// Image `i` of a blob.
+    pub fn image(&self, blob: &str, i: usize) -> Option<&[i8]> {
+        let v = self.blobs.get(blob)?;
+        let len = v.len() / self.n.max(1);
+        v.get(i * len..(i + 1) * len)
+    }
+}
+
+/// Which blobs a run returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Keep {
+    /// The graph's outputs only.
+    Outputs,
+    /// Every blob, including the input (tracing, SQNR, building a `run_from` cache).
+    All,
+    /// These blobs (plus the outputs).
+    Blobs(Vec<String>),
+}
+
+const KB: usize = 16;
+
+fn round_up(k: usize) -> usize {
+    k.div_ceil(KB) * KB
+}
+
+/// A conv or fc prepared for the GEMM: weights widened to `i16`, rows padded to `kp`.
+struct Gemm {
+    kp: usize,
+    w: Vec<i16>,
+    /// `(bias << bias_lshift) + round_term` per output.
+    bias: Vec<i32>,
+    rshift: u32,
+}
+
+impl Gemm {
+    fn new(
+        weights: &[i8],
+        rows: usize,
+        k: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        layer: &str,
+    ) -> Result<Gemm> {
+        ensure!(
+            (0..=31).contains(&bias_lshift) && (0..=31).contains(&out_rshift),
+            "layer '{layer}': shifts {bias_lshift}/{out_rshift} outside 0..=31"
+        );
+        ensure!(
+            weights.len() == rows * k && bias.len() == rows,
+            "layer '{layer}': weight/bias sizes do not match"
+        );
+        let kp = round_up(k);
+        let mut w = vec![0i16; rows * kp];
+        for r in 0..rows {
+            for (d, s) in w[r * kp..r * kp + k]
+                .iter_mut()
+                .zip(&weights[r * k..(r + 1) * k])
+            {
+                *d = *s as i16;
+            }
+        }
+        let rs = out_rshift as u32;
+        let bias = bias
+            .iter()
+            .map(|&b| ((b as i32) << bias_lshift).wrapping_add(kernels::round_term(rs)))
+            .collect();
+        Ok(Gemm {
+            kp,
+            w,
+            bias,
+            rshift: rs,
+        })
+    }
+}
+
+enum Prep {
+    Conv(Gemm),
+    Fc(Gemm),
+    Other,
+}
+
+/// `out[p·out_stride + o] = sat((bias[o] + col[p]·w[o]) >> s)` for `o` in `0..rows`.
+#[inline(always)]
+fn gemm_body(
+    col: &[i16],
+    n_px: usize,
+    g: &Gemm,
+    rows: std::ops::Range<usize>,
+    out: &mut [i8],
+    out_stride: usize,
+    out_off: usize,
+) {
+    let kp = g.kp;
+    for p in 0..n_px {
+        let c = &col[p * kp..(p + 1) * kp];
+        let orow = &mut out[p * out_stride + out_off..];
+        let mut o = rows.start;
+        // Four output channels per pass over the column row.
+        while o + 4 <= rows.end {
+            let w0 = &g.w[o * kp..(o + 1) * kp];
+            let w1 = &g.w[(o + 1) * kp..(o + 2) * kp];
+            let w2 = &g.w[(o + 2) * kp..(o + 3) * kp];
+            let w3 = &g.w[(o + 3) * kp..(o + 4) * kp];
+            let mut a = [[0i32; KB]; 4];
+            for k in (0..kp).step_by(KB) {
+                let x = &c[k..k + KB];
+                for j in 0..KB {
+                    let xv = x[j] as i32;
+                    a[0][j] = a[0][j].wrapping_add(xv.wrapping_mul(w0[k + j] as i32));
+                    a[1][j] = a[1][j].wrapping_add(xv.wrapping_mul(w1[k + j] as i32));
+                    a[2][j] = a[2][j].wrapping_add(xv.wrapping_mul(w2[k + j] as i32));
+                    a[3][j] = a[3][j].wrapping_add(xv.wrapping_mul(w3[k + j] as i32));
+                }
+            }
+            for (r, acc) in a.iter().enumerate() {
+                let s = acc.iter().fold(g.bias[o + r], |s, v| s.wrapping_add(*v));
+                orow[o + r] = kernels::sat_i8(s >> g.rshift);
+            }
+            o += 4;
+        }
+        while o < rows.end {
+            let w0 = &g.w[o * kp..(o + 1) * kp];
+            let mut a = [0i32; KB];
+            for k in (0..kp).step_by(KB) {
+                for j in 0..KB {
+                    a[j] = a[j].wrapping_add((c[k + j] as i32).wrapping_mul(w0[k + j] as i32));
+                }
+            }
+            let s = a.iter().fold(g.bias[o], |s, v| s.wrapping_add(*v));
+            orow[o] = kernels::sat_i8(s >> g.rshift);
+            o += 1;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_avx2(
+    col: &[i16],
+    n_px: usize,
+    g: &Gemm,
+    rows: std::ops::Range<usize>,
+    out: &mut [i8],
+    out_stride: usize,
+    out_off: usize,
+) {
+    gemm_body(col, n_px, g, rows, out, out_stride, out_off)
+}
+
+/// Dispatch to the AVX2 build of the same code when the CPU has it (identical integer results).
+fn gemm(
+    col: &[i16],
+    n_px: usize,
+    g: &Gemm,
+    rows: std::ops::Range<usize>,
+    out: &mut [i8],
+    out_stride: usize,
+    out_off: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { gemm_avx2(col, n_px, g, rows, out, out_stride, out_off) };
+            return;
+        }
+    }
+    gemm_body(col, n_px, g, rows, out, out_stride, out_off)
+}
+
+/// The simulator for one quantized graph (prepares widened weights once).
+pub struct Simulator<'g> {
+    g: &'g QGraph,
+    prep: Vec<Prep>,
+}
+
+/// Per-thread scratch.
+#[derive(Default)]
+struct Scratch {
+    col: Vec<i16>,
+}
+
+impl<'g> Simulator<'g> {
+    pub fn new(g: &'g QGraph) -> Result<Simulator<'g>> {
+        let mut prep = Vec::new();
+        for l in &g.layers {
+            prep.push(match &l.op {
+                QOp::Conv(c) => {
+                    ensure!(
+                        c.groups > 0 && c.in_dims.c % c.groups == 0 && c.out_dims.c % c.groups == 0,
+                        "layer '{}': bad groups",
+                        l.name
+                    );
+                    let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
+                    Prep::Conv(Gemm::new(
+                        &c.weights,
+                        c.out_dims.c,
+                        k,
+                        &c.bias,
+                        c.bias_lshift,
+                        c.out_rshift,
+                        &l.name,
+                    )?)
+                }
+                QOp::Fc(f) => Prep::Fc(Gemm::new(
+                    &f.weights,
+                    f.out_len,
+                    f.in_len,
+                    &f.bias,
+                    f.bias_lshift,
+                    f.out_rshift,
+                    &l.name,
+                )?),
+                _ => Prep::Other,
+            });
+        }
+        Ok(Simulator { g, prep })
+    }
+
+    pub fn graph(&self) -> &QGraph {
+        self.g
+    }
+
+    /// Run the whole graph on `n` q7 HWC input images (`input.len() == n · input_len`).
+    pub fn run(&self, input: &[i8], n: usize, keep: &Keep) -> Result<Activations> {
+        let len = self.g.blob_len(&self.g.input);
+        ensure!(
+            input.len() == n * len,
+            "input has {} bytes, expected {n} images × {len}",
+            input.len()
+        );
+        let mut cache = Activations {
+            n,
+            blobs: BTreeMap::new(),
+        };
+        cache.blobs.insert(self.g.input.clone(), input.to_vec());
+        self.run_from(0, &cache, keep)
+    }
+
+    /// Run layers `k..` given a cache holding (at least) every blob those layers read that an
+    /// earlier layer (or the input) produced — typically the `Keep::All` result of an earlier
+    /// run. The format search uses this to re-evaluate a candidate for layer `k` cheaply.
+    pub fn run_from(&self, k: usize, cache: &Activations, keep: &Keep) -> Result<Activations> {
+        let g = self.g;
+        ensure!(
+            k <= g.layers.len(),
+            "run_from({k}): the graph has {} layers",
+            g.layers.len()
+        );
+        let n = cache.n;
+        let produced_later: std::collections::BTreeSet<&str> =
+            g.layers[k..].iter().map(|l| l.output.as_str()).collect();
+        for l in &g.layers[k..] {
+            for b in &l.inputs {
+                if !produced_later.contains(b.as_str()) {
+                    let v = cache.get(b).with_context(|| {
+                        format!(
+                            "run_from({k}): blob '{b}' (read by layer '{}') is not in the cache",
+                            l.name
+                        )
+                    })?;
+                    ensure!(
+                        v.len() == n * g.blob_len(b),
+                        "run_from({k}): cached blob '{b}' has the wrong size"
+                    );
+                }
+            }
+        }
+        let mut kept: Vec<String> = match keep {
+            Keep::Outputs => g.outputs.clone(),
+            Keep::All => g.blobs.keys().cloned().collect(),
+            Keep::Blobs(b) => b.iter().chain(&g.outputs).cloned().collect(),
+        };
+        kept.sort();
+        kept.dedup();
+        for b in &kept {
+            ensure!(g.blobs.contains_key(b), "unknown blob '{b}'");
+        }
+        let per_image: Vec<Result<Vec<Vec<i8>>>> = (0..n)
+            .into_par_iter()
+            .map_init(Scratch::default, |s, i| self.image(k, cache, i, &kept, s))
+            .collect();
+        let mut out = Activations {
+            n,
+            blobs: BTreeMap::new(),
+        };
+        for b in &kept {
+            out.blobs
+                .insert(b.clone(), Vec::with_capacity(n * g.blob_len(b)));
+        }
+        for r in per_image {
+            for (b, v) in kept.iter().zip(r?) {
+                out.blobs
+                    .get_mut(b)
+                    .expect("inserted above")
+                    .extend_from_slice(&v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One image through layers `k..`; returns the kept blobs in `kept` order.
+    fn image(
+        &self,
+        k: usize,
+        cache: &Activations,
+        i: usize,
+        kept: &[String],
+        s: &mut Scratch,
+    ) -> Result<Vec<Vec<i8>>> {
+        let g = self.g;
+        let mut local: BTreeMap<&str, Vec<i8>> = BTreeMap::new();
+        for (li, l) in g.layers.iter().enumerate().skip(k) {
+            let get = |b: &str| -> &[i8] {
+                match local.get(b) {
+                    Some(v) => v.as_slice(),
+                    None => cache.image(b, i).unwrap_or(&[]),
+                }
+            };
+            let x = get(&l.inputs[0]);
+            let mut y = vec![0i8; g.blob_len(&l.output)];
+            let r = match (&l.op, &self.prep[li]) {
+                (QOp::Conv(c), Prep::Conv(gm)) => {
+                    conv_fast(x, c, gm, &mut y, &mut s.col);
+                    Ok(())
+                }
+                (QOp::Fc(_), Prep::Fc(gm)) => {
+                    s.col.clear();
+                    s.col.extend(x.iter().map(|&v| v as i16));
+                    s.col.resize(gm.kp, 0);
+                    gemm(&s.col, 1, gm, 0..y.len(), &mut y, 0, 0);
+                    Ok(())
+                }
+                (QOp::MaxPool(p), _) => kernels::maxpool_hwc_q7(
+                    x,
+                    p.in_dims.dims(),
+                    pair(p.kernel),
+                    pair(p.pad),
+                    pair(p.stride),
+                    &mut y,
+                    p.out_dims.dims(),
+                ),
+                (QOp::AvePool(p), _) => kernels::avepool_hwc_q7(
+                    x,
+                    p.in_dims.dims(),
+                    pair(p.kernel),
+                    pair(p.pad),
+                    pair(p.stride),
+                    &mut y,
+                    p.out_dims.dims(),
+                ),
+                (QOp::Relu, _) => {
+                    y.copy_from_slice(x);
+                    kernels::relu_q7(&mut y);
+                    Ok(())
+                }
+                (QOp::Reshape, _) => {
+                    y.copy_from_slice(x);
+                    Ok(())
+                }
+                (
+                    QOp::Add {
+                        a_lshift,
+                        b_lshift,
+                        out_rshift,
+                    },
+                    _,
+                ) => kernels::add_q7(
+                    x,
+                    *a_lshift,
+                    get(&l.inputs[1]),
+                    *b_lshift,
+                    *out_rshift,
+                    &mut y,
+                ),
+                (QOp::Concat { shifts }, _) => {
+                    let out_c = g.blobs[&l.output].layout.c;
+                    let mut off = 0;
+                    let mut r = Ok(());
+                    for (b, sh) in l.inputs.iter().zip(shifts) {
+                        let c = g.blobs[b].layout.c;
+                        r = r.and(kernels::concat_hwc_q7(get(b), c, *sh, &mut y, out_c, off));
+                        off += c;
+                    }
+                    r
+                }
+                _ => bail!("layer '{}': internal error, unprepared op", l.name),
+            };
+            if let Err(e) = r {
+                bail!("layer '{}': kernel refused its arguments ({e:?})", l.name);
+            }
+            local.insert(l.output.as_str(), y);
+        }
+        Ok(kept
+            .iter()
+            .map(|b| {
+                local
+                    .get(b.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| cache.image(b, i).map(<[i8]>::to_vec).unwrap_or_default())
+            })
+            .collect())
+    }
+}
+
+/// Convolution of one image: im2col per group (i16, zero padding, rows padded to `kp`), GEMM.
+fn conv_fast(x: &[i8], c: &super::graph::QConv, gm: &Gemm, y: &mut [i8], col: &mut Vec<i16>) {
+    let (id, od) = (c.in_dims, c.out_dims);
+    let cin_g = id.c / c.groups;
+    let cout_g = od.c / c.groups;
+    let n_px = od.h * od.w;
+    let kp = gm.kp;
+    for grp in 0..c.groups {
+        col.clear();
+        col.resize(n_px * kp, 0);
+        for oy in 0..od.h {
+            for ox in 0..od.w {
+                let row = &mut col[(oy * od.w + ox) * kp..][..kp];
+                for ky in 0..c.kernel.h {
+                    let iy = (oy * c.stride.h + ky) as isize - c.pad.h as isize;
+                    if iy < 0 || iy >= id.h as isize {
+                        continue;
+                    }
+                    for kx in 0..c.kernel.w {
+                        let ix = (ox * c.stride.w + kx) as isize - c.pad.w as isize;
+                        if ix < 0 || ix >= id.w as isize {
+                            continue;
+                        }
+                        let src =
+                            &x[(iy as usize * id.w + ix as usize) * id.c + grp * cin_g..][..cin_g];
+                        let dst = &mut row[(ky * c.kernel.w + kx) * cin_g..][..cin_g];
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = *s as i16;
+                        }
+                    }
+                }
+            }
+        }
+        gemm(col, n_px, gm, grp * cout_g..(grp + 1) * cout_g, y, od.c, 0);
+    }
+}
+
+/// The reference path: `kernels.rs` image by image, whole graph, every blob kept. Slow; for
+/// tests and for cross-checking the simulator.
+pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> {
+    let len = g.blob_len(&g.input);
+    ensure!(
+        input.len() == n * len,
+        "input has {} bytes, expected {n} × {len}",
+        input.len()
+    );
+    let mut out = Activations {
+        n,
+        blobs: BTreeMap::new(),
+    };
+    out.blobs.insert(g.input.clone(), input.to_vec());
+    for l in &g.layers {
+        out.blobs.insert(
+            l.output.clone(),
+            Vec::with_capacity(n * g.blob_len(&l.output)),
+        );
+    }
+    for i in 0..n {
+        let mut local: BTreeMap<&str, Vec<i8>> = BTreeMap::new();
+        local.insert(g.input.as_str(), input[i * len..(i + 1) * len].to_vec());
+        for l in &g.layers {
+            let x = local[l.inputs[0].as_str()].as_slice();
+            let mut y = vec![0i8; g.blob_len(&l.output)];
+            let r = match &l.op {
+                QOp::Conv(c) => kernels::conv_hwc_q7(
+                    x,
+                    c.in_dims.dims(),
+                    &c.weights,
+                    pair(c.kernel),
+                    pair(c.pad),
+                    pair(c.stride),
+                    c.groups,
+                    &c.bias,
+                    c.bias_lshift,
+                    c.out_rshift,
+                    &mut y,
+                    c.out_dims.dims(),
+                ),
+                QOp::Fc(f) => {
+                    kernels::fc_q7(x, &f.weights, &f.bias, f.bias_lshift, f.out_rshift, &mut y)
+                }
+                QOp::MaxPool(p) => kernels::maxpool_hwc_q7(
+                    x,
+                    p.in_dims.dims(),
+                    pair(p.kernel),
+                    pair(p.pad),
+                    pair(p.stride),
+                    &mut y,
+                    p.out_dims.dims(),
+                ),
+                QOp::AvePool(p) => kernels::avepool_hwc_q7(
+                    x,
+                    p.in_dims.dims(),
+                    pair(p.kernel),
+                    pair(p.pad),
+                    pair(p.stride),
+                    &mut y,
+                    p.out_dims.dims(),
+                ),
+                QOp::Relu => {
+                    y.copy_from_slice(x);
+                    kernels::relu_q7(&mut y);
+                    Ok(())
+                }
+                QOp::Reshape => {
+                    y.copy_from_slice(x);
+                    Ok(())
+                }
+                QOp::Add {
+                    a_lshift,
+                    b_lshift,
+                    out_rshift,
+                } => kernels::add_q7(
+                    x,
+                    *a_lshift,
+                    &local[l.inputs[1].as_str()],
+                    *b_lshift,
+                    *out_rshift,
+                    &mut y,
+                ),
+                QOp::Concat { shifts } => {
+                    let out_c = g.blobs[&l.output].layout.c;
+                    let mut off = 0;
+                    let mut r = Ok(());
+                    for (b, sh) in l.inputs.iter().zip(shifts) {
+                        let c = g.blobs[b].layout.c;
+                        r = r.and(kernels::concat_hwc_q7(
+                            &local[b.as_str()],
+                            c,
+                            *sh,
+                            &mut y,
+                            out_c,
+                            off,
+                        ));
+                        off += c;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = r {
+                bail!("layer '{}': kernel refused its arguments ({e:?})", l.name);
+            }
+            local.insert(l.output.as_str(), y);
+        }
+        for (b, v) in local {
+            if b != g.input.as_str() {
+                out.blobs
+                    .get_mut(b)
+                    .expect("inserted above")
+                    .extend_from_slice(&v);
+            }
+        }
+    }
+    Ok(out)
+}
