@@ -14,6 +14,7 @@ pub mod search;
 pub mod ir;
 pub mod metrics;
 pub mod progress;
+pub mod quantize;
 pub mod report;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside

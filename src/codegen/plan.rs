@@ -165,11 +165,12 @@ pub fn check(g: &QGraph, p: &Plan) -> Result<(), String> {
 }
 
 fn chain(aliased: &[(&str, &str)], a: &str, b: &str) -> bool {
-    let root = |mut x: &str| {
+    let root = |x: &str| {
+        let mut x = x.to_string();
         while let Some(&(src, _)) = aliased.iter().find(|&&(_, d)| d == x) {
-            x = src;
+            x = src.to_string();
         }
-        x.to_string()
+        x
     };
     root(a) == root(b)
 }

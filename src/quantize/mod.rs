@@ -1,0 +1,403 @@
+//! `nnquant quantize` as a library function: float pass on the calibration set, format search
+//! with the simulator, final evaluation on a held-out set, the model file and the report.
+
+pub mod input;
+
+use crate::data::{self, preprocess::Preprocessor, Sample, Source};
+use crate::fixed::graph::{Formats, QGraph};
+use crate::fixed::qformat::InputScale;
+use crate::fixed::sim::{self, Simulator};
+use crate::float::{self, Engine};
+use crate::ir::{self, Graph, Op};
+use crate::metrics::{argmax, Accumulator};
+use crate::model::{InputSpec, NnqModel, SourceInfo, SCHEMA as MODEL_SCHEMA};
+use crate::report::{self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, Report, Timing};
+use crate::search::{self, Calibration, InputPrep, Scorer, Strategy};
+use anyhow::{bail, ensure, Context, Result};
+use input::IntegerInput;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Images per float/simulator batch: bounds memory while keeping both cores busy.
+const BATCH: usize = 256;
+
+pub struct Options {
+    pub strategy: Strategy,
+    /// Formats pinned by the user (`--formats`): no search.
+    pub formats: Option<Formats>,
+    pub quiet: bool,
+    pub timing: bool,
+    /// "rgb" or "bgr" as fed to the network.
+    pub channel_order: String,
+}
+
+/// One data set with its description for the report.
+pub struct DataSet<'a> {
+    pub source: &'a mut dyn Source,
+    pub name: String,
+}
+
+/// The blob the firmware outputs: the graph output, or the input of a trailing Softmax (which
+/// the q7 graph drops: it does not change the arg-max).
+pub fn logits_blob(g: &Graph) -> String {
+    let out = &g.outputs[0];
+    match g.nodes.iter().find(|n| &n.outputs[0] == out) {
+        Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
+        _ => out.clone(),
+    }
+}
+
+/// What the float pass over a data set yields.
+pub struct Collected {
+    pub images: usize,
+    /// HWC uint8 pixels as the firmware receives them (cropped).
+    pub pixels_hwc: Vec<u8>,
+    pub labels: Option<Vec<usize>>,
+    /// Float logits (the firmware's output blob), `images × classes`.
+    pub float_out: Vec<f32>,
+    /// Max |x| over the set for every blob (only when asked).
+    pub max_abs: BTreeMap<String, f32>,
+}
+
+fn label_of(s: &Sample, index: usize, classes: usize) -> Result<Option<usize>> {
+    match s.label {
+        None => Ok(None),
+        Some(l) => {
+            ensure!(l >= 0 && (l as usize) < classes, "image {index} has label {l}, outside the model's {classes} classes (0..{})", classes - 1);
+            Ok(Some(l as usize))
+        }
+    }
+}
+
+/// Stream a data set through the float engine.
+pub fn collect(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &IntegerInput, stats: bool, quiet: bool) -> Result<Collected> {
+    let g = engine.graph();
+    let out_blob = logits_blob(g);
+    let classes: usize = g.shape(&out_blob).iter().product();
+    let total = ds.source.len();
+    ensure!(total > 0, "{}: the data set is empty", ds.name);
+    let pb = crate::progress::bar(total as u64, "float", quiet);
+    let mut c = Collected { images: 0, pixels_hwc: Vec::with_capacity(total * int_in.len()), labels: Some(vec![]), float_out: vec![], max_abs: BTreeMap::new() };
+    let mut start = 0;
+    while start < total {
+        let end = (start + BATCH).min(total);
+        let samples = ds.source.read_range(start..end).with_context(|| ds.name.clone())?;
+        let batch = pre.batch(&samples).with_context(|| ds.name.clone())?;
+        ensure!(
+            batch.shape.as_slice() == g.shape(&g.input.blob),
+            "{}: images become {:?} after preprocessing, but the model input is {:?}",
+            ds.name,
+            batch.shape,
+            g.shape(&g.input.blob)
+        );
+        for (i, s) in samples.iter().enumerate() {
+            int_in.push_hwc(s, start + i, &mut c.pixels_hwc)?;
+            let l = label_of(s, start + i, classes)?;
+            match (l, c.labels.as_mut()) {
+                (Some(l), Some(v)) => v.push(l),
+                _ => c.labels = None,
+            }
+        }
+        let keep = if stats { float::Keep::All } else { float::Keep::Outputs };
+        let acts = engine.forward(&batch.data, samples.len(), keep)?;
+        if stats {
+            for (b, v) in &acts.blobs {
+                let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let e = c.max_abs.entry(b.clone()).or_insert(0.0);
+                *e = e.max(m);
+            }
+        }
+        c.float_out.extend_from_slice(acts.blobs.get(&out_blob).with_context(|| format!("float output '{out_blob}' missing"))?);
+        c.images += samples.len();
+        pb.set_position(end as u64);
+        start = end;
+    }
+    pb.finish_and_clear();
+    Ok(c)
+}
+
+/// Per-blob comparison of the simulator against float on one data set.
+#[derive(Default)]
+struct BlobAcc {
+    signal: f64,
+    noise: f64,
+    saturated: u64,
+    elements: u64,
+    max_abs: f64,
+}
+
+/// Results of running final formats on the evaluation set.
+pub struct Evaluation {
+    pub float: Option<crate::metrics::Metrics>,
+    pub quant: Option<crate::metrics::Metrics>,
+    pub agreement: f64,
+    pub images: usize,
+    blobs: BTreeMap<String, BlobAcc>,
+}
+
+/// Dequantize an HWC q7 image of a blob into CHW order.
+fn hwc_to_chw_deq(q: &[i8], shape: &[usize], frac: i32, out: &mut Vec<f64>) {
+    out.clear();
+    let s = (-(frac as f64)).exp2();
+    match *shape {
+        [c, h, w] => {
+            out.resize(q.len(), 0.0);
+            for y in 0..h {
+                for x in 0..w {
+                    for ch in 0..c {
+                        out[(ch * h + y) * w + x] = q[(y * w + x) * c + ch] as f64 * s;
+                    }
+                }
+            }
+        }
+        _ => out.extend(q.iter().map(|&v| v as f64 * s)),
+    }
+}
+
+/// Run float and simulator side by side over a data set.
+pub fn evaluate(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &IntegerInput, qg: &QGraph, prep: &InputPrep, quiet: bool) -> Result<Evaluation> {
+    let g = engine.graph();
+    let out_blob = logits_blob(g);
+    let classes: usize = g.shape(&out_blob).iter().product();
+    let total = ds.source.len();
+    ensure!(total > 0, "{}: the data set is empty", ds.name);
+    let sim = Simulator::new(qg)?;
+    let in_frac = qg.frac_bits(&qg.input).context("input format")?;
+    let pb = crate::progress::bar(total as u64, "evaluate", quiet);
+    let (mut fa, mut qa) = (Accumulator::new(classes), Accumulator::new(classes));
+    let mut labelled = true;
+    let mut agree = 0usize;
+    let mut blobs: BTreeMap<String, BlobAcc> = qg.blobs.keys().map(|b| (b.clone(), BlobAcc::default())).collect();
+    let mut deq = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let end = (start + BATCH).min(total);
+        let samples = ds.source.read_range(start..end).with_context(|| ds.name.clone())?;
+        let n = samples.len();
+        let batch = pre.batch(&samples)?;
+        let mut px = Vec::with_capacity(n * int_in.len());
+        for (i, s) in samples.iter().enumerate() {
+            int_in.push_hwc(s, start + i, &mut px)?;
+        }
+        let q_in = prep.quantize(&px, int_in.len(), in_frac)?;
+        let facts = engine.forward(&batch.data, n, float::Keep::All)?;
+        let qacts = sim.run(&q_in, n, &sim::Keep::All)?;
+        for i in 0..n {
+            let f = facts.image(&out_blob, i).context("float output")?;
+            let q = qacts.image(&qg.outputs[0], i).context("quantized output")?;
+            agree += usize::from(argmax(f) == argmax(q));
+            match label_of(&samples[i], start + i, classes)? {
+                Some(l) => {
+                    fa.add(f, l);
+                    qa.add(q, l);
+                }
+                None => labelled = false,
+            }
+            for (b, acc) in blobs.iter_mut() {
+                let (Some(fv), Some(qv)) = (facts.image(b, i), qacts.image(b, i)) else { continue };
+                let qb = &qg.blobs[b];
+                hwc_to_chw_deq(qv, &qb.shape, qb.frac_bits, &mut deq);
+                for (x, y) in fv.iter().zip(&deq) {
+                    let x = *x as f64;
+                    acc.signal += x * x;
+                    acc.noise += (x - y) * (x - y);
+                    acc.max_abs = acc.max_abs.max(x.abs());
+                }
+                acc.saturated += qv.iter().filter(|&&v| v == 127 || v == -128).count() as u64;
+                acc.elements += qv.len() as u64;
+            }
+        }
+        pb.set_position(end as u64);
+        start = end;
+    }
+    pb.finish_and_clear();
+    Ok(Evaluation {
+        float: labelled.then(|| fa.finish()),
+        quant: labelled.then(|| qa.finish()),
+        agreement: agree as f64 / total as f64,
+        images: total,
+        blobs,
+    })
+}
+
+/// Everything `quantize` needs besides the data.
+pub struct Inputs<'a> {
+    /// Inference graph with weights (BatchNorm etc. already folded).
+    pub graph: &'a Graph,
+    pub prototxt: &'a std::path::Path,
+    pub weights: &'a std::path::Path,
+    pub float_pre: &'a Preprocessor,
+    pub mean: Option<&'a ir::Tensor>,
+}
+
+pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options) -> Result<(NnqModel, Report)> {
+    let g = inp.graph;
+    let engine = Engine::new(g)?;
+    let first = calib.source.read(0).with_context(|| calib.name.clone())?;
+    let int_in = IntegerInput::new(&g.input.preprocess, inp.mean, first.image.shape())?;
+    ensure!(
+        int_in.shape.as_slice() == g.shape(&g.input.blob),
+        "{}: images are {:?} ({:?} after the crop) but the model input is {:?}",
+        calib.name,
+        first.image.shape(),
+        int_in.shape,
+        g.shape(&g.input.blob)
+    );
+    let prep = InputPrep { mean_u8: int_in.mean_u8.clone(), scale: int_in.scale };
+
+    let t0 = Instant::now();
+    let cal = collect(calib, &engine, inp.float_pre, &int_in, true, opts.quiet)?;
+    let float_seconds = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let scorer = Scorer::new(&cal.float_out, cal.images, cal.labels.as_deref())?;
+    let calibration = Calibration { pixels_hwc: &cal.pixels_hwc, images: cal.images, prep: &prep, scorer: &scorer };
+    let (start, strategy) = match &opts.formats {
+        Some(f) => (f.clone(), Strategy::None),
+        None => (search::start_formats(g, &cal.max_abs)?, opts.strategy),
+    };
+    let pb = crate::progress::bar(0, "search", opts.quiet);
+    let progress = |step: usize, total: usize, msg: &str| {
+        pb.set_length(total as u64);
+        pb.set_position(step as u64);
+        pb.set_message(msg.to_string());
+    };
+    let (formats, search_report) = search::search(g, start, strategy, &calibration, &progress)?;
+    pb.finish_and_clear();
+    let search_seconds = t1.elapsed().as_secs_f64();
+    let qg = QGraph::quantize(g, &formats)?;
+
+    let t2 = Instant::now();
+    let ev = evaluate(eval, &engine, inp.float_pre, &int_in, &qg, &prep, opts.quiet)?;
+    let eval_seconds = t2.elapsed().as_secs_f64();
+
+    let in_frac = qg.frac_bits(&qg.input).context("input format")?;
+    let scale = InputScale::new(int_in.scale, in_frac)?;
+    let out_blob = qg.outputs.first().context("no output")?.clone();
+    let classes = qg.blob_len(&out_blob);
+    let source = SourceInfo {
+        prototxt: inp.prototxt.display().to_string(),
+        prototxt_sha256: crate::model::sha256_file(inp.prototxt)?,
+        weights: inp.weights.display().to_string(),
+        weights_sha256: crate::model::sha256_file(inp.weights)?,
+    };
+    let model = NnqModel {
+        schema: MODEL_SCHEMA.into(),
+        name: g.name.clone(),
+        source: source.clone(),
+        input: InputSpec {
+            shape_chw: int_in.shape.to_vec(),
+            channel_order: opts.channel_order.clone(),
+            mean_u8: int_in.mean_u8.clone(),
+            scale: int_in.scale,
+            frac_bits: in_frac,
+            mul: scale.mul,
+            rshift: scale.rshift,
+        },
+        classes,
+        formats: formats.clone(),
+        graph: qg.clone(),
+    };
+    let summary = ir::summary::summarize(g);
+    let out_acc = ev.blobs.get(&out_blob);
+    let report = Report {
+        schema: report::SCHEMA.into(),
+        model: ModelInfo {
+            name: g.name.clone(),
+            prototxt: source.prototxt,
+            prototxt_sha256: source.prototxt_sha256,
+            weights: source.weights,
+            weights_sha256: source.weights_sha256,
+            macs_per_image: summary.totals.macs,
+            int8_param_bytes: summary.totals.int8_param_bytes,
+        },
+        calibration: DataInfo { source: calib.name.clone(), images: cal.images, labelled: cal.labels.is_some() },
+        evaluation: DataInfo { source: eval.name.clone(), images: ev.images, labelled: ev.quant.is_some() },
+        same_data_warning: calib.name == eval.name,
+        accuracy: Accuracy {
+            images: ev.images,
+            float_top1: ev.float.as_ref().map(|m| m.top1),
+            quant_top1: ev.quant.as_ref().map(|m| m.top1),
+            float_correct: ev.float.as_ref().map(|m| m.top1_correct),
+            quant_correct: ev.quant.as_ref().map(|m| m.top1_correct),
+            top1_agreement: ev.agreement,
+            output_sqnr_db: out_acc.map_or(0.0, |a| report::sqnr_db(a.signal, a.noise)),
+        },
+        layers: layer_reports(&qg, g),
+        blobs: qg
+            .layers
+            .iter()
+            .map(|l| &l.output)
+            .chain(std::iter::once(&qg.input))
+            .filter_map(|b| {
+                let a = ev.blobs.get(b)?;
+                let qb = &qg.blobs[b];
+                Some(BlobReport {
+                    name: b.clone(),
+                    shape: qb.shape.clone(),
+                    frac_bits: qb.frac_bits,
+                    float_max_abs: round6(a.max_abs),
+                    sqnr_db: round6(report::sqnr_db(a.signal, a.noise)),
+                    saturated: a.saturated,
+                    elements: a.elements,
+                })
+            })
+            .collect(),
+        search: search_report,
+        timing: opts.timing.then_some(Timing { float_seconds, search_seconds, eval_seconds }),
+    };
+    if report.same_data_warning && !opts.quiet {
+        eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);
+    }
+    Ok((model, report))
+}
+
+/// Round for stable, diffable JSON (the values are deterministic anyway; this keeps them short).
+fn round6(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
+}
+
+fn layer_reports(qg: &QGraph, g: &Graph) -> Vec<LayerReport> {
+    use crate::fixed::graph::QOp;
+    qg.layers
+        .iter()
+        .map(|l| {
+            let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
+            let out_frac = qg.blobs[&l.output].frac_bits;
+            let (w, b, bl, or, sat) = match &l.op {
+                QOp::Conv(c) => (Some(c.weight_frac_bits), Some(c.bias_frac_bits), Some(c.bias_lshift as u32), Some(c.out_rshift as u32), saturated(&c.weights) + saturated(&c.bias)),
+                QOp::Fc(f) => (Some(f.weight_frac_bits), Some(f.bias_frac_bits), Some(f.bias_lshift as u32), Some(f.out_rshift as u32), saturated(&f.weights) + saturated(&f.bias)),
+                _ => (None, None, None, None, 0),
+            };
+            LayerReport {
+                name: l.name.clone(),
+                op: g.node(&l.name).map_or("?", |n| n.op.type_name()).to_string(),
+                input_frac_bits: in_frac,
+                output_frac_bits: out_frac,
+                weight_frac_bits: w,
+                bias_frac_bits: b,
+                bias_lshift: bl,
+                out_rshift: or,
+                saturated_params: sat,
+            }
+        })
+        .collect()
+}
+
+fn saturated(v: &[i8]) -> usize {
+    v.iter().filter(|&&x| x == 127 || x == -128).count()
+}
+
+/// Refuse a data set whose images do not fit the model, before any work.
+pub fn check_fits(src: &mut dyn Source, name: &str, pre: &Preprocessor, g: &Graph) -> Result<()> {
+    let s = src.read(0).with_context(|| name.to_string())?;
+    let shape = pre.output_shape(s.image.shape())?;
+    if shape.as_slice() != g.shape(&g.input.blob) {
+        bail!(
+            "{name}: images are {}×{}×{} ({}×{}×{} after preprocessing) but the model input is {:?}",
+            s.image.channels, s.image.height, s.image.width, shape[0], shape[1], shape[2], g.shape(&g.input.blob)
+        );
+    }
+    let _ = data::preprocess::u8_batch(std::slice::from_ref(&s))?;
+    Ok(())
+}
