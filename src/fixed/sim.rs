@@ -109,7 +109,8 @@ enum Prep {
     Other,
 }
 
-/// `out[p·out_stride + o] = sat((bias[o] + col[p]·w[o]) >> s)` for `o` in `0..rows`.
+/// `out[p·out_stride + o] = sat((bias[o] + col[p]·w[o]) >> s)` for `o` in `rows`. Fixed-size
+/// array chunks keep the inner loop free of bounds checks so that it vectorizes.
 #[inline(always)]
 fn gemm_body(
     col: &[i16],
@@ -121,25 +122,27 @@ fn gemm_body(
     out_off: usize,
 ) {
     let kp = g.kp;
+    let chunk = |v: &[i16], k: usize| -> [i16; KB] {
+        v[k * KB..(k + 1) * KB].try_into().expect("KB chunk")
+    };
     for p in 0..n_px {
         let c = &col[p * kp..(p + 1) * kp];
         let orow = &mut out[p * out_stride + out_off..];
         let mut o = rows.start;
         // Four output channels per pass over the column row.
         while o + 4 <= rows.end {
-            let w0 = &g.w[o * kp..(o + 1) * kp];
-            let w1 = &g.w[(o + 1) * kp..(o + 2) * kp];
-            let w2 = &g.w[(o + 2) * kp..(o + 3) * kp];
-            let w3 = &g.w[(o + 3) * kp..(o + 4) * kp];
+            let ws = &g.w[o * kp..(o + 4) * kp];
+            let (w0, rest) = ws.split_at(kp);
+            let (w1, rest) = rest.split_at(kp);
+            let (w2, w3) = rest.split_at(kp);
             let mut a = [[0i32; KB]; 4];
-            for k in (0..kp).step_by(KB) {
-                let x = &c[k..k + KB];
-                for j in 0..KB {
-                    let xv = x[j] as i32;
-                    a[0][j] = a[0][j].wrapping_add(xv.wrapping_mul(w0[k + j] as i32));
-                    a[1][j] = a[1][j].wrapping_add(xv.wrapping_mul(w1[k + j] as i32));
-                    a[2][j] = a[2][j].wrapping_add(xv.wrapping_mul(w2[k + j] as i32));
-                    a[3][j] = a[3][j].wrapping_add(xv.wrapping_mul(w3[k + j] as i32));
+            for k in 0..kp / KB {
+                let x = chunk(c, k);
+                let v = [chunk(w0, k), chunk(w1, k), chunk(w2, k), chunk(w3, k)];
+                for (acc, wv) in a.iter_mut().zip(&v) {
+                    for j in 0..KB {
+                        acc[j] = acc[j].wrapping_add((x[j] as i32).wrapping_mul(wv[j] as i32));
+                    }
                 }
             }
             for (r, acc) in a.iter().enumerate() {
@@ -151,9 +154,10 @@ fn gemm_body(
         while o < rows.end {
             let w0 = &g.w[o * kp..(o + 1) * kp];
             let mut a = [0i32; KB];
-            for k in (0..kp).step_by(KB) {
+            for k in 0..kp / KB {
+                let (x, wv) = (chunk(c, k), chunk(w0, k));
                 for j in 0..KB {
-                    a[j] = a[j].wrapping_add((c[k + j] as i32).wrapping_mul(w0[k + j] as i32));
+                    a[j] = a[j].wrapping_add((x[j] as i32).wrapping_mul(wv[j] as i32));
                 }
             }
             let s = a.iter().fold(g.bias[o], |s, v| s.wrapping_add(*v));
