@@ -9,13 +9,13 @@ pub mod codegen;
 pub mod data;
 pub mod fixed;
 pub mod float;
-pub mod model;
-pub mod search;
 pub mod ir;
 pub mod metrics;
+pub mod model;
 pub mod progress;
 pub mod quantize;
 pub mod report;
+pub mod search;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside
 /// the checkout. Only tests and benchmarks use it.

@@ -16,7 +16,11 @@ pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
 /// Whether `label` is among the `k` largest values (ties broken by lower index, like argmax).
 pub fn in_top_k<T: PartialOrd + Copy>(v: &[T], label: usize, k: usize) -> bool {
     let Some(&l) = v.get(label) else { return false };
-    let better = v.iter().enumerate().filter(|&(i, &x)| x > l || (x == l && i < label)).count();
+    let better = v
+        .iter()
+        .enumerate()
+        .filter(|&(i, &x)| x > l || (x == l && i < label))
+        .count();
     better < k
 }
 
@@ -53,7 +57,13 @@ pub struct Accumulator {
 
 impl Accumulator {
     pub fn new(classes: usize) -> Self {
-        Accumulator { classes, images: 0, top1: 0, top5: 0, confusion: vec![vec![0; classes]; classes] }
+        Accumulator {
+            classes,
+            images: 0,
+            top1: 0,
+            top5: 0,
+            confusion: vec![vec![0; classes]; classes],
+        }
     }
 
     /// Add one image's scores and label; a label outside the classes is an error for the caller
@@ -71,12 +81,27 @@ impl Accumulator {
     }
 
     pub fn finish(&self) -> Metrics {
-        let frac = |n: usize| if self.images == 0 { 0.0 } else { n as f64 / self.images as f64 };
+        let frac = |n: usize| {
+            if self.images == 0 {
+                0.0
+            } else {
+                n as f64 / self.images as f64
+            }
+        };
         let per_class = (0..self.classes)
             .map(|c| {
                 let images: usize = self.confusion[c].iter().sum();
                 let correct = self.confusion[c][c];
-                ClassStats { class: c, images, correct, accuracy: if images == 0 { 0.0 } else { correct as f64 / images as f64 } }
+                ClassStats {
+                    class: c,
+                    images,
+                    correct,
+                    accuracy: if images == 0 {
+                        0.0
+                    } else {
+                        correct as f64 / images as f64
+                    },
+                }
             })
             .collect();
         Metrics {

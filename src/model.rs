@@ -60,10 +60,20 @@ impl NnqModel {
     }
 
     pub fn read(path: &Path) -> Result<NnqModel> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the quantized model {}", path.display()))?;
-        let m: NnqModel = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not an nnquant quantized model ({e}); make one with `nnquant quantize`", path.display()))?;
-        ensure!(m.schema == SCHEMA, "{} has schema '{}', this nnquant reads '{SCHEMA}'", path.display(), m.schema);
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the quantized model {}", path.display()))?;
+        let m: NnqModel = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not an nnquant quantized model ({e}); make one with `nnquant quantize`",
+                path.display()
+            )
+        })?;
+        ensure!(
+            m.schema == SCHEMA,
+            "{} has schema '{}', this nnquant reads '{SCHEMA}'",
+            path.display(),
+            m.schema
+        );
         ensure!(
             m.graph.blob_len(&m.graph.input) == m.input.len(),
             "{}: the input spec ({} values) does not match the graph input ({} values)",
@@ -79,5 +89,8 @@ impl NnqModel {
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

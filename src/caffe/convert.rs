@@ -307,10 +307,7 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
             channel_shared: l.prelu_param.clone().unwrap_or_default().channel_shared(),
         },
         "Softmax" => Op::Softmax {
-            axis: axis_u(
-                l.softmax_param.unwrap_or_default().axis(),
-                "Softmax",
-            )?,
+            axis: axis_u(l.softmax_param.unwrap_or_default().axis(), "Softmax")?,
         },
         "LRN" => {
             let p = l.lrn_param.unwrap_or_default();

@@ -98,7 +98,8 @@ pub fn complete(mut g: Graph, origin: &Path, opts: &LoadOptions) -> Result<Graph
             s[2] = g.input.preprocess.crop_size;
         }
     }
-    ir::shape::infer(&mut g).with_context(|| format!("shape inference for {}", origin.display()))?;
+    ir::shape::infer(&mut g)
+        .with_context(|| format!("shape inference for {}", origin.display()))?;
     if let Some(wp) = opts.weights {
         let w = read_weights(wp)?;
         attach_weights(&mut g, &w).with_context(|| format!("weights {}", wp.display()))?;

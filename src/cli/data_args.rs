@@ -51,18 +51,36 @@ pub fn open_data(opts: &DataOpts, g: &Graph) -> Result<Box<dyn Source>> {
             let layer = g.input.data_layer.as_ref().context(
                 "no data given and the model has no data layer to read: pass --data PATH (an LMDB directory, a .npy, a folder of class folders, MNIST idx or CIFAR-10 .bin)",
             )?;
-            data::layer::open_layer(layer, &data::layer::LayerOptions { color, channel_order: opts.channel_order })?
+            data::layer::open_layer(
+                layer,
+                &data::layer::LayerOptions {
+                    color,
+                    channel_order: opts.channel_order,
+                },
+            )?
         }
     };
     if opts.offset == 0 && opts.limit.is_none() {
         return Ok(src);
     }
-    Ok(Box::new(subset::Subset::window(src, opts.offset, opts.limit)?))
+    Ok(Box::new(subset::Subset::window(
+        src,
+        opts.offset,
+        opts.limit,
+    )?))
 }
 
 /// Carve one part of a split.
-pub fn split_part(src: Box<dyn Source>, split: &str, part: subset::Part) -> Result<Box<dyn Source>> {
-    Ok(Box::new(subset::Subset::split(src, subset::parse_split(split)?, part)?))
+pub fn split_part(
+    src: Box<dyn Source>,
+    split: &str,
+    part: subset::Part,
+) -> Result<Box<dyn Source>> {
+    Ok(Box::new(subset::Subset::split(
+        src,
+        subset::parse_split(split)?,
+        part,
+    )?))
 }
 
 /// Load the model, taking the input shape from (in order) `--input-shape`, the prototxt, the
@@ -77,16 +95,29 @@ pub fn load_model(m: &ModelArgs, data: Option<&mut dyn Source>) -> Result<Graph>
         } else if let Some(mf) = mean_file_of(m, &g) {
             if mf.exists() {
                 let t = caffe::read_blob_file(&mf)?;
-                input_shape = Some(if t.shape.len() == 4 { t.shape[1..].to_vec() } else { t.shape.clone() });
+                input_shape = Some(if t.shape.len() == 4 {
+                    t.shape[1..].to_vec()
+                } else {
+                    t.shape.clone()
+                });
             }
         }
     }
-    caffe::complete(g, &m.model, &LoadOptions { weights: Some(&m.weights), input_shape })
+    caffe::complete(
+        g,
+        &m.model,
+        &LoadOptions {
+            weights: Some(&m.weights),
+            input_shape,
+        },
+    )
 }
 
 /// The mean file in force: `--mean-file`, else the prototxt's.
 pub fn mean_file_of(m: &ModelArgs, g: &Graph) -> Option<PathBuf> {
-    m.mean_file.clone().or_else(|| g.input.preprocess.mean_file.as_ref().map(PathBuf::from))
+    m.mean_file
+        .clone()
+        .or_else(|| g.input.preprocess.mean_file.as_ref().map(PathBuf::from))
 }
 
 /// A float preprocessor for the model's input (Caffe's transform_param).

@@ -17,16 +17,46 @@ pub use target::Target;
 pub const KERNELS_RS: &str = include_str!("../fixed/kernels.rs");
 
 const TEMPLATES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../templates/firmware/Cargo.toml.tera")),
-    ("build.rs", include_str!("../../templates/firmware/build.rs.tera")),
-    ("memory.x", include_str!("../../templates/firmware/memory.x.tera")),
-    (".cargo/config.toml", include_str!("../../templates/firmware/config.toml.tera")),
-    ("src/lib.rs", include_str!("../../templates/firmware/lib.rs.tera")),
-    ("src/main.rs", include_str!("../../templates/firmware/main.rs.tera")),
-    ("src/parameter.rs", include_str!("../../templates/firmware/parameter.rs.tera")),
-    ("src/weights.rs", include_str!("../../templates/firmware/weights.rs.tera")),
-    ("src/test_vectors.rs", include_str!("../../templates/firmware/test_vectors.rs.tera")),
-    ("README.md", include_str!("../../templates/firmware/README.md.tera")),
+    (
+        "Cargo.toml",
+        include_str!("../../templates/firmware/Cargo.toml.tera"),
+    ),
+    (
+        "build.rs",
+        include_str!("../../templates/firmware/build.rs.tera"),
+    ),
+    (
+        "memory.x",
+        include_str!("../../templates/firmware/memory.x.tera"),
+    ),
+    (
+        ".cargo/config.toml",
+        include_str!("../../templates/firmware/config.toml.tera"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../templates/firmware/lib.rs.tera"),
+    ),
+    (
+        "src/main.rs",
+        include_str!("../../templates/firmware/main.rs.tera"),
+    ),
+    (
+        "src/parameter.rs",
+        include_str!("../../templates/firmware/parameter.rs.tera"),
+    ),
+    (
+        "src/weights.rs",
+        include_str!("../../templates/firmware/weights.rs.tera"),
+    ),
+    (
+        "src/test_vectors.rs",
+        include_str!("../../templates/firmware/test_vectors.rs.tera"),
+    ),
+    (
+        "README.md",
+        include_str!("../../templates/firmware/README.md.tera"),
+    ),
 ];
 
 #[derive(Debug, Clone)]
@@ -91,7 +121,16 @@ struct ArrayCtx {
 
 /// A Rust identifier prefix from a layer name, unique within the graph.
 fn const_prefix(name: &str, used: &mut BTreeSet<String>) -> String {
-    let mut p: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    let mut p: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if p.is_empty() || p.starts_with(|c: char| c.is_ascii_digit()) {
         p = format!("L_{p}");
     }
@@ -105,7 +144,10 @@ fn const_prefix(name: &str, used: &mut BTreeSet<String>) -> String {
 }
 
 fn list<T: ToString>(v: &[T]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn dims(d: crate::fixed::graph::Hwc) -> String {
@@ -116,7 +158,11 @@ fn pair(p: crate::ir::Hw) -> String {
     format!("Pair {{ h: {}, w: {} }}", p.h, p.w)
 }
 
-fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Result<Vec<LayerCtx>> {
+fn layer_contexts(
+    g: &QGraph,
+    pl: &plan::Plan,
+    arrays: &mut Vec<ArrayCtx>,
+) -> Result<Vec<LayerCtx>> {
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
     for l in &g.layers {
@@ -126,11 +172,23 @@ fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Re
         let ins: Vec<InputRef> = l
             .inputs
             .iter()
-            .map(|b| InputRef { off: pl.blobs[b].offset, len: pl.blobs[b].len, c: g.blobs[b].layout.c, shift: 0, c_offset: 0 })
+            .map(|b| InputRef {
+                off: pl.blobs[b].offset,
+                len: pl.blobs[b].len,
+                c: g.blobs[b].layout.c,
+                shift: 0,
+                c_offset: 0,
+            })
             .collect();
         let in_place = pl.in_place.contains(&l.name);
         let mut params = Vec::new();
-        let mut param = |n: &str, ty: &'static str, v: String| params.push(Param { name: format!("{p}_{n}"), ty, value: v });
+        let mut param = |n: &str, ty: &'static str, v: String| {
+            params.push(Param {
+                name: format!("{p}_{n}"),
+                ty,
+                value: v,
+            })
+        };
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {
                 param("IN", "Dims", dims(c.in_dims));
@@ -145,12 +203,36 @@ fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Re
                 param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
                 arrays.push(ArrayCtx {
                     name: format!("{p}_WEIGHTS"),
-                    doc: format!("`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.", l.name, c.out_dims.c, c.kernel.h, c.kernel.w, c.in_dims.c / c.groups, c.weight_frac_bits),
+                    doc: format!(
+                        "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
+                        l.name,
+                        c.out_dims.c,
+                        c.kernel.h,
+                        c.kernel.w,
+                        c.in_dims.c / c.groups,
+                        c.weight_frac_bits
+                    ),
                     len: c.weights.len(),
                     values: list(&c.weights),
                 });
-                arrays.push(ArrayCtx { name: format!("{p}_BIAS"), doc: format!("`{}` biases [{}], {} fraction bits.", l.name, c.bias.len(), c.bias_frac_bits), len: c.bias.len(), values: list(&c.bias) });
-                ("conv", format!("{}: convolution {}x{} /{} pad {}, {} -> {}", l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output))
+                arrays.push(ArrayCtx {
+                    name: format!("{p}_BIAS"),
+                    doc: format!(
+                        "`{}` biases [{}], {} fraction bits.",
+                        l.name,
+                        c.bias.len(),
+                        c.bias_frac_bits
+                    ),
+                    len: c.bias.len(),
+                    values: list(&c.bias),
+                });
+                (
+                    "conv",
+                    format!(
+                        "{}: convolution {}x{} /{} pad {}, {} -> {}",
+                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
+                    ),
+                )
             }
             QOp::Fc(f) => {
                 param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
@@ -159,12 +241,31 @@ fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Re
                 param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
                 arrays.push(ArrayCtx {
                     name: format!("{p}_WEIGHTS"),
-                    doc: format!("`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.", l.name, f.out_len, f.in_len, f.weight_frac_bits),
+                    doc: format!(
+                        "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
+                        l.name, f.out_len, f.in_len, f.weight_frac_bits
+                    ),
                     len: f.weights.len(),
                     values: list(&f.weights),
                 });
-                arrays.push(ArrayCtx { name: format!("{p}_BIAS"), doc: format!("`{}` biases [{}], {} fraction bits.", l.name, f.bias.len(), f.bias_frac_bits), len: f.bias.len(), values: list(&f.bias) });
-                ("fc", format!("{}: fully connected {} -> {}, {} -> {}", l.name, f.in_len, f.out_len, l.inputs[0], l.output))
+                arrays.push(ArrayCtx {
+                    name: format!("{p}_BIAS"),
+                    doc: format!(
+                        "`{}` biases [{}], {} fraction bits.",
+                        l.name,
+                        f.bias.len(),
+                        f.bias_frac_bits
+                    ),
+                    len: f.bias.len(),
+                    values: list(&f.bias),
+                });
+                (
+                    "fc",
+                    format!(
+                        "{}: fully connected {} -> {}, {} -> {}",
+                        l.name, f.in_len, f.out_len, l.inputs[0], l.output
+                    ),
+                )
             }
             QOp::MaxPool(q) | QOp::AvePool(q) => {
                 param("IN", "Dims", dims(q.in_dims));
@@ -172,22 +273,67 @@ fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Re
                 param("KERNEL", "Pair", pair(q.kernel));
                 param("PAD", "Pair", pair(q.pad));
                 param("STRIDE", "Pair", pair(q.stride));
-                let k = if matches!(l.op, QOp::MaxPool(_)) { "maxpool" } else { "avepool" };
-                (k, format!("{}: {} {}x{} /{}, {} -> {}", l.name, k, q.kernel.h, q.kernel.w, q.stride.h, l.inputs[0], l.output))
+                let k = if matches!(l.op, QOp::MaxPool(_)) {
+                    "maxpool"
+                } else {
+                    "avepool"
+                };
+                (
+                    k,
+                    format!(
+                        "{}: {} {}x{} /{}, {} -> {}",
+                        l.name, k, q.kernel.h, q.kernel.w, q.stride.h, l.inputs[0], l.output
+                    ),
+                )
             }
-            QOp::Relu => (if in_place { "relu_inplace" } else { "relu_copy" }, format!("{}: ReLU {} -> {}{}", l.name, l.inputs[0], l.output, if in_place { " (in place)" } else { "" })),
-            QOp::Reshape => (if in_place { "alias" } else { "copy" }, format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output)),
-            QOp::Add { a_lshift, b_lshift, out_rshift } => {
+            QOp::Relu => (
+                if in_place {
+                    "relu_inplace"
+                } else {
+                    "relu_copy"
+                },
+                format!(
+                    "{}: ReLU {} -> {}{}",
+                    l.name,
+                    l.inputs[0],
+                    l.output,
+                    if in_place { " (in place)" } else { "" }
+                ),
+            ),
+            QOp::Reshape => (
+                if in_place { "alias" } else { "copy" },
+                format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output),
+            ),
+            QOp::Add {
+                a_lshift,
+                b_lshift,
+                out_rshift,
+            } => {
                 param("A_LSHIFT", "i32", a_lshift.to_string());
                 param("B_LSHIFT", "i32", b_lshift.to_string());
                 param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                ("add", format!("{}: add {} + {} -> {}", l.name, l.inputs[0], l.inputs[1], l.output))
+                (
+                    "add",
+                    format!(
+                        "{}: add {} + {} -> {}",
+                        l.name, l.inputs[0], l.inputs[1], l.output
+                    ),
+                )
             }
-            QOp::Concat { .. } => ("concat", format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output)),
+            QOp::Concat { .. } => (
+                "concat",
+                format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
+            ),
         };
         let mut ins = ins;
         if let QOp::Concat { shifts } = &l.op {
-            ensure!(shifts.len() == ins.len(), "layer '{}': {} shifts for {} inputs", l.name, shifts.len(), ins.len());
+            ensure!(
+                shifts.len() == ins.len(),
+                "layer '{}': {} shifts for {} inputs",
+                l.name,
+                shifts.len(),
+                ins.len()
+            );
             let mut c_off = 0;
             for (i, s) in ins.iter_mut().zip(shifts) {
                 i.shift = *s;
@@ -195,7 +341,16 @@ fn layer_contexts(g: &QGraph, pl: &plan::Plan, arrays: &mut Vec<ArrayCtx>) -> Re
                 c_off += i.c;
             }
         }
-        out.push(LayerCtx { comment, kind, p, out_off: o.offset, out_len: o.len, out_c: ob.layout.c, ins, params });
+        out.push(LayerCtx {
+            comment,
+            kind,
+            p,
+            out_off: o.offset,
+            out_len: o.len,
+            out_c: ob.layout.c,
+            ins,
+            params,
+        });
     }
     Ok(out)
 }
@@ -205,16 +360,28 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let g = &m.graph;
     let pl = plan::plan(g);
     plan::check(g, &pl).map_err(|e| anyhow::anyhow!("internal error in the memory plan: {e}"))?;
-    ensure!(g.outputs.len() == 1, "the model has {} outputs; code generation supports one", g.outputs.len());
+    ensure!(
+        g.outputs.len() == 1,
+        "the model has {} outputs; code generation supports one",
+        g.outputs.len()
+    );
     let out_blob = &g.outputs[0];
     let input_len = m.input.len();
     for (i, img) in opts.test_images.iter().enumerate() {
-        ensure!(img.len() == input_len, "test image {i} has {} bytes, the model input needs {input_len}", img.len());
+        ensure!(
+            img.len() == input_len,
+            "test image {i} has {} bytes, the model input needs {input_len}",
+            img.len()
+        );
     }
     let mut arrays = Vec::new();
     let layers = layer_contexts(g, &pl, &mut arrays)?;
     let flash_param_bytes = arrays.iter().map(|a| a.len).sum();
-    let (c, h, w) = (m.input.shape_chw[0], m.input.shape_chw.get(1).copied().unwrap_or(1), m.input.shape_chw.get(2).copied().unwrap_or(1));
+    let (c, h, w) = (
+        m.input.shape_chw[0],
+        m.input.shape_chw.get(1).copied().unwrap_or(1),
+        m.input.shape_chw.get(2).copied().unwrap_or(1),
+    );
     let mean_desc = match m.input.mean_u8.len() {
         0 => "none".to_string(),
         n if n == input_len => format!("per pixel, HWC {h}×{w}×{c}"),
@@ -229,7 +396,10 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("crate_ident", &crate_ident);
     ctx.insert("host", &opts.target.is_host());
     ctx.insert("target", &opts.target);
-    ctx.insert("input", &serde_json::json!({"h": h, "w": w, "c": c, "channel_order": m.input.channel_order}));
+    ctx.insert(
+        "input",
+        &serde_json::json!({"h": h, "w": w, "c": c, "channel_order": m.input.channel_order}),
+    );
     ctx.insert("input_len", &input_len);
     ctx.insert("input_off", &pl.blobs[&g.input].offset);
     ctx.insert("input_mul", &m.input.mul);
@@ -246,7 +416,10 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("mean_values", &list(&m.input.mean_u8));
     ctx.insert("flash_param_bytes", &flash_param_bytes);
     ctx.insert("count", &opts.test_images.len());
-    ctx.insert("images", &opts.test_images.iter().map(|i| list(i)).collect::<Vec<_>>());
+    ctx.insert(
+        "images",
+        &opts.test_images.iter().map(|i| list(i)).collect::<Vec<_>>(),
+    );
     ctx.insert(
         "live",
         &pl.per_layer
@@ -256,21 +429,37 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     );
     let mut tera = tera::Tera::new();
     for (name, text) in TEMPLATES {
-        tera.add_raw_template(name, text).with_context(|| format!("template {name}"))?;
+        tera.add_raw_template(name, text)
+            .with_context(|| format!("template {name}"))?;
     }
     let mut files = BTreeMap::new();
     for (name, _) in TEMPLATES {
         if opts.target.is_host() && *name == "memory.x" {
             continue;
         }
-        let text = tera.render(name, &ctx).map_err(|e| anyhow::anyhow!("rendering template {name}: {e:?}"))?;
+        let text = tera
+            .render(name, &ctx)
+            .map_err(|e| anyhow::anyhow!("rendering template {name}: {e:?}"))?;
         files.insert(name.to_string(), text);
     }
     if opts.target.is_host() {
         files.insert("memory.x".into(), "/* not used on the host */\n".into());
     }
     files.insert("src/kernels.rs".into(), KERNELS_RS.to_string());
-    files.insert(write::MARKER.into(), format!("generated by nnquant {} for {}\n", env!("CARGO_PKG_VERSION"), opts.target.name));
-    let memory = MemoryReport { flash_param_bytes, flash_mean_bytes: m.input.mean_u8.len(), arena_bytes: pl.arena_len, scratch_bytes: 0, plan: pl };
+    files.insert(
+        write::MARKER.into(),
+        format!(
+            "generated by nnquant {} for {}\n",
+            env!("CARGO_PKG_VERSION"),
+            opts.target.name
+        ),
+    );
+    let memory = MemoryReport {
+        flash_param_bytes,
+        flash_mean_bytes: m.input.mean_u8.len(),
+        arena_bytes: pl.arena_len,
+        scratch_bytes: 0,
+        plan: pl,
+    };
     Ok(Generated { files, memory })
 }

@@ -83,7 +83,12 @@ pub fn plan(g: &QGraph) -> Plan {
     // Greedy: largest first (ties by start, then name, for determinism), lowest offset that does
     // not overlap any placed buffer whose lifetime intersects.
     let mut order: Vec<(&String, &(usize, usize, usize))> = buffers.iter().collect();
-    order.sort_by(|a, b| b.1 .2.cmp(&a.1 .2).then(a.1 .0.cmp(&b.1 .0)).then(a.0.cmp(b.0)));
+    order.sort_by(|a, b| {
+        b.1 .2
+            .cmp(&a.1 .2)
+            .then(a.1 .0.cmp(&b.1 .0))
+            .then(a.0.cmp(b.0))
+    });
     let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new(); // (start, end, offset, len)
     let mut offsets: BTreeMap<String, usize> = BTreeMap::new();
     for (name, &(s, e, len)) in order {
@@ -106,7 +111,15 @@ pub fn plan(g: &QGraph) -> Plan {
     let arena_len = align(placed.iter().map(|p| p.2 + p.3).max().unwrap_or(0));
     let blobs: BTreeMap<String, Placement> = first
         .keys()
-        .map(|b| (b.to_string(), Placement { offset: offsets[&root_of(b)], len: g.blob_len(b) }))
+        .map(|b| {
+            (
+                b.to_string(),
+                Placement {
+                    offset: offsets[&root_of(b)],
+                    len: g.blob_len(b),
+                },
+            )
+        })
         .collect();
     let per_layer = g
         .layers
@@ -121,10 +134,19 @@ pub fn plan(g: &QGraph) -> Plan {
                 .collect();
             live.sort();
             let live_bytes = live.iter().map(|r| buffers[r].2).sum();
-            LayerLive { layer: l.name.clone(), live, live_bytes }
+            LayerLive {
+                layer: l.name.clone(),
+                live,
+                live_bytes,
+            }
         })
         .collect();
-    Plan { arena_len, blobs, in_place, per_layer }
+    Plan {
+        arena_len,
+        blobs,
+        in_place,
+        per_layer,
+    }
 }
 
 /// Check that no two blobs that are live at the same time overlap (except aliases); used by tests
@@ -136,7 +158,9 @@ pub fn check(g: &QGraph, p: &Plan) -> Result<(), String> {
     for (i, l) in g.layers.iter().enumerate() {
         span.entry(&l.output).or_insert((i + 1, i + 1));
         for b in &l.inputs {
-            span.get_mut(b.as_str()).expect("inputs are produced earlier").1 = i + 1;
+            span.get_mut(b.as_str())
+                .expect("inputs are produced earlier")
+                .1 = i + 1;
         }
     }
     for o in &g.outputs {
@@ -155,9 +179,14 @@ pub fn check(g: &QGraph, p: &Plan) -> Result<(), String> {
             let (pa, pb) = (&p.blobs[*a], &p.blobs[*b]);
             let time = sa.0 <= sb.1 && sb.0 <= sa.1;
             let space = pa.offset < pb.offset + pb.len && pb.offset < pa.offset + pa.len;
-            let alias = aliased.iter().any(|&(x, y)| (x, y) == (*a, *b) || (y, x) == (*a, *b)) || pa.offset == pb.offset && chain(&aliased, a, b);
+            let alias = aliased
+                .iter()
+                .any(|&(x, y)| (x, y) == (*a, *b) || (y, x) == (*a, *b))
+                || pa.offset == pb.offset && chain(&aliased, a, b);
             if time && space && !alias {
-                return Err(format!("blobs '{a}' and '{b}' are live together but overlap in the arena"));
+                return Err(format!(
+                    "blobs '{a}' and '{b}' are live together but overlap in the arena"
+                ));
             }
         }
     }

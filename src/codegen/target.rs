@@ -24,7 +24,14 @@ impl Target {
     }
 }
 
-pub const NAMES: &[&str] = &["cortex-m4", "cortex-m7", "cortex-m3", "cortex-m0", "cortex-m33", "host"];
+pub const NAMES: &[&str] = &[
+    "cortex-m4",
+    "cortex-m7",
+    "cortex-m3",
+    "cortex-m0",
+    "cortex-m33",
+    "host",
+];
 
 pub fn by_name(name: &str) -> Result<Target> {
     let t = |name, triple, machine, cpu, fo, fl, ro, rl, rustflags: Vec<&'static str>| Target {
@@ -44,14 +51,67 @@ pub fn by_name(name: &str) -> Result<Target> {
         },
     };
     Ok(match name {
-        "cortex-m4" => t("cortex-m4", "thumbv7em-none-eabihf", "mps2-an386", "cortex-m4", "0x00000000", "4M", "0x20000000", "4M", vec![]),
-        "cortex-m7" => t("cortex-m7", "thumbv7em-none-eabihf", "mps2-an500", "cortex-m7", "0x00000000", "4M", "0x20000000", "4M", vec![]),
-        "cortex-m3" => t("cortex-m3", "thumbv7m-none-eabi", "mps2-an385", "cortex-m3", "0x00000000", "4M", "0x20000000", "4M", vec![]),
+        "cortex-m4" => t(
+            "cortex-m4",
+            "thumbv7em-none-eabihf",
+            "mps2-an386",
+            "cortex-m4",
+            "0x00000000",
+            "4M",
+            "0x20000000",
+            "4M",
+            vec![],
+        ),
+        "cortex-m7" => t(
+            "cortex-m7",
+            "thumbv7em-none-eabihf",
+            "mps2-an500",
+            "cortex-m7",
+            "0x00000000",
+            "4M",
+            "0x20000000",
+            "4M",
+            vec![],
+        ),
+        "cortex-m3" => t(
+            "cortex-m3",
+            "thumbv7m-none-eabi",
+            "mps2-an385",
+            "cortex-m3",
+            "0x00000000",
+            "4M",
+            "0x20000000",
+            "4M",
+            vec![],
+        ),
         // QEMU's only Cortex-M0 board is the micro:bit (256 KiB flash, 16 KiB RAM).
-        "cortex-m0" => t("cortex-m0", "thumbv6m-none-eabi", "microbit", "cortex-m0", "0x00000000", "256K", "0x20000000", "16K", vec![]),
+        "cortex-m0" => t(
+            "cortex-m0",
+            "thumbv6m-none-eabi",
+            "microbit",
+            "cortex-m0",
+            "0x00000000",
+            "256K",
+            "0x20000000",
+            "16K",
+            vec![],
+        ),
         // The AN505 boots in the secure world: code and data at the secure aliases.
-        "cortex-m33" => t("cortex-m33", "thumbv8m.main-none-eabihf", "mps2-an505", "cortex-m33", "0x10000000", "4M", "0x38000000", "4M", vec!["-C", "target-cpu=cortex-m33"]),
+        "cortex-m33" => t(
+            "cortex-m33",
+            "thumbv8m.main-none-eabihf",
+            "mps2-an505",
+            "cortex-m33",
+            "0x10000000",
+            "4M",
+            "0x38000000",
+            "4M",
+            vec!["-C", "target-cpu=cortex-m33"],
+        ),
         "host" => t("host", "", "", "", "", "", "", "", vec![]),
-        other => bail!("unknown target '{other}'; choose one of {}", NAMES.join(", ")),
+        other => bail!(
+            "unknown target '{other}'; choose one of {}",
+            NAMES.join(", ")
+        ),
     })
 }

@@ -24,7 +24,10 @@ pub struct IntegerInput {
 }
 
 fn to_u8(v: f32, what: &str) -> Result<u8> {
-    ensure!(v.is_finite() && (-0.5..255.5).contains(&v), "{what} value {v} is outside 0..255; a uint8 input path cannot subtract it");
+    ensure!(
+        v.is_finite() && (-0.5..255.5).contains(&v),
+        "{what} value {v} is outside 0..255; a uint8 input path cannot subtract it"
+    );
     Ok(v.round() as u8)
 }
 
@@ -32,14 +35,27 @@ impl IntegerInput {
     pub fn new(p: &Preprocess, mean: Option<&Tensor>, raw: [usize; 3]) -> Result<IntegerInput> {
         let [c, h, w] = raw;
         let crop = p.crop_size;
-        ensure!(crop <= h && crop <= w, "crop_size {crop} is larger than the {h}×{w} images");
+        ensure!(
+            crop <= h && crop <= w,
+            "crop_size {crop} is larger than the {h}×{w} images"
+        );
         let (oh, ow) = if crop > 0 { (crop, crop) } else { (h, w) };
-        let (y0, x0) = if crop > 0 { ((h - crop) / 2, (w - crop) / 2) } else { (0, 0) };
+        let (y0, x0) = if crop > 0 {
+            ((h - crop) / 2, (w - crop) / 2)
+        } else {
+            (0, 0)
+        };
         let mut rounding = 0f32;
         let mean_u8 = match (mean, p.mean_values.as_slice()) {
-            (Some(_), [_, ..]) => bail!("transform_param gives both a mean file and mean_value; keep one"),
+            (Some(_), [_, ..]) => {
+                bail!("transform_param gives both a mean file and mean_value; keep one")
+            }
             (Some(t), []) => {
-                ensure!(t.len() == c * h * w, "the mean file has shape {:?} but the images are {c}×{h}×{w}", t.shape);
+                ensure!(
+                    t.len() == c * h * w,
+                    "the mean file has shape {:?} but the images are {c}×{h}×{w}",
+                    t.shape
+                );
                 let mut m = Vec::with_capacity(c * oh * ow);
                 for y in 0..oh {
                     for x in 0..ow {
@@ -54,7 +70,11 @@ impl IntegerInput {
             }
             (None, []) => vec![],
             (None, vals) => {
-                ensure!(vals.len() == 1 || vals.len() == c, "{} mean_value entries for {c} channels", vals.len());
+                ensure!(
+                    vals.len() == 1 || vals.len() == c,
+                    "{} mean_value entries for {c} channels",
+                    vals.len()
+                );
                 (0..c)
                     .map(|ch| {
                         let v = vals[if vals.len() == 1 { 0 } else { ch }];
@@ -64,7 +84,14 @@ impl IntegerInput {
                     .collect::<Result<_>>()?
             }
         };
-        Ok(IntegerInput { raw, shape: [c, oh, ow], crop: (y0, x0), mean_u8, scale: p.scale, mean_rounding: rounding })
+        Ok(IntegerInput {
+            raw,
+            shape: [c, oh, ow],
+            crop: (y0, x0),
+            mean_u8,
+            scale: p.scale,
+            mean_rounding: rounding,
+        })
     }
 
     /// Bytes of one network input image.
@@ -79,7 +106,12 @@ impl IntegerInput {
     /// Cropped HWC uint8 pixels of one sample, appended to `out`.
     pub fn push_hwc(&self, s: &Sample, index: usize, out: &mut Vec<u8>) -> Result<()> {
         let img = &s.image;
-        ensure!(img.shape() == self.raw, "image {index} is {:?}, expected {:?}", img.shape(), self.raw);
+        ensure!(
+            img.shape() == self.raw,
+            "image {index} is {:?}, expected {:?}",
+            img.shape(),
+            self.raw
+        );
         let Pixels::U8(px) = &img.pixels else {
             bail!("image {index} holds float pixels; the int8 pipeline (and the firmware) take uint8 images");
         };

@@ -63,25 +63,45 @@ fn label_of(s: &Sample, index: usize, classes: usize) -> Result<Option<usize>> {
     match s.label {
         None => Ok(None),
         Some(l) => {
-            ensure!(l >= 0 && (l as usize) < classes, "image {index} has label {l}, outside the model's {classes} classes (0..{})", classes - 1);
+            ensure!(
+                l >= 0 && (l as usize) < classes,
+                "image {index} has label {l}, outside the model's {classes} classes (0..{})",
+                classes - 1
+            );
             Ok(Some(l as usize))
         }
     }
 }
 
 /// Stream a data set through the float engine.
-pub fn collect(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &IntegerInput, stats: bool, quiet: bool) -> Result<Collected> {
+pub fn collect(
+    ds: &mut DataSet,
+    engine: &Engine,
+    pre: &Preprocessor,
+    int_in: &IntegerInput,
+    stats: bool,
+    quiet: bool,
+) -> Result<Collected> {
     let g = engine.graph();
     let out_blob = logits_blob(g);
     let classes: usize = g.shape(&out_blob).iter().product();
     let total = ds.source.len();
     ensure!(total > 0, "{}: the data set is empty", ds.name);
     let pb = crate::progress::bar(total as u64, "float", quiet);
-    let mut c = Collected { images: 0, pixels_hwc: Vec::with_capacity(total * int_in.len()), labels: Some(vec![]), float_out: vec![], max_abs: BTreeMap::new() };
+    let mut c = Collected {
+        images: 0,
+        pixels_hwc: Vec::with_capacity(total * int_in.len()),
+        labels: Some(vec![]),
+        float_out: vec![],
+        max_abs: BTreeMap::new(),
+    };
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
-        let samples = ds.source.read_range(start..end).with_context(|| ds.name.clone())?;
+        let samples = ds
+            .source
+            .read_range(start..end)
+            .with_context(|| ds.name.clone())?;
         let batch = pre.batch(&samples).with_context(|| ds.name.clone())?;
         ensure!(
             batch.shape.as_slice() == g.shape(&g.input.blob),
@@ -98,7 +118,11 @@ pub fn collect(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &I
                 _ => c.labels = None,
             }
         }
-        let keep = if stats { float::Keep::All } else { float::Keep::Outputs };
+        let keep = if stats {
+            float::Keep::All
+        } else {
+            float::Keep::Outputs
+        };
         let acts = engine.forward(&batch.data, samples.len(), keep)?;
         if stats {
             for (b, v) in &acts.blobs {
@@ -107,7 +131,11 @@ pub fn collect(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &I
                 *e = e.max(m);
             }
         }
-        c.float_out.extend_from_slice(acts.blobs.get(&out_blob).with_context(|| format!("float output '{out_blob}' missing"))?);
+        c.float_out.extend_from_slice(
+            acts.blobs
+                .get(&out_blob)
+                .with_context(|| format!("float output '{out_blob}' missing"))?,
+        );
         c.images += samples.len();
         pb.set_position(end as u64);
         start = end;
@@ -155,7 +183,15 @@ fn hwc_to_chw_deq(q: &[i8], shape: &[usize], frac: i32, out: &mut Vec<f64>) {
 }
 
 /// Run float and simulator side by side over a data set.
-pub fn evaluate(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &IntegerInput, qg: &QGraph, prep: &InputPrep, quiet: bool) -> Result<Evaluation> {
+pub fn evaluate(
+    ds: &mut DataSet,
+    engine: &Engine,
+    pre: &Preprocessor,
+    int_in: &IntegerInput,
+    qg: &QGraph,
+    prep: &InputPrep,
+    quiet: bool,
+) -> Result<Evaluation> {
     let g = engine.graph();
     let out_blob = logits_blob(g);
     let classes: usize = g.shape(&out_blob).iter().product();
@@ -167,12 +203,19 @@ pub fn evaluate(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &
     let (mut fa, mut qa) = (Accumulator::new(classes), Accumulator::new(classes));
     let mut labelled = true;
     let mut agree = 0usize;
-    let mut blobs: BTreeMap<String, BlobAcc> = qg.blobs.keys().map(|b| (b.clone(), BlobAcc::default())).collect();
+    let mut blobs: BTreeMap<String, BlobAcc> = qg
+        .blobs
+        .keys()
+        .map(|b| (b.clone(), BlobAcc::default()))
+        .collect();
     let mut deq = Vec::new();
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
-        let samples = ds.source.read_range(start..end).with_context(|| ds.name.clone())?;
+        let samples = ds
+            .source
+            .read_range(start..end)
+            .with_context(|| ds.name.clone())?;
         let n = samples.len();
         let batch = pre.batch(&samples)?;
         let mut px = Vec::with_capacity(n * int_in.len());
@@ -194,7 +237,9 @@ pub fn evaluate(ds: &mut DataSet, engine: &Engine, pre: &Preprocessor, int_in: &
                 None => labelled = false,
             }
             for (b, acc) in blobs.iter_mut() {
-                let (Some(fv), Some(qv)) = (facts.image(b, i), qacts.image(b, i)) else { continue };
+                let (Some(fv), Some(qv)) = (facts.image(b, i), qacts.image(b, i)) else {
+                    continue;
+                };
                 let qb = &qg.blobs[b];
                 hwc_to_chw_deq(qv, &qb.shape, qb.frac_bits, &mut deq);
                 for (x, y) in fv.iter().zip(&deq) {
@@ -230,7 +275,12 @@ pub struct Inputs<'a> {
     pub mean: Option<&'a ir::Tensor>,
 }
 
-pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options) -> Result<(NnqModel, Report)> {
+pub fn run(
+    inp: &Inputs,
+    calib: &mut DataSet,
+    eval: &mut DataSet,
+    opts: &Options,
+) -> Result<(NnqModel, Report)> {
     let g = inp.graph;
     let engine = Engine::new(g)?;
     let first = calib.source.read(0).with_context(|| calib.name.clone())?;
@@ -243,7 +293,10 @@ pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options
         int_in.shape,
         g.shape(&g.input.blob)
     );
-    let prep = InputPrep { mean_u8: int_in.mean_u8.clone(), scale: int_in.scale };
+    let prep = InputPrep {
+        mean_u8: int_in.mean_u8.clone(),
+        scale: int_in.scale,
+    };
 
     let t0 = Instant::now();
     let cal = collect(calib, &engine, inp.float_pre, &int_in, true, opts.quiet)?;
@@ -251,7 +304,12 @@ pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options
 
     let t1 = Instant::now();
     let scorer = Scorer::new(&cal.float_out, cal.images, cal.labels.as_deref())?;
-    let calibration = Calibration { pixels_hwc: &cal.pixels_hwc, images: cal.images, prep: &prep, scorer: &scorer };
+    let calibration = Calibration {
+        pixels_hwc: &cal.pixels_hwc,
+        images: cal.images,
+        prep: &prep,
+        scorer: &scorer,
+    };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
         None => (search::start_formats(g, &cal.max_abs)?, opts.strategy),
@@ -268,7 +326,15 @@ pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options
     let qg = QGraph::quantize(g, &formats)?;
 
     let t2 = Instant::now();
-    let ev = evaluate(eval, &engine, inp.float_pre, &int_in, &qg, &prep, opts.quiet)?;
+    let ev = evaluate(
+        eval,
+        &engine,
+        inp.float_pre,
+        &int_in,
+        &qg,
+        &prep,
+        opts.quiet,
+    )?;
     let eval_seconds = t2.elapsed().as_secs_f64();
 
     let in_frac = qg.frac_bits(&qg.input).context("input format")?;
@@ -311,8 +377,16 @@ pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options
             macs_per_image: summary.totals.macs,
             int8_param_bytes: summary.totals.int8_param_bytes,
         },
-        calibration: DataInfo { source: calib.name.clone(), images: cal.images, labelled: cal.labels.is_some() },
-        evaluation: DataInfo { source: eval.name.clone(), images: ev.images, labelled: ev.quant.is_some() },
+        calibration: DataInfo {
+            source: calib.name.clone(),
+            images: cal.images,
+            labelled: cal.labels.is_some(),
+        },
+        evaluation: DataInfo {
+            source: eval.name.clone(),
+            images: ev.images,
+            labelled: ev.quant.is_some(),
+        },
         same_data_warning: calib.name == eval.name,
         accuracy: Accuracy {
             images: ev.images,
@@ -344,7 +418,11 @@ pub fn run(inp: &Inputs, calib: &mut DataSet, eval: &mut DataSet, opts: &Options
             })
             .collect(),
         search: search_report,
-        timing: opts.timing.then_some(Timing { float_seconds, search_seconds, eval_seconds }),
+        timing: opts.timing.then_some(Timing {
+            float_seconds,
+            search_seconds,
+            eval_seconds,
+        }),
     };
     if report.same_data_warning && !opts.quiet {
         eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);
@@ -365,13 +443,28 @@ fn layer_reports(qg: &QGraph, g: &Graph) -> Vec<LayerReport> {
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
             let (w, b, bl, or, sat) = match &l.op {
-                QOp::Conv(c) => (Some(c.weight_frac_bits), Some(c.bias_frac_bits), Some(c.bias_lshift as u32), Some(c.out_rshift as u32), saturated(&c.weights) + saturated(&c.bias)),
-                QOp::Fc(f) => (Some(f.weight_frac_bits), Some(f.bias_frac_bits), Some(f.bias_lshift as u32), Some(f.out_rshift as u32), saturated(&f.weights) + saturated(&f.bias)),
+                QOp::Conv(c) => (
+                    Some(c.weight_frac_bits),
+                    Some(c.bias_frac_bits),
+                    Some(c.bias_lshift as u32),
+                    Some(c.out_rshift as u32),
+                    saturated(&c.weights) + saturated(&c.bias),
+                ),
+                QOp::Fc(f) => (
+                    Some(f.weight_frac_bits),
+                    Some(f.bias_frac_bits),
+                    Some(f.bias_lshift as u32),
+                    Some(f.out_rshift as u32),
+                    saturated(&f.weights) + saturated(&f.bias),
+                ),
                 _ => (None, None, None, None, 0),
             };
             LayerReport {
                 name: l.name.clone(),
-                op: g.node(&l.name).map_or("?", |n| n.op.type_name()).to_string(),
+                op: g
+                    .node(&l.name)
+                    .map_or("?", |n| n.op.type_name())
+                    .to_string(),
                 input_frac_bits: in_frac,
                 output_frac_bits: out_frac,
                 weight_frac_bits: w,

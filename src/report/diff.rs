@@ -24,7 +24,10 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
         (Some(a), Some(b)) => Some((a - b) * 100.0),
         _ => None,
     };
-    let _ = writeln!(md, "## Accuracy\n\n| | old | new | change |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "## Accuracy\n\n| | old | new | change |\n|---|---|---|---|"
+    );
     let row = |md: &mut String, name: &str, a: Option<f64>, b: Option<f64>| {
         let ch = match (a, b) {
             (Some(a), Some(b)) => format!("{:+.2} pp", (b - a) * 100.0),
@@ -32,9 +35,24 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
         };
         let _ = writeln!(md, "| {name} | {} | {} | {ch} |", pct(a), pct(b));
     };
-    row(&mut md, "float top-1", old.accuracy.float_top1, new.accuracy.float_top1);
-    row(&mut md, "quantized top-1", old.accuracy.quant_top1, new.accuracy.quant_top1);
-    row(&mut md, "top-1 agreement", Some(old.accuracy.top1_agreement), Some(new.accuracy.top1_agreement));
+    row(
+        &mut md,
+        "float top-1",
+        old.accuracy.float_top1,
+        new.accuracy.float_top1,
+    );
+    row(
+        &mut md,
+        "quantized top-1",
+        old.accuracy.quant_top1,
+        new.accuracy.quant_top1,
+    );
+    row(
+        &mut md,
+        "top-1 agreement",
+        Some(old.accuracy.top1_agreement),
+        Some(new.accuracy.top1_agreement),
+    );
     let _ = writeln!(
         md,
         "| output SQNR | {:.2} dB | {:.2} dB | {:+.2} dB |",
@@ -46,12 +64,26 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
     let mut fmt_rows = Vec::new();
     for n in &new.layers {
         match old.layers.iter().find(|o| o.name == n.name) {
-            None => fmt_rows.push(format!("| {} | (new layer) | w {} b {} out {} |", n.name, fb(n.weight_frac_bits), fb(n.bias_frac_bits), n.output_frac_bits)),
-            Some(o) if (o.weight_frac_bits, o.bias_frac_bits, o.output_frac_bits) != (n.weight_frac_bits, n.bias_frac_bits, n.output_frac_bits) => {
+            None => fmt_rows.push(format!(
+                "| {} | (new layer) | w {} b {} out {} |",
+                n.name,
+                fb(n.weight_frac_bits),
+                fb(n.bias_frac_bits),
+                n.output_frac_bits
+            )),
+            Some(o)
+                if (o.weight_frac_bits, o.bias_frac_bits, o.output_frac_bits)
+                    != (n.weight_frac_bits, n.bias_frac_bits, n.output_frac_bits) =>
+            {
                 fmt_rows.push(format!(
                     "| {} | w {} b {} out {} | w {} b {} out {} |",
-                    n.name, fb(o.weight_frac_bits), fb(o.bias_frac_bits), o.output_frac_bits,
-                    fb(n.weight_frac_bits), fb(n.bias_frac_bits), n.output_frac_bits
+                    n.name,
+                    fb(o.weight_frac_bits),
+                    fb(o.bias_frac_bits),
+                    o.output_frac_bits,
+                    fb(n.weight_frac_bits),
+                    fb(n.bias_frac_bits),
+                    n.output_frac_bits
                 ));
             }
             _ => {}
@@ -59,7 +91,13 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
     }
     for o in &old.layers {
         if !new.layers.iter().any(|n| n.name == o.name) {
-            fmt_rows.push(format!("| {} | w {} b {} out {} | (removed) |", o.name, fb(o.weight_frac_bits), fb(o.bias_frac_bits), o.output_frac_bits));
+            fmt_rows.push(format!(
+                "| {} | w {} b {} out {} | (removed) |",
+                o.name,
+                fb(o.weight_frac_bits),
+                fb(o.bias_frac_bits),
+                o.output_frac_bits
+            ));
         }
     }
     let _ = writeln!(md, "\n## Formats (fraction bits)\n");
@@ -72,11 +110,24 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
         }
     }
 
-    let _ = writeln!(md, "\n## SQNR per blob (dB)\n\n| blob | old | new | change |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "\n## SQNR per blob (dB)\n\n| blob | old | new | change |\n|---|---|---|---|"
+    );
     for n in &new.blobs {
         if let Some(o) = old.blobs.iter().find(|o| o.name == n.name) {
-            let _ = writeln!(md, "| {} | {:.2} | {:.2} | {:+.2} |", n.name, o.sqnr_db, n.sqnr_db, n.sqnr_db - o.sqnr_db);
+            let _ = writeln!(
+                md,
+                "| {} | {:.2} | {:.2} | {:+.2} |",
+                n.name,
+                o.sqnr_db,
+                n.sqnr_db,
+                n.sqnr_db - o.sqnr_db
+            );
         }
     }
-    DiffOutcome { markdown: md, drop_pp }
+    DiffOutcome {
+        markdown: md,
+        drop_pp,
+    }
 }

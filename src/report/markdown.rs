@@ -19,24 +19,55 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(md, "> **Warning:** calibration and evaluation use the same data; the accuracy below is not a held-out figure.\n");
     }
     let _ = writeln!(md, "| | value |\n|---|---|");
-    let _ = writeln!(md, "| model | `{}` + `{}` |", r.model.prototxt, r.model.weights);
-    let _ = writeln!(md, "| calibration | `{}` ({} images) |", r.calibration.source, r.calibration.images);
-    let _ = writeln!(md, "| evaluation | `{}` ({} images) |", r.evaluation.source, r.evaluation.images);
+    let _ = writeln!(
+        md,
+        "| model | `{}` + `{}` |",
+        r.model.prototxt, r.model.weights
+    );
+    let _ = writeln!(
+        md,
+        "| calibration | `{}` ({} images) |",
+        r.calibration.source, r.calibration.images
+    );
+    let _ = writeln!(
+        md,
+        "| evaluation | `{}` ({} images) |",
+        r.evaluation.source, r.evaluation.images
+    );
     let _ = writeln!(md, "| float top-1 | {} |", pct(a.float_top1));
     let _ = writeln!(md, "| quantized top-1 | {} |", pct(a.quant_top1));
-    let _ = writeln!(md, "| top-1 agreement with float | {:.2} % |", a.top1_agreement * 100.0);
+    let _ = writeln!(
+        md,
+        "| top-1 agreement with float | {:.2} % |",
+        a.top1_agreement * 100.0
+    );
     let _ = writeln!(md, "| output SQNR | {:.2} dB |", a.output_sqnr_db);
     let _ = writeln!(md, "| MACs per image | {} |", r.model.macs_per_image);
-    let _ = writeln!(md, "| int8 weights + biases | {} B |", r.model.int8_param_bytes);
-    let _ = writeln!(md, "| search | {} ({} evaluations) |", r.search.strategy, r.search.evaluations);
+    let _ = writeln!(
+        md,
+        "| int8 weights + biases | {} B |",
+        r.model.int8_param_bytes
+    );
+    let _ = writeln!(
+        md,
+        "| search | {} ({} evaluations) |",
+        r.search.strategy, r.search.evaluations
+    );
 
     let _ = writeln!(md, "\n## Layers\n\n| layer | op | in frac | out frac | weight frac | bias frac | bias_lshift | out_rshift | saturated params |\n|---|---|---|---|---|---|---|---|---|");
     for l in &r.layers {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            l.name, l.op, l.input_frac_bits, l.output_frac_bits, opt(l.weight_frac_bits), opt(l.bias_frac_bits),
-            opt(l.bias_lshift), opt(l.out_rshift), l.saturated_params
+            l.name,
+            l.op,
+            l.input_frac_bits,
+            l.output_frac_bits,
+            opt(l.weight_frac_bits),
+            opt(l.bias_frac_bits),
+            opt(l.bias_lshift),
+            opt(l.out_rshift),
+            l.saturated_params
         );
     }
     let _ = writeln!(md, "\n## Activations (evaluation set)\n\n| blob | shape | frac bits | float max |x| | SQNR dB | at int8 limits |\n|---|---|---|---|---|---|");
@@ -45,7 +76,11 @@ pub fn render(r: &Report) -> String {
             md,
             "| {} | {} | {} | {:.4} | {:.2} | {} / {} |",
             b.name,
-            b.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"),
+            b.shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×"),
             b.frac_bits,
             b.float_max_abs,
             b.sqnr_db,
@@ -63,11 +98,20 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {:.5} | {} |",
-            t.layer, t.param, t.frac_bits, t.score.correct, t.score.kl, if t.accepted { "yes" } else { "" }
+            t.layer,
+            t.param,
+            t.frac_bits,
+            t.score.correct,
+            t.score.kl,
+            if t.accepted { "yes" } else { "" }
         );
     }
     if let Some(t) = &r.timing {
-        let _ = writeln!(md, "\n## Timing\n\nfloat {:.2} s, search {:.2} s, evaluation {:.2} s", t.float_seconds, t.search_seconds, t.eval_seconds);
+        let _ = writeln!(
+            md,
+            "\n## Timing\n\nfloat {:.2} s, search {:.2} s, evaluation {:.2} s",
+            t.float_seconds, t.search_seconds, t.eval_seconds
+        );
     }
     md
 }

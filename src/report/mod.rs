@@ -130,7 +130,11 @@ impl Report {
     pub fn from_json(text: &str, origin: &str) -> anyhow::Result<Report> {
         let r: Report = serde_json::from_str(text)
             .map_err(|e| anyhow::anyhow!("{origin} is not an nnquant report ({e})"))?;
-        anyhow::ensure!(r.schema == SCHEMA, "{origin} has report schema '{}', this nnquant reads '{SCHEMA}'", r.schema);
+        anyhow::ensure!(
+            r.schema == SCHEMA,
+            "{origin} has report schema '{}', this nnquant reads '{SCHEMA}'",
+            r.schema
+        );
         Ok(r)
     }
 }

@@ -17,9 +17,9 @@
 pub mod score;
 
 use crate::fixed::graph::{Formats, LayerFormat, QGraph};
+use crate::fixed::kernels;
 use crate::fixed::qformat::{InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
-use crate::fixed::kernels;
 use crate::ir::{Graph, Op};
 use crate::report::{Score, SearchReport, TraceStep};
 use anyhow::{bail, Context, Result};
@@ -62,7 +62,12 @@ impl InputPrep {
         let s = InputScale::new(self.scale, frac_bits)?;
         let mut out = vec![0i8; pixels_hwc.len()];
         // A mean image applies per image; a per-channel mean broadcasts over the whole batch.
-        let per = if self.mean_u8.len() == image_len { image_len } else { pixels_hwc.len() }.max(1);
+        let per = if self.mean_u8.len() == image_len {
+            image_len
+        } else {
+            pixels_hwc.len()
+        }
+        .max(1);
         for (p, o) in pixels_hwc.chunks(per).zip(out.chunks_mut(per)) {
             kernels::input_u8_q7(p, &self.mean_u8, s.mul, s.rshift, o)
                 .map_err(|e| anyhow::anyhow!("input preprocessing failed: {e:?}"))?;
@@ -88,21 +93,29 @@ fn max_abs(v: &[f32]) -> f32 {
 /// Max-abs formats, clamped so that bias_lshift ≥ 0 and out_rshift ≥ 0 for every layer.
 pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<Formats> {
     let act = |b: &str| -> Result<i32> {
-        let m = *blob_max_abs.get(b).with_context(|| format!("no float statistics for blob '{b}'"))?;
+        let m = *blob_max_abs
+            .get(b)
+            .with_context(|| format!("no float statistics for blob '{b}'"))?;
         Ok(QFormat::from_max_abs(m)?.frac_bits)
     };
     let mut f = Formats::default();
-    f.activations_frac_bits.insert(g.input.blob.clone(), act(&g.input.blob)?);
+    f.activations_frac_bits
+        .insert(g.input.blob.clone(), act(&g.input.blob)?);
     // Formats flow along the graph: the input format of a layer is the format of the blob it
     // reads, which pooling/ReLU/flatten pass through unchanged.
     let mut frac_of: BTreeMap<String, i32> = f.activations_frac_bits.clone();
     for n in &g.nodes {
-        let in_frac = *frac_of.get(&n.inputs[0]).with_context(|| format!("no format for blob '{}'", n.inputs[0]))?;
+        let in_frac = *frac_of
+            .get(&n.inputs[0])
+            .with_context(|| format!("no format for blob '{}'", n.inputs[0]))?;
         let out = &n.outputs[0];
         let out_frac = match &n.op {
             Op::Convolution(_) | Op::InnerProduct(_) => {
                 let w = QFormat::from_max_abs(max_abs(&n.weights[0].data))?.frac_bits;
-                let mut lf = LayerFormat { weight_frac_bits: w, ..Default::default() };
+                let mut lf = LayerFormat {
+                    weight_frac_bits: w,
+                    ..Default::default()
+                };
                 if let Some(b) = n.weights.get(1) {
                     let bf = QFormat::from_max_abs(max_abs(&b.data))?.frac_bits;
                     lf.bias_frac_bits = Some(bf.min(w + in_frac));
@@ -157,8 +170,18 @@ fn set(f: &mut Formats, layer: &str, out_blob: &str, p: Param, v: i32) {
         Param::Input | Param::Activation => {
             f.activations_frac_bits.insert(out_blob.to_string(), v);
         }
-        Param::Weight => f.layers.get_mut(layer).expect("layer has a format").weight_frac_bits = v,
-        Param::Bias => f.layers.get_mut(layer).expect("layer has a format").bias_frac_bits = Some(v),
+        Param::Weight => {
+            f.layers
+                .get_mut(layer)
+                .expect("layer has a format")
+                .weight_frac_bits = v
+        }
+        Param::Bias => {
+            f.layers
+                .get_mut(layer)
+                .expect("layer has a format")
+                .bias_frac_bits = Some(v)
+        }
     }
 }
 
@@ -189,7 +212,10 @@ impl Evaluator<'_> {
     fn full(&mut self, f: &Formats) -> Result<(Score, Activations)> {
         let qg = self.quantize(f)?;
         let in_frac = qg.frac_bits(&qg.input).context("input format")?;
-        let input = self.cal.prep.quantize(self.cal.pixels_hwc, qg.blob_len(&qg.input), in_frac)?;
+        let input = self
+            .cal
+            .prep
+            .quantize(self.cal.pixels_hwc, qg.blob_len(&qg.input), in_frac)?;
         let sim = Simulator::new(&qg)?;
         let acts = sim.run(&input, self.cal.images, &Keep::All)?;
         self.evaluations += 1;
@@ -209,23 +235,51 @@ impl Evaluator<'_> {
 
 /// Index of the QGraph layer that produces `blob`... equivalently the first layer affected.
 fn qlayer_index(qg: &QGraph, layer_name: &str) -> usize {
-    qg.layers.iter().position(|l| l.name == layer_name).unwrap_or(0)
+    qg.layers
+        .iter()
+        .position(|l| l.name == layer_name)
+        .unwrap_or(0)
 }
 
 /// Run the search. Returns the chosen formats and the search report.
-pub fn search(g: &Graph, start: Formats, strategy: Strategy, cal: &Calibration, progress: Progress) -> Result<(Formats, SearchReport)> {
-    let mut ev = Evaluator { g, cal, evaluations: 0 };
-    let (start_score, mut cache) = ev.full(&start).context("the starting formats do not quantize")?;
+pub fn search(
+    g: &Graph,
+    start: Formats,
+    strategy: Strategy,
+    cal: &Calibration,
+    progress: Progress,
+) -> Result<(Formats, SearchReport)> {
+    let mut ev = Evaluator {
+        g,
+        cal,
+        evaluations: 0,
+    };
+    let (start_score, mut cache) = ev
+        .full(&start)
+        .context("the starting formats do not quantize")?;
     let mut best = start.clone();
     let mut best_score = start_score;
     let mut trace = Vec::new();
     if strategy == Strategy::None {
-        return Ok((best, SearchReport { strategy: strategy.name().into(), evaluations: ev.evaluations, start_score, final_score: best_score, trace }));
+        return Ok((
+            best,
+            SearchReport {
+                strategy: strategy.name().into(),
+                evaluations: ev.evaluations,
+                start_score,
+                final_score: best_score,
+                trace,
+            },
+        ));
     }
     // The coordinates in topological order.
-    let mut coords: Vec<(String, String, Param)> = vec![(String::new(), g.input.blob.clone(), Param::Input)];
+    let mut coords: Vec<(String, String, Param)> =
+        vec![(String::new(), g.input.blob.clone(), Param::Input)];
     for (layer, out) in format_layers(g) {
-        let has_bias = start.layers.get(&layer).is_some_and(|l| l.bias_frac_bits.is_some());
+        let has_bias = start
+            .layers
+            .get(&layer)
+            .is_some_and(|l| l.bias_frac_bits.is_some());
         coords.push((layer.clone(), out.clone(), Param::Weight));
         coords.push((layer.clone(), out.clone(), Param::Activation));
         if has_bias {
@@ -234,10 +288,22 @@ pub fn search(g: &Graph, start: Formats, strategy: Strategy, cal: &Calibration, 
     }
     let total = coords.len();
     for (step, (layer, out, param)) in coords.iter().enumerate() {
-        progress(step, total, &format!("{} {}", if layer.is_empty() { out } else { layer }, param.name()));
+        progress(
+            step,
+            total,
+            &format!(
+                "{} {}",
+                if layer.is_empty() { out } else { layer },
+                param.name()
+            ),
+        );
         let base = get(&best, layer, out, *param).context("format missing")?;
         let qg = ev.quantize(&best)?;
-        let k = if *param == Param::Input { 0 } else { qlayer_index(&qg, layer) };
+        let k = if *param == Param::Input {
+            0
+        } else {
+            qlayer_index(&qg, layer)
+        };
         // ARM tries only more fraction bits (more precision, saturating the largest values).
         // The default also tries one fewer (more headroom), which pays off where values beyond
         // the calibration maximum are expected, or where shifts limit the next layer.
@@ -253,12 +319,26 @@ pub fn search(g: &Graph, start: Formats, strategy: Strategy, cal: &Calibration, 
             if ev.quantize(&f).is_err() {
                 continue;
             }
-            let s = if *param == Param::Input { ev.full(&f)?.0 } else { ev.partial(&f, k, &cache)? };
+            let s = if *param == Param::Input {
+                ev.full(&f)?.0
+            } else {
+                ev.partial(&f, k, &cache)?
+            };
             let accept = match strategy {
                 Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
                 _ => score::better(&s, &best_score),
             };
-            trace.push(TraceStep { layer: if layer.is_empty() { out.clone() } else { layer.clone() }, param: param.name().into(), frac_bits: c, score: s, accepted: accept });
+            trace.push(TraceStep {
+                layer: if layer.is_empty() {
+                    out.clone()
+                } else {
+                    layer.clone()
+                },
+                param: param.name().into(),
+                frac_bits: c,
+                score: s,
+                accepted: accept,
+            });
             if accept {
                 best = f;
                 best_score = s;
@@ -277,5 +357,14 @@ pub fn search(g: &Graph, start: Formats, strategy: Strategy, cal: &Calibration, 
     if ev.quantize(&best).is_err() {
         bail!("internal error: the search ended on formats that do not quantize");
     }
-    Ok((best, SearchReport { strategy: strategy.name().into(), evaluations: ev.evaluations, start_score, final_score: best_score, trace }))
+    Ok((
+        best,
+        SearchReport {
+            strategy: strategy.name().into(),
+            evaluations: ev.evaluations,
+            start_score,
+            final_score: best_score,
+            trace,
+        },
+    ))
 }

@@ -35,7 +35,10 @@ pub struct Scorer {
 
 impl Scorer {
     pub fn new(float_outputs: &[f32], images: usize, labels: Option<&[usize]>) -> Result<Scorer> {
-        ensure!(images > 0 && float_outputs.len() % images == 0, "float outputs do not divide into {images} images");
+        ensure!(
+            images > 0 && float_outputs.len() % images == 0,
+            "float outputs do not divide into {images} images"
+        );
         let classes = float_outputs.len() / images;
         let rows: Vec<&[f32]> = float_outputs.chunks(classes).collect();
         let targets = match labels {
@@ -45,14 +48,30 @@ impl Scorer {
             }
             None => rows.iter().map(|r| argmax(r)).collect(),
         };
-        Ok(Scorer { classes, images, float_probs: rows.iter().map(|r| softmax(r)).collect(), targets })
+        Ok(Scorer {
+            classes,
+            images,
+            float_probs: rows.iter().map(|r| softmax(r)).collect(),
+            targets,
+        })
     }
 
     /// Score q7 outputs (the graph's first output blob) of all calibration images.
     pub fn score(&self, qg: &QGraph, acts: &Activations) -> Result<Score> {
-        let out = qg.outputs.first().context("the quantized graph has no output")?;
-        let q = acts.get(out).with_context(|| format!("output blob '{out}' missing from the run"))?;
-        ensure!(q.len() == self.images * self.classes, "output has {} values, expected {} × {}", q.len(), self.images, self.classes);
+        let out = qg
+            .outputs
+            .first()
+            .context("the quantized graph has no output")?;
+        let q = acts
+            .get(out)
+            .with_context(|| format!("output blob '{out}' missing from the run"))?;
+        ensure!(
+            q.len() == self.images * self.classes,
+            "output has {} values, expected {} × {}",
+            q.len(),
+            self.images,
+            self.classes
+        );
         let scale = (-(qg.frac_bits(out).context("output format")? as f64)).exp2();
         let mut correct = 0;
         let mut kl = 0.0;
@@ -69,7 +88,11 @@ impl Scorer {
                 .map(|(p, q)| p * (p / q.max(1e-300)).ln())
                 .sum::<f64>();
         }
-        Ok(Score { correct, images: self.images, kl: kl / self.images as f64 })
+        Ok(Score {
+            correct,
+            images: self.images,
+            kl: kl / self.images as f64,
+        })
     }
 }
 
