@@ -12,6 +12,7 @@ pub mod float;
 pub mod ir;
 pub mod metrics;
 pub mod model;
+pub mod npy_out;
 pub mod progress;
 pub mod quantize;
 pub mod report;

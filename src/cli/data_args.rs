@@ -5,7 +5,8 @@ use crate::caffe::{self, LoadOptions};
 use crate::data::{self, subset, ChannelOrder, DataSpec, Layout, Source};
 use crate::ir::Graph;
 use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
@@ -23,7 +24,59 @@ pub struct ModelArgs {
     pub input_shape: Option<ShapeArg>,
 }
 
+/// `--mean-file` and `--input-shape` for commands that take `--model`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShapeFlags {
+    /// Mean file (BlobProto) replacing the prototxt's transform_param mean_file.
+    #[arg(long)]
+    pub mean_file: Option<PathBuf>,
+    /// Input shape C,H,W when neither the prototxt nor the data tell it.
+    #[arg(long)]
+    pub input_shape: Option<ShapeArg>,
+}
+
 /// One data set on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataFlags {
+    /// Data set: an LMDB directory, a .npy (uint8 or float32, NHWC or NCHW), a folder of class
+    /// folders, MNIST *-idx3-ubyte, or CIFAR-10 .bin. Default: the prototxt's TEST data layer.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Labels (.npy or IDX) for --data, when not found beside it.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Layout of a .npy of images.
+    #[arg(long, default_value = "nhwc")]
+    pub layout: Layout,
+    /// Class names, one per line, for a folder tree.
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Channel order fed to the network (default: as stored; images decoded from files are BGR, as in Caffe).
+    #[arg(long)]
+    pub channel_order: Option<ChannelOrder>,
+    /// Skip this many images.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Use at most this many images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl DataFlags {
+    pub fn opts(&self) -> DataOpts {
+        DataOpts {
+            path: self.data.clone(),
+            labels: self.labels.clone(),
+            layout: self.layout,
+            classes: self.classes.clone(),
+            channel_order: self.channel_order,
+            offset: self.offset,
+            limit: self.limit,
+        }
+    }
+}
+
+/// One data set, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct DataOpts {
     pub path: Option<PathBuf>,
@@ -83,34 +136,27 @@ pub fn split_part(
     )?))
 }
 
-/// Load the model, taking the input shape from (in order) `--input-shape`, the prototxt, the
-/// mean file, or the first image of the data (after Caffe's crop).
-pub fn load_model(m: &ModelArgs, data: Option<&mut dyn Source>) -> Result<Graph> {
+/// Load the model: lower the prototxt, open the data (which may come from its data layer), then
+/// take the input shape from (in order) `--input-shape`, the prototxt, the first image of the
+/// data (after Caffe's crop), or the mean file; attach weights and fold BatchNorm/Scale/Bias.
+pub fn load_model_and_data(m: &ModelArgs, data: &[&DataOpts]) -> Result<(Graph, Vec<Box<dyn Source>>)> {
     let g = caffe::lower_file(&m.model)?;
+    let mut sources = Vec::new();
+    for d in data {
+        sources.push(open_data(d, &g)?);
+    }
     let mut input_shape = m.input_shape.clone().map(|s| s.0);
     if input_shape.is_none() && g.input.shape.is_none() {
-        if let Some(src) = data {
-            let s = src.read(0)?.image.shape().to_vec();
-            input_shape = Some(s);
-        } else if let Some(mf) = mean_file_of(m, &g) {
-            if mf.exists() {
-                let t = caffe::read_blob_file(&mf)?;
-                input_shape = Some(if t.shape.len() == 4 {
-                    t.shape[1..].to_vec()
-                } else {
-                    t.shape.clone()
-                });
-            }
+        if let Some(src) = sources.first_mut() {
+            input_shape = Some(src.read(0)?.image.shape().to_vec());
+        } else if let Some(mf) = mean_file_of(m, &g).filter(|p| p.exists()) {
+            let t = caffe::read_blob_file(&mf)?;
+            input_shape = Some(if t.shape.len() == 4 { t.shape[1..].to_vec() } else { t.shape.clone() });
         }
     }
-    caffe::complete(
-        g,
-        &m.model,
-        &LoadOptions {
-            weights: Some(&m.weights),
-            input_shape,
-        },
-    )
+    let mut g = caffe::complete(g, &m.model, &LoadOptions { weights: Some(&m.weights), input_shape })?;
+    crate::ir::passes::fold_batchnorm(&mut g)?;
+    Ok((g, sources))
 }
 
 /// The mean file in force: `--mean-file`, else the prototxt's.
@@ -125,6 +171,30 @@ pub fn preprocessor(m: &ModelArgs, g: &Graph) -> Result<data::preprocess::Prepro
     data::preprocess::Preprocessor::load(&g.input.preprocess, m.mean_file.as_deref())
 }
 
-pub fn display(p: &Path) -> String {
-    p.display().to_string()
+/// A data set's name for reports: its path, or the prototxt's data layer.
+pub fn data_name(d: &DataOpts, g: &Graph) -> String {
+    let base = match (&d.path, &g.input.data_layer) {
+        (Some(p), _) => p.display().to_string(),
+        (None, Some(l)) => format!("{l:?}"),
+        (None, None) => "?".into(),
+    };
+    match (d.offset, d.limit) {
+        (0, None) => base,
+        (o, None) => format!("{base}[{o}..]"),
+        (o, Some(l)) => format!("{base}[{o}..{}]", o + l),
+    }
 }
+
+/// The mean tensor in force (for the integer input path), if any.
+pub fn mean_tensor(m: &ModelArgs, g: &Graph) -> Result<Option<crate::ir::Tensor>> {
+    match mean_file_of(m, g) {
+        Some(p) => {
+            if !p.exists() {
+                anyhow::bail!("the mean file {} does not exist; pass --mean-file PATH", p.display());
+            }
+            Ok(Some(caffe::read_blob_file(&p)?))
+        }
+        None => Ok(None),
+    }
+}
+

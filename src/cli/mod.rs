@@ -2,7 +2,10 @@
 //! error into a one-paragraph message and exit code 2.
 
 mod data_args;
+mod eval;
 mod inspect;
+mod quantize;
+mod report;
 
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand};
@@ -23,11 +26,21 @@ pub struct Cli {
 pub enum Command {
     /// Print the layers of a Caffe model: shapes, parameters, MACs, memory.
     Inspect(inspect::Args),
+    /// Accuracy of the float model or of a quantized model (bit-exact simulator) on a data set.
+    Eval(eval::Args),
+    /// Search per-layer fixed-point formats and write the quantized model and a report.
+    Quantize(Box<quantize::Args>),
+    /// Work with reports.
+    #[command(subcommand)]
+    Report(report::Cmd),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(*a),
+        Command::Report(c) => report::run(c),
     }
 }
 

@@ -359,6 +359,7 @@ pub fn run(
             frac_bits: in_frac,
             mul: scale.mul,
             rshift: scale.rshift,
+            crop_size: g.input.preprocess.crop_size,
         },
         classes,
         formats: formats.clone(),

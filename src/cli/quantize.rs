@@ -1,0 +1,152 @@
+//! `nnquant quantize`: search the Qm.n formats and write the quantized model and the report.
+
+use super::data_args::{self, DataOpts, ModelArgs};
+use super::ShapeArg;
+use crate::data::{subset, ChannelOrder, Layout};
+use crate::fixed::graph::Formats;
+use crate::quantize::{self, DataSet};
+use crate::report::markdown;
+use crate::search::Strategy;
+use anyhow::{ensure, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The Caffe net definition (.prototxt).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Trained weights: binary .caffemodel or HDF5 .caffemodel.h5.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Calibration data (the format search runs on it); default: the prototxt's TEST data layer.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long)]
+    pub calib_labels: Option<PathBuf>,
+    /// Use at most this many calibration images.
+    #[arg(long)]
+    pub calib_limit: Option<usize>,
+    /// Held-out evaluation data for the final figures.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    #[arg(long)]
+    pub eval_labels: Option<PathBuf>,
+    #[arg(long)]
+    pub eval_limit: Option<usize>,
+    /// Without --eval: carve the evaluation set from the calibration data, e.g. 80:20.
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Layout of .npy image files.
+    #[arg(long, default_value = "nhwc")]
+    pub layout: Layout,
+    /// Class names for folder trees.
+    #[arg(long)]
+    pub classes: Option<PathBuf>,
+    /// Channel order fed to the network (default: as stored / Caffe's BGR for decoded files).
+    #[arg(long)]
+    pub channel_order: Option<ChannelOrder>,
+    /// Mean file (BlobProto) replacing the prototxt's.
+    #[arg(long)]
+    pub mean_file: Option<PathBuf>,
+    /// Input shape C,H,W when the prototxt does not give it.
+    #[arg(long)]
+    pub input_shape: Option<ShapeArg>,
+    /// Pin these formats (JSON: activations_frac_bits, layers.<name>.{weight_frac_bits,
+    /// bias_frac_bits}; ARM's schema) instead of searching.
+    #[arg(long)]
+    pub formats: Option<PathBuf>,
+    /// Search strategy.
+    #[arg(long, value_enum, default_value = "default")]
+    pub search: Strategy,
+    /// Quantized model file to write (.nnq.json).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Report (JSON); a Markdown twin is written beside it (.md).
+    #[arg(long)]
+    pub report: PathBuf,
+    /// Include wall-clock timings in the report (makes it differ between runs).
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Print the report JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Write a file through a temporary sibling and a rename: never half-written.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().map_or("".into(), |e| e.to_string_lossy().to_string())));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let m = ModelArgs { model: a.model.clone(), weights: a.weights.clone(), mean_file: a.mean_file.clone(), input_shape: a.input_shape.clone() };
+    let base = DataOpts { layout: a.layout, classes: a.classes.clone(), channel_order: a.channel_order, ..Default::default() };
+    let calib_o = DataOpts { path: a.calib.clone(), labels: a.calib_labels.clone(), limit: a.calib_limit, ..base.clone() };
+    let eval_o = DataOpts { path: a.eval.clone(), labels: a.eval_labels.clone(), limit: a.eval_limit, ..base };
+    ensure!(a.eval.is_some() || a.split.is_some() || a.calib.is_none(),
+        "give held-out evaluation data with --eval (or carve it from the calibration data with --split 80:20): searching and reporting on the same images overstates accuracy");
+    let formats = a.formats.as_deref().map(Formats::from_json_file).transpose()?;
+    let (g, mut sources) = if a.eval.is_some() {
+        data_args::load_model_and_data(&m, &[&calib_o, &eval_o])?
+    } else {
+        data_args::load_model_and_data(&m, &[&calib_o])?
+    };
+    let calib_name = data_args::data_name(&calib_o, &g);
+    let (mut calib_src, mut eval_src, eval_name) = if a.eval.is_some() {
+        let e = sources.pop().expect("two sources");
+        let c = sources.pop().expect("two sources");
+        (c, e, data_args::data_name(&eval_o, &g))
+    } else if let Some(split) = &a.split {
+        let c = sources.pop().expect("one source");
+        let name = format!("{calib_name} split {split}");
+        let c2 = data_args::open_data(&calib_o, &g)?;
+        (data_args::split_part(c, split, subset::Part::First)?, data_args::split_part(c2, split, subset::Part::Second)?, format!("{name} (second part)"))
+    } else {
+        // The model's own data layer for both: warned about below.
+        let c = sources.pop().expect("one source");
+        let e = data_args::open_data(&eval_o, &g)?;
+        (c, e, calib_name.clone())
+    };
+    let calib_name = if a.split.is_some() && a.eval.is_none() { format!("{calib_name} split {} (first part)", a.split.as_deref().unwrap_or("")) } else { calib_name };
+    let pre = data_args::preprocessor(&m, &g)?;
+    let mean = data_args::mean_tensor(&m, &g)?;
+    quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
+    quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
+    let order = match a.channel_order {
+        Some(ChannelOrder::Bgr) => "bgr",
+        Some(ChannelOrder::Rgb) => "rgb",
+        None => "as stored",
+    };
+    let inputs = quantize::Inputs { graph: &g, prototxt: &a.model, weights: &a.weights, float_pre: &pre, mean: mean.as_ref() };
+    let opts = quantize::Options { strategy: a.search, formats, quiet: a.quiet, timing: a.timestamps, channel_order: order.into() };
+    let (model, report) = quantize::run(
+        &inputs,
+        &mut DataSet { source: calib_src.as_mut(), name: calib_name },
+        &mut DataSet { source: eval_src.as_mut(), name: eval_name },
+        &opts,
+    )?;
+    // Everything computed: only now write, each file atomically.
+    let md_path = a.report.with_extension("md");
+    write_atomic(&a.output, &model.to_json()?)?;
+    write_atomic(&a.report, &report.to_json())?;
+    write_atomic(&md_path, &markdown::render(&report))?;
+    if a.json {
+        print!("{}", report.to_json());
+    } else if !a.quiet {
+        let acc = &report.accuracy;
+        let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2} %", v * 100.0));
+        println!(
+            "{}: float top-1 {}, quantized top-1 {}, agreement {:.2} %, output SQNR {:.1} dB ({} images of {})",
+            report.model.name, pct(acc.float_top1), pct(acc.quant_top1), acc.top1_agreement * 100.0, acc.output_sqnr_db, acc.images, report.evaluation.source
+        );
+        println!("search {}: {} evaluations; wrote {}, {}, {}", report.search.strategy, report.search.evaluations, a.output.display(), a.report.display(), md_path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
