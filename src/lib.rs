@@ -17,6 +17,7 @@ pub mod progress;
 pub mod quantize;
 pub mod report;
 pub mod search;
+pub mod verify;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside
 /// the checkout. Only tests and benchmarks use it.

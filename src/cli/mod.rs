@@ -1,11 +1,13 @@
 //! Subcommands, one file each. Every subcommand returns an exit code or an error; `main` turns an
 //! error into a one-paragraph message and exit code 2.
 
+mod codegen;
 mod data_args;
 mod eval;
 mod inspect;
 mod quantize;
 mod report;
+mod verify;
 
 use anyhow::{ensure, Result};
 use clap::{Parser, Subcommand};
@@ -33,6 +35,10 @@ pub enum Command {
     /// Work with reports.
     #[command(subcommand)]
     Report(report::Cmd),
+    /// Generate the firmware crate (Tera templates) of a quantized model.
+    Codegen(codegen::Args),
+    /// Build and run the firmware (QEMU or host) and compare every output byte with the simulator.
+    Verify(verify::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -41,6 +47,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(*a),
         Command::Report(c) => report::run(c),
+        Command::Codegen(a) => codegen::run(a),
+        Command::Verify(a) => verify::run(a),
     }
 }
 

@@ -1,0 +1,81 @@
+//! `nnquant codegen`: the firmware crate of a quantized model.
+
+use super::data_args::{open_data, DataFlags};
+use crate::codegen::{self, target};
+use crate::model::NnqModel;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The quantized model (.nnq.json) from `nnquant quantize`.
+    pub model: PathBuf,
+    /// Output directory of the generated crate.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cortex-m4, cortex-m7, cortex-m3, cortex-m0, cortex-m33 or host.
+    #[arg(long, default_value = "cortex-m4")]
+    pub target: String,
+    #[arg(long, default_value = "nnquant-firmware")]
+    pub crate_name: String,
+    /// Replace an existing directory that nnquant did not generate.
+    #[arg(long)]
+    pub force: bool,
+    /// Embed this many test images (from --data) for the generated main.rs to run.
+    #[arg(long, default_value_t = 0)]
+    pub count: usize,
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// Print the memory report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Read `count` images of `data` as the firmware receives them (cropped HWC uint8).
+pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<(Vec<Vec<u8>>, Vec<Option<i64>>)> {
+    if count == 0 {
+        return Ok((vec![], vec![]));
+    }
+    let mut opts = data.opts();
+    anyhow::ensure!(opts.path.is_some(), "--count needs --data (the images to embed)");
+    opts.limit = Some(opts.limit.map_or(count, |l| l.min(count)));
+    let g = crate::ir::Graph {
+        name: m.name.clone(),
+        input: crate::ir::Input { blob: "data".into(), shape: None, preprocess: Default::default(), data_layer: None, label_blob: None },
+        nodes: vec![],
+        outputs: vec![],
+        shapes: Default::default(),
+    };
+    let mut src = open_data(&opts, &g)?;
+    let n = src.len();
+    let samples = src.read_range(0..n)?;
+    let mut images = Vec::with_capacity(n);
+    for (i, s) in samples.iter().enumerate() {
+        let mut px = Vec::new();
+        m.input.pixels_hwc(&s.image, i, &mut px)?;
+        images.push(px);
+    }
+    Ok((images, samples.iter().map(|s| s.label).collect()))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let m = NnqModel::read(&a.model)?;
+    let t = target::by_name(&a.target)?;
+    let (images, _) = test_images(&m, &a.data, a.count)?;
+    let gen = codegen::generate(&m, &codegen::Options { target: t, crate_name: a.crate_name.clone(), test_images: images })?;
+    let mut files = gen.files;
+    files.insert("memory.json".into(), serde_json::to_string_pretty(&gen.memory)? + "\n");
+    codegen::write::write_crate(&a.out, &files, a.force).with_context(|| format!("writing {}", a.out.display()))?;
+    let mem = &gen.memory;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(mem)?);
+    } else {
+        println!("wrote {} ({} files) for {}", a.out.display(), files.len(), a.target);
+        println!("flash: {} B weights+biases, {} B input mean; RAM: {} B arena, {} B scratch", mem.flash_param_bytes, mem.flash_mean_bytes, mem.arena_bytes, mem.scratch_bytes);
+        for l in &mem.plan.per_layer {
+            println!("  {:<12} live {:>6} B: {}", l.layer, l.live_bytes, l.live.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

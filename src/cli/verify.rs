@@ -1,0 +1,65 @@
+//! `nnquant verify`: build and run the generated firmware and compare it with the simulator.
+
+use super::codegen::test_images;
+use super::data_args::DataFlags;
+use crate::codegen::target;
+use crate::fixed::sim::{Keep, Simulator};
+use crate::model::NnqModel;
+use crate::search::InputPrep;
+use crate::verify::{self, Request};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The quantized model (.nnq.json).
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// Number of images to run on the target.
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// cortex-m4, cortex-m7, cortex-m3, cortex-m33 or host.
+    #[arg(long, default_value = "cortex-m4")]
+    pub target: String,
+    /// Count executed instructions per inference with a QEMU TCG plugin nnquant builds.
+    #[arg(long)]
+    pub count_instructions: bool,
+    /// Where to generate the firmware crate (default: a cache directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let m = NnqModel::read(&a.model)?;
+    let t = target::by_name(&a.target)?;
+    let (images, _) = test_images(&m, &a.data, a.count.max(1))?;
+    // The simulator's outputs for the same bytes.
+    let flat: Vec<u8> = images.concat();
+    let prep = InputPrep { mean_u8: m.input.mean_u8.clone(), scale: m.input.scale };
+    let q = prep.quantize(&flat, m.input.len(), m.input.frac_bits)?;
+    let sim = Simulator::new(&m.graph)?;
+    let acts = sim.run(&q, images.len(), &Keep::Outputs)?;
+    let out = &m.graph.outputs[0];
+    let expected: Vec<Vec<i8>> = (0..images.len()).map(|i| acts.image(out, i).map(<[i8]>::to_vec).context("simulator output")).collect::<Result<_>>()?;
+    let work_dir = a.work_dir.clone().unwrap_or_else(|| verify::default_work_dir(&a.model, &a.target));
+    let r = verify::verify(&Request { model: &m, target: t, images, expected, count_instructions: a.count_instructions, work_dir })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("{}: {}/{} images byte-identical to the simulator, {} mismatching bytes, checksum {}", r.target, r.matching_images, r.images, r.mismatching_bytes, r.checksum);
+        if let Some(s) = &r.sizes {
+            println!("firmware: .text {} B, .rodata {} B, .data {} B, .bss {} B (arena {} B, weights {} B)", s.text, s.rodata, s.data, s.bss, r.arena_bytes, r.flash_param_bytes);
+        }
+        if let Some(n) = r.instructions_per_inference {
+            println!("executed instructions per inference: {n}");
+        }
+        if let Some(mm) = &r.first_mismatch {
+            println!("first mismatch: image {}, bytes (index, simulator, firmware): {:?}", mm.image, mm.bytes);
+        }
+    }
+    Ok(if r.mismatching_bytes == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
