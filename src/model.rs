@@ -38,15 +38,26 @@ pub struct InputSpec {
 
 impl InputSpec {
     /// Cropped HWC uint8 pixels of a raw CHW uint8 image, as the firmware receives them.
-    pub fn pixels_hwc(&self, img: &crate::data::Image, index: usize, out: &mut Vec<u8>) -> Result<()> {
+    pub fn pixels_hwc(
+        &self,
+        img: &crate::data::Image,
+        index: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let crate::data::Pixels::U8(px) = &img.pixels else {
             anyhow::bail!("image {index} holds float pixels; the int8 model takes uint8 images");
         };
         let (c, h, w) = (img.channels, img.height, img.width);
         let [mc, oh, ow] = [self.shape_chw[0], self.shape_chw[1], self.shape_chw[2]];
-        let expect = if self.crop_size > 0 { "at least the crop size" } else { "exactly the model input" };
-        ensure!(c == mc && h >= oh && w >= ow && (self.crop_size > 0 || (h, w) == (oh, ow)),
-            "image {index} is {c}×{h}×{w}; the model takes {mc}×{oh}×{ow} ({expect})");
+        let expect = if self.crop_size > 0 {
+            "at least the crop size"
+        } else {
+            "exactly the model input"
+        };
+        ensure!(
+            c == mc && h >= oh && w >= ow && (self.crop_size > 0 || (h, w) == (oh, ow)),
+            "image {index} is {c}×{h}×{w}; the model takes {mc}×{oh}×{ow} ({expect})"
+        );
         let (y0, x0) = ((h - oh) / 2, (w - ow) / 2);
         for y in 0..oh {
             for x in 0..ow {

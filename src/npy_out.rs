@@ -8,7 +8,11 @@ pub fn write<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[
     let tmp = path.with_extension("npy.tmp");
     let write = || -> Result<()> {
         let f = std::fs::File::create(&tmp)?;
-        let mut w = npyz::WriteOptions::new().default_dtype().shape(shape).writer(std::io::BufWriter::new(f)).begin_nd()?;
+        let mut w = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(std::io::BufWriter::new(f))
+            .begin_nd()?;
         w.extend(data.iter().copied())?;
         w.finish()?;
         Ok(())

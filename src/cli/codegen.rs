@@ -33,16 +33,29 @@ pub struct Args {
 }
 
 /// Read `count` images of `data` as the firmware receives them (cropped HWC uint8).
-pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<(Vec<Vec<u8>>, Vec<Option<i64>>)> {
+pub fn test_images(
+    m: &NnqModel,
+    data: &DataFlags,
+    count: usize,
+) -> Result<(Vec<Vec<u8>>, Vec<Option<i64>>)> {
     if count == 0 {
         return Ok((vec![], vec![]));
     }
     let mut opts = data.opts();
-    anyhow::ensure!(opts.path.is_some(), "--count needs --data (the images to embed)");
+    anyhow::ensure!(
+        opts.path.is_some(),
+        "--count needs --data (the images to embed)"
+    );
     opts.limit = Some(opts.limit.map_or(count, |l| l.min(count)));
     let g = crate::ir::Graph {
         name: m.name.clone(),
-        input: crate::ir::Input { blob: "data".into(), shape: None, preprocess: Default::default(), data_layer: None, label_blob: None },
+        input: crate::ir::Input {
+            blob: "data".into(),
+            shape: None,
+            preprocess: Default::default(),
+            data_layer: None,
+            label_blob: None,
+        },
         nodes: vec![],
         outputs: vec![],
         shapes: Default::default(),
@@ -63,18 +76,42 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let m = NnqModel::read(&a.model)?;
     let t = target::by_name(&a.target)?;
     let (images, _) = test_images(&m, &a.data, a.count)?;
-    let gen = codegen::generate(&m, &codegen::Options { target: t, crate_name: a.crate_name.clone(), test_images: images })?;
+    let gen = codegen::generate(
+        &m,
+        &codegen::Options {
+            target: t,
+            crate_name: a.crate_name.clone(),
+            test_images: images,
+        },
+    )?;
     let mut files = gen.files;
-    files.insert("memory.json".into(), serde_json::to_string_pretty(&gen.memory)? + "\n");
-    codegen::write::write_crate(&a.out, &files, a.force).with_context(|| format!("writing {}", a.out.display()))?;
+    files.insert(
+        "memory.json".into(),
+        serde_json::to_string_pretty(&gen.memory)? + "\n",
+    );
+    codegen::write::write_crate(&a.out, &files, a.force)
+        .with_context(|| format!("writing {}", a.out.display()))?;
     let mem = &gen.memory;
     if a.json {
         println!("{}", serde_json::to_string_pretty(mem)?);
     } else {
-        println!("wrote {} ({} files) for {}", a.out.display(), files.len(), a.target);
-        println!("flash: {} B weights+biases, {} B input mean; RAM: {} B arena, {} B scratch", mem.flash_param_bytes, mem.flash_mean_bytes, mem.arena_bytes, mem.scratch_bytes);
+        println!(
+            "wrote {} ({} files) for {}",
+            a.out.display(),
+            files.len(),
+            a.target
+        );
+        println!(
+            "flash: {} B weights+biases, {} B input mean; RAM: {} B arena, {} B scratch",
+            mem.flash_param_bytes, mem.flash_mean_bytes, mem.arena_bytes, mem.scratch_bytes
+        );
         for l in &mem.plan.per_layer {
-            println!("  {:<12} live {:>6} B: {}", l.layer, l.live_bytes, l.live.join(", "));
+            println!(
+                "  {:<12} live {:>6} B: {}",
+                l.layer,
+                l.live_bytes,
+                l.live.join(", ")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

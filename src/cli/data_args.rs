@@ -7,7 +7,6 @@ use crate::ir::Graph;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct ModelArgs {
     /// The Caffe net definition (.prototxt).
@@ -139,22 +138,47 @@ pub fn split_part(
 /// Load the model: lower the prototxt, open the data (which may come from its data layer), then
 /// take the input shape from (in order) `--input-shape`, the prototxt, the first image of the
 /// data (after Caffe's crop), or the mean file; attach weights and fold BatchNorm/Scale/Bias.
-pub fn load_model_and_data(m: &ModelArgs, data: &[&DataOpts]) -> Result<(Graph, Vec<Box<dyn Source>>)> {
+pub fn load_model_and_data(
+    m: &ModelArgs,
+    data: &[&DataOpts],
+) -> Result<(Graph, Vec<Box<dyn Source>>)> {
     let g = caffe::lower_file(&m.model)?;
     let mut sources = Vec::new();
     for d in data {
         sources.push(open_data(d, &g)?);
     }
     let mut input_shape = m.input_shape.clone().map(|s| s.0);
+    let mut shape_origin = None;
     if input_shape.is_none() && g.input.shape.is_none() {
         if let Some(src) = sources.first_mut() {
-            input_shape = Some(src.read(0)?.image.shape().to_vec());
+            let s = src.read(0)?.image.shape().to_vec();
+            shape_origin = Some(format!(
+                "the input shape {} was taken from the first image of {}",
+                crate::ir::summary::shape_text(&s),
+                src.describe()
+            ));
+            input_shape = Some(s);
         } else if let Some(mf) = mean_file_of(m, &g).filter(|p| p.exists()) {
             let t = caffe::read_blob_file(&mf)?;
-            input_shape = Some(if t.shape.len() == 4 { t.shape[1..].to_vec() } else { t.shape.clone() });
+            input_shape = Some(if t.shape.len() == 4 {
+                t.shape[1..].to_vec()
+            } else {
+                t.shape.clone()
+            });
         }
     }
-    let mut g = caffe::complete(g, &m.model, &LoadOptions { weights: Some(&m.weights), input_shape })?;
+    let mut g = caffe::complete(
+        g,
+        &m.model,
+        &LoadOptions {
+            weights: Some(&m.weights),
+            input_shape,
+        },
+    )
+    .map_err(|e| match &shape_origin {
+        Some(o) => e.context(format!("{o}; do the images fit this model?")),
+        None => e,
+    })?;
     crate::ir::passes::fold_batchnorm(&mut g)?;
     Ok((g, sources))
 }
@@ -190,11 +214,13 @@ pub fn mean_tensor(m: &ModelArgs, g: &Graph) -> Result<Option<crate::ir::Tensor>
     match mean_file_of(m, g) {
         Some(p) => {
             if !p.exists() {
-                anyhow::bail!("the mean file {} does not exist; pass --mean-file PATH", p.display());
+                anyhow::bail!(
+                    "the mean file {} does not exist; pass --mean-file PATH",
+                    p.display()
+                );
             }
             Ok(Some(caffe::read_blob_file(&p)?))
         }
         None => Ok(None),
     }
 }
-

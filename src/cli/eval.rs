@@ -66,7 +66,8 @@ fn part(s: &str) -> Result<subset::Part> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let opts = a.data.opts();
-    let (kind, name, classes, outputs, n, labels, secs, model_name) = if let Some(q) = &a.quantized {
+    let (kind, name, classes, outputs, n, labels, secs, model_name) = if let Some(q) = &a.quantized
+    {
         run_quantized(&a, q, &opts)?
     } else {
         run_float(&a, &opts)?
@@ -76,7 +77,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if labelled {
         for (i, l) in labels.iter().enumerate() {
             let l = l.expect("checked");
-            ensure!(l >= 0 && (l as usize) < classes, "image {i} has label {l}, outside the model's {classes} classes");
+            ensure!(
+                l >= 0 && (l as usize) < classes,
+                "image {i} has label {l}, outside the model's {classes} classes"
+            );
             match &outputs {
                 Outputs::F32(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
                 Outputs::I8(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
@@ -93,13 +97,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let ips = n as f64 / secs.max(1e-9);
     if a.json {
-        let j = EvalJson { model: model_name, data: name, kind, images: n, images_per_second: ips, metrics: metrics.as_ref() };
+        let j = EvalJson {
+            model: model_name,
+            data: name,
+            kind,
+            images: n,
+            images_per_second: ips,
+            metrics: metrics.as_ref(),
+        };
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!("{kind} model {model_name} on {name}: {n} images, {ips:.0} images/s");
         match &metrics {
             Some(m) => {
-                println!("top-1 {}/{} = {:.2} %, top-5 {:.2} %", m.top1_correct, m.images, m.top1 * 100.0, m.top5 * 100.0);
+                println!(
+                    "top-1 {}/{} = {:.2} %, top-5 {:.2} %",
+                    m.top1_correct,
+                    m.images,
+                    m.top1 * 100.0,
+                    m.top5 * 100.0
+                );
                 println!("\n{}", m.confusion_markdown());
             }
             None => println!("(no labels: accuracy not computed)"),
@@ -113,7 +130,16 @@ enum Outputs {
     I8(Vec<i8>),
 }
 
-type Run = (&'static str, String, usize, Outputs, usize, Vec<Option<i64>>, f64, String);
+type Run = (
+    &'static str,
+    String,
+    usize,
+    Outputs,
+    usize,
+    Vec<Option<i64>>,
+    f64,
+    String,
+);
 
 fn maybe_split(src: Box<dyn Source>, a: &Args) -> Result<Box<dyn Source>> {
     match &a.split {
@@ -138,14 +164,22 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
     let classes: usize = g.shape(&out_blob).iter().product();
     let total = src.len();
     let pb = crate::progress::bar(total as u64, "eval", a.quiet);
-    let (mut outputs, mut labels) = (Vec::with_capacity(total * classes), Vec::with_capacity(total));
+    let (mut outputs, mut labels) = (
+        Vec::with_capacity(total * classes),
+        Vec::with_capacity(total),
+    );
     let t = Instant::now();
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
         let samples = src.read_range(start..end)?;
         let b = pre.batch(&samples)?;
-        ensure!(b.shape.as_slice() == g.shape(&g.input.blob), "images become {:?} after preprocessing but the model input is {:?}", b.shape, g.shape(&g.input.blob));
+        ensure!(
+            b.shape.as_slice() == g.shape(&g.input.blob),
+            "images become {:?} after preprocessing but the model input is {:?}",
+            b.shape,
+            g.shape(&g.input.blob)
+        );
         let acts = engine.forward(&b.data, samples.len(), float::Keep::Outputs)?;
         outputs.extend_from_slice(&acts.blobs[&out_blob]);
         labels.extend(samples.iter().map(|s| s.label));
@@ -153,28 +187,53 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
         start = end;
     }
     pb.finish_and_clear();
-    Ok(("float", name, classes, Outputs::F32(outputs), total, labels, t.elapsed().as_secs_f64(), g.name.clone()))
+    Ok((
+        "float",
+        name,
+        classes,
+        Outputs::F32(outputs),
+        total,
+        labels,
+        t.elapsed().as_secs_f64(),
+        g.name.clone(),
+    ))
 }
 
 fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> {
     let model = NnqModel::read(q)?;
-    ensure!(opts.path.is_some(), "--quantized needs --data (the quantized model has no data layer)");
+    ensure!(
+        opts.path.is_some(),
+        "--quantized needs --data (the quantized model has no data layer)"
+    );
     let g0 = crate::ir::Graph {
         name: model.name.clone(),
-        input: crate::ir::Input { blob: "data".into(), shape: None, preprocess: Default::default(), data_layer: None, label_blob: None },
+        input: crate::ir::Input {
+            blob: "data".into(),
+            shape: None,
+            preprocess: Default::default(),
+            data_layer: None,
+            label_blob: None,
+        },
         nodes: vec![],
         outputs: vec![],
         shapes: Default::default(),
     };
     let src = data_args::open_data(opts, &g0)?;
     let mut src = maybe_split(src, a)?;
-    let name = opts.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let name = opts
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let qg = &model.graph;
     let sim = Simulator::new(qg)?;
     let classes = model.classes;
     let total = src.len();
     let pb = crate::progress::bar(total as u64, "eval", a.quiet);
-    let (mut outputs, mut labels) = (Vec::with_capacity(total * classes), Vec::with_capacity(total));
+    let (mut outputs, mut labels) = (
+        Vec::with_capacity(total * classes),
+        Vec::with_capacity(total),
+    );
     let t = Instant::now();
     let mut start = 0;
     while start < total {
@@ -184,7 +243,10 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> 
         for (i, s) in samples.iter().enumerate() {
             model.input.pixels_hwc(&s.image, start + i, &mut px)?;
         }
-        let prep = crate::search::InputPrep { mean_u8: model.input.mean_u8.clone(), scale: model.input.scale };
+        let prep = crate::search::InputPrep {
+            mean_u8: model.input.mean_u8.clone(),
+            scale: model.input.scale,
+        };
         let q_in = prep.quantize(&px, model.input.len(), model.input.frac_bits)?;
         let acts = sim.run(&q_in, samples.len(), &sim::Keep::Outputs)?;
         outputs.extend_from_slice(acts.get(&qg.outputs[0]).context("output")?);
@@ -193,5 +255,14 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> 
         start = end;
     }
     pb.finish_and_clear();
-    Ok(("quantized", name, classes, Outputs::I8(outputs), total, labels, t.elapsed().as_secs_f64(), model.name.clone()))
+    Ok((
+        "quantized",
+        name,
+        classes,
+        Outputs::I8(outputs),
+        total,
+        labels,
+        t.elapsed().as_secs_f64(),
+        model.name.clone(),
+    ))
 }

@@ -80,19 +80,47 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().map_or("".into(), |e| e.to_string_lossy().to_string())));
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension()
+            .map_or("".into(), |e| e.to_string_lossy().to_string())
+    ));
     std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let m = ModelArgs { model: a.model.clone(), weights: a.weights.clone(), mean_file: a.mean_file.clone(), input_shape: a.input_shape.clone() };
-    let base = DataOpts { layout: a.layout, classes: a.classes.clone(), channel_order: a.channel_order, ..Default::default() };
-    let calib_o = DataOpts { path: a.calib.clone(), labels: a.calib_labels.clone(), limit: a.calib_limit, ..base.clone() };
-    let eval_o = DataOpts { path: a.eval.clone(), labels: a.eval_labels.clone(), limit: a.eval_limit, ..base };
+    let m = ModelArgs {
+        model: a.model.clone(),
+        weights: a.weights.clone(),
+        mean_file: a.mean_file.clone(),
+        input_shape: a.input_shape.clone(),
+    };
+    let base = DataOpts {
+        layout: a.layout,
+        classes: a.classes.clone(),
+        channel_order: a.channel_order,
+        ..Default::default()
+    };
+    let calib_o = DataOpts {
+        path: a.calib.clone(),
+        labels: a.calib_labels.clone(),
+        limit: a.calib_limit,
+        ..base.clone()
+    };
+    let eval_o = DataOpts {
+        path: a.eval.clone(),
+        labels: a.eval_labels.clone(),
+        limit: a.eval_limit,
+        ..base
+    };
     ensure!(a.eval.is_some() || a.split.is_some() || a.calib.is_none(),
         "give held-out evaluation data with --eval (or carve it from the calibration data with --split 80:20): searching and reporting on the same images overstates accuracy");
-    let formats = a.formats.as_deref().map(Formats::from_json_file).transpose()?;
+    let formats = a
+        .formats
+        .as_deref()
+        .map(Formats::from_json_file)
+        .transpose()?;
     let (g, mut sources) = if a.eval.is_some() {
         data_args::load_model_and_data(&m, &[&calib_o, &eval_o])?
     } else {
@@ -107,14 +135,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
         let c = sources.pop().expect("one source");
         let name = format!("{calib_name} split {split}");
         let c2 = data_args::open_data(&calib_o, &g)?;
-        (data_args::split_part(c, split, subset::Part::First)?, data_args::split_part(c2, split, subset::Part::Second)?, format!("{name} (second part)"))
+        (
+            data_args::split_part(c, split, subset::Part::First)?,
+            data_args::split_part(c2, split, subset::Part::Second)?,
+            format!("{name} (second part)"),
+        )
     } else {
         // The model's own data layer for both: warned about below.
         let c = sources.pop().expect("one source");
         let e = data_args::open_data(&eval_o, &g)?;
         (c, e, calib_name.clone())
     };
-    let calib_name = if a.split.is_some() && a.eval.is_none() { format!("{calib_name} split {} (first part)", a.split.as_deref().unwrap_or("")) } else { calib_name };
+    let calib_name = if a.split.is_some() && a.eval.is_none() {
+        format!(
+            "{calib_name} split {} (first part)",
+            a.split.as_deref().unwrap_or("")
+        )
+    } else {
+        calib_name
+    };
     let pre = data_args::preprocessor(&m, &g)?;
     let mean = data_args::mean_tensor(&m, &g)?;
     quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
@@ -124,12 +163,30 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(ChannelOrder::Rgb) => "rgb",
         None => "as stored",
     };
-    let inputs = quantize::Inputs { graph: &g, prototxt: &a.model, weights: &a.weights, float_pre: &pre, mean: mean.as_ref() };
-    let opts = quantize::Options { strategy: a.search, formats, quiet: a.quiet, timing: a.timestamps, channel_order: order.into() };
+    let inputs = quantize::Inputs {
+        graph: &g,
+        prototxt: &a.model,
+        weights: &a.weights,
+        float_pre: &pre,
+        mean: mean.as_ref(),
+    };
+    let opts = quantize::Options {
+        strategy: a.search,
+        formats,
+        quiet: a.quiet,
+        timing: a.timestamps,
+        channel_order: order.into(),
+    };
     let (model, report) = quantize::run(
         &inputs,
-        &mut DataSet { source: calib_src.as_mut(), name: calib_name },
-        &mut DataSet { source: eval_src.as_mut(), name: eval_name },
+        &mut DataSet {
+            source: calib_src.as_mut(),
+            name: calib_name,
+        },
+        &mut DataSet {
+            source: eval_src.as_mut(),
+            name: eval_name,
+        },
         &opts,
     )?;
     // Everything computed: only now write, each file atomically.
@@ -146,7 +203,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             "{}: float top-1 {}, quantized top-1 {}, agreement {:.2} %, output SQNR {:.1} dB ({} images of {})",
             report.model.name, pct(acc.float_top1), pct(acc.quant_top1), acc.top1_agreement * 100.0, acc.output_sqnr_db, acc.images, report.evaluation.source
         );
-        println!("search {}: {} evaluations; wrote {}, {}, {}", report.search.strategy, report.search.evaluations, a.output.display(), a.report.display(), md_path.display());
+        println!(
+            "search {}: {} evaluations; wrote {}, {}, {}",
+            report.search.strategy,
+            report.search.evaluations,
+            a.output.display(),
+            a.report.display(),
+            md_path.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,14 +21,23 @@ pub enum Cmd {
 }
 
 fn read(p: &PathBuf) -> Result<Report> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read the report {}", p.display()))?;
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read the report {}", p.display()))?;
     Report::from_json(&text, &p.display().to_string())
 }
 
 pub fn run(c: Cmd) -> Result<ExitCode> {
     match c {
-        Cmd::Diff { old, new, max_drop, json } => {
-            anyhow::ensure!(max_drop.is_finite() && max_drop >= 0.0, "--max-drop must be a non-negative number of percentage points");
+        Cmd::Diff {
+            old,
+            new,
+            max_drop,
+            json,
+        } => {
+            anyhow::ensure!(
+                max_drop.is_finite() && max_drop >= 0.0,
+                "--max-drop must be a non-negative number of percentage points"
+            );
             let (o, n) = (read(&old)?, read(&new)?);
             let d = diff::diff(&o, &n);
             let failed = d.drop_pp.is_some_and(|p| p > max_drop + 1e-9);
@@ -46,12 +55,21 @@ pub fn run(c: Cmd) -> Result<ExitCode> {
             } else {
                 print!("{}", d.markdown);
                 match d.drop_pp {
-                    Some(p) if failed => println!("\nFAIL: quantized top-1 dropped by {p:.2} pp (allowed {max_drop:.2} pp)"),
-                    Some(p) => println!("\nOK: quantized top-1 change {:+.2} pp (allowed drop {max_drop:.2} pp)", -p),
+                    Some(p) if failed => println!(
+                        "\nFAIL: quantized top-1 dropped by {p:.2} pp (allowed {max_drop:.2} pp)"
+                    ),
+                    Some(p) => println!(
+                        "\nOK: quantized top-1 change {:+.2} pp (allowed drop {max_drop:.2} pp)",
+                        -p
+                    ),
                     None => println!("\nOK: no labelled accuracy to compare"),
                 }
             }
-            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

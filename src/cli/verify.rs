@@ -39,18 +39,40 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (images, _) = test_images(&m, &a.data, a.count.max(1))?;
     // The simulator's outputs for the same bytes.
     let flat: Vec<u8> = images.concat();
-    let prep = InputPrep { mean_u8: m.input.mean_u8.clone(), scale: m.input.scale };
+    let prep = InputPrep {
+        mean_u8: m.input.mean_u8.clone(),
+        scale: m.input.scale,
+    };
     let q = prep.quantize(&flat, m.input.len(), m.input.frac_bits)?;
     let sim = Simulator::new(&m.graph)?;
     let acts = sim.run(&q, images.len(), &Keep::Outputs)?;
     let out = &m.graph.outputs[0];
-    let expected: Vec<Vec<i8>> = (0..images.len()).map(|i| acts.image(out, i).map(<[i8]>::to_vec).context("simulator output")).collect::<Result<_>>()?;
-    let work_dir = a.work_dir.clone().unwrap_or_else(|| verify::default_work_dir(&a.model, &a.target));
-    let r = verify::verify(&Request { model: &m, target: t, images, expected, count_instructions: a.count_instructions, work_dir })?;
+    let expected: Vec<Vec<i8>> = (0..images.len())
+        .map(|i| {
+            acts.image(out, i)
+                .map(<[i8]>::to_vec)
+                .context("simulator output")
+        })
+        .collect::<Result<_>>()?;
+    let work_dir = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| verify::default_work_dir(&a.model, &a.target));
+    let r = verify::verify(&Request {
+        model: &m,
+        target: t,
+        images,
+        expected,
+        count_instructions: a.count_instructions,
+        work_dir,
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{}: {}/{} images byte-identical to the simulator, {} mismatching bytes, checksum {}", r.target, r.matching_images, r.images, r.mismatching_bytes, r.checksum);
+        println!(
+            "{}: {}/{} images byte-identical to the simulator, {} mismatching bytes, checksum {}",
+            r.target, r.matching_images, r.images, r.mismatching_bytes, r.checksum
+        );
         if let Some(s) = &r.sizes {
             println!("firmware: .text {} B, .rodata {} B, .data {} B, .bss {} B (arena {} B, weights {} B)", s.text, s.rodata, s.data, s.bss, r.arena_bytes, r.flash_param_bytes);
         }
@@ -58,8 +80,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             println!("executed instructions per inference: {n}");
         }
         if let Some(mm) = &r.first_mismatch {
-            println!("first mismatch: image {}, bytes (index, simulator, firmware): {:?}", mm.image, mm.bytes);
+            println!(
+                "first mismatch: image {}, bytes (index, simulator, firmware): {:?}",
+                mm.image, mm.bytes
+            );
         }
     }
-    Ok(if r.mismatching_bytes == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.mismatching_bytes == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -5,14 +5,21 @@ use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 
 fn u16_at(b: &[u8], o: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(b.get(o..o + 2).context("ELF truncated")?.try_into()?))
+    Ok(u16::from_le_bytes(
+        b.get(o..o + 2).context("ELF truncated")?.try_into()?,
+    ))
 }
 fn u32_at(b: &[u8], o: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(b.get(o..o + 4).context("ELF truncated")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        b.get(o..o + 4).context("ELF truncated")?.try_into()?,
+    ))
 }
 
 fn cstr(b: &[u8], o: usize) -> String {
-    let end = b[o.min(b.len())..].iter().position(|&c| c == 0).map_or(b.len(), |p| o + p);
+    let end = b[o.min(b.len())..]
+        .iter()
+        .position(|&c| c == 0)
+        .map_or(b.len(), |p| o + p);
     String::from_utf8_lossy(&b[o.min(b.len())..end]).into_owned()
 }
 
@@ -31,7 +38,10 @@ pub struct Elf {
 
 pub fn parse(b: &[u8]) -> Result<Elf> {
     ensure!(b.len() >= 52 && &b[..4] == b"\x7fELF", "not an ELF file");
-    ensure!(b[4] == 1 && b[5] == 1, "not a 32-bit little-endian ELF (not ARM firmware)");
+    ensure!(
+        b[4] == 1 && b[5] == 1,
+        "not a 32-bit little-endian ELF (not ARM firmware)"
+    );
     let shoff = u32_at(b, 32)? as usize;
     let shentsize = u16_at(b, 46)? as usize;
     let shnum = u16_at(b, 48)? as usize;
@@ -39,16 +49,31 @@ pub fn parse(b: &[u8]) -> Result<Elf> {
     let mut raw = Vec::new();
     for i in 0..shnum {
         let o = shoff + i * shentsize;
-        raw.push((u32_at(b, o)?, u32_at(b, o + 4)?, u32_at(b, o + 16)? as usize, u32_at(b, o + 20)? as usize, u32_at(b, o + 24)? as usize));
+        raw.push((
+            u32_at(b, o)?,
+            u32_at(b, o + 4)?,
+            u32_at(b, o + 16)? as usize,
+            u32_at(b, o + 20)? as usize,
+            u32_at(b, o + 24)? as usize,
+        ));
     }
     let strtab = raw.get(shstrndx).context("ELF section names missing")?.2;
     let sections: Vec<Section> = raw
         .iter()
-        .map(|&(name, kind, offset, size, link)| Section { name: cstr(b, strtab + name as usize), kind, offset, size, link })
+        .map(|&(name, kind, offset, size, link)| Section {
+            name: cstr(b, strtab + name as usize),
+            kind,
+            offset,
+            size,
+            link,
+        })
         .collect();
     let mut symbols = BTreeMap::new();
     if let Some(st) = sections.iter().find(|s| s.kind == 2) {
-        let names = sections.get(st.link).context("ELF symbol names missing")?.offset;
+        let names = sections
+            .get(st.link)
+            .context("ELF symbol names missing")?
+            .offset;
         for i in 0..st.size / 16 {
             let o = st.offset + i * 16;
             let name = cstr(b, names + u32_at(b, o)? as usize);
@@ -63,6 +88,10 @@ pub fn parse(b: &[u8]) -> Result<Elf> {
 impl Elf {
     /// Total size of the sections whose name is `name` or starts with `name.`.
     pub fn size_of(&self, name: &str) -> usize {
-        self.sections.iter().filter(|s| s.name == name || s.name.starts_with(&format!("{name}."))).map(|s| s.size).sum()
+        self.sections
+            .iter()
+            .filter(|s| s.name == name || s.name.starts_with(&format!("{name}.")))
+            .map(|s| s.size)
+            .sum()
     }
 }

@@ -49,30 +49,59 @@ pub fn cache_dir() -> PathBuf {
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> = err
+            .lines()
+            .rev()
+            .take(25)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         bail!("{what} failed ({}):\n{}", out.status, tail.join("\n"));
     }
     Ok(out)
 }
 
 fn have(program: &str) -> bool {
-    Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Check the tools a target needs, with the command that installs each missing one.
 pub fn check_prerequisites(t: &Target) -> Result<()> {
-    ensure!(have("cargo"), "cargo is not on PATH; install Rust with rustup");
+    ensure!(
+        have("cargo"),
+        "cargo is not on PATH; install Rust with rustup"
+    );
     if t.is_host() {
         return Ok(());
     }
-    if let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() {
+    if let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    {
         let list = String::from_utf8_lossy(&out.stdout);
-        ensure!(list.lines().any(|l| l.trim() == t.triple), "the Rust target {} is not installed; run: rustup target add {}", t.triple, t.triple);
+        ensure!(
+            list.lines().any(|l| l.trim() == t.triple),
+            "the Rust target {} is not installed; run: rustup target add {}",
+            t.triple,
+            t.triple
+        );
     }
-    ensure!(have("qemu-system-arm"), "qemu-system-arm is not installed; run: apt-get install -y qemu-system-arm (Debian/Ubuntu)");
+    ensure!(
+        have("qemu-system-arm"),
+        "qemu-system-arm is not installed; run: apt-get install -y qemu-system-arm (Debian/Ubuntu)"
+    );
     Ok(())
 }
 
@@ -84,9 +113,19 @@ pub fn parse_outputs(stdout: &str, len: usize) -> Result<(Vec<Vec<i8>>, String)>
         let f: Vec<&str> = line.split_whitespace().collect();
         match f.as_slice() {
             ["out", i, hex, ..] => {
-                ensure!(i.parse::<usize>().ok() == Some(outs.len()), "firmware printed image {i} out of order");
-                ensure!(hex.len() == 2 * len, "firmware printed {} hex digits for image {i}, expected {}", hex.len(), 2 * len);
-                let bytes: Vec<i8> = (0..len).map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).map(|b| b as i8)).collect::<Result<_, _>>()?;
+                ensure!(
+                    i.parse::<usize>().ok() == Some(outs.len()),
+                    "firmware printed image {i} out of order"
+                );
+                ensure!(
+                    hex.len() == 2 * len,
+                    "firmware printed {} hex digits for image {i}, expected {}",
+                    hex.len(),
+                    2 * len
+                );
+                let bytes: Vec<i8> = (0..len)
+                    .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16).map(|b| b as i8))
+                    .collect::<Result<_, _>>()?;
                 outs.push(bytes);
             }
             ["images", _, "checksum", c] => checksum = c.to_string(),
@@ -101,9 +140,21 @@ pub fn parse_outputs(stdout: &str, len: usize) -> Result<(Vec<Vec<i8>>, String)>
 fn build_plugin() -> Result<PathBuf> {
     let dir = cache_dir().join("insn-plugin");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("Cargo.toml"), include_str!("../../templates/plugin/Cargo.toml"))?;
-    std::fs::write(dir.join("lib.rs"), include_str!("../../templates/plugin/lib.rs"))?;
-    run_checked(Command::new("cargo").args(["build", "--release", "--quiet"]).current_dir(&dir).env("CARGO_TARGET_DIR", dir.join("target")), "building the QEMU instruction-count plugin")?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        include_str!("../../templates/plugin/Cargo.toml"),
+    )?;
+    std::fs::write(
+        dir.join("lib.rs"),
+        include_str!("../../templates/plugin/lib.rs"),
+    )?;
+    run_checked(
+        Command::new("cargo")
+            .args(["build", "--release", "--quiet"])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", dir.join("target")),
+        "building the QEMU instruction-count plugin",
+    )?;
     Ok(dir.join("target/release/libnnquant_insn_count.so"))
 }
 
@@ -122,65 +173,133 @@ pub struct Request<'a> {
 pub fn verify(r: &Request) -> Result<VerifyResult> {
     check_prerequisites(&r.target)?;
     let crate_name = "nnquant-verify".to_string();
-    let gen = codegen::generate(r.model, &codegen::Options { target: r.target.clone(), crate_name: crate_name.clone(), test_images: r.images.clone() })?;
+    let gen = codegen::generate(
+        r.model,
+        &codegen::Options {
+            target: r.target.clone(),
+            crate_name: crate_name.clone(),
+            test_images: r.images.clone(),
+        },
+    )?;
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
     let mut build = Command::new("cargo");
-    build.args(["build", "--release", "--quiet"]).current_dir(dir).env("CARGO_TARGET_DIR", &target_dir);
+    build
+        .args(["build", "--release", "--quiet"])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", &target_dir);
     run_checked(&mut build, "building the generated firmware")?;
     let bin = if r.target.is_host() {
         target_dir.join("release").join(&crate_name)
     } else {
-        target_dir.join(r.target.triple).join("release").join(&crate_name)
+        target_dir
+            .join(r.target.triple)
+            .join("release")
+            .join(&crate_name)
     };
     let sizes = if r.target.is_host() {
         None
     } else {
         let e = elf::parse(&std::fs::read(&bin)?)?;
-        Some(Sizes { text: e.size_of(".text"), rodata: e.size_of(".rodata"), data: e.size_of(".data"), bss: e.size_of(".bss") })
+        Some(Sizes {
+            text: e.size_of(".text"),
+            rodata: e.size_of(".rodata"),
+            data: e.size_of(".data"),
+            bss: e.size_of(".bss"),
+        })
     };
     let mut cmd = if r.target.is_host() {
         Command::new(&bin)
     } else {
         let mut c = Command::new("qemu-system-arm");
-        c.args(["-M", r.target.machine, "-cpu", r.target.cpu, "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel"]).arg(&bin);
+        c.args([
+            "-M",
+            r.target.machine,
+            "-cpu",
+            r.target.cpu,
+            "-nographic",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+        ])
+        .arg(&bin);
         if r.count_instructions {
             let plugin = build_plugin()?;
             let e = elf::parse(&std::fs::read(&bin)?)?;
             // The markers are ordinary (mangled) functions: find them by the name they contain.
             let sym = |n: &str| {
-                e.symbols.iter().find(|(k, _)| k.contains(n)).map(|(_, v)| *v).with_context(|| format!("marker {n} not in the firmware"))
+                e.symbols
+                    .iter()
+                    .find(|(k, _)| k.contains(n))
+                    .map(|(_, v)| *v)
+                    .with_context(|| format!("marker {n} not in the firmware"))
             };
-            c.arg("-plugin").arg(format!("{},start={:#x},end={:#x}", plugin.display(), sym("nnq_mark_start")?, sym("nnq_mark_end")?)).args(["-d", "plugin"]);
+            c.arg("-plugin")
+                .arg(format!(
+                    "{},start={:#x},end={:#x}",
+                    plugin.display(),
+                    sym("nnq_mark_start")?,
+                    sym("nnq_mark_end")?
+                ))
+                .args(["-d", "plugin"]);
         }
         c
     };
-    let out = run_checked(&mut cmd, &format!("running the firmware ({})", if r.target.is_host() { "host" } else { "QEMU" }))?;
+    let out = run_checked(
+        &mut cmd,
+        &format!(
+            "running the firmware ({})",
+            if r.target.is_host() { "host" } else { "QEMU" }
+        ),
+    )?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let len = r.model.graph.blob_len(&r.model.graph.outputs[0]);
     let (got, checksum) = parse_outputs(&stdout, len)?;
-    ensure!(got.len() == r.images.len(), "the firmware printed {} outputs for {} images", got.len(), r.images.len());
+    ensure!(
+        got.len() == r.images.len(),
+        "the firmware printed {} outputs for {} images",
+        got.len(),
+        r.images.len()
+    );
     let mut mismatching_bytes = 0;
     let mut matching_images = 0;
     let mut first = None;
     for (i, (e, g)) in r.expected.iter().zip(&got).enumerate() {
-        let diff: Vec<(usize, i8, i8)> = e.iter().zip(g).enumerate().filter(|(_, (a, b))| a != b).map(|(k, (a, b))| (k, *a, *b)).collect();
+        let diff: Vec<(usize, i8, i8)> = e
+            .iter()
+            .zip(g)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(k, (a, b))| (k, *a, *b))
+            .collect();
         if diff.is_empty() {
             matching_images += 1;
         } else {
             mismatching_bytes += diff.len();
             if first.is_none() {
-                first = Some(Mismatch { image: i, bytes: diff });
+                first = Some(Mismatch {
+                    image: i,
+                    bytes: diff,
+                });
             }
         }
     }
     let instructions = if r.count_instructions && !r.target.is_host() {
         let line = format!("{stdout}\n{stderr}");
-        let l = line.lines().find(|l| l.contains("nnquant-insns")).context("the QEMU plugin printed no count")?;
-        let field = |k: &str| -> Option<u64> { l.split_whitespace().find_map(|f| f.strip_prefix(k)?.parse().ok()) };
-        let (regions, insns) = (field("regions=").unwrap_or(0), field("region_insns=").unwrap_or(0));
+        let l = line
+            .lines()
+            .find(|l| l.contains("nnquant-insns"))
+            .context("the QEMU plugin printed no count")?;
+        let field = |k: &str| -> Option<u64> {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.parse().ok())
+        };
+        let (regions, insns) = (
+            field("regions=").unwrap_or(0),
+            field("region_insns=").unwrap_or(0),
+        );
         (regions > 0).then(|| insns / regions)
     } else {
         None
@@ -201,6 +320,8 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
 
 /// Default work directory for a model and target.
 pub fn default_work_dir(model: &Path, target: &str) -> PathBuf {
-    let stem = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().replace('.', "_"));
+    let stem = model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().replace('.', "_"));
     cache_dir().join("verify").join(format!("{stem}-{target}"))
 }
