@@ -1,6 +1,7 @@
 //! Subcommands, one file each. Every subcommand returns an exit code or an error; `main` turns an
 //! error into a one-paragraph message and exit code 2.
 
+mod build;
 mod codegen;
 mod data_args;
 mod eval;
@@ -39,6 +40,8 @@ pub enum Command {
     Codegen(codegen::Args),
     /// Build and run the firmware (QEMU or host) and compare every output byte with the simulator.
     Verify(verify::Args),
+    /// Quantize → codegen (→ verify) from one nnquant.toml, skipping unchanged steps.
+    Build(build::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -49,6 +52,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(c) => report::run(c),
         Command::Codegen(a) => codegen::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Build(a) => build::run(a),
     }
 }
 

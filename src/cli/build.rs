@@ -1,0 +1,273 @@
+//! `nnquant build -c nnquant.toml`: quantize → codegen (→ verify) from one file, skipping steps
+//! whose inputs have not changed since the last build.
+
+use super::{codegen, quantize, verify, ShapeArg};
+use crate::data::Layout;
+use crate::model::sha256_file;
+use crate::search::Strategy;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The build file.
+    #[arg(short, long, default_value = "nnquant.toml")]
+    pub config: PathBuf,
+    /// Also build and run the firmware and compare it with the simulator.
+    #[arg(long)]
+    pub verify: bool,
+    /// Redo every step even if its inputs did not change.
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    model: ModelCfg,
+    calibration: DataCfg,
+    evaluation: Option<DataCfg>,
+    #[serde(default)]
+    quantize: QuantizeCfg,
+    #[serde(default)]
+    target: TargetCfg,
+    output: OutputCfg,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelCfg {
+    prototxt: PathBuf,
+    weights: PathBuf,
+    mean_file: Option<PathBuf>,
+    input_shape: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataCfg {
+    data: PathBuf,
+    labels: Option<PathBuf>,
+    limit: Option<usize>,
+    #[serde(default)]
+    layout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuantizeCfg {
+    search: Option<String>,
+    formats: Option<PathBuf>,
+    split: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetCfg {
+    #[serde(default = "default_target")]
+    name: String,
+    #[serde(default = "default_crate")]
+    crate_name: String,
+    /// Test images embedded in the firmware (and run by `--verify`).
+    #[serde(default = "default_count")]
+    test_images: usize,
+}
+
+fn default_target() -> String {
+    "cortex-m4".into()
+}
+fn default_crate() -> String {
+    "nnquant-firmware".into()
+}
+fn default_count() -> usize {
+    10
+}
+
+impl Default for TargetCfg {
+    fn default() -> Self {
+        TargetCfg {
+            name: default_target(),
+            crate_name: default_crate(),
+            test_images: default_count(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputCfg {
+    dir: PathBuf,
+}
+
+/// What a step's outputs were made from; a step is skipped when this is unchanged.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+struct State {
+    quantize: Option<String>,
+    codegen: Option<String>,
+}
+
+fn fingerprint(parts: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn file_hash(p: &Option<PathBuf>) -> Result<String> {
+    match p {
+        Some(p) if p.is_dir() => Ok(format!("dir:{}", p.display())),
+        Some(p) => sha256_file(p),
+        None => Ok("-".into()),
+    }
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("cannot read the build file {}", a.config.display()))?;
+    let cfg: Config =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let base = a
+        .config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let rel = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let rel_opt = |p: &Option<PathBuf>| p.as_deref().map(rel);
+    let out = rel(&cfg.output.dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let model_path = out.join("model.nnq.json");
+    let report_path = out.join("report.json");
+    let fw_dir = out.join("firmware");
+    let state_path = out.join(".nnquant-build.json");
+    let mut state: State = std::fs::read_to_string(&state_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+
+    let layout = |d: &DataCfg| -> Result<Layout> { d.layout.as_deref().unwrap_or("nhwc").parse() };
+    let search: Strategy = match cfg.quantize.search.as_deref().unwrap_or("default") {
+        "default" => Strategy::Default,
+        "arm" => Strategy::Arm,
+        "none" => Strategy::None,
+        o => anyhow::bail!(
+            "{}: quantize.search '{o}' is not one of default, arm, none",
+            a.config.display()
+        ),
+    };
+    let ev = cfg.evaluation.as_ref();
+    let q_inputs = vec![
+        text.clone(),
+        sha256_file(&rel(&cfg.model.prototxt))?,
+        sha256_file(&rel(&cfg.model.weights))?,
+        file_hash(&rel_opt(&cfg.model.mean_file))?,
+        file_hash(&Some(rel(&cfg.calibration.data)))?,
+        file_hash(&rel_opt(&cfg.calibration.labels))?,
+        file_hash(&ev.map(|e| rel(&e.data)))?,
+        file_hash(&ev.and_then(|e| rel_opt(&e.labels)))?,
+        file_hash(&rel_opt(&cfg.quantize.formats))?,
+    ];
+    let q_fp = fingerprint(&q_inputs);
+    let say = |m: &str| {
+        if !a.quiet {
+            println!("{m}");
+        }
+    };
+    if a.force
+        || state.quantize.as_deref() != Some(q_fp.as_str())
+        || !model_path.exists()
+        || !report_path.exists()
+    {
+        say("== quantize");
+        quantize::run(quantize::Args {
+            model: rel(&cfg.model.prototxt),
+            weights: rel(&cfg.model.weights),
+            calib: Some(rel(&cfg.calibration.data)),
+            calib_labels: rel_opt(&cfg.calibration.labels),
+            calib_limit: cfg.calibration.limit,
+            eval: ev.map(|e| rel(&e.data)),
+            eval_labels: ev.and_then(|e| rel_opt(&e.labels)),
+            eval_limit: ev.and_then(|e| e.limit),
+            split: cfg.quantize.split.clone(),
+            layout: layout(&cfg.calibration)?,
+            classes: None,
+            channel_order: None,
+            mean_file: rel_opt(&cfg.model.mean_file),
+            input_shape: cfg.model.input_shape.clone().map(ShapeArg),
+            formats: rel_opt(&cfg.quantize.formats),
+            search,
+            output: model_path.clone(),
+            report: report_path.clone(),
+            timestamps: false,
+            json: false,
+            quiet: a.quiet,
+        })?;
+        state.quantize = Some(q_fp.clone());
+        state.codegen = None;
+        std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)?;
+    } else {
+        say("== quantize: up to date");
+    }
+    let test_data = ev
+        .map(|e| e.data.clone())
+        .unwrap_or_else(|| cfg.calibration.data.clone());
+    let data_flags = super::data_args::DataFlags {
+        data: Some(rel(&test_data)),
+        labels: None,
+        layout: ev.map(layout).transpose()?.unwrap_or_default(),
+        classes: None,
+        channel_order: None,
+        offset: 0,
+        limit: None,
+    };
+    let c_fp = fingerprint(&[
+        q_fp,
+        sha256_file(&model_path)?,
+        cfg.target.name.clone(),
+        cfg.target.crate_name.clone(),
+        cfg.target.test_images.to_string(),
+    ]);
+    if a.force || state.codegen.as_deref() != Some(c_fp.as_str()) || !fw_dir.exists() {
+        say("== codegen");
+        codegen::run(codegen::Args {
+            model: model_path.clone(),
+            out: fw_dir.clone(),
+            target: cfg.target.name.clone(),
+            crate_name: cfg.target.crate_name.clone(),
+            force: false,
+            count: cfg.target.test_images,
+            data: data_flags.clone(),
+            json: false,
+        })?;
+        state.codegen = Some(c_fp);
+        std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)?;
+    } else {
+        say("== codegen: up to date");
+    }
+    if a.verify {
+        say("== verify");
+        return verify::run(verify::Args {
+            model: model_path,
+            data: data_flags,
+            count: cfg.target.test_images.max(1),
+            target: cfg.target.name.clone(),
+            count_instructions: false,
+            work_dir: Some(out.join("verify")),
+            json: false,
+        });
+    }
+    Ok(ExitCode::SUCCESS)
+}
