@@ -32,12 +32,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Read `count` images of `data` as the firmware receives them (cropped HWC uint8).
-pub fn test_images(
-    m: &NnqModel,
-    data: &DataFlags,
-    count: usize,
-) -> Result<(Vec<Vec<u8>>, Vec<Option<i64>>)> {
+/// Test images as the firmware receives them (cropped HWC uint8), with their labels.
+pub type TestImages = (Vec<Vec<u8>>, Vec<Option<i64>>);
+
+/// Read `count` images of `data`.
+pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<TestImages> {
     if count == 0 {
         return Ok((vec![], vec![]));
     }

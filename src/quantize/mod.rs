@@ -225,11 +225,11 @@ pub fn evaluate(
         let q_in = prep.quantize(&px, int_in.len(), in_frac)?;
         let facts = engine.forward(&batch.data, n, float::Keep::All)?;
         let qacts = sim.run(&q_in, n, &sim::Keep::All)?;
-        for i in 0..n {
+        for (i, sample) in samples.iter().enumerate() {
             let f = facts.image(&out_blob, i).context("float output")?;
             let q = qacts.image(&qg.outputs[0], i).context("quantized output")?;
             agree += usize::from(argmax(f) == argmax(q));
-            match label_of(&samples[i], start + i, classes)? {
+            match label_of(sample, start + i, classes)? {
                 Some(l) => {
                     fa.add(f, l);
                     qa.add(q, l);
