@@ -1,0 +1,177 @@
+//! Pooling and ReLU written so that they vectorize (channel-innermost loops, branch-free `max`),
+//! compiled for AVX-512BW / AVX2 / baseline and picked at run time. Same results as
+//! `kernels.rs` by construction (max is max; the average pool's truncating division is done in
+//! `f32` only where that is provably exact, see [`avepool`]); property tests pin them.
+
+use crate::fixed::kernels::{self, Dims, KResult, Pair};
+
+/// The in-bounds part `[start, end)` of a pooling window along one axis (as in `kernels.rs`).
+#[inline(always)]
+fn clip_window(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let end = start + kernel as isize;
+    let s = start.max(0) as usize;
+    let e = (end.min(size as isize)).max(0) as usize;
+    (s, e.max(s))
+}
+
+/// The arguments `kernels.rs` would accept; anything else goes to `kernels.rs` for its error.
+fn pool_ok(input: &[i8], ind: Dims, stride: Pair, output: &[i8], outd: Dims) -> bool {
+    stride.h > 0
+        && stride.w > 0
+        && ind.c == outd.c
+        && input.len() == ind.len()
+        && output.len() == outd.len()
+}
+
+#[inline(always)]
+fn maxpool_body(input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims) {
+    let c = ind.c;
+    for oy in 0..outd.h {
+        let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
+        for ox in 0..outd.w {
+            let (x0, x1) = clip_window(ox, s.w, pad.w, k.w, ind.w);
+            let o = &mut out[(oy * outd.w + ox) * c..][..c];
+            o.fill(-128);
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let px = &input[(y * ind.w + x) * c..][..c];
+                    for (a, b) in o.iter_mut().zip(px) {
+                        *a = (*a).max(*b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `sum / count` truncated toward zero, in `f32`: exact when `|sum| < 2^24` and
+/// `0 < count < 2^24` (a non-integral quotient is at least `1/count` away from the next integer,
+/// relatively `> 2^-24`, so rounding the `f32` quotient cannot reach it).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn avepool_body(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+    sum: &mut Vec<i32>,
+) {
+    let c = ind.c;
+    sum.clear();
+    sum.resize(c, 0);
+    for oy in 0..outd.h {
+        let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
+        for ox in 0..outd.w {
+            let (x0, x1) = clip_window(ox, s.w, pad.w, k.w, ind.w);
+            let count = ((y1 - y0) * (x1 - x0)) as i32;
+            let o = &mut out[(oy * outd.w + ox) * c..][..c];
+            if count == 0 {
+                o.fill(0);
+                continue;
+            }
+            sum.fill(0);
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    let px = &input[(y * ind.w + x) * c..][..c];
+                    for (a, b) in sum.iter_mut().zip(px) {
+                        *a += *b as i32;
+                    }
+                }
+            }
+            let d = count as f32;
+            for (a, b) in o.iter_mut().zip(sum.iter()) {
+                *a = kernels::sat_i8((*b as f32 / d) as i32);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn relu_body(x: &[i8], y: &mut [i8]) {
+    for (o, i) in y.iter_mut().zip(x) {
+        *o = (*i).max(0);
+    }
+}
+
+/// Compile `$body` three times (AVX-512BW, AVX2, baseline) behind one dispatching function.
+macro_rules! multiversion {
+    ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn v256($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512bw") {
+                    // SAFETY: the CPU has AVX-512F/BW (checked).
+                    return unsafe { v512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2 (checked).
+                    return unsafe { v256($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion!(maxpool_mv, maxpool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims));
+multiversion!(avepool_mv, avepool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, sum: &mut Vec<i32>));
+multiversion!(relu_mv, relu_body, (x: &[i8], y: &mut [i8]));
+
+/// `kernels::maxpool_hwc_q7`, vectorized.
+pub(super) fn maxpool(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+) -> KResult {
+    if !pool_ok(input, ind, s, out, outd) {
+        return kernels::maxpool_hwc_q7(input, ind, k, pad, s, out, outd);
+    }
+    maxpool_mv(input, ind, k, pad, s, out, outd);
+    Ok(())
+}
+
+/// `kernels::avepool_hwc_q7`, vectorized; windows too large for the exact `f32` division
+/// (`128 · kh · kw ≥ 2^23`) go to `kernels.rs`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn avepool(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+    sum: &mut Vec<i32>,
+) -> KResult {
+    let small = k.h.checked_mul(k.w).is_some_and(|n| n < 1 << 16);
+    if !pool_ok(input, ind, s, out, outd) || !small {
+        return kernels::avepool_hwc_q7(input, ind, k, pad, s, out, outd);
+    }
+    avepool_mv(input, ind, k, pad, s, out, outd, sum);
+    Ok(())
+}
+
+/// `y = max(x, 0)` (`kernels::relu_q7` on a copy), vectorized.
+pub(super) fn relu(x: &[i8], y: &mut [i8]) {
+    assert_eq!(x.len(), y.len(), "relu: lengths");
+    relu_mv(x, y)
+}
