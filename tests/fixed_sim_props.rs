@@ -141,9 +141,10 @@ proptest! {
     }
 
     #[test]
-    fn pools_match_kernels(h in 1usize..=7, w in 1usize..=7, c in 1usize..=4, kh in 1usize..=3, kw in 1usize..=3,
+    fn pools_match_kernels(h in 1usize..=7, w in 1usize..=7, c in prop_oneof![1usize..=4, Just(16), Just(32), Just(48), Just(64), Just(80)],
+                           kh in 1usize..=3, kw in 1usize..=3,
                            sh in 1usize..=3, sw in 1usize..=3, ph in 0usize..=2, pw in 0usize..=2, max in any::<bool>(),
-                           input in proptest::collection::vec(any::<i8>(), 7 * 7 * 4)) {
+                           n in 1usize..=2, seed in any::<u64>()) {
         let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
         prop_assume!(h + 2 * ph >= kh && w + 2 * pw >= kw);
         let oh = nnquant::ir::shape::pool_out(h, kh, sh, ph, nnquant::ir::RoundMode::Ceil).unwrap();
@@ -152,7 +153,17 @@ proptest! {
         let outd = Hwc { h: oh, w: ow, c };
         let p = QPool { in_dims: ind, out_dims: outd, kernel: Hw { h: kh, w: kw }, pad: Hw { h: ph, w: pw }, stride: Hw { h: sh, w: sw } };
         let g = one(if max { QOp::MaxPool(p) } else { QOp::AvePool(p) }, ind, outd);
-        check(&g, &input[..ind.len()], 1)?;
+        let mut rng = seed;
+        let input: Vec<i8> = (0..n * ind.len()).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 }).collect();
+        check(&g, &input, n)?;
+    }
+
+    #[test]
+    fn relu_matches_kernels(len in 1usize..=200, n in 1usize..=2, seed in any::<u64>()) {
+        let mut rng = seed;
+        let input: Vec<i8> = (0..n * len).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 }).collect();
+        let d = Hwc { h: 1, w: 1, c: len };
+        check(&one(QOp::Relu, d, d), &input, n)?;
     }
 }
 

@@ -24,9 +24,51 @@ fn pool_ok(input: &[i8], ind: Dims, stride: Pair, output: &[i8], outd: Dims) -> 
         && output.len() == outd.len()
 }
 
+/// Max pool over `CB` channels at a time (`c % CB == 0`): the running maximum of a chunk stays
+/// in a register across the window.
+#[inline(always)]
+fn maxpool_chunks<const CB: usize>(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+) {
+    let c = ind.c;
+    for oy in 0..outd.h {
+        let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
+        for ox in 0..outd.w {
+            let (x0, x1) = clip_window(ox, s.w, pad.w, k.w, ind.w);
+            let o = &mut out[(oy * outd.w + ox) * c..][..c];
+            for (j, oc) in o.chunks_exact_mut(CB).enumerate() {
+                let mut m = [-128i8; CB];
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let px: &[i8; CB] = input[(y * ind.w + x) * c + j * CB..][..CB]
+                            .try_into()
+                            .expect("CB chunk");
+                        for (a, b) in m.iter_mut().zip(px) {
+                            *a = (*a).max(*b);
+                        }
+                    }
+                }
+                oc.copy_from_slice(&m);
+            }
+        }
+    }
+}
+
 #[inline(always)]
 fn maxpool_body(input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims) {
     let c = ind.c;
+    match c {
+        _ if c % 64 == 0 => return maxpool_chunks::<64>(input, ind, k, pad, s, out, outd),
+        _ if c % 32 == 0 => return maxpool_chunks::<32>(input, ind, k, pad, s, out, outd),
+        _ if c % 16 == 0 => return maxpool_chunks::<16>(input, ind, k, pad, s, out, outd),
+        _ => {}
+    }
     for oy in 0..outd.h {
         let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
         for ox in 0..outd.w {
@@ -39,6 +81,49 @@ fn maxpool_body(input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut 
                     for (a, b) in o.iter_mut().zip(px) {
                         *a = (*a).max(*b);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Average pool over `CB` channels at a time (`c % CB == 0`), sums in registers.
+#[inline(always)]
+fn avepool_chunks<const CB: usize>(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+) {
+    let c = ind.c;
+    for oy in 0..outd.h {
+        let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
+        for ox in 0..outd.w {
+            let (x0, x1) = clip_window(ox, s.w, pad.w, k.w, ind.w);
+            let count = ((y1 - y0) * (x1 - x0)) as i32;
+            let o = &mut out[(oy * outd.w + ox) * c..][..c];
+            if count == 0 {
+                o.fill(0);
+                continue;
+            }
+            let d = count as f32;
+            for (j, oc) in o.chunks_exact_mut(CB).enumerate() {
+                let mut sum = [0i32; CB];
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let px: &[i8; CB] = input[(y * ind.w + x) * c + j * CB..][..CB]
+                            .try_into()
+                            .expect("CB chunk");
+                        for (a, b) in sum.iter_mut().zip(px) {
+                            *a += *b as i32;
+                        }
+                    }
+                }
+                for (a, b) in oc.iter_mut().zip(&sum) {
+                    *a = kernels::sat_i8((*b as f32 / d) as i32);
                 }
             }
         }
@@ -61,6 +146,11 @@ fn avepool_body(
     sum: &mut Vec<i32>,
 ) {
     let c = ind.c;
+    match c {
+        _ if c % 32 == 0 => return avepool_chunks::<32>(input, ind, k, pad, s, out, outd),
+        _ if c % 16 == 0 => return avepool_chunks::<16>(input, ind, k, pad, s, out, outd),
+        _ => {}
+    }
     sum.clear();
     sum.resize(c, 0);
     for oy in 0..outd.h {
