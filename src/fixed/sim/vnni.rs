@@ -237,25 +237,47 @@ impl VConv {
                 for oy in 0..oh {
                     let row_in = img.as_ptr().add(oy * self.stride.0 * self.wp * c);
                     let row_out = yp.add(oy * ow * oc + ch0);
+                    // Wide tiles first, with the pixel stride a compile-time constant where it
+                    // is a common one (every pixel load is then base + immediate, which frees
+                    // the registers that wide tiles need), then narrower tails.
                     let mut ox = 0;
                     macro_rules! run {
-                        ($p:literal) => {
+                        ($mb:literal, $p:literal, $st:literal) => {
                             while ow - ox >= $p {
-                                let i = row_in.add(ox * st);
-                                let o = row_out.add(ox * oc);
-                                if mb == 2 {
-                                    t.tile::<2, $p>(i, o);
-                                } else {
-                                    t.tile::<1, $p>(i, o);
-                                }
+                                t.tile::<$mb, $p, $st>(row_in.add(ox * st), row_out.add(ox * oc));
                                 ox += $p;
                             }
                         };
                     }
-                    run!(8);
-                    run!(4);
-                    run!(2);
-                    run!(1);
+                    macro_rules! wide {
+                        ($st:literal) => {
+                            if mb == 2 {
+                                run!(2, 12, $st);
+                                run!(2, 8, $st);
+                            } else {
+                                run!(1, 16, $st);
+                                run!(1, 8, $st);
+                            }
+                        };
+                    }
+                    match st {
+                        3 => wide!(3),
+                        16 => wide!(16),
+                        32 => wide!(32),
+                        64 => wide!(64),
+                        _ => {}
+                    }
+                    if mb == 2 {
+                        run!(2, 8, 0);
+                        run!(2, 4, 0);
+                        run!(2, 2, 0);
+                        run!(2, 1, 0);
+                    } else {
+                        run!(1, 8, 0);
+                        run!(1, 4, 0);
+                        run!(1, 2, 0);
+                        run!(1, 1, 0);
+                    }
                 }
                 blk += mb;
             }
@@ -280,11 +302,18 @@ struct Tile<'a> {
 
 impl Tile<'_> {
     /// `MB` blocks of 16 output channels × `P` horizontally adjacent pixels starting at `inp`
-    /// (pixel base in the padded image), written at `out`.
+    /// (pixel base in the padded image), written at `out`. `ST` is the pixel stride in the
+    /// padded image when known at compile time (`self.st` is used when `ST == 0`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[allow(clippy::needless_range_loop)] // acc[m][p] reads better than nested iterators
-    unsafe fn tile<const MB: usize, const P: usize>(&self, inp: *const u8, out: *mut i8) {
+    unsafe fn tile<const MB: usize, const P: usize, const ST: usize>(
+        &self,
+        inp: *const u8,
+        out: *mut i8,
+    ) {
+        debug_assert!(ST == 0 || ST == self.st);
+        let st = if ST == 0 { self.st } else { ST };
         let mut acc = [[_mm512_setzero_si512(); P]; MB];
         for (m, a) in acc.iter_mut().enumerate() {
             let b = _mm512_loadu_si512(self.bias.add(16 * m) as *const _);
@@ -302,9 +331,8 @@ impl Tile<'_> {
                     *v = _mm512_loadu_si512(wp.add(m * self.blk_bytes) as *const _);
                 }
                 for p in 0..P {
-                    let a = _mm512_set1_epi32(
-                        (base.add(p * self.st + k) as *const i32).read_unaligned(),
-                    );
+                    let a =
+                        _mm512_set1_epi32((base.add(p * st + k) as *const i32).read_unaligned());
                     for m in 0..MB {
                         acc[m][p] = _mm512_dpbusd_epi32(acc[m][p], a, wv[m]);
                     }
