@@ -120,11 +120,64 @@ fn conv_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
         )
 }
 
+/// Wide rows and the channel counts whose pixel strides the VNNI kernel specializes (3, 16, 32,
+/// 64 bytes): its 12- and 16-pixel tiles and their tails.
+fn conv_wide_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
+    (
+        prop_oneof![Just(3usize), Just(8), Just(16), Just(32), Just(64)],
+        1usize..=40,
+        1usize..=5,
+        1usize..=5,
+        1usize..=2,
+        0usize..=2,
+        0usize..=30,
+    )
+        .prop_flat_map(|(cin, cout, kh, kw, s, pad, extra_w)| {
+            let pad = pad.min(kh - 1).min(kw - 1);
+            let (h, w) = (kh + 1, kw + extra_w);
+            let ind = Hwc { h, w, c: cin };
+            let outd = Hwc {
+                h: (h + 2 * pad - kh) / s + 1,
+                w: (w + 2 * pad - kw) / s + 1,
+                c: cout,
+            };
+            (
+                bytes(cout * kh * kw * cin),
+                bytes(cout),
+                shift(6),
+                shift(12),
+                bytes(ind.len()),
+            )
+                .prop_map(move |(weights, bias, bl, or, input)| {
+                    let c = QConv {
+                        in_dims: ind,
+                        out_dims: outd,
+                        kernel: Hw { h: kh, w: kw },
+                        pad: Hw { h: pad, w: pad },
+                        stride: Hw { h: s, w: s },
+                        groups: 1,
+                        weights,
+                        bias,
+                        weight_frac_bits: 0,
+                        bias_frac_bits: 0,
+                        bias_lshift: bl,
+                        out_rshift: or,
+                    };
+                    (one(QOp::Conv(c), ind, outd), input, 1)
+                })
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn conv_matches_kernels((g, input, n) in conv_case()) {
+        check(&g, &input, n)?;
+    }
+
+    #[test]
+    fn wide_conv_matches_kernels((g, input, n) in conv_wide_case()) {
         check(&g, &input, n)?;
     }
 
