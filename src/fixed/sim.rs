@@ -221,6 +221,7 @@ struct Scratch {
     col: Vec<i16>,
     img: Vec<u8>,
     sum: Vec<i32>,
+    rowmax: Vec<i8>,
 }
 
 impl<'g> Simulator<'g> {
@@ -441,6 +442,7 @@ impl<'g> Simulator<'g> {
                     pair(p.stride),
                     &mut y,
                     p.out_dims.dims(),
+                    &mut s.rowmax,
                 ),
                 (QOp::AvePool(p), _) => elementwise::avepool(
                     x,

@@ -24,9 +24,11 @@ fn pool_ok(input: &[i8], ind: Dims, stride: Pair, output: &[i8], outd: Dims) -> 
         && output.len() == outd.len()
 }
 
-/// Max pool over `CB` channels at a time (`c % CB == 0`): the running maximum of a chunk stays
-/// in a register across the window.
+/// Max pool over `CB` channels at a time (`c % CB == 0`), separably: the window rows' maximum
+/// first (one long contiguous loop per output row, into `rowmax`), then the maximum over the
+/// window columns of that, a `CB`-channel chunk at a time in a register.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn maxpool_chunks<const CB: usize>(
     input: &[i8],
     ind: Dims,
@@ -35,23 +37,30 @@ fn maxpool_chunks<const CB: usize>(
     s: Pair,
     out: &mut [i8],
     outd: Dims,
+    rowmax: &mut Vec<i8>,
 ) {
     let c = ind.c;
+    let row = ind.w * c;
+    rowmax.clear();
+    rowmax.resize(row, -128);
     for oy in 0..outd.h {
         let (y0, y1) = clip_window(oy, s.h, pad.h, k.h, ind.h);
+        rowmax.fill(-128);
+        for y in y0..y1 {
+            for (a, b) in rowmax.iter_mut().zip(&input[y * row..(y + 1) * row]) {
+                *a = (*a).max(*b);
+            }
+        }
         for ox in 0..outd.w {
             let (x0, x1) = clip_window(ox, s.w, pad.w, k.w, ind.w);
             let o = &mut out[(oy * outd.w + ox) * c..][..c];
             for (j, oc) in o.chunks_exact_mut(CB).enumerate() {
                 let mut m = [-128i8; CB];
-                for y in y0..y1 {
-                    for x in x0..x1 {
-                        let px: &[i8; CB] = input[(y * ind.w + x) * c + j * CB..][..CB]
-                            .try_into()
-                            .expect("CB chunk");
-                        for (a, b) in m.iter_mut().zip(px) {
-                            *a = (*a).max(*b);
-                        }
+                for x in x0..x1 {
+                    let px: &[i8; CB] =
+                        rowmax[x * c + j * CB..][..CB].try_into().expect("CB chunk");
+                    for (a, b) in m.iter_mut().zip(px) {
+                        *a = (*a).max(*b);
                     }
                 }
                 oc.copy_from_slice(&m);
@@ -61,12 +70,22 @@ fn maxpool_chunks<const CB: usize>(
 }
 
 #[inline(always)]
-fn maxpool_body(input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims) {
+#[allow(clippy::too_many_arguments)]
+fn maxpool_body(
+    input: &[i8],
+    ind: Dims,
+    k: Pair,
+    pad: Pair,
+    s: Pair,
+    out: &mut [i8],
+    outd: Dims,
+    rowmax: &mut Vec<i8>,
+) {
     let c = ind.c;
     match c {
-        _ if c % 64 == 0 => return maxpool_chunks::<64>(input, ind, k, pad, s, out, outd),
-        _ if c % 32 == 0 => return maxpool_chunks::<32>(input, ind, k, pad, s, out, outd),
-        _ if c % 16 == 0 => return maxpool_chunks::<16>(input, ind, k, pad, s, out, outd),
+        _ if c % 64 == 0 => return maxpool_chunks::<64>(input, ind, k, pad, s, out, outd, rowmax),
+        _ if c % 32 == 0 => return maxpool_chunks::<32>(input, ind, k, pad, s, out, outd, rowmax),
+        _ if c % 16 == 0 => return maxpool_chunks::<16>(input, ind, k, pad, s, out, outd, rowmax),
         _ => {}
     }
     for oy in 0..outd.h {
@@ -220,11 +239,12 @@ macro_rules! multiversion {
     };
 }
 
-multiversion!(maxpool_mv, maxpool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims));
+multiversion!(maxpool_mv, maxpool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, rowmax: &mut Vec<i8>));
 multiversion!(avepool_mv, avepool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, sum: &mut Vec<i32>));
 multiversion!(relu_mv, relu_body, (x: &[i8], y: &mut [i8]));
 
-/// `kernels::maxpool_hwc_q7`, vectorized.
+/// `kernels::maxpool_hwc_q7`, vectorized (`rowmax` is scratch).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn maxpool(
     input: &[i8],
     ind: Dims,
@@ -233,11 +253,12 @@ pub(super) fn maxpool(
     s: Pair,
     out: &mut [i8],
     outd: Dims,
+    rowmax: &mut Vec<i8>,
 ) -> KResult {
     if !pool_ok(input, ind, s, out, outd) {
         return kernels::maxpool_hwc_q7(input, ind, k, pad, s, out, outd);
     }
-    maxpool_mv(input, ind, k, pad, s, out, outd);
+    maxpool_mv(input, ind, k, pad, s, out, outd, rowmax);
     Ok(())
 }
 
