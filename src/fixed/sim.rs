@@ -2,12 +2,19 @@
 //!
 //! Why it can differ from `kernels.rs` and still be exact: every conv/fc output is
 //! `sat_i8((bias_term + Σ x·w) >> s)` with the sum taken in wrapping `i32`, which is associative
-//! and commutative, so any summation order gives the same bits. The simulator therefore lays the
-//! convolution out as im2col + an `i16 × i16 → i32` dot-product GEMM (weights pre-widened and
-//! padded to a multiple of 16 with zeros, which add nothing), compiled twice and picked at run
-//! time so that AVX2 is used where the CPU has it. Images run in parallel on rayon's pool.
-//! Pooling, ReLU, Add, Concat call `kernels.rs` directly (they are memory-bound and cheap).
-//! Property tests (`tests/fixed_sim_props.rs`) pin the results to `kernels.rs`.
+//! and commutative, so any summation order gives the same bits.
+//!
+//! - On CPUs with AVX-512 VNNI (picked at [`Simulator::new`]), conv and fc run as a direct
+//!   convolution on `vpdpbusd` (`sim/vnni.rs`: activations offset to `u8`, the offset's
+//!   contribution folded into the bias, no im2col).
+//! - Elsewhere ([`Simulator::new_portable`] forces it), im2col + an `i16 × i16 → i32`
+//!   dot-product GEMM (weights pre-widened and padded to a multiple of 16 with zeros, which add
+//!   nothing), compiled twice and picked at run time so that AVX2 is used where the CPU has it.
+//! - Pooling and ReLU use vectorizable versions (`sim/elementwise.rs`); Add and Concat call
+//!   `kernels.rs` directly.
+//!
+//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin both
+//! paths to `kernels.rs`.
 
 use super::graph::{self, pair, QGraph, QOp};
 use super::kernels;
