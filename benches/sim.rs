@@ -1,6 +1,7 @@
 //! Simulator throughput on ARM's CIFAR-10 model: 1017 test images, 2 threads, images/s and
 //! GMAC/s (6,558,720 MAC per image). Plain `main` with `std::time`; skips when `../shared` is
-//! missing. Run: `cargo bench --bench sim`.
+//! missing. Run: `cargo bench --bench sim`. On a busy machine, `SIM_BENCH_REPS=20` (default 5)
+//! and `SIM_BENCH_THREADS=1` (default 2) make comparisons steadier.
 
 use nnquant::caffe::{load_model, LoadOptions};
 use nnquant::fixed::{Formats, Keep, QGraph, Simulator};
@@ -45,13 +46,20 @@ fn main() {
         .collect();
     let n = input.len() / 3072;
     let sim = Simulator::new(&q).expect("simulator");
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let threads = env("SIM_BENCH_THREADS", 2);
+    let reps = env("SIM_BENCH_REPS", 5);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
+        .num_threads(threads)
         .build()
         .expect("pool");
     pool.install(|| {
         sim.run(&input, n, &Keep::Outputs).expect("warm-up");
-        let reps = 5;
         let mut best = f64::INFINITY;
         for _ in 0..reps {
             let t = Instant::now();
@@ -61,7 +69,7 @@ fn main() {
         }
         let ips = n as f64 / best;
         println!(
-            "sim (2 threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
+            "sim ({threads} threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
             best * 1e3,
             ips,
             ips * MAC_PER_IMAGE / 1e9

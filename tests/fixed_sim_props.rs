@@ -34,14 +34,30 @@ fn one(op: QOp, ind: Hwc, outd: Hwc) -> QGraph {
     }
 }
 
+/// Both simulator paths (the CPU's best, e.g. AVX-512 VNNI, and the portable GEMM) equal
+/// `kernels.rs`.
 fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
+    let slow = run_reference(g, input, n).unwrap();
     let fast = Simulator::new(g)
         .unwrap()
         .run(input, n, &Keep::All)
         .unwrap();
-    let slow = run_reference(g, input, n).unwrap();
-    prop_assert_eq!(fast.get("y").unwrap(), slow.get("y").unwrap());
+    prop_assert_eq!(fast.get("y").unwrap(), slow.get("y").unwrap(), "best path");
+    let portable = Simulator::new_portable(g)
+        .unwrap()
+        .run(input, n, &Keep::All)
+        .unwrap();
+    prop_assert_eq!(
+        portable.get("y").unwrap(),
+        slow.get("y").unwrap(),
+        "portable path"
+    );
     Ok(())
+}
+
+/// Shifts: mostly realistic, sometimes anywhere in `0..=31` (`bias << 31` wraps in `i32`).
+fn shift(realistic: i32) -> impl Strategy<Value = i32> {
+    prop_oneof![4 => 0..=realistic, 1 => 0i32..=31]
 }
 
 fn bytes(len: usize) -> impl Strategy<Value = Vec<i8>> {
@@ -55,41 +71,91 @@ fn bytes(len: usize) -> impl Strategy<Value = Vec<i8>> {
 fn conv_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
     (
         1usize..=3,
-        1usize..=3,
-        1usize..=4,
+        prop_oneof![1usize..=3, 1usize..=9],
+        prop_oneof![1usize..=4, 1usize..=36],
         1usize..=3,
         1usize..=3,
         1usize..=3,
         1usize..=2,
         1usize..=2,
         0usize..=2,
-        0usize..=2,
+        (0usize..=2, 0usize..=14),
     )
-        .prop_flat_map(|(groups, cin_g, cout_g, kh, kw, n, sh, sw, ph, pw_extra)| {
-            let pw = pw_extra.min(2);
-            let (h, w) = (kh + 2, kw + 3);
-            let (cin, cout) = (groups * cin_g, groups * cout_g);
+        .prop_flat_map(
+            |(groups, cin_g, cout_g, kh, kw, n, sh, sw, ph, (pw, extra_w))| {
+                // Widths up to 17 output pixels: every tile size of the VNNI kernel (8, 4, 2, 1).
+                let (h, w) = (kh + 2, kw + 3 + extra_w);
+                let (cin, cout) = (groups * cin_g, groups * cout_g);
+                let ind = Hwc { h, w, c: cin };
+                let outd = Hwc {
+                    h: (h + 2 * ph - kh) / sh + 1,
+                    w: (w + 2 * pw - kw) / sw + 1,
+                    c: cout,
+                };
+                (
+                    bytes(cout * kh * kw * cin_g),
+                    bytes(cout),
+                    shift(6),
+                    shift(12),
+                    bytes(n * ind.len()),
+                )
+                    .prop_map(move |(weights, bias, bl, or, input)| {
+                        let c = QConv {
+                            in_dims: ind,
+                            out_dims: outd,
+                            kernel: Hw { h: kh, w: kw },
+                            pad: Hw { h: ph, w: pw },
+                            stride: Hw { h: sh, w: sw },
+                            groups,
+                            weights,
+                            bias,
+                            weight_frac_bits: 0,
+                            bias_frac_bits: 0,
+                            bias_lshift: bl,
+                            out_rshift: or,
+                        };
+                        (one(QOp::Conv(c), ind, outd), input, n)
+                    })
+            },
+        )
+}
+
+/// Wide rows and the channel counts whose pixel strides the VNNI kernel specializes (3, 16, 32,
+/// 64 bytes): its 12- and 16-pixel tiles and their tails.
+fn conv_wide_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
+    (
+        prop_oneof![Just(3usize), Just(8), Just(16), Just(32), Just(64)],
+        1usize..=40,
+        1usize..=5,
+        1usize..=5,
+        1usize..=2,
+        0usize..=2,
+        0usize..=30,
+    )
+        .prop_flat_map(|(cin, cout, kh, kw, s, pad, extra_w)| {
+            let pad = pad.min(kh - 1).min(kw - 1);
+            let (h, w) = (kh + 1, kw + extra_w);
             let ind = Hwc { h, w, c: cin };
             let outd = Hwc {
-                h: (h + 2 * ph - kh) / sh + 1,
-                w: (w + 2 * pw - kw) / sw + 1,
+                h: (h + 2 * pad - kh) / s + 1,
+                w: (w + 2 * pad - kw) / s + 1,
                 c: cout,
             };
             (
-                bytes(cout * kh * kw * cin_g),
+                bytes(cout * kh * kw * cin),
                 bytes(cout),
-                0i32..=6,
-                0i32..=12,
-                bytes(n * ind.len()),
+                shift(6),
+                shift(12),
+                bytes(ind.len()),
             )
                 .prop_map(move |(weights, bias, bl, or, input)| {
                     let c = QConv {
                         in_dims: ind,
                         out_dims: outd,
                         kernel: Hw { h: kh, w: kw },
-                        pad: Hw { h: ph, w: pw },
-                        stride: Hw { h: sh, w: sw },
-                        groups,
+                        pad: Hw { h: pad, w: pad },
+                        stride: Hw { h: s, w: s },
+                        groups: 1,
                         weights,
                         bias,
                         weight_frac_bits: 0,
@@ -97,7 +163,7 @@ fn conv_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                         bias_lshift: bl,
                         out_rshift: or,
                     };
-                    (one(QOp::Conv(c), ind, outd), input, n)
+                    (one(QOp::Conv(c), ind, outd), input, 1)
                 })
         })
 }
@@ -111,7 +177,12 @@ proptest! {
     }
 
     #[test]
-    fn fc_matches_kernels(k in 1usize..=70, o in 1usize..=13, n in 1usize..=3, bl in 0i32..=6, or in 0i32..=14, seed in any::<u64>()) {
+    fn wide_conv_matches_kernels((g, input, n) in conv_wide_case()) {
+        check(&g, &input, n)?;
+    }
+
+    #[test]
+    fn fc_matches_kernels(k in prop_oneof![1usize..=70, 1usize..=3000], o in prop_oneof![1usize..=13, 1usize..=40], n in 1usize..=3, bl in shift(6), or in shift(14), seed in any::<u64>()) {
         let mut rng = seed;
         let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 };
         let weights: Vec<i8> = (0..k * o).map(|_| next()).collect();
@@ -123,9 +194,10 @@ proptest! {
     }
 
     #[test]
-    fn pools_match_kernels(h in 1usize..=7, w in 1usize..=7, c in 1usize..=4, kh in 1usize..=3, kw in 1usize..=3,
+    fn pools_match_kernels(h in 1usize..=7, w in 1usize..=7, c in prop_oneof![1usize..=4, Just(16), Just(32), Just(48), Just(64), Just(80)],
+                           kh in 1usize..=3, kw in 1usize..=3,
                            sh in 1usize..=3, sw in 1usize..=3, ph in 0usize..=2, pw in 0usize..=2, max in any::<bool>(),
-                           input in proptest::collection::vec(any::<i8>(), 7 * 7 * 4)) {
+                           n in 1usize..=2, seed in any::<u64>()) {
         let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
         prop_assume!(h + 2 * ph >= kh && w + 2 * pw >= kw);
         let oh = nnquant::ir::shape::pool_out(h, kh, sh, ph, nnquant::ir::RoundMode::Ceil).unwrap();
@@ -134,7 +206,17 @@ proptest! {
         let outd = Hwc { h: oh, w: ow, c };
         let p = QPool { in_dims: ind, out_dims: outd, kernel: Hw { h: kh, w: kw }, pad: Hw { h: ph, w: pw }, stride: Hw { h: sh, w: sw } };
         let g = one(if max { QOp::MaxPool(p) } else { QOp::AvePool(p) }, ind, outd);
-        check(&g, &input[..ind.len()], 1)?;
+        let mut rng = seed;
+        let input: Vec<i8> = (0..n * ind.len()).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 }).collect();
+        check(&g, &input, n)?;
+    }
+
+    #[test]
+    fn relu_matches_kernels(len in 1usize..=200, n in 1usize..=2, seed in any::<u64>()) {
+        let mut rng = seed;
+        let input: Vec<i8> = (0..n * len).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 }).collect();
+        let d = Hwc { h: 1, w: 1, c: len };
+        check(&one(QOp::Relu, d, d), &input, n)?;
     }
 }
 

@@ -2,18 +2,29 @@
 //!
 //! Why it can differ from `kernels.rs` and still be exact: every conv/fc output is
 //! `sat_i8((bias_term + Σ x·w) >> s)` with the sum taken in wrapping `i32`, which is associative
-//! and commutative, so any summation order gives the same bits. The simulator therefore lays the
-//! convolution out as im2col + an `i16 × i16 → i32` dot-product GEMM (weights pre-widened and
-//! padded to a multiple of 16 with zeros, which add nothing), compiled twice and picked at run
-//! time so that AVX2 is used where the CPU has it. Images run in parallel on rayon's pool.
-//! Pooling, ReLU, Add, Concat call `kernels.rs` directly (they are memory-bound and cheap).
-//! Property tests (`tests/fixed_sim_props.rs`) pin the results to `kernels.rs`.
+//! and commutative, so any summation order gives the same bits.
+//!
+//! - On CPUs with AVX-512 VNNI (picked at [`Simulator::new`]), conv and fc run as a direct
+//!   convolution on `vpdpbusd` (`sim/vnni.rs`: activations offset to `u8`, the offset's
+//!   contribution folded into the bias, no im2col).
+//! - Elsewhere ([`Simulator::new_portable`] forces it), im2col + an `i16 × i16 → i32`
+//!   dot-product GEMM (weights pre-widened and padded to a multiple of 16 with zeros, which add
+//!   nothing), compiled twice and picked at run time so that AVX2 is used where the CPU has it.
+//! - Pooling and ReLU use vectorizable versions (`sim/elementwise.rs`); Add and Concat call
+//!   `kernels.rs` directly.
+//!
+//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin both
+//! paths to `kernels.rs`.
 
-use super::graph::{pair, QGraph, QOp};
+use super::graph::{self, pair, QGraph, QOp};
 use super::kernels;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+
+mod elementwise;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 /// q7 activations of a batch: per blob, `n` images one after the other, each HWC.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -106,6 +117,9 @@ impl Gemm {
 enum Prep {
     Conv(Gemm),
     Fc(Gemm),
+    /// A conv or fc for the AVX-512 VNNI kernel (chosen at `Simulator::new` when the CPU has it).
+    #[cfg(target_arch = "x86_64")]
+    Vnni(vnni::VConv),
     Other,
 }
 
@@ -212,10 +226,28 @@ pub struct Simulator<'g> {
 #[derive(Default)]
 struct Scratch {
     col: Vec<i16>,
+    img: Vec<u8>,
+    sum: Vec<i32>,
+    rowmax: Vec<i8>,
 }
 
 impl<'g> Simulator<'g> {
     pub fn new(g: &'g QGraph) -> Result<Simulator<'g>> {
+        #[cfg(target_arch = "x86_64")]
+        let fast = vnni::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = false;
+        Self::build(g, fast)
+    }
+
+    /// The simulator without the AVX-512 VNNI kernels (the portable / AVX2 GEMM everywhere), so
+    /// that tests can pin both paths to `kernels.rs` on a machine that has VNNI.
+    #[doc(hidden)]
+    pub fn new_portable(g: &'g QGraph) -> Result<Simulator<'g>> {
+        Self::build(g, false)
+    }
+
+    fn build(g: &'g QGraph, fast: bool) -> Result<Simulator<'g>> {
         let mut prep = Vec::new();
         for l in &g.layers {
             prep.push(match &l.op {
@@ -225,8 +257,9 @@ impl<'g> Simulator<'g> {
                         "layer '{}': bad groups",
                         l.name
                     );
+
                     let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
-                    Prep::Conv(Gemm::new(
+                    let gm = Gemm::new(
                         &c.weights,
                         c.out_dims.c,
                         k,
@@ -234,20 +267,58 @@ impl<'g> Simulator<'g> {
                         c.bias_lshift,
                         c.out_rshift,
                         &l.name,
-                    )?)
+                    )?;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast && c.stride.h > 0 && c.stride.w > 0 {
+                        prep.push(Prep::Vnni(vnni::VConv::new(
+                            c.in_dims,
+                            c.out_dims,
+                            (c.kernel.h, c.kernel.w),
+                            (c.stride.h, c.stride.w),
+                            (c.pad.h, c.pad.w),
+                            c.groups,
+                            &c.weights,
+                            &c.bias,
+                            c.bias_lshift as u32,
+                            c.out_rshift as u32,
+                        )));
+                        continue;
+                    }
+                    Prep::Conv(gm)
                 }
-                QOp::Fc(f) => Prep::Fc(Gemm::new(
-                    &f.weights,
-                    f.out_len,
-                    f.in_len,
-                    &f.bias,
-                    f.bias_lshift,
-                    f.out_rshift,
-                    &l.name,
-                )?),
+                QOp::Fc(f) => {
+                    let gm = Gemm::new(
+                        &f.weights,
+                        f.out_len,
+                        f.in_len,
+                        &f.bias,
+                        f.bias_lshift,
+                        f.out_rshift,
+                        &l.name,
+                    )?;
+                    #[cfg(target_arch = "x86_64")]
+                    if fast {
+                        let one = |c| graph::Hwc { h: 1, w: 1, c };
+                        prep.push(Prep::Vnni(vnni::VConv::new(
+                            one(f.in_len),
+                            one(f.out_len),
+                            (1, 1),
+                            (1, 1),
+                            (0, 0),
+                            1,
+                            &f.weights,
+                            &f.bias,
+                            f.bias_lshift as u32,
+                            f.out_rshift as u32,
+                        )));
+                        continue;
+                    }
+                    Prep::Fc(gm)
+                }
                 _ => Prep::Other,
             });
         }
+        let _ = fast;
         Ok(Simulator { g, prep })
     }
 
@@ -358,6 +429,11 @@ impl<'g> Simulator<'g> {
                     conv_fast(x, c, gm, &mut y, &mut s.col);
                     Ok(())
                 }
+                #[cfg(target_arch = "x86_64")]
+                (QOp::Conv(_) | QOp::Fc(_), Prep::Vnni(v)) => {
+                    v.run(x, &mut y, &mut s.img);
+                    Ok(())
+                }
                 (QOp::Fc(_), Prep::Fc(gm)) => {
                     s.col.clear();
                     s.col.extend(x.iter().map(|&v| v as i16));
@@ -365,7 +441,7 @@ impl<'g> Simulator<'g> {
                     gemm(&s.col, 1, gm, 0..y.len(), &mut y, 0, 0);
                     Ok(())
                 }
-                (QOp::MaxPool(p), _) => kernels::maxpool_hwc_q7(
+                (QOp::MaxPool(p), _) => elementwise::maxpool(
                     x,
                     p.in_dims.dims(),
                     pair(p.kernel),
@@ -373,8 +449,9 @@ impl<'g> Simulator<'g> {
                     pair(p.stride),
                     &mut y,
                     p.out_dims.dims(),
+                    &mut s.rowmax,
                 ),
-                (QOp::AvePool(p), _) => kernels::avepool_hwc_q7(
+                (QOp::AvePool(p), _) => elementwise::avepool(
                     x,
                     p.in_dims.dims(),
                     pair(p.kernel),
@@ -382,10 +459,10 @@ impl<'g> Simulator<'g> {
                     pair(p.stride),
                     &mut y,
                     p.out_dims.dims(),
+                    &mut s.sum,
                 ),
                 (QOp::Relu, _) => {
-                    y.copy_from_slice(x);
-                    kernels::relu_q7(&mut y);
+                    elementwise::relu(x, &mut y);
                     Ok(())
                 }
                 (QOp::Reshape, _) => {
