@@ -16,6 +16,9 @@
 
 pub mod score;
 
+/// Sweeps of the default coordinate search (it stops early when a sweep changes nothing).
+const MAX_PASSES: usize = 3;
+
 use crate::fixed::graph::{Formats, LayerFormat, QGraph};
 use crate::fixed::kernels;
 use crate::fixed::qformat::{InputScale, QFormat};
@@ -286,71 +289,86 @@ pub fn search(
             coords.push((layer, out, Param::Bias));
         }
     }
-    let total = coords.len();
-    for (step, (layer, out, param)) in coords.iter().enumerate() {
-        progress(
-            step,
-            total,
-            &format!(
-                "{} {}",
-                if layer.is_empty() { out } else { layer },
-                param.name()
-            ),
-        );
-        let base = get(&best, layer, out, *param).context("format missing")?;
-        let qg = ev.quantize(&best)?;
-        let k = if *param == Param::Input {
-            0
-        } else {
-            qlayer_index(&qg, layer)
-        };
-        // ARM tries only more fraction bits (more precision, saturating the largest values).
-        // The default also tries one fewer (more headroom), which pays off where values beyond
-        // the calibration maximum are expected, or where shifts limit the next layer.
-        let candidates: Vec<i32> = match strategy {
-            Strategy::Arm => (1..=3).map(|d| base + d).collect(),
-            _ => vec![base - 1, base + 1, base + 2, base + 3],
-        };
-        let mut arm_ref = best_score;
-        for c in candidates {
-            let mut f = best.clone();
-            set(&mut f, layer, out, *param, c);
-            // Candidates needing a negative shift are invalid by construction: skip them.
-            if ev.quantize(&f).is_err() {
-                continue;
-            }
-            let s = if *param == Param::Input {
-                ev.full(&f)?.0
+    // Coordinate descent: sweep all coordinates in topological order, and sweep again while a
+    // sweep changed something (a later layer's new format can make an earlier choice better).
+    let passes = if strategy == Strategy::Arm {
+        1
+    } else {
+        MAX_PASSES
+    };
+    let total = coords.len() * passes;
+    for pass in 0..passes {
+        let mut changed = false;
+        for (i, (layer, out, param)) in coords.iter().enumerate() {
+            let step = pass * coords.len() + i;
+            progress(
+                step,
+                total,
+                &format!(
+                    "{} {}",
+                    if layer.is_empty() { out } else { layer },
+                    param.name()
+                ),
+            );
+            let base = get(&best, layer, out, *param).context("format missing")?;
+            let qg = ev.quantize(&best)?;
+            let k = if *param == Param::Input {
+                0
             } else {
-                ev.partial(&f, k, &cache)?
+                qlayer_index(&qg, layer)
             };
-            let accept = match strategy {
-                Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
-                _ => score::better(&s, &best_score),
+            // ARM tries only more fraction bits (more precision, saturating the largest values).
+            // The default also tries one fewer (more headroom), which pays off where values beyond
+            // the calibration maximum are expected, or where shifts limit the next layer.
+            let candidates: Vec<i32> = match strategy {
+                Strategy::Arm => (1..=3).map(|d| base + d).collect(),
+                _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
             };
-            trace.push(TraceStep {
-                layer: if layer.is_empty() {
-                    out.clone()
+            let mut arm_ref = best_score;
+            for c in candidates {
+                let mut f = best.clone();
+                set(&mut f, layer, out, *param, c);
+                // Candidates needing a negative shift are invalid by construction: skip them.
+                if ev.quantize(&f).is_err() {
+                    continue;
+                }
+                let s = if *param == Param::Input {
+                    ev.full(&f)?.0
                 } else {
-                    layer.clone()
-                },
-                param: param.name().into(),
-                frac_bits: c,
-                score: s,
-                accepted: accept,
-            });
-            if accept {
-                best = f;
+                    ev.partial(&f, k, &cache)?
+                };
+                let accept = match strategy {
+                    Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
+                    _ => score::better(&s, &best_score),
+                };
+                trace.push(TraceStep {
+                    layer: if layer.is_empty() {
+                        out.clone()
+                    } else {
+                        layer.clone()
+                    },
+                    param: param.name().into(),
+                    frac_bits: c,
+                    score: s,
+                    accepted: accept,
+                });
+                if accept {
+                    best = f;
+                    best_score = s;
+                    arm_ref = s;
+                } else if strategy == Strategy::Arm {
+                    break; // ARM stops at the first candidate that loses accuracy.
+                }
+            }
+            if get(&best, layer, out, *param) != Some(base) {
+                changed = true;
+                let (s, acts) = ev.full(&best)?;
                 best_score = s;
-                arm_ref = s;
-            } else if strategy == Strategy::Arm {
-                break; // ARM stops at the first candidate that loses accuracy.
+                cache = acts;
             }
         }
-        if get(&best, layer, out, *param) != Some(base) {
-            let (s, acts) = ev.full(&best)?;
-            best_score = s;
-            cache = acts;
+        if !changed {
+            break;
         }
     }
     progress(total, total, "done");
