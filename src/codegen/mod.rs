@@ -355,6 +355,33 @@ fn layer_contexts(
     Ok(out)
 }
 
+/// Format Rust source with `rustfmt` when it is installed (it is part of every rustup toolchain);
+/// without it the rendered text is kept, which is valid Rust, just not canonically formatted.
+fn rustfmt(src: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("rustfmt")
+        .args(["--edition", "2021", "--emit", "stdout", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return src.to_string();
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        if stdin.write_all(src.as_bytes()).is_err() {
+            return src.to_string();
+        }
+    }
+    match child.wait_with_output() {
+        Ok(out) if out.status.success() && !out.stdout.is_empty() => {
+            String::from_utf8(out.stdout).unwrap_or_else(|_| src.to_string())
+        }
+        _ => src.to_string(),
+    }
+}
+
 /// Render the crate's files.
 pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let g = &m.graph;
@@ -444,6 +471,11 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     }
     if opts.target.is_host() {
         files.insert("memory.x".into(), "/* not used on the host */\n".into());
+    }
+    for (name, text) in files.iter_mut() {
+        if name.ends_with(".rs") {
+            *text = rustfmt(text);
+        }
     }
     files.insert("src/kernels.rs".into(), KERNELS_RS.to_string());
     files.insert(
