@@ -448,8 +448,9 @@ fn dot2x2_q15(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
 trait PairKernel {
     /// Prepare the patch of output pixel `pixel` of group `grp` in slot `second` (0 or 1).
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool);
-    /// `[a·w0, a·w1, b·w0, b·w1]` added to `s` (a, b: the patches in slots 0 and 1).
-    fn dot(&self, w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4];
+    /// `[a·w0, a·w1, b·w0, b·w1]` added to `s` (a, b: the patches in slots 0 and 1; w0, w1:
+    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on).
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4];
 }
 
 /// Portable: two i8 patches, scalar multiply-accumulates.
@@ -466,8 +467,15 @@ impl PairKernel for Portable {
         g.fill_patch(input, grp, pixel, &mut dst[..self.k]);
     }
     #[inline(always)]
-    fn dot(&self, w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
-        dot2x2(&self.a[..self.k], &self.b[..self.k], w0, w1, s)
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.k;
+        dot2x2(
+            &self.a[..k],
+            &self.b[..k],
+            &w[r0 * k..][..k],
+            &w[r1 * k..][..k],
+            s,
+        )
     }
 }
 
@@ -488,9 +496,16 @@ impl PairKernel for Dsp {
         widen_patch(p, &mut self.q[..nq], second as usize);
     }
     #[inline(always)]
-    fn dot(&self, w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
-        let nq = self.k.div_ceil(4) * 4;
-        dot2x2_q15(&self.q[..nq], w0, w1, s)
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.k;
+        let nq = k.div_ceil(4) * 4;
+        if r1 * k + nq <= w.len() && r0 <= r1 {
+            // Read whole words past the rows' ends (into the next rows): the widened patches
+            // are zero there, so those bytes add nothing, and the tail needs no special case.
+            mac2x2_groups(&self.q[..nq], &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
+        } else {
+            dot2x2_q15(&self.q[..nq], &w[r0 * k..][..k], &w[r1 * k..][..k], s)
+        }
     }
 }
 
@@ -508,27 +523,55 @@ fn conv_pixel_pairs<K: PairKernel>(
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
     let npix = g.out_dims.h * g.out_dims.w;
     for grp in 0..g.groups {
-        let wg = &weights[grp * cg * k..][..cg * k];
+        // From the group's first row to the end of all weights (see `PairKernel::dot`).
+        let wg = &weights[grp * cg * k..];
         let bg = &bias[grp * cg..][..cg];
+        let even = cg & !1;
         let mut p = 0;
         while p < npix {
             let pair = p + 1 < npix;
             kern.fill(g, input, grp, p, false);
             kern.fill(g, input, grp, if pair { p + 1 } else { p }, true);
             let base = p * cout + grp * cg;
-            let mut o = 0;
-            while o < cg {
-                let o1 = if o + 1 < cg { o + 1 } else { o };
-                let (w0, w1) = (&wg[o * k..][..k], &wg[o1 * k..][..k]);
-                let (b0, b1) = (g.acc0(bg[o]), g.acc0(bg[o1]));
-                let s = kern.dot(w0, w1, [b0, b1, b0, b1]);
-                output[base + o] = requant(s[0], g.or);
-                output[base + o1] = requant(s[1], g.or);
-                if pair {
-                    output[base + cout + o] = requant(s[2], g.or);
-                    output[base + cout + o1] = requant(s[3], g.or);
+            let outs = &mut output[base..][..if pair { cout + cg } else { cg }];
+            let (oa, ob) = outs.split_at_mut(cg);
+            if pair {
+                let ob = &mut ob[cout - cg..];
+                for (j, ((b2, a2), c2)) in bg[..even]
+                    .chunks_exact(2)
+                    .zip(oa.chunks_exact_mut(2))
+                    .zip(ob.chunks_exact_mut(2))
+                    .enumerate()
+                {
+                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    a2[0] = requant(s[0], g.or);
+                    a2[1] = requant(s[1], g.or);
+                    c2[0] = requant(s[2], g.or);
+                    c2[1] = requant(s[3], g.or);
                 }
-                o += 2;
+                if even < cg {
+                    let b0 = g.acc0(bg[even]);
+                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    oa[even] = requant(s[0], g.or);
+                    ob[even] = requant(s[2], g.or);
+                }
+            } else {
+                for (j, (b2, a2)) in bg[..even]
+                    .chunks_exact(2)
+                    .zip(oa.chunks_exact_mut(2))
+                    .enumerate()
+                {
+                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    a2[0] = requant(s[0], g.or);
+                    a2[1] = requant(s[1], g.or);
+                }
+                if even < cg {
+                    let b0 = g.acc0(bg[even]);
+                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    oa[even] = requant(s[0], g.or);
+                }
             }
             p += 2;
         }
