@@ -204,3 +204,282 @@ fn depthwise_conv_uses_its_own_channel() {
     .unwrap();
     assert_eq!(out, [10, -20, 30, -40]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The fast paths (portable and DSP) against a plain reference of the semantics.
+//
+// `variants::*(true, ..)` runs the Cortex-M DSP algorithm with its instructions (SXTB16, SMLAD,
+// SSUB8/SEL) modelled in plain Rust, so the host checks the algorithm; QEMU (`nnquant verify
+// --target cortex-m4`) checks the instructions.
+
+mod reference {
+    use nnquant::fixed::kernels::{round_term, sat_i8, Dims, Pair};
+
+    /// The textbook convolution: every kernel tap tested against the image, one MAC at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(
+        input: &[i8],
+        ind: Dims,
+        weights: &[i8],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bl: i32,
+        or: i32,
+        outd: Dims,
+    ) -> Vec<i8> {
+        let (cin_g, cout_g) = (ind.c / groups, outd.c / groups);
+        let ksize = kernel.h * kernel.w * cin_g;
+        let mut out = vec![0i8; outd.len()];
+        for oy in 0..outd.h {
+            for ox in 0..outd.w {
+                for o in 0..outd.c {
+                    let g = o / cout_g;
+                    let mut acc = ((bias[o] as i32) << bl).wrapping_add(round_term(or as u32));
+                    for ky in 0..kernel.h {
+                        for kx in 0..kernel.w {
+                            let iy = (oy * stride.h + ky) as isize - pad.h as isize;
+                            let ix = (ox * stride.w + kx) as isize - pad.w as isize;
+                            if iy < 0 || ix < 0 || iy >= ind.h as isize || ix >= ind.w as isize {
+                                continue;
+                            }
+                            for c in 0..cin_g {
+                                let x = input[(iy as usize * ind.w + ix as usize) * ind.c + g * cin_g + c];
+                                let w = weights[o * ksize + (ky * kernel.w + kx) * cin_g + c];
+                                acc = acc.wrapping_add(x as i32 * w as i32);
+                            }
+                        }
+                    }
+                    out[(oy * outd.w + ox) * outd.c + o] = sat_i8(acc >> or);
+                }
+            }
+        }
+        out
+    }
+
+    /// Pools: `max == true` for max pool, else average pool (in-bounds count, C division).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pool(max: bool, input: &[i8], ind: Dims, kernel: Pair, pad: Pair, stride: Pair, outd: Dims) -> Vec<i8> {
+        let mut out = vec![0i8; outd.len()];
+        for oy in 0..outd.h {
+            for ox in 0..outd.w {
+                for c in 0..ind.c {
+                    let (mut m, mut sum, mut n) = (-128i32, 0i32, 0i32);
+                    for ky in 0..kernel.h {
+                        for kx in 0..kernel.w {
+                            let iy = (oy * stride.h + ky) as isize - pad.h as isize;
+                            let ix = (ox * stride.w + kx) as isize - pad.w as isize;
+                            if iy < 0 || ix < 0 || iy >= ind.h as isize || ix >= ind.w as isize {
+                                continue;
+                            }
+                            let v = input[(iy as usize * ind.w + ix as usize) * ind.c + c] as i32;
+                            m = m.max(v);
+                            sum += v;
+                            n += 1;
+                        }
+                    }
+                    out[(oy * outd.w + ox) * outd.c + c] = if max {
+                        m as i8
+                    } else if n == 0 {
+                        0
+                    } else {
+                        sat_i8(sum / n)
+                    };
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A deterministic byte stream (xorshift), for the large fixed-shape cases.
+fn noise(n: usize, seed: u32) -> Vec<i8> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as i8
+        })
+        .collect()
+}
+
+/// Run a conv through the reference, the public kernel and both variants; all must agree.
+#[allow(clippy::too_many_arguments)]
+fn conv_all_paths(
+    input: &[i8],
+    ind: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bl: i32,
+    or: i32,
+    outd: Dims,
+) -> Result<(), String> {
+    let want = reference::conv(input, ind, weights, kernel, pad, stride, groups, bias, bl, or, outd);
+    let mut got = vec![0i8; outd.len()];
+    conv_hwc_q7(input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd)
+        .map_err(|e| format!("{e:?}"))?;
+    if got != want {
+        return Err("public kernel differs from the reference".into());
+    }
+    for dsp in [false, true] {
+        let mut got = vec![0i8; outd.len()];
+        variants::conv_hwc_q7(dsp, input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd)
+            .map_err(|e| format!("{e:?}"))?;
+        if got != want {
+            return Err(format!("variant dsp={dsp} differs from the reference"));
+        }
+    }
+    Ok(())
+}
+
+fn bytes(len: usize) -> impl Strategy<Value = Vec<i8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<i8>(), len),
+        proptest::collection::vec(-3i8..=3, len),
+    ]
+}
+
+use proptest::prelude::*;
+
+#[allow(clippy::type_complexity)]
+fn conv_case() -> impl Strategy<Value = (Dims, Dims, Pair, Pair, Pair, usize, Vec<i8>, Vec<i8>, Vec<i8>, i32, i32)> {
+    (
+        (1usize..=3, 1usize..=9, 1usize..=5),
+        (1usize..=5, 1usize..=5, 1usize..=7, 1usize..=7),
+        (1usize..=2, 1usize..=2, 0usize..=2, 0usize..=2, 0usize..=1, 0usize..=1),
+    )
+        .prop_filter_map("window fits", |((groups, cin_g, cout_g), (kh, kw, h, w), (sh, sw, ph, pw, eh, ew))| {
+            let oh = (h + 2 * ph).checked_sub(kh)? / sh + 1 + eh;
+            let ow = (w + 2 * pw).checked_sub(kw)? / sw + 1 + ew;
+            Some((
+                Dims { h, w, c: groups * cin_g },
+                Dims { h: oh, w: ow, c: groups * cout_g },
+                Pair { h: kh, w: kw },
+                Pair { h: ph, w: pw },
+                Pair { h: sh, w: sw },
+                groups,
+                kh * kw * cin_g,
+            ))
+        })
+        .prop_flat_map(|(ind, outd, k, p, s, groups, ksize)| {
+            (
+                Just((ind, outd, k, p, s, groups)),
+                bytes(ind.len()),
+                bytes(outd.c * ksize),
+                bytes(outd.c),
+                0i32..=6,
+                0i32..=14,
+            )
+        })
+        .prop_map(|((ind, outd, k, p, s, groups), x, w, b, bl, or)| (ind, outd, k, p, s, groups, x, w, b, bl, or))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn conv_paths_match_the_reference(
+        (ind, outd, k, p, s, groups, x, w, b, bl, or) in conv_case()
+    ) {
+        let r = conv_all_paths(&x, ind, &w, k, p, s, groups, &b, bl, or, outd);
+        prop_assert!(r.is_ok(), "{:?}", r);
+    }
+
+    #[test]
+    fn fc_paths_match_the_reference(
+        (x, w, b, bl, or) in (0usize..=41, 1usize..=7).prop_flat_map(|(n_in, n_out)| {
+            (bytes(n_in), bytes(n_in * n_out), bytes(n_out), 0i32..=6, 0i32..=14)
+        })
+    ) {
+        let n_out = b.len();
+        let n_in = x.len();
+        let want: Vec<i8> = (0..n_out)
+            .map(|o| {
+                let mut acc = ((b[o] as i32) << bl).wrapping_add(round_term(or as u32));
+                for i in 0..n_in {
+                    acc = acc.wrapping_add(x[i] as i32 * w[o * n_in + i] as i32);
+                }
+                sat_i8(acc >> or)
+            })
+            .collect();
+        let mut got = vec![0i8; n_out];
+        fc_q7(&x, &w, &b, bl, or, &mut got).unwrap();
+        prop_assert_eq!(&got, &want);
+        for dsp in [false, true] {
+            let mut got = vec![0i8; n_out];
+            variants::fc_q7(dsp, &x, &w, &b, bl, or, &mut got).unwrap();
+            prop_assert_eq!(&got, &want, "dsp={}", dsp);
+        }
+    }
+
+    #[test]
+    fn pools_and_relu_match_the_reference(
+        (ind, outd, k, p, s, x) in (1usize..=70, 1usize..=3, 1usize..=3, 1usize..=3, 0usize..=1, 1usize..=6, 1usize..=6, 0usize..=1)
+            .prop_filter_map("window fits", |(c, kk, st, kw, pad, h, w, extra)| {
+                let oh = (h + 2 * pad).checked_sub(kk)?.div_ceil(st) + 1;
+                let ow = (w + 2 * pad).checked_sub(kw)?.div_ceil(st) + 1 + extra;
+                Some((Dims { h, w, c }, Dims { h: oh, w: ow, c }, Pair { h: kk, w: kw }, Pair { h: pad, w: pad }, Pair { h: st, w: st }))
+            })
+            .prop_flat_map(|(ind, outd, k, p, s)| (Just(ind), Just(outd), Just(k), Just(p), Just(s), bytes(ind.len())))
+    ) {
+        let want = reference::pool(true, &x, ind, k, p, s, outd);
+        let mut got = vec![0i8; outd.len()];
+        maxpool_hwc_q7(&x, ind, k, p, s, &mut got, outd).unwrap();
+        prop_assert_eq!(&got, &want);
+        for dsp in [false, true] {
+            let mut got = vec![0i8; outd.len()];
+            variants::maxpool_hwc_q7(dsp, &x, ind, k, p, s, &mut got, outd).unwrap();
+            prop_assert_eq!(&got, &want, "dsp={}", dsp);
+        }
+        let want = reference::pool(false, &x, ind, k, p, s, outd);
+        avepool_hwc_q7(&x, ind, k, p, s, &mut got, outd).unwrap();
+        prop_assert_eq!(&got, &want);
+        let want: Vec<i8> = x.iter().map(|v| (*v).max(0)).collect();
+        for dsp in [false, true] {
+            let mut got = x.clone();
+            variants::relu_q7(dsp, &mut got);
+            prop_assert_eq!(&got, &want, "dsp={}", dsp);
+        }
+        let mut got = x.clone();
+        relu_q7(&mut got);
+        prop_assert_eq!(&got, &want);
+    }
+}
+
+#[test]
+fn conv_paths_match_at_the_patch_limit_and_beyond() {
+    // ksize = PATCH_MAX exactly (im2col), PATCH_MAX + 3·... (direct path), ARM's conv1 and conv2
+    // shapes (ksize 75 with a 3-byte tail, and 800), and a grouped case.
+    let cases: [(usize, usize, usize, usize, usize, usize); 5] = [
+        // (h=w, cin, cout, k, pad, groups)
+        (6, 64, 5, 4, 1, 1),
+        (5, 48, 3, 5, 2, 1),
+        (9, 3, 32, 5, 2, 1),
+        (6, 32, 16, 5, 2, 1),
+        (7, 12, 6, 3, 1, 3),
+    ];
+    assert_eq!(64 * 4 * 4, PATCH_MAX);
+    for (i, (hw, cin, cout, k, pad, groups)) in cases.into_iter().enumerate() {
+        let ind = Dims { h: hw, w: hw, c: cin };
+        let o = hw + 2 * pad - k + 1;
+        let outd = Dims { h: o, w: o, c: cout };
+        let ksize = k * k * cin / groups;
+        let x = noise(ind.len(), 11 + i as u32);
+        let w = noise(cout * ksize, 23 + i as u32);
+        let b = noise(cout, 37 + i as u32);
+        let kp = Pair { h: k, w: k };
+        let pp = Pair { h: pad, w: pad };
+        for (bl, or) in [(0, 0), (3, 9), (6, 14)] {
+            conv_all_paths(&x, ind, &w, kp, pp, D1, groups, &b, bl, or, outd)
+                .unwrap_or_else(|e| panic!("case {i} bl {bl} or {or}: {e}"));
+        }
+    }
+}

@@ -20,6 +20,8 @@
 //! `debug_assert!` so that a quantizer bug is loud in debug builds. Output sizes are always given
 //! by the caller (Caffe's ceil/floor rules live in the tool, not here).
 
+#![allow(unexpected_cfgs)] // `cfg(dsp)` is set by the firmware's build.rs, never on the host
+
 /// Height × width × channels of an HWC tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -102,12 +104,516 @@ fn requant(acc: i32, out_rshift: u32) -> i8 {
     sat_i8(acc >> out_rshift)
 }
 
+/// Packed-SIMD primitives of the Cortex-M4/M7/M33 DSP extension, used by the `cfg(dsp)` paths.
+///
+/// On ARM with `cfg(dsp)` each function is the one instruction it names (stable `asm!`: the
+/// `core::arch::arm` intrinsics are unstable). Everywhere else it is a plain-Rust model of the
+/// same instruction, so that host tests can run the DSP algorithms ([`variants`]) and hold them
+/// to the portable ones bit for bit; QEMU then proves the instructions equal their models.
+mod simd {
+    #[cfg(all(dsp, target_arch = "arm"))]
+    use core::arch::asm;
+
+    /// `SXTB16 r, x`: bytes 0 and 2 of `x`, sign-extended into the low and high halfwords.
+    #[inline(always)]
+    pub fn sxtb16(x: u32) -> u32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: u32;
+            // SAFETY: register-only instruction, no memory access, no flags.
+            unsafe {
+                asm!("sxtb16 {r}, {x}", r = lateout(reg) r, x = in(reg) x,
+                     options(pure, nomem, nostack, preserves_flags));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            (x as u8 as i8 as i16 as u16 as u32)
+                | ((((x >> 16) as u8 as i8 as i16 as u16) as u32) << 16)
+        }
+    }
+
+    /// `SXTB16 r, x, ROR #8`: bytes 1 and 3 of `x`, sign-extended into the two halfwords.
+    #[inline(always)]
+    pub fn sxtb16_ror8(x: u32) -> u32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: u32;
+            // SAFETY: register-only instruction, no memory access, no flags.
+            unsafe {
+                asm!("sxtb16 {r}, {x}, ror #8", r = lateout(reg) r, x = in(reg) x,
+                     options(pure, nomem, nostack, preserves_flags));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            sxtb16(x.rotate_right(8))
+        }
+    }
+
+    /// `SMLAD r, x, y, acc`: `acc + x.lo·y.lo + x.hi·y.hi` (signed halfwords), wrapping in
+    /// `i32` (the instruction only sets the sticky Q flag on overflow; the result wraps).
+    #[inline(always)]
+    pub fn smlad(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: i32;
+            // SAFETY: register-only instruction, no memory access; it may set the sticky Q
+            // flag, which nothing reads.
+            unsafe {
+                asm!("smlad {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x,
+                     y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            let lo = (x as u16 as i16 as i32) * (y as u16 as i16 as i32);
+            let hi = ((x >> 16) as u16 as i16 as i32) * ((y >> 16) as u16 as i16 as i32);
+            acc.wrapping_add(lo).wrapping_add(hi)
+        }
+    }
+
+    /// Lane-wise signed maximum of four bytes: `SSUB8` (sets the GE flags) then `SEL`.
+    #[inline(always)]
+    pub fn max8(a: u32, b: u32) -> u32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: u32;
+            // SAFETY: register-only instructions, no memory access; the GE flags they use
+            // are written and read inside this block.
+            unsafe {
+                asm!("ssub8 {r}, {a}, {b}", "sel {r}, {a}, {b}", r = out(reg) r,
+                     a = in(reg) a, b = in(reg) b, options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            let mut r = 0u32;
+            for i in 0..4 {
+                let x = (a >> (8 * i)) as u8 as i8;
+                let y = (b >> (8 * i)) as u8 as i8;
+                r |= (x.max(y) as u8 as u32) << (8 * i);
+            }
+            r
+        }
+    }
+}
+
+/// Four bytes as one little-endian word (a single `LDR` on Cortex-M3/M4/M7, which allow
+/// unaligned word loads).
+#[inline(always)]
+fn word(b: &[i8]) -> u32 {
+    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+/// The last `b.len() < 4` bytes as a word, zero-filled above.
+#[inline(always)]
+fn word_tail(b: &[i8]) -> u32 {
+    let mut w = 0u32;
+    for (i, v) in b.iter().enumerate().take(4) {
+        w |= (*v as u8 as u32) << (8 * i);
+    }
+    w
+}
+
+/// Largest `kernel.h · kernel.w · in_c / groups` the im2col convolution takes: its patches live
+/// on the stack (portable: two i8 patches, `2 × PATCH_MAX` bytes; DSP: one i8 patch and two
+/// q15 patches, `5 × PATCH_MAX` bytes). Larger kernels use the direct path (same results, slower).
+pub const PATCH_MAX: usize = 1024;
+
+/// Geometry of a convolution, validated by [`conv_hwc_q7`].
+#[derive(Clone, Copy)]
+struct ConvGeo {
+    in_dims: Dims,
+    out_dims: Dims,
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    cin_g: usize,
+    cout_g: usize,
+    ksize: usize,
+    bl: u32,
+    or: u32,
+    rnd: i32,
+}
+
+impl ConvGeo {
+    /// The accumulator's start value for a bias.
+    #[inline(always)]
+    fn acc0(&self, bias: i8) -> i32 {
+        ((bias as i32) << self.bl).wrapping_add(self.rnd)
+    }
+
+    /// The in-bounds kernel range `[lo, hi)` along one axis for output coordinate `o`, and the
+    /// input coordinate of kernel index `lo`.
+    #[inline(always)]
+    fn krange(
+        o: usize,
+        stride: usize,
+        pad: usize,
+        kernel: usize,
+        size: usize,
+    ) -> (usize, usize, usize) {
+        let start = (o * stride) as isize - pad as isize;
+        let lo = if start < 0 { (-start) as usize } else { 0 }.min(kernel);
+        let room = size as isize - start;
+        let hi = if room <= 0 {
+            0
+        } else {
+            (room as usize).min(kernel)
+        };
+        let hi = hi.max(lo);
+        (lo, hi, (start + lo as isize).max(0) as usize)
+    }
+
+    /// im2col of one output pixel and group into `dst` (`ksize` bytes, `[ky][kx][c]`, zeros
+    /// where the kernel hangs over the padding).
+    fn fill_patch(&self, input: &[i8], grp: usize, pixel: usize, dst: &mut [i8]) {
+        let (iw, cin, cg) = (self.in_dims.w, self.in_dims.c, self.cin_g);
+        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
+        let (ylo, yhi, iy0) =
+            Self::krange(oy, self.stride.h, self.pad.h, self.kernel.h, self.in_dims.h);
+        let (xlo, xhi, ix0) =
+            Self::krange(ox, self.stride.w, self.pad.w, self.kernel.w, self.in_dims.w);
+        let row_len = self.kernel.w * cg;
+        for (ky, drow) in dst.chunks_exact_mut(row_len).enumerate() {
+            if ky < ylo || ky >= yhi || xlo == xhi {
+                drow.fill(0);
+                continue;
+            }
+            let src = &input[(iy0 + ky - ylo) * iw * cin..][..iw * cin];
+            let (left, rest) = drow.split_at_mut(xlo * cg);
+            let (mid, right) = rest.split_at_mut((xhi - xlo) * cg);
+            left.fill(0);
+            right.fill(0);
+            if cg == cin {
+                mid.copy_from_slice(&src[ix0 * cin..][..mid.len()]);
+            } else {
+                let c0 = grp * cg;
+                for (d, s) in mid
+                    .chunks_exact_mut(cg)
+                    .zip(src[ix0 * cin..].chunks_exact(cin))
+                {
+                    d.copy_from_slice(&s[c0..c0 + cg]);
+                }
+            }
+        }
+    }
+}
+
+/// Portable 2 pixels × 2 channels dot products over i8 patches:
+/// `[a·w0, a·w1, b·w0, b·w1]` added to `s`.
+#[inline(always)]
+fn dot2x2(a: &[i8], b: &[i8], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4] {
+    for (((x, y), u), v) in a.iter().zip(b).zip(w0).zip(w1) {
+        let (x, y, u, v) = (*x as i32, *y as i32, *u as i32, *v as i32);
+        s[0] = s[0].wrapping_add(x * u);
+        s[1] = s[1].wrapping_add(x * v);
+        s[2] = s[2].wrapping_add(y * u);
+        s[3] = s[3].wrapping_add(y * v);
+    }
+    s
+}
+
+/// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer:
+/// every 4 bytes `x0 x1 x2 x3` of the patch (the last group zero-filled) become the words
+/// `(x0, x2)` at `q[4g + slot]` and `(x1, x3)` at `q[4g + 2 + slot]`, each two i16 halves.
+/// Weights are widened the same way on the fly (`SXTB16` and `SXTB16 ROR 8`), so the halves
+/// line up without any packing instruction.
+#[inline(always)]
+fn widen_patch(p: &[i8], q: &mut [u32], slot: usize) {
+    let n4 = p.len() / 4;
+    for (c, d) in p.chunks_exact(4).zip(q.chunks_exact_mut(4)) {
+        let x = word(c);
+        d[slot] = simd::sxtb16(x);
+        d[2 + slot] = simd::sxtb16_ror8(x);
+    }
+    if p.len() % 4 != 0 {
+        let x = word_tail(&p[n4 * 4..]);
+        q[4 * n4 + slot] = simd::sxtb16(x);
+        q[4 * n4 + 2 + slot] = simd::sxtb16_ror8(x);
+    }
+}
+
+/// One group of 4 kernel elements of [`dot2x2_q15`]: weight words `u`, `v` (rows 0 and 1),
+/// widened pixels `x = [a_even, b_even, a_odd, b_odd]`.
+#[inline(always)]
+fn mac2x2(u: u32, v: u32, x: &[u32], s: [i32; 4]) -> [i32; 4] {
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    let t = simd::sxtb16(u);
+    s0 = simd::smlad(t, x[0], s0);
+    s2 = simd::smlad(t, x[1], s2);
+    let t = simd::sxtb16(v);
+    s1 = simd::smlad(t, x[0], s1);
+    s3 = simd::smlad(t, x[1], s3);
+    let t = simd::sxtb16_ror8(u);
+    s0 = simd::smlad(t, x[2], s0);
+    s2 = simd::smlad(t, x[3], s2);
+    let t = simd::sxtb16_ror8(v);
+    s1 = simd::smlad(t, x[2], s1);
+    s3 = simd::smlad(t, x[3], s3);
+    [s0, s1, s2, s3]
+}
+
+/// The whole groups of [`dot2x2_q15`] (`w0.len() == w1.len() == 4n`, `q.len() == 4n`): one
+/// hand-scheduled loop of 18 instructions per 16 multiply-accumulates (the compiler spills).
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+    use core::arch::asm;
+    let n = w0.len();
+    if n == 0 || w1.len() != n || q.len() != n {
+        return s;
+    }
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    let end = w0[n..].as_ptr();
+    // SAFETY: reads `n` bytes from `w0` and `w1` and `n` words from `q` (lengths checked above,
+    // `n` a non-zero multiple of 4; `q` is word-aligned as LDRD needs); writes only registers.
+    unsafe {
+        asm!(
+            "2:",
+            "ldr {u}, [{pw0}], #4",
+            "ldr {v}, [{pw1}], #4",
+            "ldrd {x0}, {x1}, [{pq}], #8",
+            "sxtb16 {t}, {u}",
+            "smlad {s0}, {t}, {x0}, {s0}",
+            "smlad {s2}, {t}, {x1}, {s2}",
+            "sxtb16 {t}, {v}",
+            "smlad {s1}, {t}, {x0}, {s1}",
+            "smlad {s3}, {t}, {x1}, {s3}",
+            "ldrd {x0}, {x1}, [{pq}], #8",
+            "sxtb16 {t}, {u}, ror #8",
+            "smlad {s0}, {t}, {x0}, {s0}",
+            "smlad {s2}, {t}, {x1}, {s2}",
+            "sxtb16 {t}, {v}, ror #8",
+            "smlad {s1}, {t}, {x0}, {s1}",
+            "smlad {s3}, {t}, {x1}, {s3}",
+            "cmp {pw0}, {end}",
+            "bne 2b",
+            pw0 = inout(reg) w0.as_ptr() => _,
+            pw1 = inout(reg) w1.as_ptr() => _,
+            pq = inout(reg) q.as_ptr() => _,
+            end = in(reg) end,
+            s0 = inout(reg) s0,
+            s1 = inout(reg) s1,
+            s2 = inout(reg) s2,
+            s3 = inout(reg) s3,
+            u = out(reg) _,
+            v = out(reg) _,
+            t = out(reg) _,
+            x0 = out(reg) _,
+            x1 = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    [s0, s1, s2, s3]
+}
+
+/// The model of the loop above, for hosts and tests.
+#[cfg(not(all(dsp, target_arch = "arm")))]
+#[inline(always)]
+fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4] {
+    for ((u, v), x) in w0
+        .chunks_exact(4)
+        .zip(w1.chunks_exact(4))
+        .zip(q.chunks_exact(4))
+    {
+        s = mac2x2(word(u), word(v), x, s);
+    }
+    s
+}
+
+/// DSP 2 pixels × 2 channels over the interleaved widened patches `q` (`4·⌈k/4⌉` words, see
+/// [`widen_patch`]) and i8 weight rows `w0`, `w1` (`k` bytes each):
+/// `[a·w0, a·w1, b·w0, b·w1]` added to `s`.
+#[inline(always)]
+fn dot2x2_q15(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+    let k = w0.len();
+    let n = k & !3;
+    let s = mac2x2_groups(&q[..n], &w0[..n], &w1[..n], s);
+    if n < k {
+        mac2x2(word_tail(&w0[n..]), word_tail(&w1[n..]), &q[n..n + 4], s)
+    } else {
+        s
+    }
+}
+
+/// The two per-pixel-pair steps of an im2col convolution: prepare the patch of one pixel, then
+/// take dot products of the two patches with pairs of weight rows.
+trait PairKernel {
+    /// Prepare the patch of output pixel `pixel` of group `grp` in slot `second` (0 or 1).
+    fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool);
+    /// `[a·w0, a·w1, b·w0, b·w1]` added to `s` (a, b: the patches in slots 0 and 1; w0, w1:
+    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on).
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4];
+}
+
+/// Portable: two i8 patches, scalar multiply-accumulates.
+struct Portable {
+    a: [i8; PATCH_MAX],
+    b: [i8; PATCH_MAX],
+    k: usize,
+}
+
+impl PairKernel for Portable {
+    #[inline(always)]
+    fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
+        let dst = if second { &mut self.b } else { &mut self.a };
+        g.fill_patch(input, grp, pixel, &mut dst[..self.k]);
+    }
+    #[inline(always)]
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.k;
+        dot2x2(
+            &self.a[..k],
+            &self.b[..k],
+            &w[r0 * k..][..k],
+            &w[r1 * k..][..k],
+            s,
+        )
+    }
+}
+
+/// DSP: the patches of two output pixels are widened to interleaved q15 pairs once, then every
+/// pair of output channels takes 8 `SMLAD`s per 4 kernel elements.
+struct Dsp {
+    patch: [i8; PATCH_MAX],
+    q: [u32; PATCH_MAX],
+    k: usize,
+}
+
+impl PairKernel for Dsp {
+    #[inline(always)]
+    fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
+        let p = &mut self.patch[..self.k];
+        g.fill_patch(input, grp, pixel, p);
+        let nq = self.k.div_ceil(4) * 4;
+        widen_patch(p, &mut self.q[..nq], second as usize);
+    }
+    #[inline(always)]
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.k;
+        let nq = k.div_ceil(4) * 4;
+        if r1 * k + nq <= w.len() && r0 <= r1 {
+            // Read whole words past the rows' ends (into the next rows): the widened patches
+            // are zero there, so those bytes add nothing, and the tail needs no special case.
+            mac2x2_groups(&self.q[..nq], &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
+        } else {
+            dot2x2_q15(&self.q[..nq], &w[r0 * k..][..k], &w[r1 * k..][..k], s)
+        }
+    }
+}
+
+/// The loop nest of the im2col convolutions: for every group, pixel pair (in raster order; the
+/// last pixel alone when their count is odd, computed as a pair with itself) and channel pair
+/// (the last channel with itself when odd).
+fn conv_pixel_pairs<K: PairKernel>(
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    kern: &mut K,
+) {
+    let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
+    let npix = g.out_dims.h * g.out_dims.w;
+    for grp in 0..g.groups {
+        // From the group's first row to the end of all weights (see `PairKernel::dot`).
+        let wg = &weights[grp * cg * k..];
+        let bg = &bias[grp * cg..][..cg];
+        let even = cg & !1;
+        let mut p = 0;
+        while p < npix {
+            let pair = p + 1 < npix;
+            kern.fill(g, input, grp, p, false);
+            kern.fill(g, input, grp, if pair { p + 1 } else { p }, true);
+            let base = p * cout + grp * cg;
+            let outs = &mut output[base..][..if pair { cout + cg } else { cg }];
+            let (oa, ob) = outs.split_at_mut(cg);
+            if pair {
+                let ob = &mut ob[cout - cg..];
+                for (j, ((b2, a2), c2)) in bg[..even]
+                    .chunks_exact(2)
+                    .zip(oa.chunks_exact_mut(2))
+                    .zip(ob.chunks_exact_mut(2))
+                    .enumerate()
+                {
+                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    a2[0] = requant(s[0], g.or);
+                    a2[1] = requant(s[1], g.or);
+                    c2[0] = requant(s[2], g.or);
+                    c2[1] = requant(s[3], g.or);
+                }
+                if even < cg {
+                    let b0 = g.acc0(bg[even]);
+                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    oa[even] = requant(s[0], g.or);
+                    ob[even] = requant(s[2], g.or);
+                }
+            } else {
+                for (j, (b2, a2)) in bg[..even]
+                    .chunks_exact(2)
+                    .zip(oa.chunks_exact_mut(2))
+                    .enumerate()
+                {
+                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    a2[0] = requant(s[0], g.or);
+                    a2[1] = requant(s[1], g.or);
+                }
+                if even < cg {
+                    let b0 = g.acc0(bg[even]);
+                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    oa[even] = requant(s[0], g.or);
+                }
+            }
+            p += 2;
+        }
+    }
+}
+
+/// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`]: the in-bounds kernel
+/// window is computed once per output pixel, so the inner loops have no bounds tests.
+fn conv_direct(input: &[i8], weights: &[i8], bias: &[i8], output: &mut [i8], g: &ConvGeo) {
+    let (iw, cin, cg) = (g.in_dims.w, g.in_dims.c, g.cin_g);
+    let ow = g.out_dims.w;
+    for (pixel, out) in output.chunks_exact_mut(g.out_dims.c).enumerate() {
+        let (oy, ox) = (pixel / ow, pixel % ow);
+        let (ylo, yhi, iy0) = ConvGeo::krange(oy, g.stride.h, g.pad.h, g.kernel.h, g.in_dims.h);
+        let (xlo, xhi, ix0) = ConvGeo::krange(ox, g.stride.w, g.pad.w, g.kernel.w, g.in_dims.w);
+        for (o, y) in out.iter_mut().enumerate() {
+            let c0 = (o / g.cout_g) * cg;
+            let w = &weights[o * g.ksize..][..g.ksize];
+            let mut acc = g.acc0(bias[o]);
+            for ky in ylo..yhi {
+                let src = &input[((iy0 + ky - ylo) * iw + ix0) * cin..];
+                let wrow = &w[(ky * g.kernel.w + xlo) * cg..][..(xhi - xlo) * cg];
+                for (s, wk) in src.chunks(cin).zip(wrow.chunks_exact(cg)) {
+                    for (x, v) in s[c0..c0 + cg].iter().zip(wk) {
+                        acc = acc.wrapping_add((*x as i32) * (*v as i32));
+                    }
+                }
+            }
+            *y = requant(acc, g.or);
+        }
+    }
+}
+
 /// Convolution, HWC, zero padding, rectangular kernel/pad/stride, `groups` ≥ 1 (depthwise when
 /// `groups == in_dims.c == out_dims.c`).
 ///
 /// `weights`: `[out_dims.c][kernel.h][kernel.w][in_dims.c / groups]`; `bias`: `out_dims.c` q7
 /// values. Output channel `o` belongs to group `o / (out_dims.c / groups)` and reads input
 /// channels `g * cin_g .. (g + 1) * cin_g`.
+///
+/// With `cfg(dsp)` (Cortex-M4/M7/M33) the work is done with `SMLAD`; the results are the same
+/// bytes (wrapping `i32` addition is associative, so the summation order does not matter).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_hwc_q7(
     input: &[i8],
@@ -123,59 +629,54 @@ pub fn conv_hwc_q7(
     output: &mut [i8],
     out_dims: Dims,
 ) -> KResult {
-    let bl = check_shift(bias_lshift)?;
-    let or = check_shift(out_rshift)?;
-    if groups == 0
-        || stride.h == 0
-        || stride.w == 0
-        || in_dims.c % groups != 0
-        || out_dims.c % groups != 0
+    variants::conv_hwc_q7(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+/// Portable 1 input × 2 weight rows: `[x·w0, x·w1]` added to `s`.
+#[inline(always)]
+fn dot1x2(x: &[i8], w0: &[i8], w1: &[i8], mut s: [i32; 2]) -> [i32; 2] {
+    for ((a, u), v) in x.iter().zip(w0).zip(w1) {
+        s[0] = s[0].wrapping_add((*a as i32) * (*u as i32));
+        s[1] = s[1].wrapping_add((*a as i32) * (*v as i32));
+    }
+    s
+}
+
+/// DSP 1 input × 2 weight rows (all i8, widened on the fly): `[x·w0, x·w1]` added to `s`.
+#[inline(always)]
+fn dot1x2_dsp(x: &[i8], w0: &[i8], w1: &[i8], s: [i32; 2]) -> [i32; 2] {
+    let [mut s0, mut s1] = s;
+    let k = x.len();
+    let n = k & !3;
+    for ((a, u), v) in x[..n]
+        .chunks_exact(4)
+        .zip(w0[..n].chunks_exact(4))
+        .zip(w1[..n].chunks_exact(4))
     {
-        return Err(KernelError::Geometry);
+        let a = word(a);
+        let (ae, ao) = (simd::sxtb16(a), simd::sxtb16_ror8(a));
+        let u = word(u);
+        s0 = simd::smlad(simd::sxtb16(u), ae, s0);
+        s0 = simd::smlad(simd::sxtb16_ror8(u), ao, s0);
+        let v = word(v);
+        s1 = simd::smlad(simd::sxtb16(v), ae, s1);
+        s1 = simd::smlad(simd::sxtb16_ror8(v), ao, s1);
     }
-    let cin_g = in_dims.c / groups;
-    let cout_g = out_dims.c / groups;
-    let ksize = kernel.h * kernel.w * cin_g;
-    if input.len() != in_dims.len()
-        || output.len() != out_dims.len()
-        || weights.len() != out_dims.c * ksize
-        || bias.len() != out_dims.c
-    {
-        return Err(KernelError::Length);
-    }
-    let rnd = round_term(or);
-    for oy in 0..out_dims.h {
-        for ox in 0..out_dims.w {
-            let out_px = (oy * out_dims.w + ox) * out_dims.c;
-            for o in 0..out_dims.c {
-                let g = o / cout_g;
-                let wbase = o * ksize;
-                let mut acc: i32 = ((bias[o] as i32) << bl).wrapping_add(rnd);
-                for ky in 0..kernel.h {
-                    // Signed input row; outside the image the padding contributes zero.
-                    let iy = (oy * stride.h + ky) as isize - pad.h as isize;
-                    if iy < 0 || iy >= in_dims.h as isize {
-                        continue;
-                    }
-                    for kx in 0..kernel.w {
-                        let ix = (ox * stride.w + kx) as isize - pad.w as isize;
-                        if ix < 0 || ix >= in_dims.w as isize {
-                            continue;
-                        }
-                        let ibase = (iy as usize * in_dims.w + ix as usize) * in_dims.c + g * cin_g;
-                        let wk = wbase + (ky * kernel.w + kx) * cin_g;
-                        let xs = &input[ibase..ibase + cin_g];
-                        let ws = &weights[wk..wk + cin_g];
-                        for (x, w) in xs.iter().zip(ws) {
-                            acc = acc.wrapping_add((*x as i32) * (*w as i32));
-                        }
-                    }
-                }
-                output[out_px + o] = requant(acc, or);
-            }
-        }
-    }
-    Ok(())
+    dot1x2(&x[n..], &w0[n..], &w1[n..], [s0, s1])
 }
 
 /// Fully connected: `output[o] = sat_i8((bias[o] << bias_lshift + round + Σ_i input[i]·w[o][i]) >>
@@ -188,21 +689,15 @@ pub fn fc_q7(
     out_rshift: i32,
     output: &mut [i8],
 ) -> KResult {
-    let bl = check_shift(bias_lshift)?;
-    let or = check_shift(out_rshift)?;
-    let n_in = input.len();
-    if weights.len() != n_in * output.len() || bias.len() != output.len() {
-        return Err(KernelError::Length);
-    }
-    let rnd = round_term(or);
-    for (o, out) in output.iter_mut().enumerate() {
-        let mut acc: i32 = ((bias[o] as i32) << bl).wrapping_add(rnd);
-        for (x, w) in input.iter().zip(&weights[o * n_in..(o + 1) * n_in]) {
-            acc = acc.wrapping_add((*x as i32) * (*w as i32));
-        }
-        *out = requant(acc, or);
-    }
-    Ok(())
+    variants::fc_q7(
+        cfg!(dsp),
+        input,
+        weights,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+    )
 }
 
 /// The in-bounds part `[start, end)` of a pooling window along one axis.
@@ -210,7 +705,11 @@ pub fn fc_q7(
 fn clip_window(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> (usize, usize) {
     let start = (o * stride) as isize - pad as isize;
     let end = start + kernel as isize;
-    let s = if start < 0 { 0 } else { start as usize };
+    let s = if start < 0 {
+        0
+    } else {
+        (start as usize).min(size)
+    };
     let e = if end > size as isize {
         size
     } else {
@@ -241,27 +740,35 @@ pub fn maxpool_hwc_q7(
     output: &mut [i8],
     out_dims: Dims,
 ) -> KResult {
-    check_pool(input, in_dims, stride, output, out_dims)?;
-    let c = in_dims.c;
-    for oy in 0..out_dims.h {
-        let (y0, y1) = clip_window(oy, stride.h, pad.h, kernel.h, in_dims.h);
-        for ox in 0..out_dims.w {
-            let (x0, x1) = clip_window(ox, stride.w, pad.w, kernel.w, in_dims.w);
-            let out = &mut output[(oy * out_dims.w + ox) * c..][..c];
-            out.fill(-128);
-            for y in y0..y1 {
-                for x in x0..x1 {
-                    let px = &input[(y * in_dims.w + x) * c..][..c];
-                    for (o, v) in out.iter_mut().zip(px) {
-                        if *v > *o {
-                            *o = *v;
-                        }
-                    }
-                }
+    variants::maxpool_hwc_q7(
+        cfg!(dsp),
+        input,
+        in_dims,
+        kernel,
+        pad,
+        stride,
+        output,
+        out_dims,
+    )
+}
+
+/// `out = max(out, px)` lane by lane.
+#[inline(always)]
+fn max_into<const DSP: bool>(out: &mut [i8], px: &[i8]) {
+    let n = if DSP { out.len() & !3 } else { 0 };
+    if DSP {
+        for (o, p) in out[..n].chunks_exact_mut(4).zip(px[..n].chunks_exact(4)) {
+            let m = simd::max8(word(o), word(p)).to_le_bytes();
+            for (d, s) in o.iter_mut().zip(m) {
+                *d = s as i8;
             }
         }
     }
-    Ok(())
+    for (o, v) in out[n..].iter_mut().zip(&px[n..]) {
+        if *v > *o {
+            *o = *v;
+        }
+    }
 }
 
 /// Average pool, HWC: sum over the window clipped to the image, divided by the number of
@@ -279,20 +786,30 @@ pub fn avepool_hwc_q7(
 ) -> KResult {
     check_pool(input, in_dims, stride, output, out_dims)?;
     let c = in_dims.c;
-    for oy in 0..out_dims.h {
+    if c == 0 {
+        return Ok(());
+    }
+    // Channel blocks of up to 64 running sums on the stack.
+    const BLOCK: usize = 64;
+    let mut sums = [0i32; BLOCK];
+    for (pixel, out) in output.chunks_exact_mut(c).enumerate() {
+        let (oy, ox) = (pixel / out_dims.w, pixel % out_dims.w);
         let (y0, y1) = clip_window(oy, stride.h, pad.h, kernel.h, in_dims.h);
-        for ox in 0..out_dims.w {
-            let (x0, x1) = clip_window(ox, stride.w, pad.w, kernel.w, in_dims.w);
-            let count = ((y1 - y0) * (x1 - x0)) as i32;
-            let out = &mut output[(oy * out_dims.w + ox) * c..][..c];
-            for (ch, o) in out.iter_mut().enumerate() {
-                let mut sum: i32 = 0;
-                for y in y0..y1 {
-                    for x in x0..x1 {
-                        sum += input[(y * in_dims.w + x) * c + ch] as i32;
+        let (x0, x1) = clip_window(ox, stride.w, pad.w, kernel.w, in_dims.w);
+        let count = ((y1 - y0) * (x1 - x0)) as i32;
+        for (cb, ob) in out.chunks_mut(BLOCK).enumerate() {
+            let acc = &mut sums[..ob.len()];
+            acc.fill(0);
+            for y in y0..y1 {
+                let row = &input[(y * in_dims.w + x0) * c..][..(x1 - x0) * c];
+                for px in row.chunks_exact(c) {
+                    for (a, v) in acc.iter_mut().zip(&px[cb * BLOCK..]) {
+                        *a += *v as i32;
                     }
                 }
-                *o = if count == 0 { 0 } else { sat_i8(sum / count) };
+            }
+            for (o, a) in ob.iter_mut().zip(acc.iter()) {
+                *o = if count == 0 { 0 } else { sat_i8(*a / count) };
             }
         }
     }
@@ -301,9 +818,183 @@ pub fn avepool_hwc_q7(
 
 /// ReLU in place: `max(x, 0)`.
 pub fn relu_q7(data: &mut [i8]) {
-    for v in data.iter_mut() {
-        if *v < 0 {
-            *v = 0;
+    variants::relu_q7(cfg!(dsp), data)
+}
+
+/// The kernels with the implementation chosen at run time: `dsp = true` runs the DSP algorithm
+/// (its instructions modelled in plain Rust off-target, see `simd`), `false` the portable one.
+/// The public kernels call these with `cfg!(dsp)`; host tests call both and compare.
+#[doc(hidden)]
+pub mod variants {
+    use super::*;
+
+    /// [`super::conv_hwc_q7`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hwc_q7(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        let bl = check_shift(bias_lshift)?;
+        let or = check_shift(out_rshift)?;
+        if groups == 0
+            || stride.h == 0
+            || stride.w == 0
+            || in_dims.c % groups != 0
+            || out_dims.c % groups != 0
+        {
+            return Err(KernelError::Geometry);
+        }
+        let cin_g = in_dims.c / groups;
+        let cout_g = out_dims.c / groups;
+        let ksize = kernel.h * kernel.w * cin_g;
+        if input.len() != in_dims.len()
+            || output.len() != out_dims.len()
+            || weights.len() != out_dims.c * ksize
+            || bias.len() != out_dims.c
+        {
+            return Err(KernelError::Length);
+        }
+        if output.is_empty() {
+            return Ok(());
+        }
+        let g = ConvGeo {
+            in_dims,
+            out_dims,
+            kernel,
+            pad,
+            stride,
+            groups,
+            cin_g,
+            cout_g,
+            ksize,
+            bl,
+            or,
+            rnd: round_term(or),
+        };
+        if ksize == 0 || ksize > PATCH_MAX {
+            conv_direct(input, weights, bias, output, &g);
+        } else if dsp {
+            let mut kern = Dsp {
+                patch: [0; PATCH_MAX],
+                q: [0; PATCH_MAX],
+                k: ksize,
+            };
+            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
+        } else {
+            let mut kern = Portable {
+                a: [0; PATCH_MAX],
+                b: [0; PATCH_MAX],
+                k: ksize,
+            };
+            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
+        }
+        Ok(())
+    }
+
+    /// [`super::fc_q7`] with the implementation chosen by `dsp`.
+    pub fn fc_q7(
+        dsp: bool,
+        input: &[i8],
+        weights: &[i8],
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        output: &mut [i8],
+    ) -> KResult {
+        let bl = check_shift(bias_lshift)?;
+        let or = check_shift(out_rshift)?;
+        let n_in = input.len();
+        if weights.len() != n_in * output.len() || bias.len() != output.len() {
+            return Err(KernelError::Length);
+        }
+        let rnd = round_term(or);
+        let acc0 = |b: i8| ((b as i32) << bl).wrapping_add(rnd);
+        let n_out = output.len();
+        let mut o = 0;
+        while o < n_out {
+            let o1 = if o + 1 < n_out { o + 1 } else { o };
+            let (w0, w1) = (&weights[o * n_in..][..n_in], &weights[o1 * n_in..][..n_in]);
+            let s = [acc0(bias[o]), acc0(bias[o1])];
+            let s = if dsp {
+                dot1x2_dsp(input, w0, w1, s)
+            } else {
+                dot1x2(input, w0, w1, s)
+            };
+            output[o] = requant(s[0], or);
+            output[o1] = requant(s[1], or);
+            o += 2;
+        }
+        Ok(())
+    }
+
+    /// [`super::maxpool_hwc_q7`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn maxpool_hwc_q7(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        check_pool(input, in_dims, stride, output, out_dims)?;
+        let c = in_dims.c;
+        if c == 0 {
+            return Ok(());
+        }
+        for (pixel, out) in output.chunks_exact_mut(c).enumerate() {
+            let (oy, ox) = (pixel / out_dims.w, pixel % out_dims.w);
+            let (y0, y1) = clip_window(oy, stride.h, pad.h, kernel.h, in_dims.h);
+            let (x0, x1) = clip_window(ox, stride.w, pad.w, kernel.w, in_dims.w);
+            out.fill(-128);
+            for y in y0..y1 {
+                let row = &input[(y * in_dims.w + x0) * c..][..(x1 - x0) * c];
+                for px in row.chunks_exact(c) {
+                    if dsp {
+                        max_into::<true>(out, px);
+                    } else {
+                        max_into::<false>(out, px);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`super::relu_q7`] with the implementation chosen by `dsp`.
+    pub fn relu_q7(dsp: bool, data: &mut [i8]) {
+        let n = data.len() & !3;
+        let (body, tail) = data.split_at_mut(n);
+        for c in body.chunks_exact_mut(4) {
+            let x = word(c);
+            let y = if dsp {
+                simd::max8(x, 0)
+            } else {
+                // SWAR: clear every byte whose sign bit is set.
+                let neg = ((x >> 7) & 0x0101_0101).wrapping_mul(0xff);
+                x & !neg
+            };
+            for (d, s) in c.iter_mut().zip(y.to_le_bytes()) {
+                *d = s as i8;
+            }
+        }
+        for v in tail {
+            if *v < 0 {
+                *v = 0;
+            }
         }
     }
 }
