@@ -246,7 +246,8 @@ mod reference {
                                 continue;
                             }
                             for c in 0..cin_g {
-                                let x = input[(iy as usize * ind.w + ix as usize) * ind.c + g * cin_g + c];
+                                let x = input
+                                    [(iy as usize * ind.w + ix as usize) * ind.c + g * cin_g + c];
                                 let w = weights[o * ksize + (ky * kernel.w + kx) * cin_g + c];
                                 acc = acc.wrapping_add(x as i32 * w as i32);
                             }
@@ -261,7 +262,15 @@ mod reference {
 
     /// Pools: `max == true` for max pool, else average pool (in-bounds count, C division).
     #[allow(clippy::too_many_arguments)]
-    pub fn pool(max: bool, input: &[i8], ind: Dims, kernel: Pair, pad: Pair, stride: Pair, outd: Dims) -> Vec<i8> {
+    pub fn pool(
+        max: bool,
+        input: &[i8],
+        ind: Dims,
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        outd: Dims,
+    ) -> Vec<i8> {
         let mut out = vec![0i8; outd.len()];
         for oy in 0..outd.h {
             for ox in 0..outd.w {
@@ -322,17 +331,23 @@ fn conv_all_paths(
     or: i32,
     outd: Dims,
 ) -> Result<(), String> {
-    let want = reference::conv(input, ind, weights, kernel, pad, stride, groups, bias, bl, or, outd);
+    let want = reference::conv(
+        input, ind, weights, kernel, pad, stride, groups, bias, bl, or, outd,
+    );
     let mut got = vec![0i8; outd.len()];
-    conv_hwc_q7(input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd)
-        .map_err(|e| format!("{e:?}"))?;
+    conv_hwc_q7(
+        input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd,
+    )
+    .map_err(|e| format!("{e:?}"))?;
     if got != want {
         return Err("public kernel differs from the reference".into());
     }
     for dsp in [false, true] {
         let mut got = vec![0i8; outd.len()];
-        variants::conv_hwc_q7(dsp, input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd)
-            .map_err(|e| format!("{e:?}"))?;
+        variants::conv_hwc_q7(
+            dsp, input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd,
+        )
+        .map_err(|e| format!("{e:?}"))?;
         if got != want {
             return Err(format!("variant dsp={dsp} differs from the reference"));
         }
@@ -350,25 +365,57 @@ fn bytes(len: usize) -> impl Strategy<Value = Vec<i8>> {
 use proptest::prelude::*;
 
 #[allow(clippy::type_complexity)]
-fn conv_case() -> impl Strategy<Value = (Dims, Dims, Pair, Pair, Pair, usize, Vec<i8>, Vec<i8>, Vec<i8>, i32, i32)> {
+fn conv_case() -> impl Strategy<
+    Value = (
+        Dims,
+        Dims,
+        Pair,
+        Pair,
+        Pair,
+        usize,
+        Vec<i8>,
+        Vec<i8>,
+        Vec<i8>,
+        i32,
+        i32,
+    ),
+> {
     (
         (1usize..=3, 1usize..=9, 1usize..=5),
         (1usize..=5, 1usize..=5, 1usize..=7, 1usize..=7),
-        (1usize..=2, 1usize..=2, 0usize..=2, 0usize..=2, 0usize..=1, 0usize..=1),
+        (
+            1usize..=2,
+            1usize..=2,
+            0usize..=2,
+            0usize..=2,
+            0usize..=1,
+            0usize..=1,
+        ),
     )
-        .prop_filter_map("window fits", |((groups, cin_g, cout_g), (kh, kw, h, w), (sh, sw, ph, pw, eh, ew))| {
-            let oh = (h + 2 * ph).checked_sub(kh)? / sh + 1 + eh;
-            let ow = (w + 2 * pw).checked_sub(kw)? / sw + 1 + ew;
-            Some((
-                Dims { h, w, c: groups * cin_g },
-                Dims { h: oh, w: ow, c: groups * cout_g },
-                Pair { h: kh, w: kw },
-                Pair { h: ph, w: pw },
-                Pair { h: sh, w: sw },
-                groups,
-                kh * kw * cin_g,
-            ))
-        })
+        .prop_filter_map(
+            "window fits",
+            |((groups, cin_g, cout_g), (kh, kw, h, w), (sh, sw, ph, pw, eh, ew))| {
+                let oh = (h + 2 * ph).checked_sub(kh)? / sh + 1 + eh;
+                let ow = (w + 2 * pw).checked_sub(kw)? / sw + 1 + ew;
+                Some((
+                    Dims {
+                        h,
+                        w,
+                        c: groups * cin_g,
+                    },
+                    Dims {
+                        h: oh,
+                        w: ow,
+                        c: groups * cout_g,
+                    },
+                    Pair { h: kh, w: kw },
+                    Pair { h: ph, w: pw },
+                    Pair { h: sh, w: sw },
+                    groups,
+                    kh * kw * cin_g,
+                ))
+            },
+        )
         .prop_flat_map(|(ind, outd, k, p, s, groups, ksize)| {
             (
                 Just((ind, outd, k, p, s, groups)),
@@ -379,7 +426,9 @@ fn conv_case() -> impl Strategy<Value = (Dims, Dims, Pair, Pair, Pair, usize, Ve
                 0i32..=14,
             )
         })
-        .prop_map(|((ind, outd, k, p, s, groups), x, w, b, bl, or)| (ind, outd, k, p, s, groups, x, w, b, bl, or))
+        .prop_map(|((ind, outd, k, p, s, groups), x, w, b, bl, or)| {
+            (ind, outd, k, p, s, groups, x, w, b, bl, or)
+        })
 }
 
 proptest! {
@@ -468,9 +517,17 @@ fn conv_paths_match_at_the_patch_limit_and_beyond() {
     ];
     assert_eq!(64 * 4 * 4, PATCH_MAX);
     for (i, (hw, cin, cout, k, pad, groups)) in cases.into_iter().enumerate() {
-        let ind = Dims { h: hw, w: hw, c: cin };
+        let ind = Dims {
+            h: hw,
+            w: hw,
+            c: cin,
+        };
         let o = hw + 2 * pad - k + 1;
-        let outd = Dims { h: o, w: o, c: cout };
+        let outd = Dims {
+            h: o,
+            w: o,
+            c: cout,
+        };
         let ksize = k * k * cin / groups;
         let x = noise(ind.len(), 11 + i as u32);
         let w = noise(cout * ksize, 23 + i as u32);

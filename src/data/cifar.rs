@@ -46,7 +46,7 @@ impl CifarSource {
             let f = File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
             let len = f.metadata()?.len() as usize;
             ensure!(
-                len % RECORD == 0,
+                len.is_multiple_of(RECORD),
                 "{}: {len} bytes is not a whole number of CIFAR-10 records ({RECORD} bytes: 1 label + 3×32×32 pixels)",
                 p.display()
             );

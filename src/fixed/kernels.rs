@@ -333,7 +333,7 @@ fn widen_patch(p: &[i8], q: &mut [u32], slot: usize) {
         d[slot] = simd::sxtb16(x);
         d[2 + slot] = simd::sxtb16_ror8(x);
     }
-    if p.len() % 4 != 0 {
+    if !p.len().is_multiple_of(4) {
         let x = word_tail(&p[n4 * 4..]);
         q[4 * n4 + slot] = simd::sxtb16(x);
         q[4 * n4 + 2 + slot] = simd::sxtb16_ror8(x);
@@ -850,8 +850,8 @@ pub mod variants {
         if groups == 0
             || stride.h == 0
             || stride.w == 0
-            || in_dims.c % groups != 0
-            || out_dims.c % groups != 0
+            || !in_dims.c.is_multiple_of(groups)
+            || !out_dims.c.is_multiple_of(groups)
         {
             return Err(KernelError::Geometry);
         }
@@ -1037,7 +1037,9 @@ pub fn input_u8_q7(
     if !(0..=62).contains(&rshift) {
         return Err(KernelError::Shift);
     }
-    if output.len() != pixels.len() || (!mean.is_empty() && pixels.len() % mean.len() != 0) {
+    if output.len() != pixels.len()
+        || (!mean.is_empty() && !pixels.len().is_multiple_of(mean.len()))
+    {
         return Err(KernelError::Length);
     }
     let m = mean.len();
@@ -1094,7 +1096,7 @@ pub fn concat_hwc_q7(
 ) -> KResult {
     check_rescale(shift)?;
     if in_c == 0
-        || input.len() % in_c != 0
+        || !input.len().is_multiple_of(in_c)
         || c_offset + in_c > out_c
         || output.len() != input.len() / in_c * out_c
     {

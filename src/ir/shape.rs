@@ -252,7 +252,7 @@ fn reshape(input: &[usize], dims: &[i64], axis: i64, num_axes: i64) -> Result<Ve
     if let Some(i) = infer {
         let known: usize = checked_count(&out)?;
         ensure!(
-            known > 0 && total % known == 0,
+            known > 0 && total.is_multiple_of(known),
             "reshape cannot infer -1: {total} elements into {out:?}"
         );
         out[start + i] = total / known;

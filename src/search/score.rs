@@ -36,7 +36,7 @@ pub struct Scorer {
 impl Scorer {
     pub fn new(float_outputs: &[f32], images: usize, labels: Option<&[usize]>) -> Result<Scorer> {
         ensure!(
-            images > 0 && float_outputs.len() % images == 0,
+            images > 0 && float_outputs.len().is_multiple_of(images),
             "float outputs do not divide into {images} images"
         );
         let classes = float_outputs.len() / images;

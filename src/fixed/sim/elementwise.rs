@@ -83,9 +83,15 @@ fn maxpool_body(
 ) {
     let c = ind.c;
     match c {
-        _ if c % 64 == 0 => return maxpool_chunks::<64>(input, ind, k, pad, s, out, outd, rowmax),
-        _ if c % 32 == 0 => return maxpool_chunks::<32>(input, ind, k, pad, s, out, outd, rowmax),
-        _ if c % 16 == 0 => return maxpool_chunks::<16>(input, ind, k, pad, s, out, outd, rowmax),
+        _ if c.is_multiple_of(64) => {
+            return maxpool_chunks::<64>(input, ind, k, pad, s, out, outd, rowmax)
+        }
+        _ if c.is_multiple_of(32) => {
+            return maxpool_chunks::<32>(input, ind, k, pad, s, out, outd, rowmax)
+        }
+        _ if c.is_multiple_of(16) => {
+            return maxpool_chunks::<16>(input, ind, k, pad, s, out, outd, rowmax)
+        }
         _ => {}
     }
     for oy in 0..outd.h {
@@ -168,8 +174,8 @@ fn avepool_body(
 ) {
     let c = ind.c;
     match c {
-        _ if c % 32 == 0 => return avepool_chunks::<32>(input, ind, k, pad, s, out, outd),
-        _ if c % 16 == 0 => return avepool_chunks::<16>(input, ind, k, pad, s, out, outd),
+        _ if c.is_multiple_of(32) => return avepool_chunks::<32>(input, ind, k, pad, s, out, outd),
+        _ if c.is_multiple_of(16) => return avepool_chunks::<16>(input, ind, k, pad, s, out, outd),
         _ => {}
     }
     sum.clear();
