@@ -1,6 +1,6 @@
 //! `nnquant codegen`: the firmware crate of a quantized model.
 
-use super::data_args::{open_data, DataFlags};
+use super::data_args::{open_data_for_quantized, DataFlags};
 use crate::codegen::{self, target};
 use crate::model::NnqModel;
 use anyhow::{Context, Result};
@@ -46,20 +46,7 @@ pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<TestI
         "--count needs --data (the images to embed)"
     );
     opts.limit = Some(opts.limit.map_or(count, |l| l.min(count)));
-    let g = crate::ir::Graph {
-        name: m.name.clone(),
-        input: crate::ir::Input {
-            blob: "data".into(),
-            shape: None,
-            preprocess: Default::default(),
-            data_layer: None,
-            label_blob: None,
-        },
-        nodes: vec![],
-        outputs: vec![],
-        shapes: Default::default(),
-    };
-    let mut src = open_data(&opts, &g)?;
+    let mut src = open_data_for_quantized(&opts)?;
     let n = src.len();
     let samples = src.read_range(0..n)?;
     let mut images = Vec::with_capacity(n);

@@ -122,6 +122,26 @@ pub fn open_data(opts: &DataOpts, g: &Graph) -> Result<Box<dyn Source>> {
     )?))
 }
 
+/// Open data for a quantized model, which has no prototxt data layer and no preprocessing of
+/// decoded images beyond Caffe's defaults (images are read as they are; the model file says how
+/// the firmware transforms them).
+pub fn open_data_for_quantized(opts: &DataOpts) -> Result<Box<dyn Source>> {
+    let g = Graph {
+        name: String::new(),
+        input: crate::ir::Input {
+            blob: "data".into(),
+            shape: None,
+            preprocess: Default::default(),
+            data_layer: None,
+            label_blob: None,
+        },
+        nodes: vec![],
+        outputs: vec![],
+        shapes: Default::default(),
+    };
+    open_data(opts, &g)
+}
+
 /// Carve one part of a split.
 pub fn split_part(
     src: Box<dyn Source>,

@@ -205,20 +205,7 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> 
         opts.path.is_some(),
         "--quantized needs --data (the quantized model has no data layer)"
     );
-    let g0 = crate::ir::Graph {
-        name: model.name.clone(),
-        input: crate::ir::Input {
-            blob: "data".into(),
-            shape: None,
-            preprocess: Default::default(),
-            data_layer: None,
-            label_blob: None,
-        },
-        nodes: vec![],
-        outputs: vec![],
-        shapes: Default::default(),
-    };
-    let src = data_args::open_data(opts, &g0)?;
+    let src = data_args::open_data_for_quantized(opts)?;
     let mut src = maybe_split(src, a)?;
     let name = opts
         .path
