@@ -273,10 +273,12 @@ fn layer_contexts(
                 param("KERNEL", "Pair", pair(q.kernel));
                 param("PAD", "Pair", pair(q.pad));
                 param("STRIDE", "Pair", pair(q.stride));
-                let k = if matches!(l.op, QOp::MaxPool(_)) {
-                    "maxpool"
-                } else {
-                    "avepool"
+                let max = matches!(l.op, QOp::MaxPool(_));
+                let k = match (max, in_place) {
+                    (true, false) => "maxpool",
+                    (false, false) => "avepool",
+                    (true, true) => "maxpool_inplace",
+                    (false, true) => "avepool_inplace",
                 };
                 (
                     k,
@@ -416,6 +418,19 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     };
     // An empty mean still needs an array the kernel can take.
     let crate_ident = opts.crate_name.replace('-', "_");
+    // The convolution kernels keep their patch buffers on the stack while they run (see
+    // `kernels::PATCH_MAX`): two i8 patches on portable targets, an i8 patch and a q15 (u32)
+    // patch on DSP targets.
+    let has_conv = g.layers.iter().any(|l| matches!(l.op, QOp::Conv(_)));
+    let dsp = opts.target.triple.starts_with("thumbv7em")
+        || opts.target.triple.starts_with("thumbv8m.main");
+    let scratch_bytes = if !has_conv {
+        0
+    } else if dsp {
+        5 * crate::fixed::kernels::PATCH_MAX
+    } else {
+        2 * crate::fixed::kernels::PATCH_MAX
+    };
     let mut ctx = tera::Context::new();
     ctx.insert("nnquant_version", env!("CARGO_PKG_VERSION"));
     ctx.insert("model_name", &m.name);
@@ -442,6 +457,7 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("mean_len", &m.input.mean_u8.len());
     ctx.insert("mean_values", &list(&m.input.mean_u8));
     ctx.insert("flash_param_bytes", &flash_param_bytes);
+    ctx.insert("scratch_bytes", &scratch_bytes);
     ctx.insert("count", &opts.test_images.len());
     ctx.insert(
         "images",
@@ -490,7 +506,7 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         flash_param_bytes,
         flash_mean_bytes: m.input.mean_u8.len(),
         arena_bytes: pl.arena_len,
-        scratch_bytes: 0,
+        scratch_bytes,
         plan: pl,
     };
     Ok(Generated { files, memory })

@@ -1,7 +1,7 @@
 //! The static memory plan of the firmware: one arena, every blob at an offset chosen from its
 //! lifetime, so that buffers are reused as soon as their blob is dead (instead of ARM's fixed
-//! ping-pong buffers). ReLU runs in place and Flatten/Reshape alias their input whenever the input
-//! has no later reader.
+//! ping-pong buffers). ReLU and unpadded pooling run in place and Flatten/Reshape alias their
+//! input whenever the input has no later reader.
 
 use crate::fixed::graph::{QGraph, QOp};
 use serde::Serialize;
@@ -60,7 +60,13 @@ pub fn plan(g: &QGraph) -> Plan {
     let mut root: BTreeMap<&str, &str> = BTreeMap::new();
     let mut in_place = Vec::new();
     for (i, l) in g.layers.iter().enumerate() {
-        let aliasing = matches!(l.op, QOp::Relu | QOp::Reshape);
+        // ReLU and reshape keep the bytes; pooling without padding can write its output over
+        // its input (`kernels::pool_hwc_q7_in_place`).
+        let aliasing = match &l.op {
+            QOp::Relu | QOp::Reshape => true,
+            QOp::MaxPool(q) | QOp::AvePool(q) => q.pad.h == 0 && q.pad.w == 0,
+            _ => false,
+        };
         let src = l.inputs[0].as_str();
         if aliasing && last[src] == i + 1 && !g.outputs.iter().any(|o| o == src) {
             let r = root.get(src).copied().unwrap_or(src);

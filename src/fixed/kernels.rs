@@ -1139,3 +1139,78 @@ pub fn add_q7(
     }
     Ok(())
 }
+
+/// Max (`max = true`) or average pool computed **in place**: `buf` holds the input (`in_dims`)
+/// and receives the output (`out_dims`) in its first `out_dims.len()` bytes, so the firmware
+/// needs no second buffer for the pool's output. Results equal [`maxpool_hwc_q7`] /
+/// [`avepool_hwc_q7`] without padding (the only case accepted).
+///
+/// Why it is safe: outputs are produced in raster order, and output `(oy, ox)` lands at byte
+/// `(oy·OW + ox)·C`, which is below the first byte any later window reads (`OW ≤ W`, stride ≥ 1,
+/// no padding); within one output, a block of channels is written only after it was read, and
+/// other channels never share a byte with it.
+pub fn pool_hwc_q7_in_place(
+    buf: &mut [i8],
+    in_dims: Dims,
+    kernel: Pair,
+    stride: Pair,
+    out_dims: Dims,
+    max: bool,
+) -> KResult {
+    if stride.h == 0
+        || stride.w == 0
+        || kernel.h == 0
+        || kernel.w == 0
+        || in_dims.c != out_dims.c
+        || out_dims.h > in_dims.h
+        || out_dims.w > in_dims.w
+    {
+        return Err(KernelError::Geometry);
+    }
+    if buf.len() != in_dims.len() {
+        return Err(KernelError::Length);
+    }
+    let c = in_dims.c;
+    const BLOCK: usize = 64;
+    let mut acc = [0i32; BLOCK];
+    for oy in 0..out_dims.h {
+        let (y0, y1) = clip_window(oy, stride.h, 0, kernel.h, in_dims.h);
+        for ox in 0..out_dims.w {
+            let (x0, x1) = clip_window(ox, stride.w, 0, kernel.w, in_dims.w);
+            let count = ((y1 - y0) * (x1 - x0)) as i32;
+            let p_out = (oy * out_dims.w + ox) * c;
+            let mut cb = 0;
+            while cb < c {
+                let n = if c - cb < BLOCK { c - cb } else { BLOCK };
+                let a = &mut acc[..n];
+                a.fill(if max { -128 } else { 0 });
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let base = (y * in_dims.w + x) * c + cb;
+                        for (s, v) in a.iter_mut().zip(&buf[base..base + n]) {
+                            let v = *v as i32;
+                            if max {
+                                if v > *s {
+                                    *s = v;
+                                }
+                            } else {
+                                *s += v;
+                            }
+                        }
+                    }
+                }
+                for (d, s) in buf[p_out + cb..p_out + cb + n].iter_mut().zip(a.iter()) {
+                    *d = if max {
+                        *s as i8
+                    } else if count > 0 {
+                        (*s / count) as i8
+                    } else {
+                        0
+                    };
+                }
+                cb += n;
+            }
+        }
+    }
+    Ok(())
+}
