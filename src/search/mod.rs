@@ -226,6 +226,24 @@ impl Evaluator<'_> {
         Ok((s, acts))
     }
 
+    /// Re-run the layers from `k` on with accepted formats and update the cache with their blobs
+    /// (the earlier blobs are unchanged), returning the score.
+    fn refresh(&mut self, f: &Formats, k: usize, cache: &mut Activations) -> Result<Score> {
+        if k == 0 {
+            let (s, acts) = self.full(f)?;
+            *cache = acts;
+            return Ok(s);
+        }
+        let qg = self.quantize(f)?;
+        let sim = Simulator::new(&qg)?;
+        let later: Vec<String> = qg.layers[k..].iter().map(|l| l.output.clone()).collect();
+        let acts = sim.run_from(k, cache, &Keep::Blobs(later))?;
+        self.evaluations += 1;
+        let s = self.cal.scorer.score(&qg, &acts)?;
+        cache.blobs.extend(acts.blobs);
+        Ok(s)
+    }
+
     /// Score of formats that differ from the cached ones only from layer `k` on.
     fn partial(&mut self, f: &Formats, k: usize, cache: &Activations) -> Result<Score> {
         let qg = self.quantize(f)?;
@@ -362,9 +380,7 @@ pub fn search(
             }
             if get(&best, layer, out, *param) != Some(base) {
                 changed = true;
-                let (s, acts) = ev.full(&best)?;
-                best_score = s;
-                cache = acts;
+                best_score = ev.refresh(&best, k, &mut cache)?;
             }
         }
         if !changed {
