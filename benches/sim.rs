@@ -4,7 +4,7 @@
 //! and `SIM_BENCH_THREADS=1` (default 2) make comparisons steadier.
 
 use nnquant::caffe::{load_model, LoadOptions};
-use nnquant::fixed::{Formats, Keep, QGraph, Simulator};
+use nnquant::fixed::{Formats, Keep, QGraph, SimdPath, Simulator};
 use std::time::Instant;
 
 const MAC_PER_IMAGE: f64 = 6_558_720.0;
@@ -45,7 +45,6 @@ fn main() {
         .map(|p| (p as i16 - 128) as i8)
         .collect();
     let n = input.len() / 3072;
-    let sim = Simulator::new(&q).expect("simulator");
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -58,21 +57,34 @@ fn main() {
         .num_threads(threads)
         .build()
         .expect("pool");
-    pool.install(|| {
-        sim.run(&input, n, &Keep::Outputs).expect("warm-up");
+    // Every path this CPU supports (or only NNQUANT_SIMD's), fastest first.
+    let paths = match std::env::var("NNQUANT_SIMD") {
+        Ok(p) if !p.is_empty() => vec![SimdPath::from_name(&p).expect("NNQUANT_SIMD")],
+        _ => SimdPath::supported_paths(),
+    };
+    for path in paths {
+        let sim = Simulator::with_path(&q, path).expect("simulator");
+        pool.install(|| bench(&sim, &input, n, threads, reps));
+    }
+}
+
+fn bench(sim: &Simulator, input: &[i8], n: usize, threads: usize, reps: usize) {
+    {
+        sim.run(input, n, &Keep::Outputs).expect("warm-up");
         let mut best = f64::INFINITY;
         for _ in 0..reps {
             let t = Instant::now();
-            let out = sim.run(&input, n, &Keep::Outputs).expect("run");
+            let out = sim.run(input, n, &Keep::Outputs).expect("run");
             std::hint::black_box(&out);
             best = best.min(t.elapsed().as_secs_f64());
         }
         let ips = n as f64 / best;
         println!(
-            "sim ({threads} threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
+            "sim path {:<16} ({threads} threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
+            sim.path().name(),
             best * 1e3,
             ips,
             ips * MAC_PER_IMAGE / 1e9
         );
-    });
+    }
 }

@@ -2,7 +2,7 @@
 //! saturation included; plus the graph quantizer's error paths.
 
 use nnquant::fixed::graph::{Hwc, QBlob, QConv, QFc, QLayer, QPool};
-use nnquant::fixed::{run_reference, Keep, QGraph, QOp, Simulator};
+use nnquant::fixed::{run_reference, Keep, QGraph, QOp, SimdPath, Simulator};
 use nnquant::ir::Hw;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -34,25 +34,54 @@ fn one(op: QOp, ind: Hwc, outd: Hwc) -> QGraph {
     }
 }
 
-/// Both simulator paths (the CPU's best, e.g. AVX-512 VNNI, and the portable GEMM) equal
-/// `kernels.rs`.
+/// Every simulator path this CPU supports (AVX-512 VNNI, 256-bit VNNI, AVX2, portable, …)
+/// equals `kernels.rs`.
 fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     let slow = run_reference(g, input, n).unwrap();
-    let fast = Simulator::new(g)
-        .unwrap()
-        .run(input, n, &Keep::All)
-        .unwrap();
-    prop_assert_eq!(fast.get("y").unwrap(), slow.get("y").unwrap(), "best path");
-    let portable = Simulator::new_portable(g)
-        .unwrap()
-        .run(input, n, &Keep::All)
-        .unwrap();
-    prop_assert_eq!(
-        portable.get("y").unwrap(),
-        slow.get("y").unwrap(),
-        "portable path"
-    );
+    for path in SimdPath::supported_paths() {
+        let fast = Simulator::with_path(g, path)
+            .unwrap()
+            .run(input, n, &Keep::All)
+            .unwrap();
+        prop_assert_eq!(
+            fast.get("y").unwrap(),
+            slow.get("y").unwrap(),
+            "path {}",
+            path
+        );
+    }
     Ok(())
+}
+
+/// The property tests above run every supported path; this one says which (on stderr, so that
+/// the test log shows it without `--nocapture`) and fails if the best path the CPU supports is
+/// not among them or is not what `Simulator::new` picks.
+#[test]
+fn simd_paths_exercised() {
+    use std::io::Write;
+    let paths = SimdPath::supported_paths();
+    let best = SimdPath::best();
+    let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+    let _ = writeln!(
+        std::io::stderr(),
+        "simulator paths exercised by the property tests: {} (best on this CPU: {best})",
+        names.join(", ")
+    );
+    assert!(paths.contains(&best), "best path {best} not exercised");
+    assert!(paths.contains(&SimdPath::Portable));
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(
+            paths.contains(&SimdPath::Avx2),
+            "AVX2 CPU but the AVX2 path did not run"
+        );
+    }
+    let d = Hwc { h: 1, w: 1, c: 4 };
+    let g = one(QOp::Relu, d, d);
+    if std::env::var_os("NNQUANT_SIMD").is_none() {
+        assert_eq!(Simulator::new(&g).unwrap().path(), best);
+    }
+    assert!(SimdPath::from_name("no-such-path").is_err());
 }
 
 /// Shifts: mostly realistic, sometimes anywhere in `0..=31` (`bias << 31` wraps in `i32`).

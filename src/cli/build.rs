@@ -209,6 +209,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             input_shape: cfg.model.input_shape.clone().map(ShapeArg),
             formats: rel_opt(&cfg.quantize.formats),
             search,
+            screen: crate::search::Screen::Auto,
             output: model_path.clone(),
             report: report_path.clone(),
             timestamps: false,

@@ -6,7 +6,7 @@ use crate::data::{subset, ChannelOrder, Layout};
 use crate::fixed::graph::Formats;
 use crate::quantize::{self, DataSet};
 use crate::report::markdown;
-use crate::search::Strategy;
+use crate::search::{Screen, Strategy};
 use anyhow::{ensure, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -59,6 +59,11 @@ pub struct Args {
     /// Search strategy.
     #[arg(long, value_enum, default_value = "default")]
     pub search: Strategy,
+    /// Screen the default search's candidates on a class-stratified subset of the calibration
+    /// set and confirm the best on the whole set: `auto` (an eighth, at least 512 images, on
+    /// sets of 1024 or more), `off`, or a number of images.
+    #[arg(long, default_value = "auto", value_parser = Screen::parse)]
+    pub screen: Screen,
     /// Quantized model file to write (.nnq.json).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -172,6 +177,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let opts = quantize::Options {
         strategy: a.search,
+        screen: a.screen,
         formats,
         quiet: a.quiet,
         timing: a.timestamps,

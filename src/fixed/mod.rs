@@ -14,7 +14,7 @@ pub mod sim;
 
 pub use graph::{Formats, LayerFormat, QGraph, QOp};
 pub use qformat::{InputScale, QFormat};
-pub use sim::{run_reference, Activations, Keep, Simulator};
+pub use sim::{run_reference, Activations, Keep, SimdPath, Simulator};
 
 /// Reorder one `C×H×W` tensor into `H×W×C`.
 pub fn chw_to_hwc<T: Copy>(x: &[T], c: usize, h: usize, w: usize) -> Vec<T> {

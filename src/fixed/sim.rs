@@ -4,17 +4,17 @@
 //! `sat_i8((bias_term + Σ x·w) >> s)` with the sum taken in wrapping `i32`, which is associative
 //! and commutative, so any summation order gives the same bits.
 //!
-//! - On CPUs with AVX-512 VNNI (picked at [`Simulator::new`]), conv and fc run as a direct
-//!   convolution on `vpdpbusd` (`sim/vnni.rs`: activations offset to `u8`, the offset's
-//!   contribution folded into the bias, no im2col).
-//! - Elsewhere ([`Simulator::new_portable`] forces it), im2col + an `i16 × i16 → i32`
+//! - Conv and fc run on the fastest [`SimdPath`] the CPU has (picked at [`Simulator::new`],
+//!   forced with `NNQUANT_SIMD`): a direct convolution (`sim/direct.rs`: no im2col, the
+//!   receptive field read from a padded image) on AVX-512 VNNI `vpdpbusd` (`sim/vnni.rs`) or on
+//!   256-bit AVX-VNNI / AVX2 (`sim/avx256.rs`); elsewhere im2col + an `i16 × i16 → i32`
 //!   dot-product GEMM (weights pre-widened and padded to a multiple of 16 with zeros, which add
 //!   nothing), compiled twice and picked at run time so that AVX2 is used where the CPU has it.
 //! - Pooling and ReLU use vectorizable versions (`sim/elementwise.rs`); Add and Concat call
 //!   `kernels.rs` directly.
 //!
-//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin both
-//! paths to `kernels.rs`.
+//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin every
+//! path the CPU supports to `kernels.rs`.
 
 use super::graph::{self, pair, QGraph, QOp};
 use super::kernels;
@@ -22,9 +22,15 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
+#[cfg(target_arch = "x86_64")]
+mod avx256;
+mod direct;
 mod elementwise;
+mod path;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
+
+pub use path::SimdPath;
 
 /// q7 activations of a batch: per blob, `n` images one after the other, each HWC.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,9 +123,12 @@ impl Gemm {
 enum Prep {
     Conv(Gemm),
     Fc(Gemm),
-    /// A conv or fc for the AVX-512 VNNI kernel (chosen at `Simulator::new` when the CPU has it).
+    /// A conv or fc for the AVX-512 VNNI kernel.
     #[cfg(target_arch = "x86_64")]
     Vnni(vnni::VConv),
+    /// A conv or fc for the 256-bit kernel (AVX2 or AVX-VNNI).
+    #[cfg(target_arch = "x86_64")]
+    Y256(avx256::YConv),
     Other,
 }
 
@@ -220,6 +229,7 @@ fn gemm(
 pub struct Simulator<'g> {
     g: &'g QGraph,
     prep: Vec<Prep>,
+    path: SimdPath,
 }
 
 /// Per-thread scratch.
@@ -227,27 +237,38 @@ pub struct Simulator<'g> {
 struct Scratch {
     col: Vec<i16>,
     img: Vec<u8>,
+    img16: Vec<i16>,
     sum: Vec<i32>,
     rowmax: Vec<i8>,
 }
 
 impl<'g> Simulator<'g> {
+    /// The simulator on the fastest path this CPU has, or the one `NNQUANT_SIMD` names.
     pub fn new(g: &'g QGraph) -> Result<Simulator<'g>> {
-        #[cfg(target_arch = "x86_64")]
-        let fast = vnni::available();
-        #[cfg(not(target_arch = "x86_64"))]
-        let fast = false;
-        Self::build(g, fast)
+        Self::with_path(g, SimdPath::selected()?)
     }
 
-    /// The simulator without the AVX-512 VNNI kernels (the portable / AVX2 GEMM everywhere), so
-    /// that tests can pin both paths to `kernels.rs` on a machine that has VNNI.
+    /// The simulator on the portable GEMM path.
     #[doc(hidden)]
     pub fn new_portable(g: &'g QGraph) -> Result<Simulator<'g>> {
-        Self::build(g, false)
+        Self::with_path(g, SimdPath::Portable)
     }
 
-    fn build(g: &'g QGraph, fast: bool) -> Result<Simulator<'g>> {
+    /// The simulator on a given path (tests pin every supported path to `kernels.rs`).
+    pub fn with_path(g: &'g QGraph, path: SimdPath) -> Result<Simulator<'g>> {
+        ensure!(
+            path.supported(),
+            "simulator path {path} is not supported by this CPU"
+        );
+        Self::build(g, path)
+    }
+
+    /// The code path this simulator's conv/fc layers run on.
+    pub fn path(&self) -> SimdPath {
+        self.path
+    }
+
+    fn build(g: &'g QGraph, path: SimdPath) -> Result<Simulator<'g>> {
         let mut prep = Vec::new();
         for l in &g.layers {
             prep.push(match &l.op {
@@ -268,9 +289,9 @@ impl<'g> Simulator<'g> {
                         c.out_rshift,
                         &l.name,
                     )?;
-                    #[cfg(target_arch = "x86_64")]
-                    if fast && c.stride.h > 0 && c.stride.w > 0 {
-                        prep.push(Prep::Vnni(vnni::VConv::new(
+                    if c.stride.h > 0 && c.stride.w > 0 {
+                        let direct = direct_prep(
+                            path,
                             c.in_dims,
                             c.out_dims,
                             (c.kernel.h, c.kernel.w),
@@ -281,8 +302,11 @@ impl<'g> Simulator<'g> {
                             &c.bias,
                             c.bias_lshift as u32,
                             c.out_rshift as u32,
-                        )));
-                        continue;
+                        );
+                        if let Some(d) = direct {
+                            prep.push(d);
+                            continue;
+                        }
                     }
                     Prep::Conv(gm)
                 }
@@ -296,21 +320,22 @@ impl<'g> Simulator<'g> {
                         f.out_rshift,
                         &l.name,
                     )?;
-                    #[cfg(target_arch = "x86_64")]
-                    if fast {
-                        let one = |c| graph::Hwc { h: 1, w: 1, c };
-                        prep.push(Prep::Vnni(vnni::VConv::new(
-                            one(f.in_len),
-                            one(f.out_len),
-                            (1, 1),
-                            (1, 1),
-                            (0, 0),
-                            1,
-                            &f.weights,
-                            &f.bias,
-                            f.bias_lshift as u32,
-                            f.out_rshift as u32,
-                        )));
+                    let one = |c| graph::Hwc { h: 1, w: 1, c };
+                    let direct = direct_prep(
+                        path,
+                        one(f.in_len),
+                        one(f.out_len),
+                        (1, 1),
+                        (1, 1),
+                        (0, 0),
+                        1,
+                        &f.weights,
+                        &f.bias,
+                        f.bias_lshift as u32,
+                        f.out_rshift as u32,
+                    );
+                    if let Some(d) = direct {
+                        prep.push(d);
                         continue;
                     }
                     Prep::Fc(gm)
@@ -318,8 +343,7 @@ impl<'g> Simulator<'g> {
                 _ => Prep::Other,
             });
         }
-        let _ = fast;
-        Ok(Simulator { g, prep })
+        Ok(Simulator { g, prep, path })
     }
 
     pub fn graph(&self) -> &QGraph {
@@ -434,6 +458,11 @@ impl<'g> Simulator<'g> {
                     v.run(x, &mut y, &mut s.img);
                     Ok(())
                 }
+                #[cfg(target_arch = "x86_64")]
+                (QOp::Conv(_) | QOp::Fc(_), Prep::Y256(v)) => {
+                    v.run(x, &mut y, &mut s.img, &mut s.img16);
+                    Ok(())
+                }
                 (QOp::Fc(_), Prep::Fc(gm)) => {
                     s.col.clear();
                     s.col.extend(x.iter().map(|&v| v as i16));
@@ -511,6 +540,77 @@ impl<'g> Simulator<'g> {
                     .unwrap_or_else(|| cache.image(b, i).map(<[i8]>::to_vec).unwrap_or_default())
             })
             .collect())
+    }
+}
+
+/// A conv/fc (shifts already checked by `Gemm::new`) prepared for `path`'s direct-convolution
+/// kernel, or `None` for the portable GEMM.
+#[allow(clippy::too_many_arguments)]
+fn direct_prep(
+    path: SimdPath,
+    ind: graph::Hwc,
+    outd: graph::Hwc,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    groups: usize,
+    weights: &[i8],
+    bias: &[i8],
+    bias_lshift: u32,
+    out_rshift: u32,
+) -> Option<Prep> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let y256 = |isa| {
+            Some(Prep::Y256(avx256::YConv::new(
+                isa,
+                ind,
+                outd,
+                kernel,
+                stride,
+                pad,
+                groups,
+                weights,
+                bias,
+                bias_lshift,
+                out_rshift,
+            )))
+        };
+        match path {
+            SimdPath::Avx512Vnni => Some(Prep::Vnni(vnni::VConv::new(
+                ind,
+                outd,
+                kernel,
+                stride,
+                pad,
+                groups,
+                weights,
+                bias,
+                bias_lshift,
+                out_rshift,
+            ))),
+            SimdPath::AvxVnni => y256(avx256::Isa::AvxVnni),
+            SimdPath::Avx512VnniYmm => y256(avx256::Isa::Avx512VnniYmm),
+            SimdPath::Avx2 => y256(avx256::Isa::Avx2),
+            SimdPath::Portable => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (
+            path,
+            ind,
+            outd,
+            kernel,
+            stride,
+            pad,
+            groups,
+            weights,
+            bias,
+            bias_lshift,
+            out_rshift,
+        );
+        None
     }
 }
 

@@ -12,7 +12,7 @@ use crate::ir::{self, Graph, Op};
 use crate::metrics::{argmax, Accumulator};
 use crate::model::{InputSpec, NnqModel, SourceInfo, SCHEMA as MODEL_SCHEMA};
 use crate::report::{self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, Report, Timing};
-use crate::search::{self, Calibration, InputPrep, Scorer, Strategy};
+use crate::search::{self, Calibration, InputPrep, Scorer, Screen, Strategy};
 use anyhow::{bail, ensure, Context, Result};
 use input::IntegerInput;
 use std::collections::BTreeMap;
@@ -23,6 +23,8 @@ const BATCH: usize = 256;
 
 pub struct Options {
     pub strategy: Strategy,
+    /// The search's screening subset.
+    pub screen: Screen,
     /// Formats pinned by the user (`--formats`): no search.
     pub formats: Option<Formats>,
     pub quiet: bool,
@@ -309,6 +311,7 @@ pub fn run(
         images: cal.images,
         prep: &prep,
         scorer: &scorer,
+        screen: opts.screen,
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
@@ -320,7 +323,8 @@ pub fn run(
         pb.set_position(step as u64);
         pb.set_message(msg.to_string());
     };
-    let (formats, search_report) = search::search(g, start, strategy, &calibration, &progress)?;
+    let (formats, search_report, search_times) =
+        search::search(g, start, strategy, &calibration, &progress)?;
     pb.finish_and_clear();
     let search_seconds = t1.elapsed().as_secs_f64();
     let qg = QGraph::quantize(g, &formats)?;
@@ -422,7 +426,10 @@ pub fn run(
         timing: opts.timing.then_some(Timing {
             float_seconds,
             search_seconds,
+            search_screen_seconds: search_times.screen_seconds,
+            search_full_seconds: search_times.full_seconds,
             eval_seconds,
+            simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),
     };
     if report.same_data_warning && !opts.quiet {

@@ -89,28 +89,46 @@ pub fn render(r: &Report) -> String {
         );
     }
     let s = &r.search;
+    let screened = match s.screen_images {
+        Some(n) => format!(
+            "; {} evaluations on the whole calibration set, {} on a class-stratified screening subset of {n} images (each change is confirmed on the whole set)",
+            s.evaluations, s.screen_evaluations
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(
         md,
-        "\n## Search ({})\n\nstart: {}/{} correct, KL {:.5}; final: {}/{} correct, KL {:.5}\n\n| layer | param | frac bits | correct | KL | accepted |\n|---|---|---|---|---|---|",
+        "\n## Search ({})\n\nstart: {}/{} correct, KL {:.5}; final: {}/{} correct, KL {:.5}{screened}\n\n| layer | param | frac bits | scored on | correct | KL | accepted |\n|---|---|---|---|---|---|---|",
         s.strategy, s.start_score.correct, s.start_score.images, s.start_score.kl, s.final_score.correct, s.final_score.images, s.final_score.kl
     );
     for t in &s.trace {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {:.5} | {} |",
+            "| {} | {} | {} | {} | {}/{} | {:.5} | {} |",
             t.layer,
             t.param,
             t.frac_bits,
+            if t.screen { "screen" } else { "all" },
             t.score.correct,
+            t.score.images,
             t.score.kl,
-            if t.accepted { "yes" } else { "" }
+            match (t.accepted, t.screen) {
+                (true, true) => "best on screen",
+                (true, false) => "yes",
+                _ => "",
+            }
         );
     }
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,
-            "\n## Timing\n\nfloat {:.2} s, search {:.2} s, evaluation {:.2} s",
-            t.float_seconds, t.search_seconds, t.eval_seconds
+            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (simulator: screening {:.2} s, whole set {:.2} s; path {}), evaluation {:.2} s",
+            t.float_seconds,
+            t.search_seconds,
+            t.search_screen_seconds,
+            t.search_full_seconds,
+            t.simd_path,
+            t.eval_seconds
         );
     }
     md

@@ -89,7 +89,14 @@ pub struct BlobReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SearchReport {
     pub strategy: String,
+    /// Simulator runs on the whole calibration set.
     pub evaluations: usize,
+    /// Size of the screening subset, when the search screened candidates on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen_images: Option<usize>,
+    /// Simulator runs on the screening subset.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub screen_evaluations: usize,
     pub start_score: Score,
     pub final_score: Score,
     pub trace: Vec<TraceStep>,
@@ -113,13 +120,28 @@ pub struct TraceStep {
     pub frac_bits: i32,
     pub score: Score,
     pub accepted: bool,
+    /// Scored on the screening subset (`accepted` then means "best on the subset so far").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub screen: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
     pub float_seconds: f64,
     pub search_seconds: f64,
+    /// The search's simulator time on the screening subset and on the whole calibration set.
+    #[serde(default)]
+    pub search_screen_seconds: f64,
+    #[serde(default)]
+    pub search_full_seconds: f64,
     pub eval_seconds: f64,
+    /// The simulator's conv/fc code path (`avx512-vnni`, `avx2`, …).
+    #[serde(default)]
+    pub simd_path: String,
 }
 
 impl Report {

@@ -15,20 +15,27 @@
 //! 0.001 % of the best so far, judged on accuracy alone.
 
 pub mod score;
+pub mod subset;
 
 /// Sweeps of the default coordinate search (it stops early when a sweep changes nothing).
 const MAX_PASSES: usize = 3;
 
-use crate::fixed::graph::{Formats, LayerFormat, QGraph};
+/// Candidates per coordinate that a screened search confirms on the whole calibration set.
+const CONFIRM: usize = 1;
+
+use crate::fixed::graph::{Formats, LayerFormat, QGraph, QOp};
 use crate::fixed::kernels;
 use crate::fixed::qformat::{InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
 use crate::report::{Score, SearchReport, TraceStep};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 pub use score::Scorer;
+pub use subset::Screen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategy {
@@ -197,13 +204,50 @@ pub struct Calibration<'a> {
     pub images: usize,
     pub prep: &'a InputPrep,
     pub scorer: &'a Scorer,
+    /// Screening subset for the default strategy.
+    pub screen: Screen,
 }
 
-/// State of the search: current formats, their score and a cache of every blob they produce.
+/// Wall time of the search's phases (reported only with `--timestamps`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SearchTimes {
+    /// Scoring candidates on the screening subset.
+    pub screen_seconds: f64,
+    /// Scoring on the whole calibration set (the start, confirmations, cache refreshes).
+    pub full_seconds: f64,
+}
+
+/// Images the search scores on, the blobs the accepted formats produce on them (the prefix
+/// cache that lets a candidate for layer `k` re-run only layers `k..`) and their score.
+struct Set<'a> {
+    pixels: Cow<'a, [u8]>,
+    scorer: Cow<'a, Scorer>,
+    cache: Activations,
+    score: Score,
+    /// Whether this is the screening subset (for the trace and the timing).
+    screen: bool,
+}
+
+impl Set<'_> {
+    /// Make `acts`, the blobs of layers `k..` (all blobs when `k == 0`) of accepted formats
+    /// scoring `score`, part of the cache.
+    fn accept(&mut self, k: usize, score: Score, acts: Activations) {
+        if k == 0 {
+            self.cache = acts;
+        } else {
+            self.cache.blobs.extend(acts.blobs);
+        }
+        self.score = score;
+    }
+}
+
+/// Scores formats with the simulator and counts the evaluations.
 struct Evaluator<'a> {
     g: &'a Graph,
-    cal: &'a Calibration<'a>,
+    prep: &'a InputPrep,
     evaluations: usize,
+    screen_evaluations: usize,
+    times: SearchTimes,
 }
 
 impl Evaluator<'_> {
@@ -211,47 +255,101 @@ impl Evaluator<'_> {
         QGraph::quantize(self.g, f)
     }
 
-    /// Full run, keeping all blobs (for the cache).
-    fn full(&mut self, f: &Formats) -> Result<(Score, Activations)> {
+    /// Score `f` on `set`, whose cache holds the blobs of formats equal to `f` before layer `k`
+    /// (`k == 0`: from the input, no cache needed). With `keep`, also return the blobs of layers
+    /// `k..` (every blob when `k == 0`) so that accepting `f` needs no re-run.
+    fn eval(
+        &mut self,
+        f: &Formats,
+        k: usize,
+        set: &Set,
+        keep: bool,
+    ) -> Result<(Score, Activations)> {
+        let t = Instant::now();
         let qg = self.quantize(f)?;
-        let in_frac = qg.frac_bits(&qg.input).context("input format")?;
-        let input = self
-            .cal
-            .prep
-            .quantize(self.cal.pixels_hwc, qg.blob_len(&qg.input), in_frac)?;
         let sim = Simulator::new(&qg)?;
-        let acts = sim.run(&input, self.cal.images, &Keep::All)?;
-        self.evaluations += 1;
-        let s = self.cal.scorer.score(&qg, &acts)?;
+        let acts = if k == 0 {
+            let in_frac = qg.frac_bits(&qg.input).context("input format")?;
+            let input = self
+                .prep
+                .quantize(&set.pixels, qg.blob_len(&qg.input), in_frac)?;
+            let keep = if keep { Keep::All } else { Keep::Outputs };
+            sim.run(&input, set.scorer.images, &keep)?
+        } else {
+            let keep = if keep {
+                Keep::Blobs(qg.layers[k..].iter().map(|l| l.output.clone()).collect())
+            } else {
+                Keep::Outputs
+            };
+            sim.run_from(k, &set.cache, &keep)?
+        };
+        let s = set.scorer.score(&qg, &acts)?;
+        let secs = t.elapsed().as_secs_f64();
+        if set.screen {
+            self.screen_evaluations += 1;
+            self.times.screen_seconds += secs;
+        } else {
+            self.evaluations += 1;
+            self.times.full_seconds += secs;
+        }
         Ok((s, acts))
     }
 
-    /// Re-run the layers from `k` on with accepted formats and update the cache with their blobs
-    /// (the earlier blobs are unchanged), returning the score.
-    fn refresh(&mut self, f: &Formats, k: usize, cache: &mut Activations) -> Result<Score> {
-        if k == 0 {
-            let (s, acts) = self.full(f)?;
-            *cache = acts;
-            return Ok(s);
-        }
-        let qg = self.quantize(f)?;
-        let sim = Simulator::new(&qg)?;
-        let later: Vec<String> = qg.layers[k..].iter().map(|l| l.output.clone()).collect();
-        let acts = sim.run_from(k, cache, &Keep::Blobs(later))?;
-        self.evaluations += 1;
-        let s = self.cal.scorer.score(&qg, &acts)?;
-        cache.blobs.extend(acts.blobs);
-        Ok(s)
+    /// A set scored with formats `f` from scratch.
+    fn set<'s>(
+        &mut self,
+        f: &Formats,
+        pixels: Cow<'s, [u8]>,
+        scorer: Cow<'s, Scorer>,
+        screen: bool,
+    ) -> Result<Set<'s>> {
+        let mut set = Set {
+            pixels,
+            scorer,
+            cache: Activations::default(),
+            score: Score {
+                correct: 0,
+                images: 0,
+                kl: 0.0,
+            },
+            screen,
+        };
+        let (score, acts) = self.eval(f, 0, &set, true)?;
+        set.accept(0, score, acts);
+        Ok(set)
     }
+}
 
-    /// Score of formats that differ from the cached ones only from layer `k` on.
-    fn partial(&mut self, f: &Formats, k: usize, cache: &Activations) -> Result<Score> {
-        let qg = self.quantize(f)?;
-        let sim = Simulator::new(&qg)?;
-        let acts = sim.run_from(k, cache, &Keep::Outputs)?;
-        self.evaluations += 1;
-        self.cal.scorer.score(&qg, &acts)
+/// Everything a quantized graph's simulated outputs and their score depend on: the input and
+/// output formats, and per layer the weights, the shifted biases `bias << bias_lshift` and the
+/// shifts (pooling, ReLU and reshapes have no format-dependent parameters).
+fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
+    let mut key: Vec<i64> = std::iter::once(&qg.input)
+        .chain(&qg.outputs)
+        .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from))
+        .collect();
+    let dense = |key: &mut Vec<i64>, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
+        key.push(rshift.into());
+        key.extend(w.iter().map(|&v| i64::from(v)));
+        key.extend(
+            b.iter()
+                .map(|&v| i64::from((v as i32).wrapping_shl(lshift as u32))),
+        );
+    };
+    for l in &qg.layers {
+        match &l.op {
+            QOp::Conv(c) => dense(&mut key, &c.weights, &c.bias, c.bias_lshift, c.out_rshift),
+            QOp::Fc(f) => dense(&mut key, &f.weights, &f.bias, f.bias_lshift, f.out_rshift),
+            QOp::Add {
+                a_lshift,
+                b_lshift,
+                out_rshift,
+            } => key.extend([*a_lshift, *b_lshift, *out_rshift].map(i64::from)),
+            QOp::Concat { shifts } => key.extend(shifts.iter().map(|&s| i64::from(s))),
+            QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape => {}
+        }
     }
+    key
 }
 
 /// Index of the QGraph layer that produces `blob`... equivalently the first layer affected.
@@ -262,35 +360,99 @@ fn qlayer_index(qg: &QGraph, layer_name: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Run the search. Returns the chosen formats and the search report.
+fn trace_step(
+    layer: &str,
+    out: &str,
+    param: Param,
+    c: i32,
+    s: Score,
+    accepted: bool,
+    screen: bool,
+) -> TraceStep {
+    TraceStep {
+        layer: if layer.is_empty() { out } else { layer }.to_string(),
+        param: param.name().into(),
+        frac_bits: c,
+        score: s,
+        accepted,
+        screen,
+    }
+}
+
+/// Run the search. Returns the chosen formats, the search report and the phases' wall time.
+///
+/// The default strategy is a coordinate descent over the fraction bits (input, then per
+/// conv/fc: weights, activations, biases; candidates −2..+3 around the current value; sweeps
+/// until one changes nothing, at most [`MAX_PASSES`]). On calibration sets of at least
+/// [`subset::MIN_SCREENED`] images (or as `--screen` says) it **screens** every candidate on a class-stratified eighth of
+/// the set and scores only the screen's best on the whole set, accepting it only if it is better
+/// there too: the whole set decides every change (which also guards against choices that fit the
+/// subset by chance), at about a quarter of the simulator work.
 pub fn search(
     g: &Graph,
     start: Formats,
     strategy: Strategy,
     cal: &Calibration,
     progress: Progress,
-) -> Result<(Formats, SearchReport)> {
+) -> Result<(Formats, SearchReport, SearchTimes)> {
     let mut ev = Evaluator {
         g,
-        cal,
+        prep: cal.prep,
         evaluations: 0,
+        screen_evaluations: 0,
+        times: SearchTimes::default(),
     };
-    let (start_score, mut cache) = ev
-        .full(&start)
+    ensure!(
+        cal.pixels_hwc.len().is_multiple_of(cal.images.max(1)),
+        "calibration pixels do not divide into {} images",
+        cal.images
+    );
+    let mut full = ev
+        .set(
+            &start,
+            Cow::Borrowed(cal.pixels_hwc),
+            Cow::Borrowed(cal.scorer),
+            false,
+        )
         .context("the starting formats do not quantize")?;
+    let start_score = full.score;
     let mut best = start.clone();
-    let mut best_score = start_score;
     let mut trace = Vec::new();
+    let screen_size = match strategy {
+        Strategy::Default => cal.screen.size(cal.images),
+        _ => None,
+    };
+    let mut screen = match screen_size {
+        Some(size) => {
+            let idx = subset::stratified(cal.scorer.targets(), size);
+            let len = cal.pixels_hwc.len() / cal.images;
+            let pixels: Vec<u8> = idx
+                .iter()
+                .flat_map(|&i| &cal.pixels_hwc[i * len..(i + 1) * len])
+                .copied()
+                .collect();
+            Some(ev.set(
+                &start,
+                Cow::Owned(pixels),
+                Cow::Owned(cal.scorer.subset(&idx)),
+                true,
+            )?)
+        }
+        None => None,
+    };
     if strategy == Strategy::None {
         return Ok((
             best,
             SearchReport {
                 strategy: strategy.name().into(),
                 evaluations: ev.evaluations,
+                screen_images: None,
+                screen_evaluations: 0,
                 start_score,
-                final_score: best_score,
+                final_score: full.score,
                 trace,
             },
+            ev.times,
         ));
     }
     // The coordinates in topological order.
@@ -315,10 +477,22 @@ pub fn search(
         MAX_PASSES
     };
     let total = coords.len() * passes;
-    for pass in 0..passes {
-        let mut changed = false;
-        for (i, (layer, out, param)) in coords.iter().enumerate() {
-            let step = pass * coords.len() + i;
+    //
+    // Steps that cannot change anything are skipped, which leaves the result as it was: the
+    // descent ends once every coordinate has been tried against the current formats (a full
+    // cycle after the last change, plus the changed coordinate around its new value), and a
+    // candidate whose arithmetic equals the current formats' or an earlier candidate's (say
+    // bias 3 fraction bits shifted left by 2 vs 4 bits by 1, where the rounding agrees) is
+    // not run again: equal arithmetic, equal bytes, equal score.
+    let n_coords = coords.len();
+    let mut last_change: Option<usize> = None;
+    for step in 0..total {
+        let since = last_change.map_or(step + 1, |c| step - c);
+        if since > n_coords {
+            break;
+        }
+        let (layer, out, param) = &coords[step % n_coords];
+        {
             progress(
                 step,
                 total,
@@ -336,55 +510,93 @@ pub fn search(
                 qlayer_index(&qg, layer)
             };
             // ARM tries only more fraction bits (more precision, saturating the largest values).
-            // The default also tries one fewer (more headroom), which pays off where values beyond
+            // The default also tries fewer (more headroom), which pays off where values beyond
             // the calibration maximum are expected, or where shifts limit the next layer.
-            let candidates: Vec<i32> = match strategy {
+            let candidates: Vec<Formats> = match strategy {
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
                 _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
-            };
-            let mut arm_ref = best_score;
-            for c in candidates {
+            }
+            .into_iter()
+            .map(|c| {
                 let mut f = best.clone();
                 set(&mut f, layer, out, *param, c);
-                // Candidates needing a negative shift are invalid by construction: skip them.
-                if ev.quantize(&f).is_err() {
-                    continue;
+                f
+            })
+            // Candidates needing a negative shift are invalid by construction: skip them.
+            .filter(|f| ev.quantize(f).is_ok())
+            .collect();
+            let mut seen = vec![arithmetic_key(&qg)];
+            let candidates: Vec<Formats> = candidates
+                .into_iter()
+                .filter(|f| {
+                    let key = arithmetic_key(&ev.quantize(f).expect("checked above"));
+                    let new = !seen.contains(&key);
+                    seen.push(key);
+                    new
+                })
+                .collect();
+            let value = |f: &Formats| get(f, layer, out, *param).expect("format set above");
+            if let Some(scr) = screen.as_mut() {
+                // Screen every candidate on the subset; confirm on the whole calibration set the
+                // (at most CONFIRM) candidates that beat the current formats there, most similar
+                // to float (lowest KL) first: KL is continuous, so on a subset it ranks
+                // candidates far more reliably than a difference of a few correct images.
+                let mut ahead: Vec<(Formats, Score, Activations)> = Vec::new();
+                for f in candidates {
+                    let (s, acts) = ev.eval(&f, k, scr, true)?;
+                    let promising = score::better(&s, &scr.score) || s.kl < scr.score.kl;
+                    trace.push(trace_step(
+                        layer,
+                        out,
+                        *param,
+                        value(&f),
+                        s,
+                        promising,
+                        true,
+                    ));
+                    if promising {
+                        ahead.push((f, s, acts));
+                    }
                 }
-                let s = if *param == Param::Input {
-                    ev.full(&f)?.0
-                } else {
-                    ev.partial(&f, k, &cache)?
-                };
-                let accept = match strategy {
-                    Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
-                    _ => score::better(&s, &best_score),
-                };
-                trace.push(TraceStep {
-                    layer: if layer.is_empty() {
-                        out.clone()
-                    } else {
-                        layer.clone()
-                    },
-                    param: param.name().into(),
-                    frac_bits: c,
-                    score: s,
-                    accepted: accept,
-                });
-                if accept {
-                    best = f;
-                    best_score = s;
-                    arm_ref = s;
-                } else if strategy == Strategy::Arm {
-                    break; // ARM stops at the first candidate that loses accuracy.
+                ahead.sort_by(|a, b| a.1.kl.total_cmp(&b.1.kl));
+                ahead.truncate(CONFIRM);
+                for (f, s_screen, acts_screen) in ahead {
+                    let (s, acts) = ev.eval(&f, k, &full, true)?;
+                    let accept = score::better(&s, &full.score);
+                    trace.push(trace_step(layer, out, *param, value(&f), s, accept, false));
+                    if accept {
+                        full.accept(k, s, acts);
+                        scr.accept(k, s_screen, acts_screen);
+                        best = f;
+                    }
+                }
+            } else {
+                let mut best_score = full.score;
+                let mut arm_ref = full.score;
+                for f in candidates {
+                    let (s, _) = ev.eval(&f, k, &full, false)?;
+                    let accept = match strategy {
+                        Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
+                        _ => score::better(&s, &best_score),
+                    };
+                    trace.push(trace_step(layer, out, *param, value(&f), s, accept, false));
+                    if accept {
+                        best = f;
+                        best_score = s;
+                        arm_ref = s;
+                    } else if strategy == Strategy::Arm {
+                        break; // ARM stops at the first candidate that loses accuracy.
+                    }
+                }
+                if get(&best, layer, out, *param) != Some(base) {
+                    // Refresh the cache from layer `k` on with the accepted formats.
+                    let (s, acts) = ev.eval(&best, k, &full, true)?;
+                    full.accept(k, s, acts);
                 }
             }
             if get(&best, layer, out, *param) != Some(base) {
-                changed = true;
-                best_score = ev.refresh(&best, k, &mut cache)?;
+                last_change = Some(step);
             }
-        }
-        if !changed {
-            break;
         }
     }
     progress(total, total, "done");
@@ -396,9 +608,12 @@ pub fn search(
         SearchReport {
             strategy: strategy.name().into(),
             evaluations: ev.evaluations,
+            screen_images: screen.as_ref().map(|s| s.scorer.images),
+            screen_evaluations: ev.screen_evaluations,
             start_score,
-            final_score: best_score,
+            final_score: full.score,
             trace,
         },
+        ev.times,
     ))
 }

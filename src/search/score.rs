@@ -25,6 +25,7 @@ pub fn softmax(v: &[f32]) -> Vec<f64> {
 }
 
 /// The reference a candidate is scored against: float outputs and, if known, labels.
+#[derive(Debug, Clone)]
 pub struct Scorer {
     pub classes: usize,
     pub images: usize,
@@ -54,6 +55,21 @@ impl Scorer {
             float_probs: rows.iter().map(|r| softmax(r)).collect(),
             targets,
         })
+    }
+
+    /// Per image, the class it is scored against (its label, or the float top-1).
+    pub fn targets(&self) -> &[usize] {
+        &self.targets
+    }
+
+    /// The scorer of images `idx` (in that order).
+    pub fn subset(&self, idx: &[usize]) -> Scorer {
+        Scorer {
+            classes: self.classes,
+            images: idx.len(),
+            float_probs: idx.iter().map(|&i| self.float_probs[i].clone()).collect(),
+            targets: idx.iter().map(|&i| self.targets[i]).collect(),
+        }
     }
 
     /// Score q7 outputs (the graph's first output blob) of all calibration images.

@@ -20,6 +20,8 @@
 //! crate's `rust-version` says 1.85; this module is what needs the newer compiler).
 #![allow(clippy::incompatible_msrv)]
 
+use super::direct::Geometry;
+use super::direct::Seg;
 use crate::fixed::graph::Hwc;
 use crate::fixed::kernels;
 use std::arch::x86_64::*;
@@ -31,41 +33,17 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// One contiguous run of the receptive field: `off` bytes from the pixel's base in the padded
-/// image, `len4` bytes (a multiple of 4) of which the trailing padding meets zero weights.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    off: usize,
-    len4: usize,
-}
-
 /// A conv (or fc, as a 1×1 conv on a 1×1 image) prepared for the VNNI kernel.
 pub(super) struct VConv {
-    ind: Hwc,
-    outd: Hwc,
-    stride: (usize, usize),
-    pad: (usize, usize),
-    /// Padded image height/width.
-    hp: usize,
-    wp: usize,
-    groups: usize,
-    cout_g: usize,
+    geo: Geometry,
     /// 16-channel blocks per group.
     nb: usize,
-    /// Receptive-field segments per group (offsets include the group's channel offset).
-    segs: Vec<Vec<Seg>>,
-    /// Padded reduction length (sum of the segments' `len4`).
-    k4: usize,
-    /// `[group][block][k4 / 4][16][4]`.
+    /// `[group][block][kp / 4][16][4]`.
     w: Vec<i8>,
     /// `[group][block][16]`: `(bias << lshift) + round - 128·Σw`, wrapping.
     bias: Vec<i32>,
     rshift: u32,
 }
-
-/// Bytes of slack after the padded image: a segment's last 4-byte group may read up to 3 bytes
-/// past it.
-const SLACK: usize = 64;
 
 impl VConv {
     /// `weights`: `[out_c][kh][kw][in_c / groups]` (an fc is `kh = kw = 1`).
@@ -82,120 +60,32 @@ impl VConv {
         bias_lshift: u32,
         out_rshift: u32,
     ) -> VConv {
-        let (kh, kw) = kernel;
-        let c = ind.c;
-        let cin_g = c / groups;
-        let cout_g = outd.c / groups;
-        let nb = cout_g.div_ceil(16);
-        // The padded image must hold every window (Caffe's rule guarantees it; be general).
-        let hp = (ind.h + 2 * pad.0).max((outd.h.max(1) - 1) * stride.0 + kh);
-        let wp = (ind.w + 2 * pad.1).max((outd.w.max(1) - 1) * stride.1 + kw);
-        // Segments and, for each, the (ky, kx, channel) source of every weight byte.
-        let mut segs = Vec::with_capacity(groups);
-        let mut taps: Vec<(usize, usize)> = Vec::new(); // (ky, kx) per segment, kx = 0 for rows
-        let row_segments = groups == 1;
-        for g in 0..groups {
-            let mut s = Vec::new();
-            if row_segments {
-                for ky in 0..kh {
-                    s.push(Seg {
-                        off: ky * wp * c,
-                        len4: (kw * c).div_ceil(4) * 4,
-                    });
-                    if g == 0 {
-                        taps.push((ky, 0));
-                    }
-                }
-            } else {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        s.push(Seg {
-                            off: (ky * wp + kx) * c + g * cin_g,
-                            len4: cin_g.div_ceil(4) * 4,
-                        });
-                        if g == 0 {
-                            taps.push((ky, kx));
-                        }
-                    }
-                }
-            }
-            segs.push(s);
-        }
-        let k4: usize = segs[0].iter().map(|s| s.len4).sum();
-        // Per output channel, the reduction in segment order, zero padded: `wk[o][0..k4]`.
-        let ksize = kh * kw * cin_g;
-        let mut wk = vec![0i8; outd.c * k4];
-        for o in 0..outd.c {
-            let src = &weights[o * ksize..(o + 1) * ksize];
-            let dst = &mut wk[o * k4..(o + 1) * k4];
-            let mut at = 0;
-            for (si, &(ky, kx)) in taps.iter().enumerate() {
-                let len = if row_segments { kw * cin_g } else { cin_g };
-                let from = (ky * kw + kx) * cin_g;
-                dst[at..at + len].copy_from_slice(&src[from..from + len]);
-                at += segs[0][si].len4;
-            }
-        }
-        let mut w = vec![0i8; groups * nb * k4 * 16];
-        let mut b = vec![0i32; groups * nb * 16];
+        let geo = Geometry::new(ind, outd, kernel, stride, pad, groups, 4);
+        let wk = geo.reorder(weights);
         let rnd = kernels::round_term(out_rshift);
-        for g in 0..groups {
-            for blk in 0..nb {
-                let base = (g * nb + blk) * k4 * 16;
-                for lane in 0..16 {
-                    let oc = blk * 16 + lane;
-                    if oc >= cout_g {
-                        continue;
-                    }
-                    let o = g * cout_g + oc;
-                    let row = &wk[o * k4..(o + 1) * k4];
-                    for (k, &v) in row.iter().enumerate() {
-                        w[base + (k / 4) * 64 + lane * 4 + k % 4] = v;
-                    }
-                    let sw = row.iter().fold(0i32, |s, &v| s.wrapping_add(v as i32));
-                    b[(g * nb + blk) * 16 + lane] = ((bias[o] as i32) << bias_lshift)
-                        .wrapping_add(rnd)
-                        .wrapping_sub(sw.wrapping_mul(128));
-                }
-            }
-        }
+        let b = geo.per_lane(16, |o| {
+            let sw = wk[o * geo.kp..(o + 1) * geo.kp]
+                .iter()
+                .fold(0i32, |s, &v| s.wrapping_add(v as i32));
+            ((bias[o] as i32) << bias_lshift)
+                .wrapping_add(rnd)
+                .wrapping_sub(sw.wrapping_mul(128))
+        });
         VConv {
-            ind,
-            outd,
-            stride,
-            pad,
-            hp,
-            wp,
-            groups,
-            cout_g,
-            nb,
-            segs,
-            k4,
-            w,
+            nb: geo.blocks(16),
+            w: geo.pack(&wk, 16, 4),
+            geo,
             bias: b,
             rshift: out_rshift,
         }
     }
 
-    /// Fill `img` with the padded unsigned image of `x`.
-    fn pad_input(&self, x: &[i8], img: &mut Vec<u8>) {
-        let (c, wp) = (self.ind.c, self.wp);
-        img.clear();
-        img.resize(self.hp * wp * c + SLACK, 0x80);
-        let row = self.ind.w * c;
-        for y in 0..self.ind.h {
-            let d = ((y + self.pad.0) * wp + self.pad.1) * c;
-            for (o, &v) in img[d..d + row].iter_mut().zip(&x[y * row..(y + 1) * row]) {
-                *o = (v as u8) ^ 0x80;
-            }
-        }
-    }
-
     /// `y = conv(x)`; `img` is scratch.
     pub(super) fn run(&self, x: &[i8], y: &mut [i8], img: &mut Vec<u8>) {
-        assert_eq!(x.len(), self.ind.len(), "vnni conv: input length");
-        assert_eq!(y.len(), self.outd.len(), "vnni conv: output length");
-        self.pad_input(x, img);
+        assert_eq!(x.len(), self.geo.ind.len(), "vnni conv: input length");
+        assert_eq!(y.len(), self.geo.outd.len(), "vnni conv: output length");
+        // Padding is `x = 0`, i.e. `u = 0x80`.
+        self.geo.pad_image(x, |v| (v as u8) ^ 0x80, 0x80, img);
         // SAFETY: `available()` was true when this VConv was built (checked by the caller);
         // every read stays inside `img` (windows lie in the padded image, plus SLACK for the
         // 4-byte groups) and every write inside `y` (checked lengths, masked stores).
@@ -204,19 +94,19 @@ impl VConv {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn run_avx512(&self, img: &[u8], y: &mut [i8]) {
-        let c = self.ind.c;
-        let (oh, ow, oc) = (self.outd.h, self.outd.w, self.outd.c);
-        let st = self.stride.1 * c;
-        let blk_bytes = self.k4 * 16;
+        let c = self.geo.ind.c;
+        let (oh, ow, oc) = (self.geo.outd.h, self.geo.outd.w, self.geo.outd.c);
+        let st = self.geo.stride.1 * c;
+        let blk_bytes = self.geo.kp * 16;
         let shift = _mm_cvtsi32_si128(self.rshift as i32);
         let yp = y.as_mut_ptr();
-        for g in 0..self.groups {
-            let segs = &self.segs[g][..];
+        for g in 0..self.geo.groups {
+            let segs = &self.geo.segs[g][..];
             let mut blk = 0;
             while blk < self.nb {
                 let mb = if self.nb - blk >= 2 { 2 } else { 1 };
                 let masks: [u16; 2] = std::array::from_fn(|m| {
-                    let valid = self.cout_g.saturating_sub((blk + m) * 16).min(16);
+                    let valid = self.geo.cout_g.saturating_sub((blk + m) * 16).min(16);
                     if valid == 16 {
                         0xffff
                     } else {
@@ -233,9 +123,9 @@ impl VConv {
                     masks,
                     out_px: oc,
                 };
-                let ch0 = g * self.cout_g + blk * 16;
+                let ch0 = g * self.geo.cout_g + blk * 16;
                 for oy in 0..oh {
-                    let row_in = img.as_ptr().add(oy * self.stride.0 * self.wp * c);
+                    let row_in = img.as_ptr().add(oy * self.geo.stride.0 * self.geo.wp * c);
                     let row_out = yp.add(oy * ow * oc + ch0);
                     // Wide tiles first, with the pixel stride a compile-time constant where it
                     // is a common one (every pixel load is then base + immediate, which frees
@@ -325,7 +215,7 @@ impl Tile<'_> {
         for s in self.segs {
             let base = inp.add(s.off);
             let mut k = 0;
-            while k < s.len4 {
+            while k < s.len {
                 let mut wv = [_mm512_setzero_si512(); MB];
                 for (m, v) in wv.iter_mut().enumerate() {
                     *v = _mm512_loadu_si512(wp.add(m * self.blk_bytes) as *const _);

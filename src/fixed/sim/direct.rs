@@ -1,0 +1,175 @@
+//! The geometry shared by the direct-convolution kernels (`vnni.rs`, `avx256.rs`): a padded
+//! copy of the input image, each output pixel's receptive field as a few contiguous segments of
+//! it, and the weights reordered and packed to match.
+//!
+//! The kernels read a pixel's receptive field straight from the padded image, `G` elements at a
+//! time (one 32-bit broadcast: four `u8` or two `i16`). Each segment's weights are padded with
+//! zeros to a multiple of `G`, so whatever the last group reads beyond the segment is multiplied
+//! by zero and adds nothing; the image keeps [`SLACK`] bytes after its end for those reads.
+
+use crate::fixed::graph::Hwc;
+
+/// Elements of slack after the padded image: a segment's last group may read up to `G - 1`
+/// elements past it.
+pub(super) const SLACK: usize = 64;
+
+/// One contiguous run of the receptive field: `off` elements from the pixel's base in the padded
+/// image, `len` elements (a multiple of the kernel's group `G`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Seg {
+    pub off: usize,
+    pub len: usize,
+}
+
+/// Where a conv (or an fc, as a 1×1 conv on a 1×1 image) reads its input.
+#[derive(Debug)]
+pub(super) struct Geometry {
+    pub ind: Hwc,
+    pub outd: Hwc,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    /// Padded image height/width.
+    pub hp: usize,
+    pub wp: usize,
+    pub groups: usize,
+    pub cout_g: usize,
+    /// Receptive-field segments per group (offsets include the group's channel offset).
+    pub segs: Vec<Vec<Seg>>,
+    /// Padded reduction length in elements (the sum of one group's segment lengths).
+    pub kp: usize,
+    /// Per segment, the `(ky, kx)` of its first weight and its unpadded length.
+    taps: Vec<(usize, usize, usize)>,
+    kw: usize,
+    cin_g: usize,
+}
+
+impl Geometry {
+    /// `g`: elements per group of the kernel's dot product (segments are padded to it).
+    pub fn new(
+        ind: Hwc,
+        outd: Hwc,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: (usize, usize),
+        groups: usize,
+        g: usize,
+    ) -> Geometry {
+        let (kh, kw) = kernel;
+        let c = ind.c;
+        let cin_g = c / groups;
+        // The padded image must hold every window (Caffe's rule guarantees it; be general).
+        let hp = (ind.h + 2 * pad.0).max((outd.h.max(1) - 1) * stride.0 + kh);
+        let wp = (ind.w + 2 * pad.1).max((outd.w.max(1) - 1) * stride.1 + kw);
+        // One segment per kernel row when a row of the window is contiguous (all channels), one
+        // per tap otherwise (grouped convolution reads a slice of the channels).
+        let mut taps = Vec::new();
+        if groups == 1 {
+            taps.extend((0..kh).map(|ky| (ky, 0, kw * c)));
+        } else {
+            for ky in 0..kh {
+                taps.extend((0..kw).map(|kx| (ky, kx, cin_g)));
+            }
+        }
+        let segs: Vec<Vec<Seg>> = (0..groups)
+            .map(|grp| {
+                taps.iter()
+                    .map(|&(ky, kx, len)| Seg {
+                        off: (ky * wp + kx) * c + grp * cin_g,
+                        len: len.div_ceil(g) * g,
+                    })
+                    .collect()
+            })
+            .collect();
+        let kp = segs[0].iter().map(|s| s.len).sum();
+        Geometry {
+            ind,
+            outd,
+            stride,
+            pad,
+            hp,
+            wp,
+            groups,
+            cout_g: outd.c / groups,
+            segs,
+            kp,
+            taps,
+            kw,
+            cin_g,
+        }
+    }
+
+    /// Each output channel's weights (`[out_c][kh][kw][in_c / groups]`) in segment order, each
+    /// segment zero-padded: `[out_c][kp]`.
+    pub fn reorder(&self, weights: &[i8]) -> Vec<i8> {
+        let ksize = self.weights_per_output();
+        let mut wk = vec![0i8; self.outd.c * self.kp];
+        for (o, dst) in wk.chunks_exact_mut(self.kp).enumerate() {
+            let src = &weights[o * ksize..(o + 1) * ksize];
+            let mut at = 0;
+            for (seg, &(ky, kx, len)) in self.segs[0].iter().zip(&self.taps) {
+                let from = (ky * self.kw + kx) * self.cin_g;
+                dst[at..at + len].copy_from_slice(&src[from..from + len]);
+                at += seg.len;
+            }
+        }
+        wk
+    }
+
+    fn weights_per_output(&self) -> usize {
+        self.taps.iter().map(|t| t.2).sum()
+    }
+
+    /// Blocks of `lanes` output channels per group.
+    pub fn blocks(&self, lanes: usize) -> usize {
+        self.cout_g.div_ceil(lanes)
+    }
+
+    /// `wk` (from [`reorder`](Self::reorder)) packed as `[group][block][kp / g][lanes][g]`, so
+    /// that one vector load gives the next `g` weights of `lanes` output channels; channels past
+    /// the group's end are zero.
+    pub fn pack(&self, wk: &[i8], lanes: usize, g: usize) -> Vec<i8> {
+        let nb = self.blocks(lanes);
+        let mut w = vec![0i8; self.groups * nb * self.kp * lanes];
+        for grp in 0..self.groups {
+            for blk in 0..nb {
+                let base = (grp * nb + blk) * self.kp * lanes;
+                for lane in 0..lanes.min(self.cout_g - blk * lanes) {
+                    let o = grp * self.cout_g + blk * lanes + lane;
+                    for (k, &v) in wk[o * self.kp..(o + 1) * self.kp].iter().enumerate() {
+                        w[base + (k / g) * lanes * g + lane * g + k % g] = v;
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    /// Per output channel `o`, `f(o)` laid out as `[group][block][lanes]` (zero past the end).
+    pub fn per_lane<T: Copy + Default>(&self, lanes: usize, f: impl Fn(usize) -> T) -> Vec<T> {
+        let nb = self.blocks(lanes);
+        let mut v = vec![T::default(); self.groups * nb * lanes];
+        for grp in 0..self.groups {
+            for blk in 0..nb {
+                for lane in 0..lanes.min(self.cout_g - blk * lanes) {
+                    v[(grp * nb + blk) * lanes + lane] = f(grp * self.cout_g + blk * lanes + lane);
+                }
+            }
+        }
+        v
+    }
+
+    /// `img` = the padded image of `x` with every element mapped by `map`, padding = `fill`,
+    /// plus [`SLACK`] elements of `fill`.
+    pub fn pad_image<T: Copy>(&self, x: &[i8], map: impl Fn(i8) -> T, fill: T, img: &mut Vec<T>) {
+        let (c, wp) = (self.ind.c, self.wp);
+        img.clear();
+        img.resize(self.hp * wp * c + SLACK, fill);
+        let row = self.ind.w * c;
+        for y in 0..self.ind.h {
+            let d = ((y + self.pad.0) * wp + self.pad.1) * c;
+            for (o, &v) in img[d..d + row].iter_mut().zip(&x[y * row..(y + 1) * row]) {
+                *o = map(v);
+            }
+        }
+    }
+}
