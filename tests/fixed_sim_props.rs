@@ -34,8 +34,8 @@ fn one(op: QOp, ind: Hwc, outd: Hwc) -> QGraph {
     }
 }
 
-/// Both simulator paths (the CPU's best, e.g. AVX-512 VNNI, and the portable GEMM) equal
-/// `kernels.rs`.
+/// Every simulator path (the CPU's best, e.g. AVX-512 VNNI, the portable GEMM, and on aarch64
+/// the SDOT and plain NEON kernels) equals `kernels.rs`.
 fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     let slow = run_reference(g, input, n).unwrap();
     let fast = Simulator::new(g)
@@ -52,6 +52,20 @@ fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
         slow.get("y").unwrap(),
         "portable path"
     );
+    // aarch64: both NEON kernels where the CPU has them (`tools/test_aarch64.sh` runs this in
+    // QEMU with and without dotprod).
+    #[cfg(target_arch = "aarch64")]
+    for dotprod in [false, true] {
+        if let Some(sim) = Simulator::new_neon(g, dotprod).unwrap() {
+            let out = sim.run(input, n, &Keep::All).unwrap();
+            prop_assert_eq!(
+                out.get("y").unwrap(),
+                slow.get("y").unwrap(),
+                "NEON path (dotprod {})",
+                dotprod
+            );
+        }
+    }
     Ok(())
 }
 

@@ -7,14 +7,16 @@
 //! - On CPUs with AVX-512 VNNI (picked at [`Simulator::new`]), conv and fc run as a direct
 //!   convolution on `vpdpbusd` (`sim/vnni.rs`: activations offset to `u8`, the offset's
 //!   contribution folded into the bias, no im2col).
+//! - On aarch64 (`sim/neon.rs`), the same direct convolution on `sdot` where the CPU has
+//!   `dotprod`, else on plain NEON (`smull` + `sadalp`); [`Simulator::new_neon`] forces either.
 //! - Elsewhere ([`Simulator::new_portable`] forces it), im2col + an `i16 × i16 → i32`
 //!   dot-product GEMM (weights pre-widened and padded to a multiple of 16 with zeros, which add
 //!   nothing), compiled twice and picked at run time so that AVX2 is used where the CPU has it.
 //! - Pooling and ReLU use vectorizable versions (`sim/elementwise.rs`); Add and Concat call
 //!   `kernels.rs` directly.
 //!
-//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin both
-//! paths to `kernels.rs`.
+//! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`, and
+//! `sim/neon.rs`'s own under QEMU: `tools/test_aarch64.sh`) pin every path to `kernels.rs`.
 
 use super::graph::{self, pair, QGraph, QOp};
 use super::kernels;
@@ -23,6 +25,8 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 
 mod elementwise;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -120,6 +124,9 @@ enum Prep {
     /// A conv or fc for the AVX-512 VNNI kernel (chosen at `Simulator::new` when the CPU has it).
     #[cfg(target_arch = "x86_64")]
     Vnni(vnni::VConv),
+    /// A conv or fc for the aarch64 NEON kernels (SDOT or plain NEON, chosen at build time).
+    #[cfg(target_arch = "aarch64")]
+    Neon(neon::NConv),
     Other,
 }
 
@@ -235,19 +242,34 @@ impl<'g> Simulator<'g> {
     pub fn new(g: &'g QGraph) -> Result<Simulator<'g>> {
         #[cfg(target_arch = "x86_64")]
         let fast = vnni::available();
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        let fast = neon::available();
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let fast = false;
-        Self::build(g, fast)
+        Self::build(g, fast, None)
     }
 
     /// The simulator without the AVX-512 VNNI kernels (the portable / AVX2 GEMM everywhere), so
     /// that tests can pin both paths to `kernels.rs` on a machine that has VNNI.
     #[doc(hidden)]
     pub fn new_portable(g: &'g QGraph) -> Result<Simulator<'g>> {
-        Self::build(g, false)
+        Self::build(g, false, None)
     }
 
-    fn build(g: &'g QGraph, fast: bool) -> Result<Simulator<'g>> {
+    /// The simulator with the aarch64 NEON kernels forced: SDOT (`dotprod`) or plain NEON, so
+    /// that tests can pin each to `kernels.rs`. `Ok(None)` when this CPU cannot run that path.
+    #[cfg(target_arch = "aarch64")]
+    #[doc(hidden)]
+    pub fn new_neon(g: &'g QGraph, dotprod: bool) -> Result<Option<Simulator<'g>>> {
+        if !neon::available() || (dotprod && !neon::has_dotprod()) {
+            return Ok(None);
+        }
+        Self::build(g, true, Some(dotprod)).map(Some)
+    }
+
+    /// `fast`: the CPU's SIMD conv/fc kernels (VNNI, NEON) instead of the GEMM; `neon_dotprod`:
+    /// force the NEON kernels to SDOT or plain NEON (`None`: SDOT when the CPU has it).
+    fn build(g: &'g QGraph, fast: bool, neon_dotprod: Option<bool>) -> Result<Simulator<'g>> {
         let mut prep = Vec::new();
         for l in &g.layers {
             prep.push(match &l.op {
@@ -284,6 +306,26 @@ impl<'g> Simulator<'g> {
                         )));
                         continue;
                     }
+                    #[cfg(target_arch = "aarch64")]
+                    if fast && c.stride.h > 0 && c.stride.w > 0 {
+                        let nc = neon::NConv::new(
+                            c.in_dims,
+                            c.out_dims,
+                            (c.kernel.h, c.kernel.w),
+                            (c.stride.h, c.stride.w),
+                            (c.pad.h, c.pad.w),
+                            c.groups,
+                            &c.weights,
+                            &c.bias,
+                            c.bias_lshift as u32,
+                            c.out_rshift as u32,
+                        );
+                        prep.push(Prep::Neon(match neon_dotprod {
+                            Some(d) => nc.with_dotprod(d),
+                            None => nc,
+                        }));
+                        continue;
+                    }
                     Prep::Conv(gm)
                 }
                 QOp::Fc(f) => {
@@ -313,12 +355,33 @@ impl<'g> Simulator<'g> {
                         )));
                         continue;
                     }
+                    #[cfg(target_arch = "aarch64")]
+                    if fast {
+                        let one = |c| graph::Hwc { h: 1, w: 1, c };
+                        let nc = neon::NConv::new(
+                            one(f.in_len),
+                            one(f.out_len),
+                            (1, 1),
+                            (1, 1),
+                            (0, 0),
+                            1,
+                            &f.weights,
+                            &f.bias,
+                            f.bias_lshift as u32,
+                            f.out_rshift as u32,
+                        );
+                        prep.push(Prep::Neon(match neon_dotprod {
+                            Some(d) => nc.with_dotprod(d),
+                            None => nc,
+                        }));
+                        continue;
+                    }
                     Prep::Fc(gm)
                 }
                 _ => Prep::Other,
             });
         }
-        let _ = fast;
+        let _ = (fast, neon_dotprod);
         Ok(Simulator { g, prep })
     }
 
@@ -431,6 +494,11 @@ impl<'g> Simulator<'g> {
                 }
                 #[cfg(target_arch = "x86_64")]
                 (QOp::Conv(_) | QOp::Fc(_), Prep::Vnni(v)) => {
+                    v.run(x, &mut y, &mut s.img);
+                    Ok(())
+                }
+                #[cfg(target_arch = "aarch64")]
+                (QOp::Conv(_) | QOp::Fc(_), Prep::Neon(v)) => {
                     v.run(x, &mut y, &mut s.img);
                     Ok(())
                 }
