@@ -2,8 +2,10 @@
 # The aarch64 NEON simulator kernels (src/fixed/sim/neon.rs) pinned to kernels.rs on an x86 host:
 # cross-built for aarch64-unknown-linux-gnu and run in QEMU user mode twice,
 #   -cpu max         (has dotprod: both the SDOT and the plain NEON kernel are tested),
-#   -cpu cortex-a72  (no dotprod: run-time detection leaves the plain NEON kernel only),
-# then clippy for that target (x86 clippy never sees the aarch64-only code).
+#   -cpu cortex-a72  (no dotprod: run-time detection leaves the plain NEON kernel only):
+# neon.rs's own property tests, then the whole simulator's (tests/fixed_sim_props.rs: the
+# default path, the portable GEMM and each NEON kernel the CPU has). Then clippy for that target
+# (x86 clippy never sees the aarch64-only code).
 # Installs its prerequisites; configuration is by environment only (no .cargo/config.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +26,8 @@ trap 'rm -f "$log"' EXIT
 
 for cpu in max cortex-a72; do
   echo "== aarch64 NEON kernels vs kernels.rs, QEMU user mode, -cpu $cpu"
-  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
-    cargo test --release --target $T --lib neon -- --nocapture --test-threads 2 2>&1 | tee "$log"
+  export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu"
+  cargo test --release --target $T --lib neon -- --nocapture 2>&1 | tee "$log"
   # The emulated CPU must be what this step claims to test (else SDOT would silently go untested).
   case $cpu in
     max) want='CPU dotprod = true; testing \["plain NEON", "SDOT"\]' ;;
@@ -33,7 +35,10 @@ for cpu in max cortex-a72; do
   esac
   grep -q "$want" "$log" || { echo "-cpu $cpu: expected '$want' in the test output" >&2; exit 1; }
   grep -q "test result: ok. [1-9]" "$log" || { echo "-cpu $cpu: no test ran" >&2; exit 1; }
+  echo "== the simulator vs kernels.rs, QEMU user mode, -cpu $cpu"
+  cargo test --release --target $T --test fixed_sim_props
 done
+unset CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER
 
 echo "== clippy for $T"
 cargo clippy --release --target $T --all-targets -- -D warnings
