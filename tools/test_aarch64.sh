@@ -7,6 +7,8 @@
 # default path, the portable GEMM and each NEON kernel the CPU has). Then clippy for that target
 # (x86 clippy never sees the aarch64-only code).
 # Installs its prerequisites; configuration is by environment only (no .cargo/config.toml).
+# Time on the 2-core dev machine (shared, load ~6): 16.7 min from a cold aarch64 target dir (the
+# clean-clone CI case; the tests themselves take ~11 s in QEMU), 3.4 min with a warm one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
