@@ -7,7 +7,9 @@
 //! - Conv and fc run on the fastest [`SimdPath`] the CPU has (picked at [`Simulator::new`],
 //!   forced with `NNQUANT_SIMD`): a direct convolution (`sim/direct.rs`: no im2col, the
 //!   receptive field read from a padded image) on AVX-512 VNNI `vpdpbusd` (`sim/vnni.rs`) or on
-//!   256-bit AVX-VNNI / AVX2 (`sim/avx256.rs`); elsewhere im2col + an `i16 × i16 → i32`
+//!   256-bit AVX-VNNI / AVX2 (`sim/avx256.rs`), or on aarch64 on `sdot` where the CPU has
+//!   `dotprod`, else on plain NEON `smull` + `sadalp` (`sim/neon.rs`; tested under QEMU user
+//!   mode by `tools/test_aarch64.sh`); elsewhere im2col + an `i16 × i16 → i32`
 //!   dot-product GEMM (weights pre-widened and padded to a multiple of 16 with zeros, which add
 //!   nothing), compiled twice and picked at run time so that AVX2 is used where the CPU has it.
 //! - Pooling and ReLU use vectorizable versions (`sim/elementwise.rs`); Add and Concat call
@@ -26,6 +28,8 @@ use std::collections::BTreeMap;
 mod avx256;
 mod direct;
 mod elementwise;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod path;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -129,6 +133,9 @@ enum Prep {
     /// A conv or fc for the 256-bit kernel (AVX2 or AVX-VNNI).
     #[cfg(target_arch = "x86_64")]
     Y256(avx256::YConv),
+    /// A conv or fc for the aarch64 NEON kernels (SDOT or plain NEON).
+    #[cfg(target_arch = "aarch64")]
+    Neon(neon::NConv),
     Other,
 }
 
@@ -463,6 +470,11 @@ impl<'g> Simulator<'g> {
                     v.run(x, &mut y, &mut s.img, &mut s.img16);
                     Ok(())
                 }
+                #[cfg(target_arch = "aarch64")]
+                (QOp::Conv(_) | QOp::Fc(_), Prep::Neon(v)) => {
+                    v.run(x, &mut y, &mut s.img);
+                    Ok(())
+                }
                 (QOp::Fc(_), Prep::Fc(gm)) => {
                     s.col.clear();
                     s.col.extend(x.iter().map(|&v| v as i16));
@@ -592,10 +604,33 @@ fn direct_prep(
             SimdPath::AvxVnni => y256(avx256::Isa::AvxVnni),
             SimdPath::Avx512VnniYmm => y256(avx256::Isa::Avx512VnniYmm),
             SimdPath::Avx2 => y256(avx256::Isa::Avx2),
-            SimdPath::Portable => None,
+            SimdPath::NeonDotprod | SimdPath::Neon | SimdPath::Portable => None,
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod = match path {
+            SimdPath::NeonDotprod => true,
+            SimdPath::Neon => false,
+            _ => return None,
+        };
+        Some(Prep::Neon(
+            neon::NConv::new(
+                ind,
+                outd,
+                kernel,
+                stride,
+                pad,
+                groups,
+                weights,
+                bias,
+                bias_lshift,
+                out_rshift,
+            )
+            .with_dotprod(dotprod),
+        ))
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (
             path,

@@ -19,17 +19,23 @@ pub enum SimdPath {
     Avx512VnniYmm,
     /// AVX2, `i16` `vpmaddwd` (`sim/avx256.rs`).
     Avx2,
+    /// aarch64 with the dot-product extension, `sdot` (`sim/neon.rs`).
+    NeonDotprod,
+    /// aarch64 NEON, `smull` + `sadalp` (`sim/neon.rs`).
+    Neon,
     /// The portable `i16` GEMM (autovectorized by the compiler; the reference fast path).
     Portable,
 }
 
 impl SimdPath {
     /// Every path, fastest first.
-    pub const ALL: [SimdPath; 5] = [
+    pub const ALL: [SimdPath; 7] = [
         SimdPath::Avx512Vnni,
         SimdPath::AvxVnni,
         SimdPath::Avx512VnniYmm,
         SimdPath::Avx2,
+        SimdPath::NeonDotprod,
+        SimdPath::Neon,
         SimdPath::Portable,
     ];
 
@@ -39,6 +45,8 @@ impl SimdPath {
             SimdPath::AvxVnni => "avx-vnni",
             SimdPath::Avx512VnniYmm => "avx512-vnni-ymm",
             SimdPath::Avx2 => "avx2",
+            SimdPath::NeonDotprod => "neon-dotprod",
+            SimdPath::Neon => "neon",
             SimdPath::Portable => "portable",
         }
     }
@@ -57,10 +65,21 @@ impl SimdPath {
                 SimdPath::AvxVnni => Isa::AvxVnni.available(),
                 SimdPath::Avx512VnniYmm => Isa::Avx512VnniYmm.available(),
                 SimdPath::Avx2 => Isa::Avx2.available(),
+                SimdPath::NeonDotprod | SimdPath::Neon => false,
                 SimdPath::Portable => true,
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            use super::neon;
+            match self {
+                SimdPath::NeonDotprod => neon::available() && neon::has_dotprod(),
+                SimdPath::Neon => neon::available(),
+                SimdPath::Portable => true,
+                _ => false,
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             self == SimdPath::Portable
         }
