@@ -244,6 +244,7 @@ pub struct Simulator<'g> {
 struct Scratch {
     col: Vec<i16>,
     img: Vec<u8>,
+    #[cfg(target_arch = "x86_64")]
     img16: Vec<i16>,
     sum: Vec<i32>,
     rowmax: Vec<i8>,

@@ -23,6 +23,7 @@
 //! the reference sum bit for bit; `sshl` by `-out_rshift` is the arithmetic shift and two
 //! saturating narrowings (`sqxtn` i32 → i16 → i8) are exactly `sat_i8`.
 
+use super::direct::{Geometry, Seg};
 use crate::fixed::graph::Hwc;
 use crate::fixed::kernels;
 use std::arch::aarch64::*;
@@ -39,32 +40,12 @@ pub(super) fn has_dotprod() -> bool {
     std::arch::is_aarch64_feature_detected!("dotprod")
 }
 
-/// One contiguous run of the receptive field: `off` bytes from the pixel's base in the padded
-/// image, `len4` bytes (a multiple of 4) of which the trailing padding meets zero weights.
-#[derive(Clone, Copy, Debug)]
-struct Seg {
-    off: usize,
-    len4: usize,
-}
-
 /// A conv (or fc, as a 1×1 conv on a 1×1 image) prepared for the NEON kernels.
 pub(super) struct NConv {
-    ind: Hwc,
-    outd: Hwc,
-    stride: (usize, usize),
-    pad: (usize, usize),
-    /// Padded image height/width.
-    hp: usize,
-    wp: usize,
-    groups: usize,
-    cout_g: usize,
+    geo: Geometry,
     /// 16-channel blocks per group.
     nb: usize,
-    /// Receptive-field segments per group (offsets include the group's channel offset).
-    segs: Vec<Vec<Seg>>,
-    /// Padded reduction length (sum of the segments' `len4`).
-    k4: usize,
-    /// `[group][block][k4 / 4][16][4]`.
+    /// `[group][block][kp / 4][16][4]`.
     w: Vec<i8>,
     /// `[group][block][16]`: `(bias << lshift) + round`, wrapping.
     bias: Vec<i32>,
@@ -72,10 +53,6 @@ pub(super) struct NConv {
     /// SDOT kernel (true) or plain NEON (false).
     dotprod: bool,
 }
-
-/// Bytes of slack after the padded image: a segment's last 4-byte group may read up to 3 bytes
-/// past it.
-const SLACK: usize = 16;
 
 impl NConv {
     /// `weights`: `[out_c][kh][kw][in_c / groups]` (an fc is `kh = kw = 1`). Uses SDOT when the
@@ -93,76 +70,15 @@ impl NConv {
         bias_lshift: u32,
         out_rshift: u32,
     ) -> NConv {
-        let (kh, kw) = kernel;
-        let c = ind.c;
-        let cin_g = c / groups;
-        let cout_g = outd.c / groups;
-        let nb = cout_g.div_ceil(16);
-        // The padded image must hold every window (Caffe's rule guarantees it; be general).
-        let hp = (ind.h + 2 * pad.0).max((outd.h.max(1) - 1) * stride.0 + kh);
-        let wp = (ind.w + 2 * pad.1).max((outd.w.max(1) - 1) * stride.1 + kw);
-        // Segments and, for each, the (ky, kx) source of its weight bytes.
-        let row_segments = groups == 1;
-        let mut taps: Vec<(usize, usize)> = Vec::new(); // kx = 0 for whole rows
-        if row_segments {
-            taps.extend((0..kh).map(|ky| (ky, 0)));
-        } else {
-            taps.extend((0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky, kx))));
-        }
-        let seg_len = if row_segments { kw * cin_g } else { cin_g };
-        let segs: Vec<Vec<Seg>> = (0..groups)
-            .map(|g| {
-                taps.iter()
-                    .map(|&(ky, kx)| Seg {
-                        off: (ky * wp + kx) * c + g * cin_g,
-                        len4: seg_len.div_ceil(4) * 4,
-                    })
-                    .collect()
-            })
-            .collect();
-        let k4 = taps.len() * seg_len.div_ceil(4) * 4;
-        let ksize = kh * kw * cin_g;
+        let geo = Geometry::new(ind, outd, kernel, stride, pad, groups, 4);
+        let wk = geo.reorder(weights);
         let rnd = kernels::round_term(out_rshift);
-        let mut w = vec![0i8; groups * nb * k4 * 16];
-        let mut b = vec![0i32; groups * nb * 16];
-        for g in 0..groups {
-            for blk in 0..nb {
-                let base = (g * nb + blk) * k4 * 16;
-                for lane in 0..16 {
-                    let oc = blk * 16 + lane;
-                    if oc >= cout_g {
-                        continue; // zero weights and bias: computed, never stored
-                    }
-                    let o = g * cout_g + oc;
-                    let src = &weights[o * ksize..(o + 1) * ksize];
-                    // The reduction in segment order, each segment zero padded to `len4`.
-                    let mut k = 0;
-                    for &(ky, kx) in &taps {
-                        let from = (ky * kw + kx) * cin_g;
-                        for (i, &v) in src[from..from + seg_len].iter().enumerate() {
-                            let kk = k + i;
-                            w[base + (kk / 4) * 64 + lane * 4 + kk % 4] = v;
-                        }
-                        k += seg_len.div_ceil(4) * 4;
-                    }
-                    b[(g * nb + blk) * 16 + lane] =
-                        ((bias[o] as i32) << bias_lshift).wrapping_add(rnd);
-                }
-            }
-        }
+        // Channels past a group's end get zero weights and bias: computed, never stored.
+        let b = geo.per_lane(16, |o| ((bias[o] as i32) << bias_lshift).wrapping_add(rnd));
         NConv {
-            ind,
-            outd,
-            stride,
-            pad,
-            hp,
-            wp,
-            groups,
-            cout_g,
-            nb,
-            segs,
-            k4,
-            w,
+            nb: geo.blocks(16),
+            w: geo.pack(&wk, 16, 4),
+            geo,
             bias: b,
             rshift: out_rshift,
             dotprod: has_dotprod(),
@@ -189,25 +105,12 @@ impl NConv {
         self.dotprod
     }
 
-    /// Fill `img` with the zero-padded image of `x` (bytes are `i8` values).
-    fn pad_input(&self, x: &[i8], img: &mut Vec<u8>) {
-        let (c, wp) = (self.ind.c, self.wp);
-        img.clear();
-        img.resize(self.hp * wp * c + SLACK, 0);
-        let row = self.ind.w * c;
-        for y in 0..self.ind.h {
-            let d = ((y + self.pad.0) * wp + self.pad.1) * c;
-            for (o, &v) in img[d..d + row].iter_mut().zip(&x[y * row..(y + 1) * row]) {
-                *o = v as u8;
-            }
-        }
-    }
-
     /// `y = conv(x)`; `img` is scratch.
     pub(super) fn run(&self, x: &[i8], y: &mut [i8], img: &mut Vec<u8>) {
-        assert_eq!(x.len(), self.ind.len(), "neon conv: input length");
-        assert_eq!(y.len(), self.outd.len(), "neon conv: output length");
-        self.pad_input(x, img);
+        assert_eq!(x.len(), self.geo.ind.len(), "neon conv: input length");
+        assert_eq!(y.len(), self.geo.outd.len(), "neon conv: output length");
+        // Zero padding; the bytes are `i8` values.
+        self.geo.pad_image(x, |v| v as u8, 0, img);
         // SAFETY: `dotprod` is only set when the CPU has it (`new`, `with_dotprod`); every read
         // stays inside `img` (windows lie in the padded image, plus SLACK for the 4-byte groups)
         // and every write inside `y` (checked lengths; a block writes only its valid channels).
@@ -236,30 +139,30 @@ impl NConv {
     /// Inlined into the `target_feature` entry points so that the kernel is compiled with them.
     #[inline(always)]
     unsafe fn drive<K: RowKernel>(&self, img: &[u8], y: &mut [i8]) {
-        let c = self.ind.c;
-        let (oh, ow, oc) = (self.outd.h, self.outd.w, self.outd.c);
-        let blk_bytes = self.k4 * 16;
+        let c = self.geo.ind.c;
+        let (oh, ow, oc) = (self.geo.outd.h, self.geo.outd.w, self.geo.outd.c);
+        let blk_bytes = self.geo.kp * 16;
         let img = img.as_ptr() as *const i8;
         let yp = y.as_mut_ptr();
-        for g in 0..self.groups {
+        for g in 0..self.geo.groups {
             for blk in 0..self.nb {
                 // SAFETY (all pointer offsets below): block `blk` of group `g` exists in `w`
                 // and `bias`; rows `oy < oh` start inside `img` and `y`.
                 let t = unsafe {
                     Tile {
-                        segs: &self.segs[g],
-                        st: self.stride.1 * c,
+                        segs: &self.geo.segs[g],
+                        st: self.geo.stride.1 * c,
                         w: self.w.as_ptr().add((g * self.nb + blk) * blk_bytes),
                         bias: self.bias.as_ptr().add((g * self.nb + blk) * 16),
                         shift: vdupq_n_s32(-(self.rshift as i32)),
-                        valid: (self.cout_g - blk * 16).min(16),
+                        valid: (self.geo.cout_g - blk * 16).min(16),
                         out_px: oc,
                     }
                 };
-                let ch0 = g * self.cout_g + blk * 16;
+                let ch0 = g * self.geo.cout_g + blk * 16;
                 for oy in 0..oh {
                     unsafe {
-                        let row_in = img.add(oy * self.stride.0 * self.wp * c);
+                        let row_in = img.add(oy * self.geo.stride.0 * self.geo.wp * c);
                         let row_out = yp.add(oy * ow * oc + ch0);
                         K::row(&t, row_in, row_out, ow);
                     }
@@ -274,7 +177,7 @@ struct Tile<'a> {
     segs: &'a [Seg],
     /// Bytes between horizontally adjacent output pixels in the padded image.
     st: usize,
-    /// This block's packed weights, `[k4 / 4][16][4]`.
+    /// This block's packed weights, `[kp / 4][16][4]`.
     w: *const i8,
     /// This block's 16 bias terms.
     bias: *const i32,
@@ -357,7 +260,7 @@ impl Sdot {
             for s in t.segs {
                 let base = inp.add(s.off);
                 let mut k = 0;
-                while k < s.len4 {
+                while k < s.len {
                     let w: [int8x16_t; 4] = std::array::from_fn(|j| vld1q_s8(wp.add(16 * j)));
                     for p in 0..P {
                         let x = bcast4(base.add(p * t.st + k));
@@ -408,7 +311,7 @@ impl Plain {
             for s in t.segs {
                 let base = inp.add(s.off);
                 let mut k = 0;
-                while k < s.len4 {
+                while k < s.len {
                     let w: [int8x16_t; 4] = std::array::from_fn(|j| vld1q_s8(wp.add(16 * j)));
                     for p in 0..P {
                         let x = bcast4(base.add(p * t.st + k));
