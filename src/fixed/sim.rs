@@ -300,16 +300,18 @@ impl<'g> Simulator<'g> {
                     if c.stride.h > 0 && c.stride.w > 0 {
                         let direct = direct_prep(
                             path,
-                            c.in_dims,
-                            c.out_dims,
-                            (c.kernel.h, c.kernel.w),
-                            (c.stride.h, c.stride.w),
-                            (c.pad.h, c.pad.w),
-                            c.groups,
-                            &c.weights,
-                            &c.bias,
-                            c.bias_lshift as u32,
-                            c.out_rshift as u32,
+                            &direct::ConvSpec {
+                                ind: c.in_dims,
+                                outd: c.out_dims,
+                                kernel: (c.kernel.h, c.kernel.w),
+                                stride: (c.stride.h, c.stride.w),
+                                pad: (c.pad.h, c.pad.w),
+                                groups: c.groups,
+                                weights: &c.weights,
+                                bias: &c.bias,
+                                bias_lshift: c.bias_lshift as u32,
+                                out_rshift: c.out_rshift as u32,
+                            },
                         );
                         if let Some(d) = direct {
                             prep.push(d);
@@ -331,16 +333,18 @@ impl<'g> Simulator<'g> {
                     let one = |c| graph::Hwc { h: 1, w: 1, c };
                     let direct = direct_prep(
                         path,
-                        one(f.in_len),
-                        one(f.out_len),
-                        (1, 1),
-                        (1, 1),
-                        (0, 0),
-                        1,
-                        &f.weights,
-                        &f.bias,
-                        f.bias_lshift as u32,
-                        f.out_rshift as u32,
+                        &direct::ConvSpec {
+                            ind: one(f.in_len),
+                            outd: one(f.out_len),
+                            kernel: (1, 1),
+                            stride: (1, 1),
+                            pad: (0, 0),
+                            groups: 1,
+                            weights: &f.weights,
+                            bias: &f.bias,
+                            bias_lshift: f.bias_lshift as u32,
+                            out_rshift: f.out_rshift as u32,
+                        },
                     );
                     if let Some(d) = direct {
                         prep.push(d);
@@ -558,50 +562,12 @@ impl<'g> Simulator<'g> {
 
 /// A conv/fc (shifts already checked by `Gemm::new`) prepared for `path`'s direct-convolution
 /// kernel, or `None` for the portable GEMM.
-#[allow(clippy::too_many_arguments)]
-fn direct_prep(
-    path: SimdPath,
-    ind: graph::Hwc,
-    outd: graph::Hwc,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    pad: (usize, usize),
-    groups: usize,
-    weights: &[i8],
-    bias: &[i8],
-    bias_lshift: u32,
-    out_rshift: u32,
-) -> Option<Prep> {
+fn direct_prep(path: SimdPath, c: &direct::ConvSpec) -> Option<Prep> {
     #[cfg(target_arch = "x86_64")]
     {
-        let y256 = |isa| {
-            Some(Prep::Y256(avx256::YConv::new(
-                isa,
-                ind,
-                outd,
-                kernel,
-                stride,
-                pad,
-                groups,
-                weights,
-                bias,
-                bias_lshift,
-                out_rshift,
-            )))
-        };
+        let y256 = |isa| Some(Prep::Y256(avx256::YConv::new(isa, c)));
         match path {
-            SimdPath::Avx512Vnni => Some(Prep::Vnni(vnni::VConv::new(
-                ind,
-                outd,
-                kernel,
-                stride,
-                pad,
-                groups,
-                weights,
-                bias,
-                bias_lshift,
-                out_rshift,
-            ))),
+            SimdPath::Avx512Vnni => Some(Prep::Vnni(vnni::VConv::new(c))),
             SimdPath::AvxVnni => y256(avx256::Isa::AvxVnni),
             SimdPath::Avx512VnniYmm => y256(avx256::Isa::Avx512VnniYmm),
             SimdPath::Avx2 => y256(avx256::Isa::Avx2),
@@ -615,37 +581,11 @@ fn direct_prep(
             SimdPath::Neon => false,
             _ => return None,
         };
-        Some(Prep::Neon(
-            neon::NConv::new(
-                ind,
-                outd,
-                kernel,
-                stride,
-                pad,
-                groups,
-                weights,
-                bias,
-                bias_lshift,
-                out_rshift,
-            )
-            .with_dotprod(dotprod),
-        ))
+        Some(Prep::Neon(neon::NConv::new(c).with_dotprod(dotprod)))
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
-        let _ = (
-            path,
-            ind,
-            outd,
-            kernel,
-            stride,
-            pad,
-            groups,
-            weights,
-            bias,
-            bias_lshift,
-            out_rshift,
-        );
+        let _ = (path, c);
         None
     }
 }

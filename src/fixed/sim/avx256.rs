@@ -24,9 +24,7 @@
 //! which the whole kernel is inlined and compiled for that ISA.
 #![allow(clippy::incompatible_msrv)]
 
-use super::direct::{Geometry, Seg};
-use crate::fixed::graph::Hwc;
-use crate::fixed::kernels;
+use super::direct::{ConvSpec, Geometry, Seg};
 use std::arch::x86_64::*;
 
 /// Which instruction set runs the 256-bit kernel.
@@ -83,29 +81,14 @@ pub(super) struct YConv {
 }
 
 impl YConv {
-    /// `weights`: `[out_c][kh][kw][in_c / groups]` (an fc is `kh = kw = 1`). The caller checks
-    /// `isa.available()`.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        isa: Isa,
-        ind: Hwc,
-        outd: Hwc,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        pad: (usize, usize),
-        groups: usize,
-        weights: &[i8],
-        bias: &[i8],
-        bias_lshift: u32,
-        out_rshift: u32,
-    ) -> YConv {
+    /// The conv `c` prepared for the kernel on `isa` (the caller checks `isa.available()`).
+    pub(super) fn new(isa: Isa, c: &ConvSpec) -> YConv {
         let g = isa.group();
-        let geo = Geometry::new(ind, outd, kernel, stride, pad, groups, g);
-        let wk = geo.reorder(weights);
-        let rnd = kernels::round_term(out_rshift);
+        let geo = c.geometry(g);
+        let wk = geo.reorder(c.weights);
         let offset = isa != Isa::Avx2;
         let b = geo.per_lane(LANES, |o| {
-            let b = ((bias[o] as i32) << bias_lshift).wrapping_add(rnd);
+            let b = c.bias_term(o);
             if offset {
                 let sw = wk[o * geo.kp..(o + 1) * geo.kp]
                     .iter()
@@ -129,7 +112,7 @@ impl YConv {
             isa,
             w,
             bias: b,
-            rshift: out_rshift,
+            rshift: c.out_rshift,
         }
     }
 

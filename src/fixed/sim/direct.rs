@@ -13,6 +13,43 @@ use crate::fixed::graph::Hwc;
 /// elements past it.
 pub(super) const SLACK: usize = 64;
 
+/// A conv (or an fc, as a 1×1 conv on a 1×1 image) as every direct-convolution kernel takes it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConvSpec<'a> {
+    pub ind: Hwc,
+    pub outd: Hwc,
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+    pub groups: usize,
+    /// `[out_c][kh][kw][in_c / groups]`.
+    pub weights: &'a [i8],
+    pub bias: &'a [i8],
+    pub bias_lshift: u32,
+    pub out_rshift: u32,
+}
+
+impl ConvSpec<'_> {
+    /// The geometry for a kernel whose dot product takes `g` elements at a time.
+    pub fn geometry(&self, g: usize) -> Geometry {
+        Geometry::new(
+            self.ind,
+            self.outd,
+            self.kernel,
+            self.stride,
+            self.pad,
+            self.groups,
+            g,
+        )
+    }
+
+    /// `(bias << bias_lshift) + round_term` of output channel `o`, wrapping.
+    pub fn bias_term(&self, o: usize) -> i32 {
+        ((self.bias[o] as i32) << self.bias_lshift)
+            .wrapping_add(crate::fixed::kernels::round_term(self.out_rshift))
+    }
+}
+
 /// One contiguous run of the receptive field: `off` elements from the pixel's base in the padded
 /// image, `len` elements (a multiple of the kernel's group `G`).
 #[derive(Clone, Copy, Debug)]

@@ -23,9 +23,7 @@
 //! the reference sum bit for bit; `sshl` by `-out_rshift` is the arithmetic shift and two
 //! saturating narrowings (`sqxtn` i32 → i16 → i8) are exactly `sat_i8`.
 
-use super::direct::{Geometry, Seg};
-use crate::fixed::graph::Hwc;
-use crate::fixed::kernels;
+use super::direct::{ConvSpec, Geometry, Seg};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -55,32 +53,19 @@ pub(super) struct NConv {
 }
 
 impl NConv {
-    /// `weights`: `[out_c][kh][kw][in_c / groups]` (an fc is `kh = kw = 1`). Uses SDOT when the
-    /// CPU has it ([`NConv::with_dotprod`] forces the choice).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        ind: Hwc,
-        outd: Hwc,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        pad: (usize, usize),
-        groups: usize,
-        weights: &[i8],
-        bias: &[i8],
-        bias_lshift: u32,
-        out_rshift: u32,
-    ) -> NConv {
-        let geo = Geometry::new(ind, outd, kernel, stride, pad, groups, 4);
-        let wk = geo.reorder(weights);
-        let rnd = kernels::round_term(out_rshift);
+    /// The conv `c` prepared for the NEON kernels. Uses SDOT when the CPU has it
+    /// ([`NConv::with_dotprod`] forces the choice).
+    pub(super) fn new(c: &ConvSpec) -> NConv {
+        let geo = c.geometry(4);
+        let wk = geo.reorder(c.weights);
         // Channels past a group's end get zero weights and bias: computed, never stored.
-        let b = geo.per_lane(16, |o| ((bias[o] as i32) << bias_lshift).wrapping_add(rnd));
+        let b = geo.per_lane(16, |o| c.bias_term(o));
         NConv {
             nb: geo.blocks(16),
             w: geo.pack(&wk, 16, 4),
             geo,
             bias: b,
-            rshift: out_rshift,
+            rshift: c.out_rshift,
             dotprod: has_dotprod(),
         }
     }
@@ -361,7 +346,8 @@ impl RowKernel for Plain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixed::kernels::{Dims, Pair};
+    use crate::fixed::graph::Hwc;
+    use crate::fixed::kernels::{self, Dims, Pair};
     use proptest::prelude::*;
 
     /// The kernels this CPU can run: plain NEON always, SDOT when it has `dotprod`.
@@ -512,18 +498,18 @@ mod tests {
 
     /// The NEON kernel `dotprod` on the case (twice, reusing the scratch, as the simulator does).
     fn neon(c: &Case, dotprod: bool) -> Vec<i8> {
-        let nc = NConv::new(
-            c.ind,
-            c.outd,
-            c.kernel,
-            c.stride,
-            c.pad,
-            c.groups,
-            &c.weights,
-            &c.bias,
-            c.bias_lshift,
-            c.out_rshift,
-        )
+        let nc = NConv::new(&ConvSpec {
+            ind: c.ind,
+            outd: c.outd,
+            kernel: c.kernel,
+            stride: c.stride,
+            pad: c.pad,
+            groups: c.groups,
+            weights: &c.weights,
+            bias: &c.bias,
+            bias_lshift: c.bias_lshift,
+            out_rshift: c.out_rshift,
+        })
         .with_dotprod(dotprod);
         assert_eq!(nc.uses_dotprod(), dotprod);
         let mut img = vec![0x55u8; 7]; // stale scratch must not leak into the result

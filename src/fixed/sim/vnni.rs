@@ -20,10 +20,7 @@
 //! crate's `rust-version` says 1.85; this module is what needs the newer compiler).
 #![allow(clippy::incompatible_msrv)]
 
-use super::direct::Geometry;
-use super::direct::Seg;
-use crate::fixed::graph::Hwc;
-use crate::fixed::kernels;
+use super::direct::{ConvSpec, Geometry, Seg};
 use std::arch::x86_64::*;
 
 /// True when this CPU can run the VNNI path.
@@ -46,37 +43,22 @@ pub(super) struct VConv {
 }
 
 impl VConv {
-    /// `weights`: `[out_c][kh][kw][in_c / groups]` (an fc is `kh = kw = 1`).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        ind: Hwc,
-        outd: Hwc,
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        pad: (usize, usize),
-        groups: usize,
-        weights: &[i8],
-        bias: &[i8],
-        bias_lshift: u32,
-        out_rshift: u32,
-    ) -> VConv {
-        let geo = Geometry::new(ind, outd, kernel, stride, pad, groups, 4);
-        let wk = geo.reorder(weights);
-        let rnd = kernels::round_term(out_rshift);
+    /// The conv `c` prepared for the kernel.
+    pub(super) fn new(c: &ConvSpec) -> VConv {
+        let geo = c.geometry(4);
+        let wk = geo.reorder(c.weights);
         let b = geo.per_lane(16, |o| {
             let sw = wk[o * geo.kp..(o + 1) * geo.kp]
                 .iter()
                 .fold(0i32, |s, &v| s.wrapping_add(v as i32));
-            ((bias[o] as i32) << bias_lshift)
-                .wrapping_add(rnd)
-                .wrapping_sub(sw.wrapping_mul(128))
+            c.bias_term(o).wrapping_sub(sw.wrapping_mul(128))
         });
         VConv {
             nb: geo.blocks(16),
             w: geo.pack(&wk, 16, 4),
             geo,
             bias: b,
-            rshift: out_rshift,
+            rshift: c.out_rshift,
         }
     }
 
