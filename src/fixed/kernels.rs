@@ -220,9 +220,10 @@ fn word_tail(b: &[i8]) -> u32 {
     w
 }
 
-/// Largest `kernel.h · kernel.w · in_c / groups` the im2col convolution takes: its patches live
-/// on the stack (portable: two i8 patches, `2 × PATCH_MAX` bytes; DSP: one i8 patch and two
-/// q15 patches, `5 × PATCH_MAX` bytes). Larger kernels use the direct path (same results, slower).
+/// Largest `kernel.h · kernel.w · in_c / groups` [`conv_hwc_q7`] runs by im2col: its patches
+/// live on the stack (`conv_scratch_len(PATCH_MAX, true)` bytes). Larger kernels use the direct
+/// path (same results, slower). The firmware calls [`conv_hwc_q7_scratch`] and
+/// [`conv_pool_hwc_q7`] instead, with scratch sized to the layer in its arena.
 pub const PATCH_MAX: usize = 1024;
 
 /// Geometry of a convolution, validated by [`conv_hwc_q7`].
@@ -320,30 +321,44 @@ fn dot2x2(a: &[i8], b: &[i8], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4]
     s
 }
 
-/// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer:
-/// every 4 bytes `x0 x1 x2 x3` of the patch (the last group zero-filled) become the words
-/// `(x0, x2)` at `q[4g + slot]` and `(x1, x3)` at `q[4g + 2 + slot]`, each two i16 halves.
-/// Weights are widened the same way on the fly (`SXTB16` and `SXTB16 ROR 8`), so the halves
-/// line up without any packing instruction.
+/// Store `v` as the little-endian word `i` of the byte buffer `q` (one `STR` on Cortex-M).
 #[inline(always)]
-fn widen_patch(p: &[i8], q: &mut [u32], slot: usize) {
+fn put_word(q: &mut [i8], i: usize, v: u32) {
+    for (d, b) in q[4 * i..4 * i + 4].iter_mut().zip(v.to_le_bytes()) {
+        *d = b as i8;
+    }
+}
+
+/// Word `i` of the byte buffer `q`.
+#[inline(always)]
+fn get_word(q: &[i8], i: usize) -> u32 {
+    word(&q[4 * i..4 * i + 4])
+}
+
+/// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer `q`
+/// (bytes, holding words): every 4 bytes `x0 x1 x2 x3` of the patch (the last group
+/// zero-filled) become the words `(x0, x2)` at word `4g + slot` and `(x1, x3)` at word
+/// `4g + 2 + slot`, each two i16 halves. Weights are widened the same way on the fly (`SXTB16`
+/// and `SXTB16 ROR 8`), so the halves line up without any packing instruction.
+#[inline(always)]
+fn widen_patch(p: &[i8], q: &mut [i8], slot: usize) {
     let n4 = p.len() / 4;
-    for (c, d) in p.chunks_exact(4).zip(q.chunks_exact_mut(4)) {
+    for (g, c) in p.chunks_exact(4).enumerate() {
         let x = word(c);
-        d[slot] = simd::sxtb16(x);
-        d[2 + slot] = simd::sxtb16_ror8(x);
+        put_word(q, 4 * g + slot, simd::sxtb16(x));
+        put_word(q, 4 * g + 2 + slot, simd::sxtb16_ror8(x));
     }
     if !p.len().is_multiple_of(4) {
         let x = word_tail(&p[n4 * 4..]);
-        q[4 * n4 + slot] = simd::sxtb16(x);
-        q[4 * n4 + 2 + slot] = simd::sxtb16_ror8(x);
+        put_word(q, 4 * n4 + slot, simd::sxtb16(x));
+        put_word(q, 4 * n4 + 2 + slot, simd::sxtb16_ror8(x));
     }
 }
 
 /// One group of 4 kernel elements of [`dot2x2_q15`]: weight words `u`, `v` (rows 0 and 1),
 /// widened pixels `x = [a_even, b_even, a_odd, b_odd]`.
 #[inline(always)]
-fn mac2x2(u: u32, v: u32, x: &[u32], s: [i32; 4]) -> [i32; 4] {
+fn mac2x2(u: u32, v: u32, x: [u32; 4], s: [i32; 4]) -> [i32; 4] {
     let [mut s0, mut s1, mut s2, mut s3] = s;
     let t = simd::sxtb16(u);
     s0 = simd::smlad(t, x[0], s0);
@@ -360,20 +375,44 @@ fn mac2x2(u: u32, v: u32, x: &[u32], s: [i32; 4]) -> [i32; 4] {
     [s0, s1, s2, s3]
 }
 
-/// The whole groups of [`dot2x2_q15`] (`w0.len() == w1.len() == 4n`, `q.len() == 4n`): one
-/// hand-scheduled loop of 18 instructions per 16 multiply-accumulates (the compiler spills).
+/// The whole groups of [`dot2x2_q15`] (`w0.len() == w1.len() == 4n`, `q`: `4n` words as
+/// bytes): on DSP targets one hand-scheduled loop of 18 instructions per 16 multiply-accumulates
+/// (the compiler spills), elsewhere (and for a misaligned `q`) its plain-Rust model.
+#[inline(always)]
+fn mac2x2_groups(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+    #[cfg(all(dsp, target_arch = "arm"))]
+    {
+        let n = w0.len();
+        if n > 0 && w1.len() == n && q.len() == 4 * n && (q.as_ptr() as usize).is_multiple_of(4)
+        {
+            return mac2x2_groups_asm(q, w0, w1, s);
+        }
+    }
+    let mut s = s;
+    for (g, (u, v)) in w0.chunks_exact(4).zip(w1.chunks_exact(4)).enumerate() {
+        let x = [
+            get_word(q, 4 * g),
+            get_word(q, 4 * g + 1),
+            get_word(q, 4 * g + 2),
+            get_word(q, 4 * g + 3),
+        ];
+        s = mac2x2(word(u), word(v), x, s);
+    }
+    s
+}
+
+/// The loop of [`mac2x2_groups`] in assembly; the caller checked the lengths (`n` a non-zero
+/// multiple of 4) and that `q` is word-aligned.
 #[cfg(all(dsp, target_arch = "arm"))]
 #[inline(always)]
-fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+fn mac2x2_groups_asm(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     use core::arch::asm;
     let n = w0.len();
-    if n == 0 || w1.len() != n || q.len() != n {
-        return s;
-    }
     let [mut s0, mut s1, mut s2, mut s3] = s;
     let end = w0[n..].as_ptr();
-    // SAFETY: reads `n` bytes from `w0` and `w1` and `n` words from `q` (lengths checked above,
-    // `n` a non-zero multiple of 4; `q` is word-aligned as LDRD needs); writes only registers.
+    // SAFETY: reads `n` bytes from `w0` and `w1` and `4n` bytes from `q` (lengths checked by the
+    // caller, `n` a non-zero multiple of 4; `q` is word-aligned as LDRD needs); writes only
+    // registers.
     unsafe {
         asm!(
             "2:",
@@ -414,30 +453,22 @@ fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     [s0, s1, s2, s3]
 }
 
-/// The model of the loop above, for hosts and tests.
-#[cfg(not(all(dsp, target_arch = "arm")))]
-#[inline(always)]
-fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4] {
-    for ((u, v), x) in w0
-        .chunks_exact(4)
-        .zip(w1.chunks_exact(4))
-        .zip(q.chunks_exact(4))
-    {
-        s = mac2x2(word(u), word(v), x, s);
-    }
-    s
-}
-
-/// DSP 2 pixels × 2 channels over the interleaved widened patches `q` (`4·⌈k/4⌉` words, see
-/// [`widen_patch`]) and i8 weight rows `w0`, `w1` (`k` bytes each):
+/// DSP 2 pixels × 2 channels over the interleaved widened patches `q` (`4·⌈k/4⌉` words as
+/// bytes, see [`widen_patch`]) and i8 weight rows `w0`, `w1` (`k` bytes each):
 /// `[a·w0, a·w1, b·w0, b·w1]` added to `s`.
 #[inline(always)]
-fn dot2x2_q15(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+fn dot2x2_q15(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     let k = w0.len();
     let n = k & !3;
-    let s = mac2x2_groups(&q[..n], &w0[..n], &w1[..n], s);
+    let s = mac2x2_groups(&q[..4 * n], &w0[..n], &w1[..n], s);
     if n < k {
-        mac2x2(word_tail(&w0[n..]), word_tail(&w1[n..]), &q[n..n + 4], s)
+        let x = [
+            get_word(q, n),
+            get_word(q, n + 1),
+            get_word(q, n + 2),
+            get_word(q, n + 3),
+        ];
+        mac2x2(word_tail(&w0[n..]), word_tail(&w1[n..]), x, s)
     } else {
         s
     }
@@ -453,65 +484,83 @@ trait PairKernel {
     fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4];
 }
 
-/// Portable: two i8 patches, scalar multiply-accumulates.
-struct Portable {
-    a: [i8; PATCH_MAX],
-    b: [i8; PATCH_MAX],
-    k: usize,
+/// Portable: two i8 patches (in caller-provided scratch), scalar multiply-accumulates.
+struct Portable<'a> {
+    a: &'a mut [i8],
+    b: &'a mut [i8],
 }
 
-impl PairKernel for Portable {
+impl PairKernel for Portable<'_> {
     #[inline(always)]
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
-        let dst = if second { &mut self.b } else { &mut self.a };
-        g.fill_patch(input, grp, pixel, &mut dst[..self.k]);
+        let dst = if second { &mut *self.b } else { &mut *self.a };
+        g.fill_patch(input, grp, pixel, dst);
     }
     #[inline(always)]
     fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
-        let k = self.k;
-        dot2x2(
-            &self.a[..k],
-            &self.b[..k],
-            &w[r0 * k..][..k],
-            &w[r1 * k..][..k],
-            s,
-        )
+        let k = self.a.len();
+        dot2x2(self.a, self.b, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
     }
 }
 
 /// DSP: the patches of two output pixels are widened to interleaved q15 pairs once, then every
-/// pair of output channels takes 8 `SMLAD`s per 4 kernel elements.
-struct Dsp {
-    patch: [i8; PATCH_MAX],
-    q: [u32; PATCH_MAX],
-    k: usize,
+/// pair of output channels takes 8 `SMLAD`s per 4 kernel elements. `patch` holds `k` bytes,
+/// `q` `4·⌈k/4⌉` words (as bytes, word-aligned), both in caller-provided scratch.
+struct Dsp<'a> {
+    patch: &'a mut [i8],
+    q: &'a mut [i8],
 }
 
-impl PairKernel for Dsp {
+impl PairKernel for Dsp<'_> {
     #[inline(always)]
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
-        let p = &mut self.patch[..self.k];
-        g.fill_patch(input, grp, pixel, p);
-        let nq = self.k.div_ceil(4) * 4;
-        widen_patch(p, &mut self.q[..nq], second as usize);
+        g.fill_patch(input, grp, pixel, self.patch);
+        widen_patch(self.patch, self.q, second as usize);
     }
     #[inline(always)]
     fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
-        let k = self.k;
+        let k = self.patch.len();
         let nq = k.div_ceil(4) * 4;
         if r1 * k + nq <= w.len() && r0 <= r1 {
             // Read whole words past the rows' ends (into the next rows): the widened patches
             // are zero there, so those bytes add nothing, and the tail needs no special case.
-            mac2x2_groups(&self.q[..nq], &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
+            mac2x2_groups(self.q, &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
         } else {
-            dot2x2_q15(&self.q[..nq], &w[r0 * k..][..k], &w[r1 * k..][..k], s)
+            dot2x2_q15(self.q, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
         }
     }
 }
 
-/// The loop nest of the im2col convolutions: for every group, pixel pair (in raster order; the
-/// last pixel alone when their count is odd, computed as a pair with itself) and channel pair
-/// (the last channel with itself when odd).
+/// Bytes of scratch [`conv_hwc_q7_scratch`] and [`conv_pool_hwc_q7`] need for a convolution
+/// with `ksize = kernel.h · kernel.w · in_c / groups`: two i8 patches (portable), or an i8
+/// patch and two interleaved q15 patches plus 3 bytes to align them to a word (DSP).
+pub const fn conv_scratch_len(ksize: usize, dsp: bool) -> usize {
+    if ksize == 0 {
+        0
+    } else if dsp {
+        ksize + 16 * ksize.div_ceil(4) + 3
+    } else {
+        2 * ksize
+    }
+}
+
+/// The output stage: `sat_i8(acc >> or)`, raised to at least `lo` (0 fuses a ReLU into the
+/// requantization, -128 is a plain requantization).
+#[inline(always)]
+fn requant_lo(acc: i32, or: u32, lo: i8) -> i8 {
+    let v = requant(acc, or);
+    if v < lo {
+        lo
+    } else {
+        v
+    }
+}
+
+/// The loop nest of the im2col convolutions over the output pixels `pixels` (raster order)
+/// written to `output` (`pixels.len() · out_c` bytes): for every group, pixel pair (the last
+/// pixel alone when their count is odd, computed as a pair with itself) and channel pair (the
+/// last channel with itself when odd). Every output is independent of the pairing, so any range
+/// gives the bytes of the whole-image call.
 fn conv_pixel_pairs<K: PairKernel>(
     input: &[i8],
     weights: &[i8],
@@ -519,20 +568,22 @@ fn conv_pixel_pairs<K: PairKernel>(
     output: &mut [i8],
     g: &ConvGeo,
     kern: &mut K,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
 ) {
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
-    let npix = g.out_dims.h * g.out_dims.w;
+    let q = |acc: i32| requant_lo(acc, g.or, lo);
     for grp in 0..g.groups {
         // From the group's first row to the end of all weights (see `PairKernel::dot`).
         let wg = &weights[grp * cg * k..];
         let bg = &bias[grp * cg..][..cg];
         let even = cg & !1;
-        let mut p = 0;
-        while p < npix {
-            let pair = p + 1 < npix;
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let pair = p + 1 < pixels.end;
             kern.fill(g, input, grp, p, false);
             kern.fill(g, input, grp, if pair { p + 1 } else { p }, true);
-            let base = p * cout + grp * cg;
+            let base = (p - pixels.start) * cout + grp * cg;
             let outs = &mut output[base..][..if pair { cout + cg } else { cg }];
             let (oa, ob) = outs.split_at_mut(cg);
             if pair {
@@ -545,16 +596,16 @@ fn conv_pixel_pairs<K: PairKernel>(
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
-                    a2[0] = requant(s[0], g.or);
-                    a2[1] = requant(s[1], g.or);
-                    c2[0] = requant(s[2], g.or);
-                    c2[1] = requant(s[3], g.or);
+                    a2[0] = q(s[0]);
+                    a2[1] = q(s[1]);
+                    c2[0] = q(s[2]);
+                    c2[1] = q(s[3]);
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
                     let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
-                    oa[even] = requant(s[0], g.or);
-                    ob[even] = requant(s[2], g.or);
+                    oa[even] = q(s[0]);
+                    ob[even] = q(s[2]);
                 }
             } else {
                 for (j, (b2, a2)) in bg[..even]
@@ -564,13 +615,13 @@ fn conv_pixel_pairs<K: PairKernel>(
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
-                    a2[0] = requant(s[0], g.or);
-                    a2[1] = requant(s[1], g.or);
+                    a2[0] = q(s[0]);
+                    a2[1] = q(s[1]);
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
                     let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
-                    oa[even] = requant(s[0], g.or);
+                    oa[even] = q(s[0]);
                 }
             }
             p += 2;
@@ -578,12 +629,62 @@ fn conv_pixel_pairs<K: PairKernel>(
     }
 }
 
+/// Run the output pixels `pixels` of a validated convolution into `output` with the patch
+/// buffers carved from `scratch` (at least [`conv_scratch_len`] bytes for `dsp`), or without
+/// scratch by the direct path when `scratch` is `None`.
+#[allow(clippy::too_many_arguments)]
+fn conv_run(
+    dsp: bool,
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+    scratch: Option<&mut [i8]>,
+) {
+    let k = g.ksize;
+    match scratch {
+        Some(scr) if k > 0 => {
+            if dsp {
+                // Word-align the q15 buffer (LDRD needs it): skip 0..=3 leading bytes.
+                let skip = (4 - (scr.as_ptr() as usize) % 4) % 4;
+                let (q, patch) = scr[skip..].split_at_mut(16 * k.div_ceil(4));
+                let mut kern = Dsp {
+                    patch: &mut patch[..k],
+                    q,
+                };
+                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+            } else {
+                let (a, b) = scr.split_at_mut(k);
+                let mut kern = Portable {
+                    a,
+                    b: &mut b[..k],
+                };
+                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+            }
+        }
+        _ => conv_direct(input, weights, bias, output, g, pixels, lo),
+    }
+}
+
 /// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`]: the in-bounds kernel
 /// window is computed once per output pixel, so the inner loops have no bounds tests.
-fn conv_direct(input: &[i8], weights: &[i8], bias: &[i8], output: &mut [i8], g: &ConvGeo) {
+fn conv_direct(
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+) {
     let (iw, cin, cg) = (g.in_dims.w, g.in_dims.c, g.cin_g);
     let ow = g.out_dims.w;
-    for (pixel, out) in output.chunks_exact_mut(g.out_dims.c).enumerate() {
+    let n = pixels.len() * g.out_dims.c;
+    for (i, out) in output[..n].chunks_exact_mut(g.out_dims.c).enumerate() {
+        let pixel = pixels.start + i;
         let (oy, ox) = (pixel / ow, pixel % ow);
         let (ylo, yhi, iy0) = ConvGeo::krange(oy, g.stride.h, g.pad.h, g.kernel.h, g.in_dims.h);
         let (xlo, xhi, ix0) = ConvGeo::krange(ox, g.stride.w, g.pad.w, g.kernel.w, g.in_dims.w);
@@ -600,7 +701,7 @@ fn conv_direct(input: &[i8], weights: &[i8], bias: &[i8], output: &mut [i8], g: 
                     }
                 }
             }
-            *y = requant(acc, g.or);
+            *y = requant_lo(acc, g.or, lo);
         }
     }
 }
@@ -644,6 +745,243 @@ pub fn conv_hwc_q7(
         output,
         out_dims,
     )
+}
+
+/// Validate a convolution's geometry, slices and shifts (everything but the output slice) and
+/// return its [`ConvGeo`].
+#[allow(clippy::too_many_arguments)]
+fn conv_geo(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    out_dims: Dims,
+) -> Result<ConvGeo, KernelError> {
+    let bl = check_shift(bias_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if groups == 0
+        || stride.h == 0
+        || stride.w == 0
+        || !in_dims.c.is_multiple_of(groups)
+        || !out_dims.c.is_multiple_of(groups)
+    {
+        return Err(KernelError::Geometry);
+    }
+    let cin_g = in_dims.c / groups;
+    let cout_g = out_dims.c / groups;
+    let ksize = kernel.h * kernel.w * cin_g;
+    if input.len() != in_dims.len()
+        || weights.len() != out_dims.c * ksize
+        || bias.len() != out_dims.c
+    {
+        return Err(KernelError::Length);
+    }
+    Ok(ConvGeo {
+        in_dims,
+        out_dims,
+        kernel,
+        pad,
+        stride,
+        groups,
+        cin_g,
+        cout_g,
+        ksize,
+        bl,
+        or,
+        rnd: round_term(or),
+    })
+}
+
+/// Convolution ([`conv_hwc_q7`], same bytes) with caller-provided scratch for the patches
+/// (at least [`conv_scratch_len`] bytes: the firmware places it in its arena for the duration of
+/// the layer instead of on the stack) and, when `relu` is set, a ReLU fused into the
+/// requantization (the bytes of [`conv_hwc_q7`] followed by [`relu_q7`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_hwc_q7_scratch(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    relu: bool,
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_hwc_q7_scratch(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        relu,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// A pooling layer as it follows a convolution in [`conv_pool_hwc_q7`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub kernel: Pair,
+    pub pad: Pair,
+    pub stride: Pair,
+    /// Max pool (`true`) or average pool.
+    pub max: bool,
+}
+
+/// What follows the convolution in a fused [`conv_pool_hwc_q7`]: an optional ReLU on the
+/// convolution's output, the pool, an optional ReLU on the pool's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fused {
+    pub relu_conv: bool,
+    pub pool: PoolSpec,
+    pub relu_out: bool,
+}
+
+/// Convolution rows the ring buffer of [`conv_pool_hwc_q7`] holds: one pooling window's height
+/// (no more than the convolution has).
+pub const fn conv_pool_ring_rows(conv_dims: Dims, pool_kernel_h: usize) -> usize {
+    if pool_kernel_h < conv_dims.h {
+        pool_kernel_h
+    } else {
+        conv_dims.h
+    }
+}
+
+/// Bytes of the ring buffer of [`conv_pool_hwc_q7`].
+pub const fn conv_pool_ring_len(conv_dims: Dims, pool_kernel_h: usize) -> usize {
+    conv_pool_ring_rows(conv_dims, pool_kernel_h) * conv_dims.w * conv_dims.c
+}
+
+/// Fused convolution → (ReLU) → max/average pool → (ReLU), HWC: the bytes of
+/// [`conv_hwc_q7`], [`relu_q7`], [`maxpool_hwc_q7`] / [`avepool_hwc_q7`] and [`relu_q7`] run one
+/// after the other, without materialising the convolution's output (`conv_dims`). Pooled row
+/// `oy` needs the convolution rows of its (clipped) window; those are computed once each, in
+/// order, into `ring` ([`conv_pool_ring_len`] bytes: one window's height of rows, row `r` in
+/// slot `r % rows`), and rows no window covers (stride > kernel) are never computed. `scratch`
+/// holds the convolution's patches ([`conv_scratch_len`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_pool_hwc_q7(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    conv_dims: Dims,
+    fuse: Fused,
+    ring: &mut [i8],
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_pool_hwc_q7(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        conv_dims,
+        fuse,
+        ring,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// One pooled output row `orow` of [`conv_pool_hwc_q7`] from the convolution rows `y0..y1` held
+/// in the ring: the window arithmetic of [`maxpool_hwc_q7`] / [`avepool_hwc_q7`], then the
+/// optional ReLU.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn pool_ring_row(
+    dsp: bool,
+    ring: &[i8],
+    rows: usize,
+    conv_dims: Dims,
+    y0: usize,
+    y1: usize,
+    fuse: &Fused,
+    orow: &mut [i8],
+    out_dims: Dims,
+) {
+    let (c, row_len, p) = (conv_dims.c, conv_dims.w * conv_dims.c, fuse.pool);
+    if c == 0 {
+        return;
+    }
+    for (ox, out) in orow.chunks_exact_mut(c).enumerate().take(out_dims.w) {
+        let (x0, x1) = clip_window(ox, p.stride.w, p.pad.w, p.kernel.w, conv_dims.w);
+        if p.max {
+            out.fill(-128);
+            for y in y0..y1 {
+                let r = &ring[(y % rows) * row_len..][..row_len];
+                for px in r[x0 * c..x1 * c].chunks_exact(c) {
+                    if dsp {
+                        max_into::<true>(out, px);
+                    } else {
+                        max_into::<false>(out, px);
+                    }
+                }
+            }
+        } else {
+            // Channel blocks of up to 16 running sums on the stack.
+            const BLOCK: usize = 16;
+            let mut sums = [0i32; BLOCK];
+            let count = ((y1 - y0) * (x1 - x0)) as i32;
+            for (cb, ob) in out.chunks_mut(BLOCK).enumerate() {
+                let acc = &mut sums[..ob.len()];
+                acc.fill(0);
+                for y in y0..y1 {
+                    let r = &ring[(y % rows) * row_len..][..row_len];
+                    for px in r[x0 * c..x1 * c].chunks_exact(c) {
+                        for (a, v) in acc.iter_mut().zip(&px[cb * BLOCK..]) {
+                            *a += *v as i32;
+                        }
+                    }
+                }
+                for (o, a) in ob.iter_mut().zip(acc.iter()) {
+                    *o = if count == 0 { 0 } else { sat_i8(*a / count) };
+                }
+            }
+        }
+        if fuse.relu_out {
+            for v in out.iter_mut() {
+                if *v < 0 {
+                    *v = 0;
+                }
+            }
+        }
+    }
 }
 
 /// Portable 1 input × 2 weight rows: `[x·w0, x·w1]` added to `s`.
@@ -845,59 +1183,167 @@ pub mod variants {
         output: &mut [i8],
         out_dims: Dims,
     ) -> KResult {
-        let bl = check_shift(bias_lshift)?;
-        let or = check_shift(out_rshift)?;
-        if groups == 0
-            || stride.h == 0
-            || stride.w == 0
-            || !in_dims.c.is_multiple_of(groups)
-            || !out_dims.c.is_multiple_of(groups)
-        {
+        let g = conv_geo(
+            input,
+            in_dims,
+            weights,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            out_dims,
+        )?;
+        if output.len() != out_dims.len() {
+            return Err(KernelError::Length);
+        }
+        let npix = out_dims.h * out_dims.w;
+        if g.ksize == 0 || g.ksize > PATCH_MAX {
+            conv_direct(input, weights, bias, output, &g, 0..npix, -128);
+        } else {
+            let mut scratch = [0i8; conv_scratch_len(PATCH_MAX, true)];
+            conv_run(
+                dsp,
+                input,
+                weights,
+                bias,
+                output,
+                &g,
+                0..npix,
+                -128,
+                Some(&mut scratch),
+            );
+        }
+        Ok(())
+    }
+
+    /// [`super::conv_hwc_q7_scratch`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hwc_q7_scratch(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        relu: bool,
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        let g = conv_geo(
+            input,
+            in_dims,
+            weights,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            out_dims,
+        )?;
+        if output.len() != out_dims.len() || scratch.len() < conv_scratch_len(g.ksize, dsp) {
+            return Err(KernelError::Length);
+        }
+        let lo = if relu { 0 } else { -128 };
+        let npix = out_dims.h * out_dims.w;
+        conv_run(
+            dsp,
+            input,
+            weights,
+            bias,
+            output,
+            &g,
+            0..npix,
+            lo,
+            Some(scratch),
+        );
+        Ok(())
+    }
+
+    /// [`super::conv_pool_hwc_q7`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_pool_hwc_q7(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        conv_dims: Dims,
+        fuse: Fused,
+        ring: &mut [i8],
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        let g = conv_geo(
+            input,
+            in_dims,
+            weights,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            conv_dims,
+        )?;
+        let pool = fuse.pool;
+        if pool.stride.h == 0 || pool.stride.w == 0 || out_dims.c != conv_dims.c {
             return Err(KernelError::Geometry);
         }
-        let cin_g = in_dims.c / groups;
-        let cout_g = out_dims.c / groups;
-        let ksize = kernel.h * kernel.w * cin_g;
-        if input.len() != in_dims.len()
-            || output.len() != out_dims.len()
-            || weights.len() != out_dims.c * ksize
-            || bias.len() != out_dims.c
+        let rows = conv_pool_ring_rows(conv_dims, pool.kernel.h);
+        let row_len = conv_dims.w * conv_dims.c;
+        if output.len() != out_dims.len()
+            || ring.len() < rows * row_len
+            || scratch.len() < conv_scratch_len(g.ksize, dsp)
         {
             return Err(KernelError::Length);
         }
         if output.is_empty() {
             return Ok(());
         }
-        let g = ConvGeo {
-            in_dims,
-            out_dims,
-            kernel,
-            pad,
-            stride,
-            groups,
-            cin_g,
-            cout_g,
-            ksize,
-            bl,
-            or,
-            rnd: round_term(or),
-        };
-        if ksize == 0 || ksize > PATCH_MAX {
-            conv_direct(input, weights, bias, output, &g);
-        } else if dsp {
-            let mut kern = Dsp {
-                patch: [0; PATCH_MAX],
-                q: [0; PATCH_MAX],
-                k: ksize,
-            };
-            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
-        } else {
-            let mut kern = Portable {
-                a: [0; PATCH_MAX],
-                b: [0; PATCH_MAX],
-                k: ksize,
-            };
-            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
+        let lo = if fuse.relu_conv { 0 } else { -128 };
+        // Conv rows [0, next) have been computed; row r lives in ring slot r % rows.
+        let mut next = 0;
+        let out_row_len = out_dims.w * out_dims.c;
+        for (oy, orow) in output.chunks_exact_mut(out_row_len).enumerate() {
+            let (y0, y1) = clip_window(oy, pool.stride.h, pool.pad.h, pool.kernel.h, conv_dims.h);
+            // Rows below y0 are never needed again (windows only move down): skip them.
+            next = next.max(y0);
+            while next < y1 {
+                let slot = &mut ring[(next % rows) * row_len..][..row_len];
+                let px = next * conv_dims.w;
+                conv_run(
+                    dsp,
+                    input,
+                    weights,
+                    bias,
+                    slot,
+                    &g,
+                    px..px + conv_dims.w,
+                    lo,
+                    Some(&mut *scratch),
+                );
+                next += 1;
+            }
+            pool_ring_row(dsp, ring, rows, conv_dims, y0, y1, &fuse, orow, out_dims);
         }
         Ok(())
     }
