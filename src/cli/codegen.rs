@@ -93,7 +93,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
         for l in &mem.plan.per_layer {
             println!(
-                "  {:<12} live {:>6} B: {}",
+                "  {:<20} live {:>6} B: {}",
                 l.layer,
                 l.live_bytes,
                 l.live.join(", ")

@@ -3,6 +3,7 @@
 //! memory plan. Output is deterministic: the same model and options give byte-identical files.
 
 pub mod plan;
+pub mod steps;
 pub mod target;
 pub mod write;
 
@@ -72,7 +73,11 @@ pub struct Options {
 pub struct MemoryReport {
     pub flash_param_bytes: usize,
     pub flash_mean_bytes: usize,
+    /// The static arena: activations and, per step, kernel scratch and rings.
     pub arena_bytes: usize,
+    /// Largest kernel scratch + ring of one step (inside `arena_bytes`).
+    pub arena_temp_bytes: usize,
+    /// Kernel scratch outside the arena (on the stack); 0 since scratch moved into the arena.
     pub scratch_bytes: usize,
     pub plan: plan::Plan,
 }
@@ -97,6 +102,18 @@ struct InputRef {
     c: usize,
     shift: i32,
     c_offset: usize,
+    /// The earlier input variable that holds the same blob (an op reading one blob twice).
+    same_as: Option<usize>,
+}
+
+/// One disjoint range of the arena a step's kernel borrows: the template splits the arena into
+/// these, in offset order, so inputs, output and temporaries are separate slices without copies
+/// or unsafe code. `gap` is the distance from the previous range's end.
+#[derive(Serialize)]
+struct Region {
+    var: String,
+    gap: usize,
+    len: usize,
 }
 
 #[derive(Serialize)]
@@ -108,7 +125,12 @@ struct LayerCtx {
     out_len: usize,
     out_c: usize,
     ins: Vec<InputRef>,
+    regions: Vec<Region>,
     params: Vec<Param>,
+    relu: bool,
+    relu_out: bool,
+    max: bool,
+    has_scratch: bool,
 }
 
 #[derive(Serialize)]
@@ -165,22 +187,23 @@ fn layer_contexts(
 ) -> Result<Vec<LayerCtx>> {
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
-    for l in &g.layers {
+    for step in &pl.steps {
+        let l = &g.layers[step.layers[0]];
         let p = const_prefix(&l.name, &mut used);
-        let o = &pl.blobs[&l.output];
-        let ob = &g.blobs[&l.output];
-        let ins: Vec<InputRef> = l
-            .inputs
-            .iter()
-            .map(|b| InputRef {
+        let o = &pl.blobs[&step.output];
+        let ob = &g.blobs[&step.output];
+        let mut ins: Vec<InputRef> = Vec::new();
+        for (i, b) in l.inputs.iter().enumerate() {
+            ins.push(InputRef {
                 off: pl.blobs[b].offset,
                 len: pl.blobs[b].len,
                 c: g.blobs[b].layout.c,
                 shift: 0,
                 c_offset: 0,
-            })
-            .collect();
-        let in_place = pl.in_place.contains(&l.name);
+                same_as: l.inputs[..i].iter().position(|x| x == b),
+            });
+        }
+        let in_place = pl.in_place.contains(&step.name);
         let mut params = Vec::new();
         let mut param = |n: &str, ty: &'static str, v: String| {
             params.push(Param {
@@ -189,6 +212,26 @@ fn layer_contexts(
                 value: v,
             })
         };
+        let (relu, relu_out) = match step.kind {
+            steps::StepKind::Layer => (false, false),
+            steps::StepKind::ConvRelu => (true, false),
+            steps::StepKind::ConvPool {
+                relu_conv,
+                relu_out,
+            } => (relu_conv, relu_out),
+        };
+        let mut max = false;
+        if let steps::StepKind::ConvPool { .. } = step.kind {
+            let pool = &g.layers[step.layers[if relu { 2 } else { 1 }]];
+            let (QOp::MaxPool(q) | QOp::AvePool(q)) = &pool.op else {
+                anyhow::bail!("internal error: step {} has no pool", step.name);
+            };
+            max = matches!(pool.op, QOp::MaxPool(_));
+            param("POOL_KERNEL", "Pair", pair(q.kernel));
+            param("POOL_PAD", "Pair", pair(q.pad));
+            param("POOL_STRIDE", "Pair", pair(q.stride));
+            param("POOL_OUT", "Dims", dims(q.out_dims));
+        }
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {
                 param("IN", "Dims", dims(c.in_dims));
@@ -227,10 +270,25 @@ fn layer_contexts(
                     values: list(&c.bias),
                 });
                 (
-                    "conv",
+                    if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
+                        "conv_pool"
+                    } else {
+                        "conv"
+                    },
                     format!(
-                        "{}: convolution {}x{} /{} pad {}, {} -> {}",
-                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
+                        "{}: convolution {}x{} /{} pad {}{}, {} -> {}",
+                        step.name,
+                        c.kernel.h,
+                        c.kernel.w,
+                        c.stride.h,
+                        c.pad.h,
+                        match step.kind {
+                            steps::StepKind::Layer => "",
+                            steps::StepKind::ConvRelu => " + ReLU",
+                            steps::StepKind::ConvPool { .. } => " fused with its pool (row ring)",
+                        },
+                        l.inputs[0],
+                        step.output
                     ),
                 )
             }
@@ -343,6 +401,16 @@ fn layer_contexts(
                 c_off += i.c;
             }
         }
+        // In-place and copying steps index the arena directly; the others borrow regions.
+        let direct = matches!(
+            kind,
+            "relu_inplace" | "relu_copy" | "maxpool_inplace" | "avepool_inplace" | "alias" | "copy"
+        );
+        let regions = if direct {
+            Vec::new()
+        } else {
+            regions(step, pl, &ins, o)?
+        };
         out.push(LayerCtx {
             comment,
             kind,
@@ -352,9 +420,56 @@ fn layer_contexts(
             out_c: ob.layout.c,
             ins,
             params,
+            relu,
+            relu_out,
+            max,
+            has_scratch: regions.iter().any(|r| r.var == "scratch"),
+            regions,
         });
     }
     Ok(out)
+}
+
+/// The arena ranges a step borrows (inputs `in0…`, `output`, temporaries by role), sorted by
+/// offset with the gaps between them; refuses overlapping ranges (the plan never makes them for
+/// the kernels that take separate slices).
+fn regions(
+    step: &steps::Step,
+    pl: &plan::Plan,
+    ins: &[InputRef],
+    out: &plan::Placement,
+) -> Result<Vec<Region>> {
+    let mut r: Vec<(usize, usize, String)> = vec![(out.offset, out.len, "output".into())];
+    for (i, x) in ins.iter().enumerate() {
+        if x.same_as.is_none() {
+            r.push((x.off, x.len, format!("in{i}")));
+        }
+    }
+    for t in step.temps.iter().filter(|t| t.len > 0) {
+        let k = format!("{}.{}", step.name, t.role);
+        let pt = pl
+            .temps
+            .get(&k)
+            .with_context(|| format!("internal error: no place for {k}"))?;
+        r.push((pt.offset, pt.len, t.role.to_string()));
+    }
+    r.sort();
+    let mut end = 0;
+    let mut v = Vec::new();
+    for (off, len, var) in r {
+        ensure!(
+            off >= end,
+            "internal error: step '{}' borrows overlapping arena ranges",
+            step.name
+        );
+        v.push(Region {
+            var,
+            gap: off - end,
+            len,
+        });
+        end = off + len;
+    }
+    Ok(v)
 }
 
 /// Format Rust source with `rustfmt` when it is installed (it is part of every rustup toolchain);
@@ -387,7 +502,8 @@ fn rustfmt(src: &str) -> String {
 /// Render the crate's files.
 pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let g = &m.graph;
-    let pl = plan::plan(g);
+    let dsp = opts.target.dsp();
+    let pl = plan::plan(g, dsp);
     plan::check(g, &pl).map_err(|e| anyhow::anyhow!("internal error in the memory plan: {e}"))?;
     ensure!(
         g.outputs.len() == 1,
@@ -418,19 +534,10 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     };
     // An empty mean still needs an array the kernel can take.
     let crate_ident = opts.crate_name.replace('-', "_");
-    // The convolution kernels keep their patch buffers on the stack while they run (see
-    // `kernels::PATCH_MAX`): two i8 patches on portable targets, an i8 patch and a q15 (u32)
-    // patch on DSP targets.
-    let has_conv = g.layers.iter().any(|l| matches!(l.op, QOp::Conv(_)));
-    let dsp = opts.target.triple.starts_with("thumbv7em")
-        || opts.target.triple.starts_with("thumbv8m.main");
-    let scratch_bytes = if !has_conv {
-        0
-    } else if dsp {
-        5 * crate::fixed::kernels::PATCH_MAX
-    } else {
-        2 * crate::fixed::kernels::PATCH_MAX
-    };
+    // Kernel scratch (convolution patches, fused pool rings) lives in the arena, placed by the
+    // plan for the duration of its step: nothing large is left on the stack.
+    let arena_temp_bytes = pl.temp_bytes();
+    let scratch_bytes = 0;
     let mut ctx = tera::Context::new();
     ctx.insert("nnquant_version", env!("CARGO_PKG_VERSION"));
     ctx.insert("model_name", &m.name);
@@ -458,6 +565,11 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("mean_values", &list(&m.input.mean_u8));
     ctx.insert("flash_param_bytes", &flash_param_bytes);
     ctx.insert("scratch_bytes", &scratch_bytes);
+    ctx.insert("arena_temp_bytes", &arena_temp_bytes);
+    ctx.insert(
+        "steps",
+        &pl.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    );
     ctx.insert("count", &opts.test_images.len());
     ctx.insert(
         "images",
@@ -506,6 +618,7 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         flash_param_bytes,
         flash_mean_bytes: m.input.mean_u8.len(),
         arena_bytes: pl.arena_len,
+        arena_temp_bytes,
         scratch_bytes,
         plan: pl,
     };

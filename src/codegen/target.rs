@@ -22,6 +22,12 @@ impl Target {
     pub fn is_host(&self) -> bool {
         self.name == "host"
     }
+
+    /// Whether the firmware runs the DSP-extension kernels (`cfg(dsp)`, see the generated
+    /// build.rs: thumbv7em and thumbv8m.main).
+    pub fn dsp(&self) -> bool {
+        self.triple.starts_with("thumbv7em") || self.triple.starts_with("thumbv8m.main")
+    }
 }
 
 pub const NAMES: &[&str] = &[
