@@ -76,8 +76,32 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if let Some(s) = &r.sizes {
             println!("firmware: .text {} B, .rodata {} B, .data {} B, .bss {} B (arena {} B, weights {} B)", s.text, s.rodata, s.data, s.bss, r.arena_bytes, r.flash_param_bytes);
         }
+        if let (Some(total), Some(s), Some(h)) = (r.total_ram, &r.sizes, r.stack_high_water) {
+            println!(
+                "total RAM: {total} B (arena {} B incl. {} B kernel scratch/rings, scratch {} B, stack high-water {h} B, other statics {} B)",
+                r.arena_bytes,
+                r.arena_temp_bytes,
+                r.scratch_bytes,
+                (s.data + s.bss).saturating_sub(r.arena_bytes)
+            );
+        }
         if let Some(n) = r.instructions_per_inference {
-            println!("executed instructions per inference: {n}");
+            println!(
+                "instructions per inference: {:.2} M ({n} executed)",
+                n as f64 / 1e6
+            );
+            if !r.per_step_instructions.is_empty() {
+                println!("| step | instructions | share |");
+                println!("|---|---:|---:|");
+                for s in &r.per_step_instructions {
+                    println!(
+                        "| {} | {} | {:.1} % |",
+                        s.step,
+                        s.instructions,
+                        100.0 * s.instructions as f64 / n.max(1) as f64
+                    );
+                }
+            }
         }
         if let Some(mm) = &r.first_mismatch {
             println!(
