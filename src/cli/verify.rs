@@ -29,6 +29,16 @@ pub struct Args {
     /// Where to generate the firmware crate (default: a cache directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// RAM the firmware may use, in bytes (`16384`, `16K`); default: the target's RAM.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub ram_budget: Option<usize>,
+    /// Flash the firmware may use, in bytes (`256K`, `1M`); default: the target's flash.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub flash_budget: Option<usize>,
+    /// Add the firmware's memory figures (and, for verify, the measured ones) to this
+    /// report.json from `nnquant quantize`, so that `report diff` can gate on their growth.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -65,7 +75,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
         expected,
         count_instructions: a.count_instructions,
         work_dir,
+        ram_budget: a.ram_budget,
+        flash_budget: a.flash_budget,
     })?;
+    if let (Some(path), Some(mem)) = (&a.report, &r.memory) {
+        let mut f = super::codegen::figures(&r.target, mem);
+        if let (Some(s), Some(h), Some(total)) = (&r.sizes, r.stack_high_water, r.total_ram) {
+            f.measured = Some(crate::report::MeasuredFigures {
+                stack_high_water_bytes: h,
+                total_ram_bytes: total,
+                flash_bytes: s.text + s.rodata + s.data,
+                instructions_per_inference: r.instructions_per_inference,
+                per_step_instructions: r
+                    .per_step_instructions
+                    .iter()
+                    .map(|s| (s.step.clone(), s.instructions))
+                    .collect(),
+            });
+        }
+        super::codegen::attach_to_report(path, f)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -2,6 +2,7 @@
 //! `templates/firmware/` (embedded in the binary), the kernels file copied verbatim, and a static
 //! memory plan. Output is deterministic: the same model and options give byte-identical files.
 
+pub mod budget;
 pub mod plan;
 pub mod steps;
 pub mod target;
@@ -66,6 +67,22 @@ pub struct Options {
     pub crate_name: String,
     /// Test images (HWC uint8, one `Vec` each) embedded for `main.rs` to run.
     pub test_images: Vec<Vec<u8>>,
+    /// Override the target's RAM / flash size for the budget gate.
+    pub ram_budget: Option<usize>,
+    pub flash_budget: Option<usize>,
+}
+
+impl Options {
+    /// Options for a target with its own RAM/flash sizes as budgets.
+    pub fn new(target: Target, crate_name: &str, test_images: Vec<Vec<u8>>) -> Self {
+        Options {
+            target,
+            crate_name: crate_name.to_string(),
+            test_images,
+            ram_budget: None,
+            flash_budget: None,
+        }
+    }
 }
 
 /// Figures of the generated firmware's memory.
@@ -79,6 +96,8 @@ pub struct MemoryReport {
     pub arena_temp_bytes: usize,
     /// Kernel scratch outside the arena (on the stack); 0 since scratch moved into the arena.
     pub scratch_bytes: usize,
+    /// The estimates the budget gate checked, and the budgets.
+    pub budget: budget::Budget,
     pub plan: plan::Plan,
 }
 
@@ -522,6 +541,23 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let mut arrays = Vec::new();
     let layers = layer_contexts(g, &pl, &mut arrays)?;
     let flash_param_bytes = arrays.iter().map(|a| a.len).sum();
+    // The budget gate, before anything is rendered or built.
+    let mut largest: Vec<(String, usize)> = arrays.iter().map(|a| (a.name.clone(), a.len)).collect();
+    largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let (nonzero, t) = (|v: usize| (v > 0).then_some(v), &opts.target);
+    let budget = budget::check(
+        t.name,
+        &pl,
+        0,
+        &budget::FlashParts {
+            params: flash_param_bytes,
+            mean: m.input.mean_u8.len(),
+            test_images: opts.test_images.len() * input_len,
+            largest,
+        },
+        opts.ram_budget.or(nonzero(t.ram_bytes)),
+        opts.flash_budget.or(nonzero(t.flash_bytes)),
+    )?;
     let (c, h, w) = (
         m.input.shape_chw[0],
         m.input.shape_chw.get(1).copied().unwrap_or(1),
@@ -620,6 +656,7 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         arena_bytes: pl.arena_len,
         arena_temp_bytes,
         scratch_bytes,
+        budget,
         plan: pl,
     };
     Ok(Generated { files, memory })

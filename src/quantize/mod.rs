@@ -424,6 +424,7 @@ pub fn run(
             search_seconds,
             eval_seconds,
         }),
+        firmware: None,
     };
     if report.same_data_warning && !opts.quiet {
         eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);

@@ -38,6 +38,9 @@ pub struct VerifyResult {
     pub flash_param_bytes: usize,
     /// Kernel scratch and rings inside the arena (largest step).
     pub arena_temp_bytes: usize,
+    /// The plan's figures (budget estimates included).
+    #[serde(skip)]
+    pub memory: Option<codegen::MemoryReport>,
     /// Kernel scratch outside the arena.
     pub scratch_bytes: usize,
     /// Stack high-water mark measured in QEMU (bytes below the stack top that any store
@@ -186,19 +189,22 @@ pub struct Request<'a> {
     pub count_instructions: bool,
     /// Where to generate the crate (kept for inspection).
     pub work_dir: PathBuf,
+    /// Budget overrides (default: the target's RAM/flash).
+    pub ram_budget: Option<usize>,
+    pub flash_budget: Option<usize>,
 }
 
 pub fn verify(r: &Request) -> Result<VerifyResult> {
-    check_prerequisites(&r.target)?;
     let crate_name = "nnquant-verify".to_string();
     let gen = codegen::generate(
         r.model,
         &codegen::Options {
-            target: r.target.clone(),
-            crate_name: crate_name.clone(),
-            test_images: r.images.clone(),
+            ram_budget: r.ram_budget,
+            flash_budget: r.flash_budget,
+            ..codegen::Options::new(r.target.clone(), &crate_name, r.images.clone())
         },
     )?;
+    check_prerequisites(&r.target)?;
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
@@ -393,6 +399,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         arena_bytes: gen.memory.arena_bytes,
         flash_param_bytes: gen.memory.flash_param_bytes,
         arena_temp_bytes: gen.memory.arena_temp_bytes,
+        memory: Some(gen.memory.clone()),
         scratch_bytes: gen.memory.scratch_bytes,
         stack_high_water,
         total_ram,
