@@ -9,6 +9,7 @@ pub mod target;
 pub mod write;
 
 use crate::fixed::graph::{QGraph, QOp};
+use crate::fixed::kernels;
 use crate::model::NnqModel;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
@@ -150,14 +151,32 @@ struct LayerCtx {
     relu_out: bool,
     max: bool,
     has_scratch: bool,
+    /// Convolution weights are pre-widened (`_WEIGHTS_Q15`).
+    wq: bool,
 }
 
 #[derive(Serialize)]
 struct ArrayCtx {
     name: String,
     doc: String,
+    /// Element type: `i8`, or `u32` for pre-widened DSP weights.
+    ty: &'static str,
     len: usize,
+    bytes: usize,
     values: String,
+}
+
+impl ArrayCtx {
+    fn i8(name: String, doc: String, v: &[i8]) -> Self {
+        ArrayCtx {
+            name,
+            doc,
+            ty: "i8",
+            len: v.len(),
+            bytes: v.len(),
+            values: list(v),
+        }
+    }
 }
 
 /// A Rust identifier prefix from a layer name, unique within the graph.
@@ -202,6 +221,7 @@ fn pair(p: crate::ir::Hw) -> String {
 fn layer_contexts(
     g: &QGraph,
     pl: &plan::Plan,
+    dsp: bool,
     arrays: &mut Vec<ArrayCtx>,
 ) -> Result<Vec<LayerCtx>> {
     let mut used = BTreeSet::new();
@@ -263,31 +283,56 @@ fn layer_contexts(
                 param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
                 param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
                 param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_WEIGHTS"),
-                    doc: format!(
-                        "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
-                        l.name,
-                        c.out_dims.c,
-                        c.kernel.h,
-                        c.kernel.w,
-                        c.in_dims.c / c.groups,
-                        c.weight_frac_bits
-                    ),
-                    len: c.weights.len(),
-                    values: list(&c.weights),
-                });
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_BIAS"),
-                    doc: format!(
+                let doc = format!(
+                    "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
+                    l.name,
+                    c.out_dims.c,
+                    c.kernel.h,
+                    c.kernel.w,
+                    c.in_dims.c / c.groups,
+                    c.weight_frac_bits
+                );
+                if dsp {
+                    // DSP targets get the weights pre-widened to i16 pairs in the patches'
+                    // layout (`kernels::widen_weights`): no SXTB16 in the inner loop.
+                    let ksize = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups.max(1));
+                    let mut wq =
+                        vec![0u32; kernels::widened_weights_len(c.out_dims.c, c.groups, ksize)];
+                    kernels::widen_weights(&c.weights, c.out_dims.c, c.groups, ksize, &mut wq)
+                        .map_err(|e| {
+                            anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
+                        })?;
+                    arrays.push(ArrayCtx {
+                        name: format!("{p}_WEIGHTS_Q15"),
+                        doc: format!(
+                            "{doc}, pre-widened for SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)."
+                        ),
+                        ty: "u32",
+                        len: wq.len(),
+                        bytes: 4 * wq.len(),
+                        values: wq
+                            .iter()
+                            .map(|w| format!("{w:#010x}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                } else {
+                    arrays.push(ArrayCtx::i8(
+                        format!("{p}_WEIGHTS"),
+                        format!("{doc}."),
+                        &c.weights,
+                    ));
+                }
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
                         "`{}` biases [{}], {} fraction bits.",
                         l.name,
                         c.bias.len(),
                         c.bias_frac_bits
                     ),
-                    len: c.bias.len(),
-                    values: list(&c.bias),
-                });
+                    &c.bias,
+                ));
                 (
                     if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
                         "conv_pool"
@@ -316,26 +361,24 @@ fn layer_contexts(
                 param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
                 param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
                 param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_WEIGHTS"),
-                    doc: format!(
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_WEIGHTS"),
+                    format!(
                         "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
                         l.name, f.out_len, f.in_len, f.weight_frac_bits
                     ),
-                    len: f.weights.len(),
-                    values: list(&f.weights),
-                });
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_BIAS"),
-                    doc: format!(
+                    &f.weights,
+                ));
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
                         "`{}` biases [{}], {} fraction bits.",
                         l.name,
                         f.bias.len(),
                         f.bias_frac_bits
                     ),
-                    len: f.bias.len(),
-                    values: list(&f.bias),
-                });
+                    &f.bias,
+                ));
                 (
                     "fc",
                     format!(
@@ -443,6 +486,7 @@ fn layer_contexts(
             relu_out,
             max,
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
+            wq: dsp && matches!(l.op, QOp::Conv(_)),
             regions,
         });
     }
@@ -539,10 +583,11 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         );
     }
     let mut arrays = Vec::new();
-    let layers = layer_contexts(g, &pl, &mut arrays)?;
-    let flash_param_bytes = arrays.iter().map(|a| a.len).sum();
+    let layers = layer_contexts(g, &pl, dsp, &mut arrays)?;
+    let flash_param_bytes = arrays.iter().map(|a| a.bytes).sum();
     // The budget gate, before anything is rendered or built.
-    let mut largest: Vec<(String, usize)> = arrays.iter().map(|a| (a.name.clone(), a.len)).collect();
+    let mut largest: Vec<(String, usize)> =
+        arrays.iter().map(|a| (a.name.clone(), a.bytes)).collect();
     largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let (nonzero, t) = (|v: usize| (v > 0).then_some(v), &opts.target);
     let budget = budget::check(

@@ -272,6 +272,49 @@ impl ConvGeo {
         (lo, hi, (start + lo as isize).max(0) as usize)
     }
 
+    /// Whether patches can be widened straight from the input words (no i8 patch copy): one
+    /// group and a channel count that is a multiple of 4, so every kernel row's in-bounds span
+    /// and its padding are whole words.
+    #[inline(always)]
+    fn direct_widen(&self) -> bool {
+        self.groups == 1 && self.in_dims.c.is_multiple_of(4) && self.in_dims.c > 0
+    }
+
+    /// The widened patch of one output pixel (see [`widen_patch`]) into slot `slot` of `q`,
+    /// read straight from the input; only when [`Self::direct_widen`].
+    fn widen_patch_from_input(&self, input: &[i8], pixel: usize, q: &mut [i8], slot: usize) {
+        let (iw, cin) = (self.in_dims.w, self.in_dims.c);
+        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
+        let (ylo, yhi, iy0) =
+            Self::krange(oy, self.stride.h, self.pad.h, self.kernel.h, self.in_dims.h);
+        let (xlo, xhi, ix0) =
+            Self::krange(ox, self.stride.w, self.pad.w, self.kernel.w, self.in_dims.w);
+        let row_groups = self.kernel.w * cin / 4;
+        let (lg, mg) = (xlo * cin / 4, (xhi - xlo) * cin / 4);
+        for (ky, qrow) in q
+            .chunks_exact_mut(16 * row_groups)
+            .take(self.kernel.h)
+            .enumerate()
+        {
+            let inside = ky >= ylo && ky < yhi && mg > 0;
+            let src: &[i8] = if inside {
+                &input[((iy0 + ky - ylo) * iw + ix0) * cin..][..4 * mg]
+            } else {
+                &[]
+            };
+            for (gi, d) in qrow.chunks_exact_mut(16).enumerate() {
+                let r = gi.wrapping_sub(lg);
+                let x = if inside && r < mg {
+                    word(&src[4 * r..4 * r + 4])
+                } else {
+                    0
+                };
+                put_word(d, slot, simd::sxtb16(x));
+                put_word(d, 2 + slot, simd::sxtb16_ror8(x));
+            }
+        }
+    }
+
     /// im2col of one output pixel and group into `dst` (`ksize` bytes, `[ky][kx][c]`, zeros
     /// where the kernel hangs over the padding).
     fn fill_patch(&self, input: &[i8], grp: usize, pixel: usize, dst: &mut [i8]) {
@@ -480,8 +523,9 @@ trait PairKernel {
     /// Prepare the patch of output pixel `pixel` of group `grp` in slot `second` (0 or 1).
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool);
     /// `[a·w0, a·w1, b·w0, b·w1]` added to `s` (a, b: the patches in slots 0 and 1; w0, w1:
-    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on).
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4];
+    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on;
+    /// `pair`: the index of the channel pair among all pairs, for pre-widened weights).
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, pair: usize, s: [i32; 4]) -> [i32; 4];
 }
 
 /// Portable: two i8 patches (in caller-provided scratch), scalar multiply-accumulates.
@@ -497,7 +541,7 @@ impl PairKernel for Portable<'_> {
         g.fill_patch(input, grp, pixel, dst);
     }
     #[inline(always)]
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, _pair: usize, s: [i32; 4]) -> [i32; 4] {
         let k = self.a.len();
         dot2x2(self.a, self.b, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
     }
@@ -505,22 +549,33 @@ impl PairKernel for Portable<'_> {
 
 /// DSP: the patches of two output pixels are widened to interleaved q15 pairs once, then every
 /// pair of output channels takes 8 `SMLAD`s per 4 kernel elements. `patch` holds `k` bytes,
-/// `q` `4·⌈k/4⌉` words (as bytes, word-aligned), both in caller-provided scratch.
+/// `q` `4·⌈k/4⌉` words (as bytes, word-aligned), both in caller-provided scratch. With
+/// pre-widened weights `wq` ([`widen_weights`]) the weights need no `SXTB16` either.
 struct Dsp<'a> {
     patch: &'a mut [i8],
     q: &'a mut [i8],
+    wq: &'a [u32],
+    /// Whether patches can be widened straight from the input ([`ConvGeo::direct_widen`]).
+    direct: bool,
 }
 
 impl PairKernel for Dsp<'_> {
     #[inline(always)]
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
-        g.fill_patch(input, grp, pixel, self.patch);
-        widen_patch(self.patch, self.q, second as usize);
+        if self.direct {
+            g.widen_patch_from_input(input, pixel, self.q, second as usize);
+        } else {
+            g.fill_patch(input, grp, pixel, self.patch);
+            widen_patch(self.patch, self.q, second as usize);
+        }
     }
     #[inline(always)]
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, pair: usize, s: [i32; 4]) -> [i32; 4] {
         let k = self.patch.len();
         let nq = k.div_ceil(4) * 4;
+        if !self.wq.is_empty() {
+            return mac2x2_wq(self.q, &self.wq[pair * nq..][..nq], s);
+        }
         if r1 * k + nq <= w.len() && r0 <= r1 {
             // Read whole words past the rows' ends (into the next rows): the widened patches
             // are zero there, so those bytes add nothing, and the tail needs no special case.
@@ -529,6 +584,184 @@ impl PairKernel for Dsp<'_> {
             dot2x2_q15(self.q, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
         }
     }
+}
+
+/// Words of pre-widened weights ([`widen_weights`]) of a convolution with `out_c` output
+/// channels in `groups` groups and `ksize` weights per channel.
+pub const fn widened_weights_len(out_c: usize, groups: usize, ksize: usize) -> usize {
+    if groups == 0 {
+        0
+    } else {
+        groups * (out_c / groups).div_ceil(2) * ksize.div_ceil(4) * 4
+    }
+}
+
+/// Pre-widen convolution weights (`[out_c][ksize]` i8) for the DSP kernels, once, at code
+/// generation: per group, per pair of output channels (the last channel of an odd group paired
+/// with itself), per 4 kernel elements `x0..x3` (zero beyond `ksize`), the words
+/// `[c0 (x0, x2), c1 (x0, x2), c0 (x1, x3), c1 (x1, x3)]` of two i16 halves each: the layout of
+/// the widened patches, so that one `LDRD` feeds two `SMLAD`s with no `SXTB16` in the loop.
+pub fn widen_weights(
+    weights: &[i8],
+    out_c: usize,
+    groups: usize,
+    ksize: usize,
+    dst: &mut [u32],
+) -> KResult {
+    if groups == 0 || !out_c.is_multiple_of(groups) {
+        return Err(KernelError::Geometry);
+    }
+    if weights.len() != out_c * ksize || dst.len() != widened_weights_len(out_c, groups, ksize) {
+        return Err(KernelError::Length);
+    }
+    let cg = out_c / groups;
+    let (pairs, ng) = (cg.div_ceil(2), ksize.div_ceil(4));
+    let e = |r: usize, i: usize| -> u32 {
+        if i < ksize {
+            weights[r * ksize + i] as i16 as u16 as u32
+        } else {
+            0
+        }
+    };
+    for grp in 0..groups {
+        for j in 0..pairs {
+            let r0 = grp * cg + 2 * j;
+            let r1 = if 2 * j + 1 < cg { r0 + 1 } else { r0 };
+            for gi in 0..ng {
+                let b = ((grp * pairs + j) * ng + gi) * 4;
+                let x = 4 * gi;
+                dst[b] = e(r0, x) | e(r0, x + 2) << 16;
+                dst[b + 1] = e(r1, x) | e(r1, x + 2) << 16;
+                dst[b + 2] = e(r0, x + 1) | e(r0, x + 3) << 16;
+                dst[b + 3] = e(r1, x + 1) | e(r1, x + 3) << 16;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 2 pixels × 2 channels over widened patches `q` (`4n` words as bytes) and pre-widened weights
+/// `wq` (`4n` words, [`widen_weights`]): `[a·w0, a·w1, b·w0, b·w1]` added to `s`. On DSP
+/// targets a hand-scheduled loop of 13 instructions per 16 multiply-accumulates (two groups
+/// per iteration), elsewhere (and for a misaligned `q`) its plain-Rust model.
+#[inline(always)]
+fn mac2x2_wq(q: &[i8], wq: &[u32], s: [i32; 4]) -> [i32; 4] {
+    #[cfg(all(dsp, target_arch = "arm"))]
+    {
+        if !wq.is_empty()
+            && wq.len().is_multiple_of(4)
+            && q.len() == 4 * wq.len()
+            && (q.as_ptr() as usize).is_multiple_of(4)
+        {
+            return mac2x2_wq_asm(q, wq, s);
+        }
+    }
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    for (gi, w) in wq.chunks_exact(4).enumerate() {
+        let (ae, be) = (get_word(q, 4 * gi), get_word(q, 4 * gi + 1));
+        let (ao, bo) = (get_word(q, 4 * gi + 2), get_word(q, 4 * gi + 3));
+        s0 = simd::smlad(w[0], ae, s0);
+        s1 = simd::smlad(w[1], ae, s1);
+        s2 = simd::smlad(w[0], be, s2);
+        s3 = simd::smlad(w[1], be, s3);
+        s0 = simd::smlad(w[2], ao, s0);
+        s1 = simd::smlad(w[3], ao, s1);
+        s2 = simd::smlad(w[2], bo, s2);
+        s3 = simd::smlad(w[3], bo, s3);
+    }
+    [s0, s1, s2, s3]
+}
+
+/// The loop of [`mac2x2_wq`] in assembly; the caller checked the lengths (`wq`: a non-zero
+/// multiple of 4 words, `q` as many words) and that `q` is word-aligned (`wq` is a `u32` slice).
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+fn mac2x2_wq_asm(q: &[i8], wq: &[u32], s: [i32; 4]) -> [i32; 4] {
+    use core::arch::asm;
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    let groups = wq.len() / 4;
+    let mut pw = wq.as_ptr();
+    let mut pq = q.as_ptr();
+    if groups % 2 == 1 {
+        // SAFETY: reads one group (4 words) from `wq` and `q` (lengths checked by the caller,
+        // both word-aligned as LDRD needs) and advances both pointers past it.
+        unsafe {
+            asm!(
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                pw = inout(reg) pw,
+                pq = inout(reg) pq,
+                s0 = inout(reg) s0,
+                s1 = inout(reg) s1,
+                s2 = inout(reg) s2,
+                s3 = inout(reg) s3,
+                u = out(reg) _,
+                v = out(reg) _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    if groups >= 2 {
+        let end = wq[groups * 4..].as_ptr();
+        // SAFETY: reads the remaining groups (an even, non-zero number; 4 words each) from `wq`
+        // and `q`, word-aligned as LDRD needs; writes only registers.
+        unsafe {
+            asm!(
+                "2:",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "cmp {pw}, {end}",
+                "bne 2b",
+                pw = inout(reg) pw => _,
+                pq = inout(reg) pq => _,
+                end = in(reg) end,
+                s0 = inout(reg) s0,
+                s1 = inout(reg) s1,
+                s2 = inout(reg) s2,
+                s3 = inout(reg) s3,
+                u = out(reg) _,
+                v = out(reg) _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    [s0, s1, s2, s3]
 }
 
 /// Bytes of scratch [`conv_hwc_q7_scratch`] and [`conv_pool_hwc_q7`] need for a convolution
@@ -578,6 +811,7 @@ fn conv_pixel_pairs<K: PairKernel>(
         let wg = &weights[grp * cg * k..];
         let bg = &bias[grp * cg..][..cg];
         let even = cg & !1;
+        let pair_base = grp * cg.div_ceil(2);
         let mut p = pixels.start;
         while p < pixels.end {
             let pair = p + 1 < pixels.end;
@@ -595,7 +829,7 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
-                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
                     a2[0] = q(s[0]);
                     a2[1] = q(s[1]);
                     c2[0] = q(s[2]);
@@ -603,7 +837,7 @@ fn conv_pixel_pairs<K: PairKernel>(
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
-                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
                     oa[even] = q(s[0]);
                     ob[even] = q(s[2]);
                 }
@@ -614,13 +848,13 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
-                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
                     a2[0] = q(s[0]);
                     a2[1] = q(s[1]);
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
-                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
+                    let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
                     oa[even] = q(s[0]);
                 }
             }
@@ -631,12 +865,14 @@ fn conv_pixel_pairs<K: PairKernel>(
 
 /// Run the output pixels `pixels` of a validated convolution into `output` with the patch
 /// buffers carved from `scratch` (at least [`conv_scratch_len`] bytes for `dsp`), or without
-/// scratch by the direct path when `scratch` is `None`.
+/// scratch by the direct path when `scratch` is `None`. `wq`: pre-widened weights (DSP only;
+/// empty: widen the i8 weights in the loop).
 #[allow(clippy::too_many_arguments)]
 fn conv_run(
     dsp: bool,
     input: &[i8],
     weights: &[i8],
+    wq: &[u32],
     bias: &[i8],
     output: &mut [i8],
     g: &ConvGeo,
@@ -654,6 +890,8 @@ fn conv_run(
                 let mut kern = Dsp {
                     patch: &mut patch[..k],
                     q,
+                    wq,
+                    direct: g.direct_widen(),
                 };
                 conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
             } else {
@@ -751,9 +989,11 @@ pub fn conv_hwc_q7(
 /// return its [`ConvGeo`].
 #[allow(clippy::too_many_arguments)]
 fn conv_geo(
+    dsp: bool,
     input: &[i8],
     in_dims: Dims,
     weights: &[i8],
+    wq: &[u32],
     kernel: Pair,
     pad: Pair,
     stride: Pair,
@@ -776,8 +1016,11 @@ fn conv_geo(
     let cin_g = in_dims.c / groups;
     let cout_g = out_dims.c / groups;
     let ksize = kernel.h * kernel.w * cin_g;
+    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty.
+    let wq_used = dsp && !wq.is_empty();
     if input.len() != in_dims.len()
-        || weights.len() != out_dims.c * ksize
+        || (weights.len() != out_dims.c * ksize && !(wq_used && weights.is_empty()))
+        || (wq_used && wq.len() != widened_weights_len(out_dims.c, groups, ksize))
         || bias.len() != out_dims.c
     {
         return Err(KernelError::Length);
@@ -798,7 +1041,9 @@ fn conv_geo(
     })
 }
 
-/// Convolution ([`conv_hwc_q7`], same bytes) with caller-provided scratch for the patches
+/// Convolution ([`conv_hwc_q7`], same bytes) with optional pre-widened weights `wq`
+/// ([`widen_weights`]; used on DSP targets, where `weights` may then be empty; ignored
+/// elsewhere), caller-provided scratch for the patches
 /// (at least [`conv_scratch_len`] bytes: the firmware places it in its arena for the duration of
 /// the layer instead of on the stack) and, when `relu` is set, a ReLU fused into the
 /// requantization (the bytes of [`conv_hwc_q7`] followed by [`relu_q7`]).
@@ -807,6 +1052,7 @@ pub fn conv_hwc_q7_scratch(
     input: &[i8],
     in_dims: Dims,
     weights: &[i8],
+    wq: &[u32],
     kernel: Pair,
     pad: Pair,
     stride: Pair,
@@ -824,6 +1070,7 @@ pub fn conv_hwc_q7_scratch(
         input,
         in_dims,
         weights,
+        wq,
         kernel,
         pad,
         stride,
@@ -884,6 +1131,7 @@ pub fn conv_pool_hwc_q7(
     input: &[i8],
     in_dims: Dims,
     weights: &[i8],
+    wq: &[u32],
     kernel: Pair,
     pad: Pair,
     stride: Pair,
@@ -903,6 +1151,7 @@ pub fn conv_pool_hwc_q7(
         input,
         in_dims,
         weights,
+        wq,
         kernel,
         pad,
         stride,
@@ -1183,10 +1432,13 @@ pub mod variants {
         output: &mut [i8],
         out_dims: Dims,
     ) -> KResult {
+        let wq: &[u32] = &[];
         let g = conv_geo(
+            dsp,
             input,
             in_dims,
             weights,
+            wq,
             kernel,
             pad,
             stride,
@@ -1208,6 +1460,7 @@ pub mod variants {
                 dsp,
                 input,
                 weights,
+                wq,
                 bias,
                 output,
                 &g,
@@ -1226,6 +1479,7 @@ pub mod variants {
         input: &[i8],
         in_dims: Dims,
         weights: &[i8],
+        wq: &[u32],
         kernel: Pair,
         pad: Pair,
         stride: Pair,
@@ -1239,9 +1493,11 @@ pub mod variants {
         out_dims: Dims,
     ) -> KResult {
         let g = conv_geo(
+            dsp,
             input,
             in_dims,
             weights,
+            wq,
             kernel,
             pad,
             stride,
@@ -1260,6 +1516,7 @@ pub mod variants {
             dsp,
             input,
             weights,
+            wq,
             bias,
             output,
             &g,
@@ -1277,6 +1534,7 @@ pub mod variants {
         input: &[i8],
         in_dims: Dims,
         weights: &[i8],
+        wq: &[u32],
         kernel: Pair,
         pad: Pair,
         stride: Pair,
@@ -1292,9 +1550,11 @@ pub mod variants {
         out_dims: Dims,
     ) -> KResult {
         let g = conv_geo(
+            dsp,
             input,
             in_dims,
             weights,
+            wq,
             kernel,
             pad,
             stride,
@@ -1334,6 +1594,7 @@ pub mod variants {
                     dsp,
                     input,
                     weights,
+                    wq,
                     bias,
                     slot,
                     &g,
