@@ -282,7 +282,16 @@ impl ConvGeo {
 
     /// The widened patch of one output pixel (see [`widen_patch`]) into slot `slot` of `q`,
     /// read straight from the input; only when [`Self::direct_widen`].
+    #[inline(always)]
     fn widen_patch_from_input(&self, input: &[i8], pixel: usize, q: &mut [i8], slot: usize) {
+        if slot == 0 {
+            self.widen_from_input::<0>(input, pixel, q)
+        } else {
+            self.widen_from_input::<1>(input, pixel, q)
+        }
+    }
+
+    fn widen_from_input<const SLOT: usize>(&self, input: &[i8], pixel: usize, q: &mut [i8]) {
         let (iw, cin) = (self.in_dims.w, self.in_dims.c);
         let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
         let (ylo, yhi, iy0) =
@@ -296,21 +305,20 @@ impl ConvGeo {
             .take(self.kernel.h)
             .enumerate()
         {
-            let inside = ky >= ylo && ky < yhi && mg > 0;
-            let src: &[i8] = if inside {
-                &input[((iy0 + ky - ylo) * iw + ix0) * cin..][..4 * mg]
-            } else {
-                &[]
-            };
-            for (gi, d) in qrow.chunks_exact_mut(16).enumerate() {
-                let r = gi.wrapping_sub(lg);
-                let x = if inside && r < mg {
-                    word(&src[4 * r..4 * r + 4])
-                } else {
-                    0
-                };
-                put_word(d, slot, simd::sxtb16(x));
-                put_word(d, 2 + slot, simd::sxtb16_ror8(x));
+            if ky < ylo || ky >= yhi || mg == 0 {
+                for d in qrow.chunks_exact_mut(16) {
+                    put_group::<SLOT>(d, 0);
+                }
+                continue;
+            }
+            let src = &input[((iy0 + ky - ylo) * iw + ix0) * cin..][..4 * mg];
+            let (left, rest) = qrow.split_at_mut(16 * lg);
+            let (mid, right) = rest.split_at_mut(16 * mg);
+            for d in left.chunks_exact_mut(16).chain(right.chunks_exact_mut(16)) {
+                put_group::<SLOT>(d, 0);
+            }
+            for (d, x) in mid.chunks_exact_mut(16).zip(src.chunks_exact(4)) {
+                put_group::<SLOT>(d, word(x));
             }
         }
     }
@@ -364,14 +372,6 @@ fn dot2x2(a: &[i8], b: &[i8], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4]
     s
 }
 
-/// Store `v` as the little-endian word `i` of the byte buffer `q` (one `STR` on Cortex-M).
-#[inline(always)]
-fn put_word(q: &mut [i8], i: usize, v: u32) {
-    for (d, b) in q[4 * i..4 * i + 4].iter_mut().zip(v.to_le_bytes()) {
-        *d = b as i8;
-    }
-}
-
 /// Word `i` of the byte buffer `q`.
 #[inline(always)]
 fn get_word(q: &[i8], i: usize) -> u32 {
@@ -381,20 +381,40 @@ fn get_word(q: &[i8], i: usize) -> u32 {
 /// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer `q`
 /// (bytes, holding words): every 4 bytes `x0 x1 x2 x3` of the patch (the last group
 /// zero-filled) become the words `(x0, x2)` at word `4g + slot` and `(x1, x3)` at word
-/// `4g + 2 + slot`, each two i16 halves. Weights are widened the same way on the fly (`SXTB16`
-/// and `SXTB16 ROR 8`), so the halves line up without any packing instruction.
+/// `4g + 2 + slot`, each two i16 halves. Weights are widened the same way (on the fly with
+/// `SXTB16` and `SXTB16 ROR 8`, or once by [`widen_weights`]), so the halves line up without
+/// any packing instruction.
 #[inline(always)]
 fn widen_patch(p: &[i8], q: &mut [i8], slot: usize) {
+    if slot == 0 {
+        widen_patch_slot::<0>(p, q)
+    } else {
+        widen_patch_slot::<1>(p, q)
+    }
+}
+
+/// One group of 4 patch bytes (as the word `x`) into its 16-byte group `d` of the widened
+/// buffer, slot `SLOT` (a constant, so the stores need no bounds checks).
+#[inline(always)]
+fn put_group<const SLOT: usize>(d: &mut [i8], x: u32) {
+    // Whole 4-byte copies (one `STR` each; byte-wise stores are not merged by LLVM).
+    let e = simd::sxtb16(x).to_le_bytes().map(|b| b as i8);
+    let o = simd::sxtb16_ror8(x).to_le_bytes().map(|b| b as i8);
+    if d.len() == 16 {
+        d[4 * SLOT..4 * SLOT + 4].copy_from_slice(&e);
+        d[8 + 4 * SLOT..8 + 4 * SLOT + 4].copy_from_slice(&o);
+    }
+}
+
+#[inline(always)]
+fn widen_patch_slot<const SLOT: usize>(p: &[i8], q: &mut [i8]) {
     let n4 = p.len() / 4;
-    for (g, c) in p.chunks_exact(4).enumerate() {
-        let x = word(c);
-        put_word(q, 4 * g + slot, simd::sxtb16(x));
-        put_word(q, 4 * g + 2 + slot, simd::sxtb16_ror8(x));
+    let (body, tail) = q.split_at_mut(16 * n4);
+    for (c, d) in p.chunks_exact(4).zip(body.chunks_exact_mut(16)) {
+        put_group::<SLOT>(d, word(c));
     }
     if !p.len().is_multiple_of(4) {
-        let x = word_tail(&p[n4 * 4..]);
-        put_word(q, 4 * n4 + slot, simd::sxtb16(x));
-        put_word(q, 4 * n4 + 2 + slot, simd::sxtb16_ror8(x));
+        put_group::<SLOT>(&mut tail[..16], word_tail(&p[n4 * 4..]));
     }
 }
 
