@@ -4,7 +4,8 @@
 //! padding, strides, groups, odd sizes and Caffe's ceil-mode clipped last windows.
 
 use nnquant::fixed::kernels::{
-    conv_pool_ring_len, conv_scratch_len, variants, Dims, Fused, KernelError, Pair, PoolSpec,
+    conv_pool_ring_len, conv_scratch_len, variants, widen_weights, widened_weights_len, Dims,
+    Fused, KernelError, Pair, PoolSpec,
 };
 use nnquant::ir::{
     shape::{conv_out, pool_out},
@@ -109,6 +110,14 @@ fn tensors(c: &Case) -> Tensors {
     }
 }
 
+/// The weights pre-widened for the DSP kernels.
+fn widened(c: &Case, t: &Tensors) -> Vec<u32> {
+    let ksize = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
+    let mut wq = vec![0u32; widened_weights_len(c.cout, c.groups, ksize)];
+    widen_weights(&t.weights, c.cout, c.groups, ksize, &mut wq).unwrap();
+    wq
+}
+
 fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
     let mut y = vec![0i8; cd.len()];
     variants::conv_hwc_q7(
@@ -123,7 +132,9 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
 
     #[test]
-    fn conv_with_scratch_and_relu_equals_conv_then_relu(c in case(), dsp in any::<bool>()) {
+    fn conv_with_scratch_and_relu_equals_conv_then_relu(
+        c in case(), dsp in any::<bool>(), pre_widened in any::<bool>(),
+    ) {
         let cd = conv_dims(&c);
         prop_assume!(cd.is_some());
         let cd = cd.unwrap();
@@ -135,8 +146,11 @@ proptest! {
         let ksize = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
         let mut scratch = vec![0x55i8; conv_scratch_len(ksize, dsp) + c.misalign];
         let mut got = vec![0i8; cd.len()];
+        // DSP with pre-widened weights (the i8 weights then omitted, as the firmware does).
+        let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
+        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
         variants::conv_hwc_q7_scratch(
-            dsp, &t.input, c.in_dims, &t.weights, c.kernel, c.pad, c.stride, c.groups, &t.bias,
+            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, c.relu_conv, &mut scratch[c.misalign..], &mut got, cd,
         )
         .unwrap();
@@ -144,7 +158,9 @@ proptest! {
     }
 
     #[test]
-    fn fused_conv_pool_equals_unfused(c in case(), dsp in any::<bool>()) {
+    fn fused_conv_pool_equals_unfused(
+        c in case(), dsp in any::<bool>(), pre_widened in any::<bool>(),
+    ) {
         let cd = conv_dims(&c);
         prop_assume!(cd.is_some());
         let cd = cd.unwrap();
@@ -179,8 +195,10 @@ proptest! {
         let mut scratch = bytes(conv_scratch_len(ksize, dsp) + c.misalign, c.seed ^ 2);
         let mut got = vec![0i8; od.len()];
         let fuse = Fused { relu_conv: c.relu_conv, pool: p, relu_out: c.relu_out };
+        let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
+        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
         variants::conv_pool_hwc_q7(
-            dsp, &t.input, c.in_dims, &t.weights, c.kernel, c.pad, c.stride, c.groups, &t.bias,
+            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, cd, fuse, &mut ring, &mut scratch[c.misalign..], &mut got,
             od,
         )
@@ -208,7 +226,7 @@ fn short_ring_or_scratch_is_refused() {
             let (mut ring, mut scr) = (vec![0i8; r], vec![0i8; s]);
             assert_eq!(
                 variants::conv_pool_hwc_q7(
-                    dsp, &input, d, &weights, k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring,
+                    dsp, &input, d, &weights, &[], k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring,
                     &mut scr, &mut out, od,
                 ),
                 Err(KernelError::Length)
@@ -216,11 +234,45 @@ fn short_ring_or_scratch_is_refused() {
         }
         let (mut ring, mut scr) = (vec![0i8; need_ring], vec![0i8; need_scr]);
         variants::conv_pool_hwc_q7(
-            dsp, &input, d, &weights, k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring, &mut scr,
+            dsp, &input, d, &weights, &[], k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring, &mut scr,
             &mut out, od,
         )
         .unwrap();
         // Interior pixels see 3×3×2 ones (18); the 2×2 max pool sees at least one of them.
         assert_eq!(out, vec![18i8; od.len()]);
     }
+}
+
+#[test]
+fn wrong_widened_weights_are_refused() {
+    let d = Dims { h: 3, w: 3, c: 4 };
+    let k = Pair { h: 3, w: 3 };
+    let one = Pair { h: 1, w: 1 };
+    let od = Dims { h: 3, w: 3, c: 3 };
+    let (input, bias) = (vec![1i8; d.len()], [0i8; 3]);
+    let need = widened_weights_len(3, 1, 36);
+    // Two channel pairs (the third channel paired with itself), 9 groups of 4 words each.
+    assert_eq!(need, 2 * 9 * 4);
+    let mut out = vec![0i8; od.len()];
+    let mut scratch = vec![0i8; conv_scratch_len(36, true)];
+    assert_eq!(
+        variants::conv_hwc_q7_scratch(
+            true, &input, d, &[], &vec![0u32; need - 1], k, one, one, 1, &bias, 0, 0, false,
+            &mut scratch, &mut out, od,
+        ),
+        Err(KernelError::Length)
+    );
+    // Without widened weights the i8 weights are required (and on the portable path always).
+    for dsp in [false, true] {
+        assert_eq!(
+            variants::conv_hwc_q7_scratch(
+                dsp, &input, d, &[], &[], k, one, one, 1, &bias, 0, 0, false, &mut scratch,
+                &mut out, od,
+            ),
+            Err(KernelError::Length)
+        );
+    }
+    let mut bad = vec![0u32; need];
+    assert_eq!(widen_weights(&[0; 107], 3, 1, 36, &mut bad), Err(KernelError::Length));
+    assert_eq!(widen_weights(&[0; 108], 3, 2, 36, &mut bad), Err(KernelError::Geometry));
 }

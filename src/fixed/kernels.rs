@@ -827,8 +827,9 @@ fn conv_pixel_pairs<K: PairKernel>(
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
     let q = |acc: i32| requant_lo(acc, g.or, lo);
     for grp in 0..g.groups {
-        // From the group's first row to the end of all weights (see `PairKernel::dot`).
-        let wg = &weights[grp * cg * k..];
+        // From the group's first row to the end of all weights (see `PairKernel::dot`); empty
+        // when the DSP kernel runs on pre-widened weights only.
+        let wg = weights.get(grp * cg * k..).unwrap_or(&[]);
         let bg = &bias[grp * cg..][..cg];
         let even = cg & !1;
         let pair_base = grp * cg.div_ceil(2);
