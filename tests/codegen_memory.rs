@@ -156,6 +156,13 @@ fn report_diff_gates_on_firmware_ram_growth() {
     assert!(fail.stdout.contains("FAIL: firmware RAM grew by 100 B"));
     // Without firmware figures in a report the memory gate cannot run: a clear error.
     let (_, bare) = quantized(&f.path("q2"));
-    let o = nnquant(&[&"report", &"diff", &bare, &grown, &"--max-flash-growth", &"0"]);
+    let o = nnquant(&[
+        &"report",
+        &"diff",
+        &bare,
+        &grown,
+        &"--max-flash-growth",
+        &"0",
+    ]);
     assert_fails(&o, &["need firmware figures in both reports"]);
 }

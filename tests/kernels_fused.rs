@@ -51,26 +51,62 @@ struct Case {
 fn case() -> impl Strategy<Value = Case> {
     (
         (1usize..11, 1usize..11, 1usize..4, 1usize..5, 1usize..3),
-        (1usize..6, 1usize..6, 0usize..3, 0usize..3, 1usize..3, 1usize..3),
-        (1usize..5, 1usize..5, 0usize..3, 0usize..3, 1usize..4, 1usize..4),
-        (any::<bool>(), any::<bool>(), any::<bool>(), 0i32..6, 0i32..12),
+        (
+            1usize..6,
+            1usize..6,
+            0usize..3,
+            0usize..3,
+            1usize..3,
+            1usize..3,
+        ),
+        (
+            1usize..5,
+            1usize..5,
+            0usize..3,
+            0usize..3,
+            1usize..4,
+            1usize..4,
+        ),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0i32..6,
+            0i32..12,
+        ),
         (any::<u64>(), 0usize..4),
     )
         .prop_map(
-            |((h, w, cin_g, cout_g, groups), (kh, kw, ph, pw, sh, sw), pool, flags, (seed, mis))| {
+            |(
+                (h, w, cin_g, cout_g, groups),
+                (kh, kw, ph, pw, sh, sw),
+                pool,
+                flags,
+                (seed, mis),
+            )| {
                 let (pkh, pkw, pph, ppw, psh, psw) = pool;
                 let (max, relu_conv, relu_out, bl, or) = flags;
                 Case {
-                    in_dims: Dims { h, w, c: cin_g * groups },
+                    in_dims: Dims {
+                        h,
+                        w,
+                        c: cin_g * groups,
+                    },
                     cout: cout_g * groups,
                     groups,
                     kernel: Pair { h: kh, w: kw },
-                    pad: Pair { h: ph.min(kh - 1), w: pw.min(kw - 1) },
+                    pad: Pair {
+                        h: ph.min(kh - 1),
+                        w: pw.min(kw - 1),
+                    },
                     stride: Pair { h: sh, w: sw },
                     pool: PoolSpec {
                         kernel: Pair { h: pkh, w: pkw },
                         // Caffe requires pad < kernel.
-                        pad: Pair { h: pph.min(pkh - 1), w: ppw.min(pkw - 1) },
+                        pad: Pair {
+                            h: pph.min(pkh - 1),
+                            w: ppw.min(pkw - 1),
+                        },
                         stride: Pair { h: psh, w: psw },
                         max,
                     },
@@ -121,8 +157,19 @@ fn widened(c: &Case, t: &Tensors) -> Vec<u32> {
 fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
     let mut y = vec![0i8; cd.len()];
     variants::conv_hwc_q7(
-        dsp, &t.input, c.in_dims, &t.weights, c.kernel, c.pad, c.stride, c.groups, &t.bias,
-        c.bias_lshift, c.out_rshift, &mut y, cd,
+        dsp,
+        &t.input,
+        c.in_dims,
+        &t.weights,
+        c.kernel,
+        c.pad,
+        c.stride,
+        c.groups,
+        &t.bias,
+        c.bias_lshift,
+        c.out_rshift,
+        &mut y,
+        cd,
     )
     .unwrap();
     y
@@ -215,8 +262,17 @@ fn short_ring_or_scratch_is_refused() {
     let input = vec![1i8; d.len()];
     let weights = vec![1i8; 2 * 9 * 2];
     let bias = [0i8; 2];
-    let pool = PoolSpec { kernel: Pair { h: 2, w: 2 }, pad: Pair { h: 0, w: 0 }, stride: Pair { h: 2, w: 2 }, max: true };
-    let fuse = Fused { relu_conv: false, pool, relu_out: false };
+    let pool = PoolSpec {
+        kernel: Pair { h: 2, w: 2 },
+        pad: Pair { h: 0, w: 0 },
+        stride: Pair { h: 2, w: 2 },
+        max: true,
+    };
+    let fuse = Fused {
+        relu_conv: false,
+        pool,
+        relu_out: false,
+    };
     let od = Dims { h: 2, w: 2, c: 2 };
     let mut out = vec![0i8; od.len()];
     for dsp in [false, true] {
@@ -226,16 +282,48 @@ fn short_ring_or_scratch_is_refused() {
             let (mut ring, mut scr) = (vec![0i8; r], vec![0i8; s]);
             assert_eq!(
                 variants::conv_pool_hwc_q7(
-                    dsp, &input, d, &weights, &[], k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring,
-                    &mut scr, &mut out, od,
+                    dsp,
+                    &input,
+                    d,
+                    &weights,
+                    &[],
+                    k,
+                    one,
+                    one,
+                    1,
+                    &bias,
+                    0,
+                    0,
+                    d,
+                    fuse,
+                    &mut ring,
+                    &mut scr,
+                    &mut out,
+                    od,
                 ),
                 Err(KernelError::Length)
             );
         }
         let (mut ring, mut scr) = (vec![0i8; need_ring], vec![0i8; need_scr]);
         variants::conv_pool_hwc_q7(
-            dsp, &input, d, &weights, &[], k, one, one, 1, &bias, 0, 0, d, fuse, &mut ring, &mut scr,
-            &mut out, od,
+            dsp,
+            &input,
+            d,
+            &weights,
+            &[],
+            k,
+            one,
+            one,
+            1,
+            &bias,
+            0,
+            0,
+            d,
+            fuse,
+            &mut ring,
+            &mut scr,
+            &mut out,
+            od,
         )
         .unwrap();
         // Interior pixels see 3×3×2 ones (18); the 2×2 max pool sees at least one of them.
@@ -257,8 +345,22 @@ fn wrong_widened_weights_are_refused() {
     let mut scratch = vec![0i8; conv_scratch_len(36, true)];
     assert_eq!(
         variants::conv_hwc_q7_scratch(
-            true, &input, d, &[], &vec![0u32; need - 1], k, one, one, 1, &bias, 0, 0, false,
-            &mut scratch, &mut out, od,
+            true,
+            &input,
+            d,
+            &[],
+            &vec![0u32; need - 1],
+            k,
+            one,
+            one,
+            1,
+            &bias,
+            0,
+            0,
+            false,
+            &mut scratch,
+            &mut out,
+            od,
         ),
         Err(KernelError::Length)
     );
@@ -266,13 +368,33 @@ fn wrong_widened_weights_are_refused() {
     for dsp in [false, true] {
         assert_eq!(
             variants::conv_hwc_q7_scratch(
-                dsp, &input, d, &[], &[], k, one, one, 1, &bias, 0, 0, false, &mut scratch,
-                &mut out, od,
+                dsp,
+                &input,
+                d,
+                &[],
+                &[],
+                k,
+                one,
+                one,
+                1,
+                &bias,
+                0,
+                0,
+                false,
+                &mut scratch,
+                &mut out,
+                od,
             ),
             Err(KernelError::Length)
         );
     }
     let mut bad = vec![0u32; need];
-    assert_eq!(widen_weights(&[0; 107], 3, 1, 36, &mut bad), Err(KernelError::Length));
-    assert_eq!(widen_weights(&[0; 108], 3, 2, 36, &mut bad), Err(KernelError::Geometry));
+    assert_eq!(
+        widen_weights(&[0; 107], 3, 1, 36, &mut bad),
+        Err(KernelError::Length)
+    );
+    assert_eq!(
+        widen_weights(&[0; 108], 3, 2, 36, &mut bad),
+        Err(KernelError::Geometry)
+    );
 }

@@ -447,7 +447,6 @@ fn layer_contexts(
                 format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
             ),
         };
-        let mut ins = ins;
         if let QOp::Concat { shifts } = &l.op {
             ensure!(
                 shifts.len() == ins.len(),

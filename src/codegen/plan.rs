@@ -45,11 +45,9 @@ pub struct Plan {
 impl Plan {
     /// The step with the most live bytes (the one that sets a lower bound on the arena).
     pub fn largest_live(&self) -> Option<&LayerLive> {
-        self.per_layer.iter().max_by(|a, b| {
-            a.live_bytes
-                .cmp(&b.live_bytes)
-                .then(b.layer.cmp(&a.layer))
-        })
+        self.per_layer
+            .iter()
+            .max_by(|a, b| a.live_bytes.cmp(&b.live_bytes).then(b.layer.cmp(&a.layer)))
     }
 
     /// Bytes of kernel scratch and ring buffers live at once, at most (part of the arena).

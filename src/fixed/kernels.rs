@@ -446,8 +446,7 @@ fn mac2x2_groups(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     #[cfg(all(dsp, target_arch = "arm"))]
     {
         let n = w0.len();
-        if n > 0 && w1.len() == n && q.len() == 4 * n && (q.as_ptr() as usize).is_multiple_of(4)
-        {
+        if n > 0 && w1.len() == n && q.len() == 4 * n && (q.as_ptr() as usize).is_multiple_of(4) {
             return mac2x2_groups_asm(q, w0, w1, s);
         }
     }
@@ -814,6 +813,7 @@ fn requant_lo(acc: i32, or: u32, lo: i8) -> i8 {
 /// pixel alone when their count is odd, computed as a pair with itself) and channel pair (the
 /// last channel with itself when odd). Every output is independent of the pairing, so any range
 /// gives the bytes of the whole-image call.
+#[allow(clippy::too_many_arguments)]
 fn conv_pixel_pairs<K: PairKernel>(
     input: &[i8],
     weights: &[i8],
@@ -917,10 +917,7 @@ fn conv_run(
                 conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
             } else {
                 let (a, b) = scr.split_at_mut(k);
-                let mut kern = Portable {
-                    a,
-                    b: &mut b[..k],
-                };
+                let mut kern = Portable { a, b: &mut b[..k] };
                 conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
             }
         }

@@ -340,7 +340,10 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         );
     }
     let (instructions, per_step) = if r.count_instructions && !r.target.is_host() {
-        let (regions, insns) = (num("regions=").unwrap_or(0), num("region_insns=").unwrap_or(0));
+        let (regions, insns) = (
+            num("regions=").unwrap_or(0),
+            num("region_insns=").unwrap_or(0),
+        );
         let segs: Vec<u64> = field("segments=")
             .unwrap_or_default()
             .split(',')
