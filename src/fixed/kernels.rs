@@ -1190,7 +1190,7 @@ pub fn conv_pool_hwc_q7(
 /// in the ring: the window arithmetic of [`maxpool_hwc_q7`] / [`avepool_hwc_q7`], then the
 /// optional ReLU.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
+#[inline(never)] // its locals then do not add to the frame that calls the convolution
 fn pool_ring_row(
     dsp: bool,
     ring: &[i8],
