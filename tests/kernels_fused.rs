@@ -398,3 +398,23 @@ fn wrong_widened_weights_are_refused() {
         Err(KernelError::Geometry)
     );
 }
+
+proptest! {
+    #[test]
+    fn input_conversion_in_place_equals_out_of_place(
+        n in 1usize..64, per_channel in any::<bool>(), mul in -300i32..300, rshift in 0i32..20,
+        seed in any::<u64>(),
+    ) {
+        use nnquant::fixed::kernels::{input_u8_q7, input_u8_q7_in_place};
+        let pixels: Vec<u8> = bytes(3 * n, seed).iter().map(|b| *b as u8).collect();
+        let mean: Vec<u8> = bytes(if per_channel { 3 } else { 3 * n }, seed ^ 5)
+            .iter()
+            .map(|b| *b as u8)
+            .collect();
+        let mut expected = vec![0i8; pixels.len()];
+        input_u8_q7(&pixels, &mean, mul, rshift, &mut expected).unwrap();
+        let mut buf: Vec<i8> = pixels.iter().map(|p| *p as i8).collect();
+        input_u8_q7_in_place(&mut buf, &mean, mul, rshift).unwrap();
+        prop_assert_eq!(buf, expected);
+    }
+}

@@ -1769,16 +1769,44 @@ pub fn input_u8_q7(
     }
     let m = mean.len();
     for (i, (p, o)) in pixels.iter().zip(output.iter_mut()).enumerate() {
-        let mv = if m == 0 { 0 } else { mean[i % m] as i64 };
-        let d = (*p as i64 - mv) * mul as i64;
-        let q = rshift_half_away(d, rshift as u32);
-        *o = if q > 127 {
-            127
-        } else if q < -128 {
-            -128
-        } else {
-            q as i8
-        };
+        let mv = if m == 0 { 0 } else { mean[i % m] };
+        *o = input_one(*p, mv, mul, rshift as u32);
+    }
+    Ok(())
+}
+
+/// One pixel of [`input_u8_q7`].
+#[inline(always)]
+fn input_one(p: u8, mean: u8, mul: i32, rshift: u32) -> i8 {
+    let d = (p as i64 - mean as i64) * mul as i64;
+    let q = rshift_half_away(d, rshift);
+    if q > 127 {
+        127
+    } else if q < -128 {
+        -128
+    } else {
+        q as i8
+    }
+}
+
+/// [`input_u8_q7`] in place: `buf` holds the uint8 pixels (each byte's bits, as written by a
+/// camera or DMA into the firmware's arena) and receives the q7 values, so the image needs no
+/// buffer of its own.
+pub fn input_u8_q7_in_place(buf: &mut [i8], mean: &[u8], mul: i32, rshift: i32) -> KResult {
+    debug_assert!(
+        (0..=62).contains(&rshift),
+        "input rshift {rshift} out of 0..=62"
+    );
+    if !(0..=62).contains(&rshift) {
+        return Err(KernelError::Shift);
+    }
+    if !mean.is_empty() && !buf.len().is_multiple_of(mean.len()) {
+        return Err(KernelError::Length);
+    }
+    let m = mean.len();
+    for (i, v) in buf.iter_mut().enumerate() {
+        let mv = if m == 0 { 0 } else { mean[i % m] };
+        *v = input_one(*v as u8, mv, mul, rshift as u32);
     }
     Ok(())
 }
