@@ -75,6 +75,11 @@ struct TargetCfg {
     /// Test images embedded in the firmware (and run by `--verify`).
     #[serde(default = "default_count")]
     test_images: usize,
+    /// RAM / flash budgets in bytes (default: the target's sizes).
+    #[serde(default)]
+    ram_budget: Option<usize>,
+    #[serde(default)]
+    flash_budget: Option<usize>,
 }
 
 fn default_target() -> String {
@@ -93,6 +98,8 @@ impl Default for TargetCfg {
             name: default_target(),
             crate_name: default_crate(),
             test_images: default_count(),
+            ram_budget: None,
+            flash_budget: None,
         }
     }
 }
@@ -240,6 +247,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         cfg.target.name.clone(),
         cfg.target.crate_name.clone(),
         cfg.target.test_images.to_string(),
+        format!("{:?} {:?}", cfg.target.ram_budget, cfg.target.flash_budget),
     ]);
     if a.force || state.codegen.as_deref() != Some(c_fp.as_str()) || !fw_dir.exists() {
         say("== codegen");
@@ -252,6 +260,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             count: cfg.target.test_images,
             data: data_flags.clone(),
             json: false,
+            ram_budget: cfg.target.ram_budget,
+            flash_budget: cfg.target.flash_budget,
+            report: Some(report_path.clone()),
         })?;
         state.codegen = Some(c_fp);
         std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)?;
@@ -268,6 +279,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
             count_instructions: false,
             work_dir: Some(out.join("verify")),
             json: false,
+            ram_budget: cfg.target.ram_budget,
+            flash_budget: cfg.target.flash_budget,
+            report: Some(report_path),
         });
     }
     Ok(ExitCode::SUCCESS)

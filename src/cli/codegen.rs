@@ -27,9 +27,46 @@ pub struct Args {
     pub count: usize,
     #[command(flatten)]
     pub data: DataFlags,
+    /// RAM the firmware may use, in bytes (`16384`, `16K`); default: the target's RAM.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub ram_budget: Option<usize>,
+    /// Flash the firmware may use, in bytes (`256K`, `1M`); default: the target's flash.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub flash_budget: Option<usize>,
+    /// Add the firmware's memory figures (and, for verify, the measured ones) to this
+    /// report.json from `nnquant quantize`, so that `report diff` can gate on their growth.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Print the memory report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Put the firmware's figures into a report.json from `nnquant quantize` (and re-render its
+/// report.md beside it), each file atomically.
+pub fn attach_to_report(path: &std::path::Path, f: crate::report::FirmwareFigures) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the report {}", path.display()))?;
+    let mut r = crate::report::Report::from_json(&text, &path.display().to_string())?;
+    r.firmware = Some(f);
+    super::quantize::write_atomic(path, &r.to_json())?;
+    super::quantize::write_atomic(
+        &path.with_extension("md"),
+        &crate::report::markdown::render(&r),
+    )
+}
+
+/// The plan's figures of a generated crate, for a report.
+pub fn figures(target: &str, mem: &codegen::MemoryReport) -> crate::report::FirmwareFigures {
+    crate::report::FirmwareFigures {
+        target: target.to_string(),
+        arena_bytes: mem.arena_bytes,
+        scratch_bytes: mem.scratch_bytes,
+        ram_estimate_bytes: mem.budget.ram_estimate,
+        flash_param_bytes: mem.flash_param_bytes,
+        flash_estimate_bytes: mem.budget.flash_estimate,
+        measured: None,
+    }
 }
 
 /// Test images as the firmware receives them (cropped HWC uint8), with their labels.
@@ -65,9 +102,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let gen = codegen::generate(
         &m,
         &codegen::Options {
-            target: t,
-            crate_name: a.crate_name.clone(),
-            test_images: images,
+            ram_budget: a.ram_budget,
+            flash_budget: a.flash_budget,
+            ..codegen::Options::new(t, &a.crate_name, images)
         },
     )?;
     let mut files = gen.files;
@@ -78,6 +115,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     codegen::write::write_crate(&a.out, &files, a.force)
         .with_context(|| format!("writing {}", a.out.display()))?;
     let mem = &gen.memory;
+    if let Some(r) = &a.report {
+        attach_to_report(r, figures(&a.target, mem))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(mem)?);
     } else {
@@ -88,12 +128,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.target
         );
         println!(
-            "flash: {} B weights+biases, {} B input mean; RAM: {} B arena, {} B scratch",
-            mem.flash_param_bytes, mem.flash_mean_bytes, mem.arena_bytes, mem.scratch_bytes
+            "flash: {} B weights+biases, {} B input mean (about {} B with code); RAM: {} B arena (incl. {} B kernel scratch/rings), {} B scratch outside it (about {} B with the stack)",
+            mem.flash_param_bytes,
+            mem.flash_mean_bytes,
+            mem.budget.flash_estimate,
+            mem.arena_bytes,
+            mem.arena_temp_bytes,
+            mem.scratch_bytes,
+            mem.budget.ram_estimate
         );
         for l in &mem.plan.per_layer {
             println!(
-                "  {:<12} live {:>6} B: {}",
+                "  {:<20} live {:>6} B: {}",
                 l.layer,
                 l.live_bytes,
                 l.live.join(", ")

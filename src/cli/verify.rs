@@ -29,6 +29,16 @@ pub struct Args {
     /// Where to generate the firmware crate (default: a cache directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// RAM the firmware may use, in bytes (`16384`, `16K`); default: the target's RAM.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub ram_budget: Option<usize>,
+    /// Flash the firmware may use, in bytes (`256K`, `1M`); default: the target's flash.
+    #[arg(long, value_parser = crate::codegen::target::parse_size)]
+    pub flash_budget: Option<usize>,
+    /// Add the firmware's memory figures (and, for verify, the measured ones) to this
+    /// report.json from `nnquant quantize`, so that `report diff` can gate on their growth.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -65,7 +75,26 @@ pub fn run(a: Args) -> Result<ExitCode> {
         expected,
         count_instructions: a.count_instructions,
         work_dir,
+        ram_budget: a.ram_budget,
+        flash_budget: a.flash_budget,
     })?;
+    if let (Some(path), Some(mem)) = (&a.report, &r.memory) {
+        let mut f = super::codegen::figures(&r.target, mem);
+        if let (Some(s), Some(h), Some(total)) = (&r.sizes, r.stack_high_water, r.total_ram) {
+            f.measured = Some(crate::report::MeasuredFigures {
+                stack_high_water_bytes: h,
+                total_ram_bytes: total,
+                flash_bytes: s.text + s.rodata + s.data,
+                instructions_per_inference: r.instructions_per_inference,
+                per_step_instructions: r
+                    .per_step_instructions
+                    .iter()
+                    .map(|s| (s.step.clone(), s.instructions))
+                    .collect(),
+            });
+        }
+        super::codegen::attach_to_report(path, f)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -76,8 +105,32 @@ pub fn run(a: Args) -> Result<ExitCode> {
         if let Some(s) = &r.sizes {
             println!("firmware: .text {} B, .rodata {} B, .data {} B, .bss {} B (arena {} B, weights {} B)", s.text, s.rodata, s.data, s.bss, r.arena_bytes, r.flash_param_bytes);
         }
+        if let (Some(total), Some(s), Some(h)) = (r.total_ram, &r.sizes, r.stack_high_water) {
+            println!(
+                "total RAM: {total} B (arena {} B incl. {} B kernel scratch/rings, scratch {} B, stack high-water {h} B, other statics {} B)",
+                r.arena_bytes,
+                r.arena_temp_bytes,
+                r.scratch_bytes,
+                (s.data + s.bss).saturating_sub(r.arena_bytes)
+            );
+        }
         if let Some(n) = r.instructions_per_inference {
-            println!("executed instructions per inference: {n}");
+            println!(
+                "instructions per inference: {:.2} M ({n} executed)",
+                n as f64 / 1e6
+            );
+            if !r.per_step_instructions.is_empty() {
+                println!("| step | instructions | share |");
+                println!("|---|---:|---:|");
+                for s in &r.per_step_instructions {
+                    println!(
+                        "| {} | {} | {:.1} % |",
+                        s.step,
+                        s.instructions,
+                        100.0 * s.instructions as f64 / n.max(1) as f64
+                    );
+                }
+            }
         }
         if let Some(mm) = &r.first_mismatch {
             println!(

@@ -2,11 +2,14 @@
 //! `templates/firmware/` (embedded in the binary), the kernels file copied verbatim, and a static
 //! memory plan. Output is deterministic: the same model and options give byte-identical files.
 
+pub mod budget;
 pub mod plan;
+pub mod steps;
 pub mod target;
 pub mod write;
 
 use crate::fixed::graph::{QGraph, QOp};
+use crate::fixed::kernels;
 use crate::model::NnqModel;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
@@ -65,6 +68,22 @@ pub struct Options {
     pub crate_name: String,
     /// Test images (HWC uint8, one `Vec` each) embedded for `main.rs` to run.
     pub test_images: Vec<Vec<u8>>,
+    /// Override the target's RAM / flash size for the budget gate.
+    pub ram_budget: Option<usize>,
+    pub flash_budget: Option<usize>,
+}
+
+impl Options {
+    /// Options for a target with its own RAM/flash sizes as budgets.
+    pub fn new(target: Target, crate_name: &str, test_images: Vec<Vec<u8>>) -> Self {
+        Options {
+            target,
+            crate_name: crate_name.to_string(),
+            test_images,
+            ram_budget: None,
+            flash_budget: None,
+        }
+    }
 }
 
 /// Figures of the generated firmware's memory.
@@ -72,8 +91,14 @@ pub struct Options {
 pub struct MemoryReport {
     pub flash_param_bytes: usize,
     pub flash_mean_bytes: usize,
+    /// The static arena: activations and, per step, kernel scratch and rings.
     pub arena_bytes: usize,
+    /// Largest kernel scratch + ring of one step (inside `arena_bytes`).
+    pub arena_temp_bytes: usize,
+    /// Kernel scratch outside the arena (on the stack); 0 since scratch moved into the arena.
     pub scratch_bytes: usize,
+    /// The estimates the budget gate checked, and the budgets.
+    pub budget: budget::Budget,
     pub plan: plan::Plan,
 }
 
@@ -97,6 +122,18 @@ struct InputRef {
     c: usize,
     shift: i32,
     c_offset: usize,
+    /// The earlier input variable that holds the same blob (an op reading one blob twice).
+    same_as: Option<usize>,
+}
+
+/// One disjoint range of the arena a step's kernel borrows: the template splits the arena into
+/// these, in offset order, so inputs, output and temporaries are separate slices without copies
+/// or unsafe code. `gap` is the distance from the previous range's end.
+#[derive(Serialize)]
+struct Region {
+    var: String,
+    gap: usize,
+    len: usize,
 }
 
 #[derive(Serialize)]
@@ -108,15 +145,38 @@ struct LayerCtx {
     out_len: usize,
     out_c: usize,
     ins: Vec<InputRef>,
+    regions: Vec<Region>,
     params: Vec<Param>,
+    relu: bool,
+    relu_out: bool,
+    max: bool,
+    has_scratch: bool,
+    /// Convolution weights are pre-widened (`_WEIGHTS_Q15`).
+    wq: bool,
 }
 
 #[derive(Serialize)]
 struct ArrayCtx {
     name: String,
     doc: String,
+    /// Element type: `i8`, or `u32` for pre-widened DSP weights.
+    ty: &'static str,
     len: usize,
+    bytes: usize,
     values: String,
+}
+
+impl ArrayCtx {
+    fn i8(name: String, doc: String, v: &[i8]) -> Self {
+        ArrayCtx {
+            name,
+            doc,
+            ty: "i8",
+            len: v.len(),
+            bytes: v.len(),
+            values: list(v),
+        }
+    }
 }
 
 /// A Rust identifier prefix from a layer name, unique within the graph.
@@ -161,26 +221,28 @@ fn pair(p: crate::ir::Hw) -> String {
 fn layer_contexts(
     g: &QGraph,
     pl: &plan::Plan,
+    dsp: bool,
     arrays: &mut Vec<ArrayCtx>,
 ) -> Result<Vec<LayerCtx>> {
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
-    for l in &g.layers {
+    for step in &pl.steps {
+        let l = &g.layers[step.layers[0]];
         let p = const_prefix(&l.name, &mut used);
-        let o = &pl.blobs[&l.output];
-        let ob = &g.blobs[&l.output];
-        let ins: Vec<InputRef> = l
-            .inputs
-            .iter()
-            .map(|b| InputRef {
+        let o = &pl.blobs[&step.output];
+        let ob = &g.blobs[&step.output];
+        let mut ins: Vec<InputRef> = Vec::new();
+        for (i, b) in l.inputs.iter().enumerate() {
+            ins.push(InputRef {
                 off: pl.blobs[b].offset,
                 len: pl.blobs[b].len,
                 c: g.blobs[b].layout.c,
                 shift: 0,
                 c_offset: 0,
-            })
-            .collect();
-        let in_place = pl.in_place.contains(&l.name);
+                same_as: l.inputs[..i].iter().position(|x| x == b),
+            });
+        }
+        let in_place = pl.in_place.contains(&step.name);
         let mut params = Vec::new();
         let mut param = |n: &str, ty: &'static str, v: String| {
             params.push(Param {
@@ -189,6 +251,26 @@ fn layer_contexts(
                 value: v,
             })
         };
+        let (relu, relu_out) = match step.kind {
+            steps::StepKind::Layer => (false, false),
+            steps::StepKind::ConvRelu => (true, false),
+            steps::StepKind::ConvPool {
+                relu_conv,
+                relu_out,
+            } => (relu_conv, relu_out),
+        };
+        let mut max = false;
+        if let steps::StepKind::ConvPool { .. } = step.kind {
+            let pool = &g.layers[step.layers[if relu { 2 } else { 1 }]];
+            let (QOp::MaxPool(q) | QOp::AvePool(q)) = &pool.op else {
+                anyhow::bail!("internal error: step {} has no pool", step.name);
+            };
+            max = matches!(pool.op, QOp::MaxPool(_));
+            param("POOL_KERNEL", "Pair", pair(q.kernel));
+            param("POOL_PAD", "Pair", pair(q.pad));
+            param("POOL_STRIDE", "Pair", pair(q.stride));
+            param("POOL_OUT", "Dims", dims(q.out_dims));
+        }
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {
                 param("IN", "Dims", dims(c.in_dims));
@@ -201,36 +283,76 @@ fn layer_contexts(
                 param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
                 param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
                 param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_WEIGHTS"),
-                    doc: format!(
-                        "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
-                        l.name,
-                        c.out_dims.c,
-                        c.kernel.h,
-                        c.kernel.w,
-                        c.in_dims.c / c.groups,
-                        c.weight_frac_bits
-                    ),
-                    len: c.weights.len(),
-                    values: list(&c.weights),
-                });
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_BIAS"),
-                    doc: format!(
+                let doc = format!(
+                    "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
+                    l.name,
+                    c.out_dims.c,
+                    c.kernel.h,
+                    c.kernel.w,
+                    c.in_dims.c / c.groups,
+                    c.weight_frac_bits
+                );
+                if dsp {
+                    // DSP targets get the weights pre-widened to i16 pairs in the patches'
+                    // layout (`kernels::widen_weights`): no SXTB16 in the inner loop.
+                    let ksize = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups.max(1));
+                    let mut wq =
+                        vec![0u32; kernels::widened_weights_len(c.out_dims.c, c.groups, ksize)];
+                    kernels::widen_weights(&c.weights, c.out_dims.c, c.groups, ksize, &mut wq)
+                        .map_err(|e| {
+                            anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
+                        })?;
+                    arrays.push(ArrayCtx {
+                        name: format!("{p}_WEIGHTS_Q15"),
+                        doc: format!(
+                            "{doc}, pre-widened for SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)."
+                        ),
+                        ty: "u32",
+                        len: wq.len(),
+                        bytes: 4 * wq.len(),
+                        values: wq
+                            .iter()
+                            .map(|w| format!("{w:#010x}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                } else {
+                    arrays.push(ArrayCtx::i8(
+                        format!("{p}_WEIGHTS"),
+                        format!("{doc}."),
+                        &c.weights,
+                    ));
+                }
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
                         "`{}` biases [{}], {} fraction bits.",
                         l.name,
                         c.bias.len(),
                         c.bias_frac_bits
                     ),
-                    len: c.bias.len(),
-                    values: list(&c.bias),
-                });
+                    &c.bias,
+                ));
                 (
-                    "conv",
+                    if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
+                        "conv_pool"
+                    } else {
+                        "conv"
+                    },
                     format!(
-                        "{}: convolution {}x{} /{} pad {}, {} -> {}",
-                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
+                        "{}: convolution {}x{} /{} pad {}{}, {} -> {}",
+                        step.name,
+                        c.kernel.h,
+                        c.kernel.w,
+                        c.stride.h,
+                        c.pad.h,
+                        match step.kind {
+                            steps::StepKind::Layer => "",
+                            steps::StepKind::ConvRelu => " + ReLU",
+                            steps::StepKind::ConvPool { .. } => " fused with its pool (row ring)",
+                        },
+                        l.inputs[0],
+                        step.output
                     ),
                 )
             }
@@ -239,26 +361,24 @@ fn layer_contexts(
                 param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
                 param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
                 param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_WEIGHTS"),
-                    doc: format!(
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_WEIGHTS"),
+                    format!(
                         "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
                         l.name, f.out_len, f.in_len, f.weight_frac_bits
                     ),
-                    len: f.weights.len(),
-                    values: list(&f.weights),
-                });
-                arrays.push(ArrayCtx {
-                    name: format!("{p}_BIAS"),
-                    doc: format!(
+                    &f.weights,
+                ));
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
                         "`{}` biases [{}], {} fraction bits.",
                         l.name,
                         f.bias.len(),
                         f.bias_frac_bits
                     ),
-                    len: f.bias.len(),
-                    values: list(&f.bias),
-                });
+                    &f.bias,
+                ));
                 (
                     "fc",
                     format!(
@@ -327,7 +447,6 @@ fn layer_contexts(
                 format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
             ),
         };
-        let mut ins = ins;
         if let QOp::Concat { shifts } = &l.op {
             ensure!(
                 shifts.len() == ins.len(),
@@ -343,6 +462,16 @@ fn layer_contexts(
                 c_off += i.c;
             }
         }
+        // In-place and copying steps index the arena directly; the others borrow regions.
+        let direct = matches!(
+            kind,
+            "relu_inplace" | "relu_copy" | "maxpool_inplace" | "avepool_inplace" | "alias" | "copy"
+        );
+        let regions = if direct {
+            Vec::new()
+        } else {
+            regions(step, pl, &ins, o)?
+        };
         out.push(LayerCtx {
             comment,
             kind,
@@ -352,9 +481,57 @@ fn layer_contexts(
             out_c: ob.layout.c,
             ins,
             params,
+            relu,
+            relu_out,
+            max,
+            has_scratch: regions.iter().any(|r| r.var == "scratch"),
+            wq: dsp && matches!(l.op, QOp::Conv(_)),
+            regions,
         });
     }
     Ok(out)
+}
+
+/// The arena ranges a step borrows (inputs `in0…`, `output`, temporaries by role), sorted by
+/// offset with the gaps between them; refuses overlapping ranges (the plan never makes them for
+/// the kernels that take separate slices).
+fn regions(
+    step: &steps::Step,
+    pl: &plan::Plan,
+    ins: &[InputRef],
+    out: &plan::Placement,
+) -> Result<Vec<Region>> {
+    let mut r: Vec<(usize, usize, String)> = vec![(out.offset, out.len, "output".into())];
+    for (i, x) in ins.iter().enumerate() {
+        if x.same_as.is_none() {
+            r.push((x.off, x.len, format!("in{i}")));
+        }
+    }
+    for t in step.temps.iter().filter(|t| t.len > 0) {
+        let k = format!("{}.{}", step.name, t.role);
+        let pt = pl
+            .temps
+            .get(&k)
+            .with_context(|| format!("internal error: no place for {k}"))?;
+        r.push((pt.offset, pt.len, t.role.to_string()));
+    }
+    r.sort();
+    let mut end = 0;
+    let mut v = Vec::new();
+    for (off, len, var) in r {
+        ensure!(
+            off >= end,
+            "internal error: step '{}' borrows overlapping arena ranges",
+            step.name
+        );
+        v.push(Region {
+            var,
+            gap: off - end,
+            len,
+        });
+        end = off + len;
+    }
+    Ok(v)
 }
 
 /// Format Rust source with `rustfmt` when it is installed (it is part of every rustup toolchain);
@@ -387,7 +564,8 @@ fn rustfmt(src: &str) -> String {
 /// Render the crate's files.
 pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let g = &m.graph;
-    let pl = plan::plan(g);
+    let dsp = opts.target.dsp();
+    let pl = plan::plan(g, dsp);
     plan::check(g, &pl).map_err(|e| anyhow::anyhow!("internal error in the memory plan: {e}"))?;
     ensure!(
         g.outputs.len() == 1,
@@ -404,8 +582,26 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         );
     }
     let mut arrays = Vec::new();
-    let layers = layer_contexts(g, &pl, &mut arrays)?;
-    let flash_param_bytes = arrays.iter().map(|a| a.len).sum();
+    let layers = layer_contexts(g, &pl, dsp, &mut arrays)?;
+    let flash_param_bytes = arrays.iter().map(|a| a.bytes).sum();
+    // The budget gate, before anything is rendered or built.
+    let mut largest: Vec<(String, usize)> =
+        arrays.iter().map(|a| (a.name.clone(), a.bytes)).collect();
+    largest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let (nonzero, t) = (|v: usize| (v > 0).then_some(v), &opts.target);
+    let budget = budget::check(
+        t.name,
+        &pl,
+        0,
+        &budget::FlashParts {
+            params: flash_param_bytes,
+            mean: m.input.mean_u8.len(),
+            test_images: opts.test_images.len() * input_len,
+            largest,
+        },
+        opts.ram_budget.or(nonzero(t.ram_bytes)),
+        opts.flash_budget.or(nonzero(t.flash_bytes)),
+    )?;
     let (c, h, w) = (
         m.input.shape_chw[0],
         m.input.shape_chw.get(1).copied().unwrap_or(1),
@@ -418,19 +614,10 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     };
     // An empty mean still needs an array the kernel can take.
     let crate_ident = opts.crate_name.replace('-', "_");
-    // The convolution kernels keep their patch buffers on the stack while they run (see
-    // `kernels::PATCH_MAX`): two i8 patches on portable targets, an i8 patch and a q15 (u32)
-    // patch on DSP targets.
-    let has_conv = g.layers.iter().any(|l| matches!(l.op, QOp::Conv(_)));
-    let dsp = opts.target.triple.starts_with("thumbv7em")
-        || opts.target.triple.starts_with("thumbv8m.main");
-    let scratch_bytes = if !has_conv {
-        0
-    } else if dsp {
-        5 * crate::fixed::kernels::PATCH_MAX
-    } else {
-        2 * crate::fixed::kernels::PATCH_MAX
-    };
+    // Kernel scratch (convolution patches, fused pool rings) lives in the arena, placed by the
+    // plan for the duration of its step: nothing large is left on the stack.
+    let arena_temp_bytes = pl.temp_bytes();
+    let scratch_bytes = 0;
     let mut ctx = tera::Context::new();
     ctx.insert("nnquant_version", env!("CARGO_PKG_VERSION"));
     ctx.insert("model_name", &m.name);
@@ -458,6 +645,11 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("mean_values", &list(&m.input.mean_u8));
     ctx.insert("flash_param_bytes", &flash_param_bytes);
     ctx.insert("scratch_bytes", &scratch_bytes);
+    ctx.insert("arena_temp_bytes", &arena_temp_bytes);
+    ctx.insert(
+        "steps",
+        &pl.steps.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+    );
     ctx.insert("count", &opts.test_images.len());
     ctx.insert(
         "images",
@@ -506,7 +698,9 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         flash_param_bytes,
         flash_mean_bytes: m.input.mean_u8.len(),
         arena_bytes: pl.arena_len,
+        arena_temp_bytes,
         scratch_bytes,
+        budget,
         plan: pl,
     };
     Ok(Generated { files, memory })

@@ -1,8 +1,11 @@
-//! The static memory plan of the firmware: one arena, every blob at an offset chosen from its
-//! lifetime, so that buffers are reused as soon as their blob is dead (instead of ARM's fixed
-//! ping-pong buffers). ReLU and unpadded pooling run in place and Flatten/Reshape alias their
-//! input whenever the input has no later reader.
+//! The static memory plan of the firmware: one arena, every materialised blob and every
+//! temporary kernel buffer (convolution scratch, fused pool ring) at an offset chosen from its
+//! lifetime, so that buffers are reused as soon as they are dead (instead of ARM's fixed
+//! ping-pong buffers). Plans are made over the execution steps (`steps`): a fused
+//! conv→ReLU→pool never materialises the convolution's output. ReLU and unpadded pooling run in
+//! place and Flatten/Reshape alias their input whenever the input has no later reader.
 
+use super::steps::{self, Step, StepKind};
 use crate::fixed::graph::{QGraph, QOp};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -18,8 +21,10 @@ pub struct Placement {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerLive {
+    /// The step (fused layers joined by `+`).
     pub layer: String,
-    /// Blobs live while the layer runs (its inputs, its output, and everything needed later).
+    /// Buffers live while the step runs (its inputs, output, temporaries, everything needed
+    /// later).
     pub live: Vec<String>,
     pub live_bytes: usize,
 }
@@ -27,70 +32,96 @@ pub struct LayerLive {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
     pub arena_len: usize,
+    /// Materialised blobs (a fused step's intermediate blobs have none).
     pub blobs: BTreeMap<String, Placement>,
-    /// Layers whose output shares its input's bytes (in-place ReLU, aliasing reshape).
+    /// Temporary buffers, keyed `step.role` (`conv1+pool1.ring`, `conv2.scratch`).
+    pub temps: BTreeMap<String, Placement>,
+    /// Steps whose output shares its input's bytes (in-place ReLU/pool, aliasing reshape).
     pub in_place: Vec<String>,
+    pub steps: Vec<Step>,
     pub per_layer: Vec<LayerLive>,
+}
+
+impl Plan {
+    /// The step with the most live bytes (the one that sets a lower bound on the arena).
+    pub fn largest_live(&self) -> Option<&LayerLive> {
+        self.per_layer
+            .iter()
+            .max_by(|a, b| a.live_bytes.cmp(&b.live_bytes).then(b.layer.cmp(&a.layer)))
+    }
+
+    /// Bytes of kernel scratch and ring buffers live at once, at most (part of the arena).
+    pub fn temp_bytes(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.temps.iter().map(|t| t.len).sum::<usize>())
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 fn align(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
-/// Plan the arena of a quantized graph. The input blob (q7) and every output live in the arena.
+/// Plan the arena of a quantized graph for a target with (`dsp`) or without the DSP kernels.
+/// The input blob (q7), every output and every kernel temporary live in the arena.
 ///
-/// In-place pooling saves the pool's output buffer but keeps its (larger) input buffer alive until
-/// the pooled blob dies, which helps some networks (ARM's CIFAR-10: 40,960 → 36,864 B) and hurts
-/// others; both plans are made and the smaller arena wins (ties: out of place).
-pub fn plan(g: &QGraph) -> Plan {
-    let out_of_place = plan_with(g, false);
-    let in_place = plan_with(g, true);
-    if in_place.arena_len < out_of_place.arena_len {
-        in_place
-    } else {
-        out_of_place
+/// Fusion and in-place pooling trade buffers against lifetimes, so all four combinations are
+/// planned and the smallest arena wins (ties: fused, then out-of-place pooling).
+pub fn plan(g: &QGraph, dsp: bool) -> Plan {
+    let mut best: Option<Plan> = None;
+    for (fuse, pool_in_place) in [(true, false), (true, true), (false, false), (false, true)] {
+        let p = plan_with(g, steps::steps(g, dsp, fuse), pool_in_place);
+        if best.as_ref().is_none_or(|b| p.arena_len < b.arena_len) {
+            best = Some(p);
+        }
     }
+    best.expect("four plans were made")
 }
 
-fn plan_with(g: &QGraph, pool_in_place: bool) -> Plan {
-    let n = g.layers.len();
-    // Lifetime of every blob as [first step, last step]; step 0 is the input conversion, layer
-    // i runs at step i + 1; outputs live to the end.
+fn plan_with(g: &QGraph, steps: Vec<Step>, pool_in_place: bool) -> Plan {
+    let n = steps.len();
+    // Lifetime of every materialised blob as [first step, last step]; step 0 is the input
+    // conversion, step i runs at i + 1; outputs live to the end.
     let mut first: BTreeMap<&str, usize> = BTreeMap::new();
     let mut last: BTreeMap<&str, usize> = BTreeMap::new();
     first.insert(&g.input, 0);
     last.insert(&g.input, 0);
-    for (i, l) in g.layers.iter().enumerate() {
-        for b in &l.inputs {
+    for (i, s) in steps.iter().enumerate() {
+        for b in &s.inputs {
             last.insert(b, i + 1);
         }
-        first.insert(&l.output, i + 1);
-        last.entry(&l.output).or_insert(i + 1);
+        first.insert(&s.output, i + 1);
+        last.entry(&s.output).or_insert(i + 1);
     }
     for o in &g.outputs {
         last.insert(o, n + 1);
     }
-    // Buffers: alias chains share one buffer (the root blob's).
+    // Alias chains share one buffer (the root blob's).
     let mut root: BTreeMap<&str, &str> = BTreeMap::new();
     let mut in_place = Vec::new();
-    for (i, l) in g.layers.iter().enumerate() {
+    for (i, s) in steps.iter().enumerate() {
+        if s.kind != StepKind::Layer {
+            continue;
+        }
         // ReLU and reshape keep the bytes; pooling without padding can write its output over
         // its input (`kernels::pool_hwc_q7_in_place`).
-        let aliasing = match &l.op {
+        let aliasing = match &g.layers[s.layers[0]].op {
             QOp::Relu | QOp::Reshape => true,
             QOp::MaxPool(q) | QOp::AvePool(q) => pool_in_place && q.pad.h == 0 && q.pad.w == 0,
             _ => false,
         };
-        let src = l.inputs[0].as_str();
+        let src = s.inputs[0].as_str();
         if aliasing && last[src] == i + 1 && !g.outputs.iter().any(|o| o == src) {
             let r = root.get(src).copied().unwrap_or(src);
-            root.insert(&l.output, r);
-            in_place.push(l.name.clone());
+            root.insert(&s.output, r);
+            in_place.push(s.name.clone());
         }
     }
     let root_of = |b: &str| -> String { root.get(b).copied().unwrap_or(b).to_string() };
-    // Buffer lifetimes and sizes.
-    let mut buffers: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new(); // root -> (start, end, len)
+    // Buffers: root blobs and temporaries -> (start, end, len).
+    let mut buffers: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     for (b, &s) in &first {
         let r = root_of(b);
         let len = g.blob_len(b);
@@ -99,6 +130,11 @@ fn plan_with(g: &QGraph, pool_in_place: bool) -> Plan {
         entry.0 = entry.0.min(s);
         entry.1 = entry.1.max(e);
         entry.2 = entry.2.max(len);
+    }
+    for (i, s) in steps.iter().enumerate() {
+        for t in s.temps.iter().filter(|t| t.len > 0) {
+            buffers.insert(format!("{}.{}", s.name, t.role), (i + 1, i + 1, t.len));
+        }
     }
     // Greedy: largest first (ties by start, then name, for determinism), lowest offset that does
     // not overlap any placed buffer whose lifetime intersects.
@@ -141,21 +177,39 @@ fn plan_with(g: &QGraph, pool_in_place: bool) -> Plan {
             )
         })
         .collect();
-    let per_layer = g
-        .layers
+    let temps: BTreeMap<String, Placement> = steps
+        .iter()
+        .flat_map(|s| {
+            s.temps
+                .iter()
+                .filter(|t| t.len > 0)
+                .map(move |t| format!("{}.{}", s.name, t.role))
+        })
+        .map(|k| {
+            let len = buffers[&k].2;
+            (
+                k.clone(),
+                Placement {
+                    offset: offsets[&k],
+                    len,
+                },
+            )
+        })
+        .collect();
+    let per_layer = steps
         .iter()
         .enumerate()
-        .map(|(i, l)| {
+        .map(|(i, s)| {
             let step = i + 1;
             let mut live: Vec<String> = buffers
                 .iter()
-                .filter(|(_, &(s, e, _))| s <= step && step <= e)
+                .filter(|(_, &(a, e, _))| a <= step && step <= e)
                 .map(|(r, _)| r.clone())
                 .collect();
             live.sort();
             let live_bytes = live.iter().map(|r| buffers[r].2).sum();
             LayerLive {
-                layer: l.name.clone(),
+                layer: s.name.clone(),
                 live,
                 live_bytes,
             }
@@ -164,48 +218,71 @@ fn plan_with(g: &QGraph, pool_in_place: bool) -> Plan {
     Plan {
         arena_len,
         blobs,
+        temps,
         in_place,
+        steps,
         per_layer,
     }
 }
 
-/// Check that no two blobs that are live at the same time overlap (except aliases); used by tests
-/// and as a guard before emitting code.
+/// Check that no two buffers that are live at the same time overlap (except aliases) and that
+/// everything fits in the arena; used by tests and as a guard before emitting code.
 pub fn check(g: &QGraph, p: &Plan) -> Result<(), String> {
-    let n = g.layers.len();
-    let mut span: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
-    span.insert(&g.input, (0, 0));
-    for (i, l) in g.layers.iter().enumerate() {
-        span.entry(&l.output).or_insert((i + 1, i + 1));
-        for b in &l.inputs {
-            span.get_mut(b.as_str())
-                .expect("inputs are produced earlier")
-                .1 = i + 1;
+    let n = p.steps.len();
+    // name -> (start, end, placement)
+    let mut span: BTreeMap<String, (usize, usize, &Placement)> = BTreeMap::new();
+    let blob = |b: &str| {
+        p.blobs
+            .get(b)
+            .ok_or_else(|| format!("blob '{b}' has no place in the arena"))
+    };
+    span.insert(g.input.clone(), (0, 0, blob(&g.input)?));
+    for (i, s) in p.steps.iter().enumerate() {
+        for b in &s.inputs {
+            let e = span
+                .get_mut(b.as_str())
+                .ok_or_else(|| format!("step '{}' reads '{b}' before it is written", s.name))?;
+            e.1 = i + 1;
+        }
+        let pl = blob(&s.output)?;
+        span.entry(s.output.clone()).or_insert((i + 1, i + 1, pl));
+        for t in s.temps.iter().filter(|t| t.len > 0) {
+            let k = format!("{}.{}", s.name, t.role);
+            let pl = p
+                .temps
+                .get(&k)
+                .ok_or_else(|| format!("temporary '{k}' has no place"))?;
+            if pl.len < t.len {
+                return Err(format!("temporary '{k}' is too short"));
+            }
+            span.insert(k, (i + 1, i + 1, pl));
         }
     }
     for o in &g.outputs {
-        span.get_mut(o.as_str()).expect("outputs are produced").1 = n + 1;
+        span.get_mut(o.as_str())
+            .ok_or_else(|| format!("output '{o}' is never written"))?
+            .1 = n + 1;
     }
-    let aliased: Vec<(&str, &str)> = g
-        .layers
+    let aliased: Vec<(&str, &str)> = p
+        .steps
         .iter()
-        .filter(|l| p.in_place.contains(&l.name))
-        .map(|l| (l.inputs[0].as_str(), l.output.as_str()))
+        .filter(|s| p.in_place.contains(&s.name))
+        .map(|s| (s.inputs[0].as_str(), s.output.as_str()))
         .collect();
-    let names: Vec<&str> = span.keys().copied().collect();
+    let names: Vec<&String> = span.keys().collect();
     for (i, a) in names.iter().enumerate() {
+        let (sa0, sa1, pa) = span[*a];
+        if pa.offset + pa.len > p.arena_len {
+            return Err(format!("'{a}' ends past the arena"));
+        }
         for b in &names[i + 1..] {
-            let (sa, sb) = (span[a], span[b]);
-            let (pa, pb) = (&p.blobs[*a], &p.blobs[*b]);
-            let time = sa.0 <= sb.1 && sb.0 <= sa.1;
+            let (sb0, sb1, pb) = span[*b];
+            let time = sa0 <= sb1 && sb0 <= sa1;
             let space = pa.offset < pb.offset + pb.len && pb.offset < pa.offset + pa.len;
-            let alias = aliased
-                .iter()
-                .any(|&(x, y)| (x, y) == (*a, *b) || (y, x) == (*a, *b))
-                || pa.offset == pb.offset && chain(&aliased, a, b);
+            let alias = pa.offset == pb.offset && chain(&aliased, a, b);
             if time && space && !alias {
                 return Err(format!(
-                    "blobs '{a}' and '{b}' are live together but overlap in the arena"
+                    "'{a}' and '{b}' are live together but overlap in the arena"
                 ));
             }
         }

@@ -16,11 +16,40 @@ pub struct Target {
     pub ram_len: &'static str,
     pub rustflags: Vec<&'static str>,
     pub runner: String,
+    /// RAM and flash of the part in bytes (0 for the host: no budget).
+    pub ram_bytes: usize,
+    pub flash_bytes: usize,
+}
+
+/// Bytes of a linker-script length (`256K`, `4M`, `16384`); 0 when empty.
+fn size(len: &str) -> usize {
+    let (n, mul) = match len.as_bytes().last() {
+        Some(b'K') => (&len[..len.len() - 1], 1024),
+        Some(b'M') => (&len[..len.len() - 1], 1024 * 1024),
+        _ => (len, 1),
+    };
+    n.parse::<usize>().map_or(0, |v| v * mul)
+}
+
+/// Parse a `--ram-budget` / `--flash-budget` value: bytes, or with a `K`/`M` suffix.
+pub fn parse_size(v: &str) -> Result<usize> {
+    let t = v.trim().to_ascii_uppercase();
+    let t = t.strip_suffix('B').unwrap_or(&t);
+    match size(t) {
+        0 => bail!("'{v}' is not a size in bytes (e.g. 16384, 16K, 1M)"),
+        n => Ok(n),
+    }
 }
 
 impl Target {
     pub fn is_host(&self) -> bool {
         self.name == "host"
+    }
+
+    /// Whether the firmware runs the DSP-extension kernels (`cfg(dsp)`, see the generated
+    /// build.rs: thumbv7em and thumbv8m.main).
+    pub fn dsp(&self) -> bool {
+        self.triple.starts_with("thumbv7em") || self.triple.starts_with("thumbv8m.main")
     }
 }
 
@@ -44,6 +73,8 @@ pub fn by_name(name: &str) -> Result<Target> {
         ram_origin: ro,
         ram_len: rl,
         rustflags,
+        ram_bytes: size(rl),
+        flash_bytes: size(fl),
         runner: if machine.is_empty() {
             String::new()
         } else {

@@ -220,9 +220,10 @@ fn word_tail(b: &[i8]) -> u32 {
     w
 }
 
-/// Largest `kernel.h · kernel.w · in_c / groups` the im2col convolution takes: its patches live
-/// on the stack (portable: two i8 patches, `2 × PATCH_MAX` bytes; DSP: one i8 patch and two
-/// q15 patches, `5 × PATCH_MAX` bytes). Larger kernels use the direct path (same results, slower).
+/// Largest `kernel.h · kernel.w · in_c / groups` [`conv_hwc_q7`] runs by im2col: its patches
+/// live on the stack (`conv_scratch_len(PATCH_MAX, true)` bytes). Larger kernels use the direct
+/// path (same results, slower). The firmware calls [`conv_hwc_q7_scratch`] and
+/// [`conv_pool_hwc_q7`] instead, with scratch sized to the layer in its arena.
 pub const PATCH_MAX: usize = 1024;
 
 /// Geometry of a convolution, validated by [`conv_hwc_q7`].
@@ -269,6 +270,57 @@ impl ConvGeo {
         };
         let hi = hi.max(lo);
         (lo, hi, (start + lo as isize).max(0) as usize)
+    }
+
+    /// Whether patches can be widened straight from the input words (no i8 patch copy): one
+    /// group and a channel count that is a multiple of 4, so every kernel row's in-bounds span
+    /// and its padding are whole words.
+    #[inline(always)]
+    fn direct_widen(&self) -> bool {
+        self.groups == 1 && self.in_dims.c.is_multiple_of(4) && self.in_dims.c > 0
+    }
+
+    /// The widened patch of one output pixel (see [`widen_patch`]) into slot `slot` of `q`,
+    /// read straight from the input; only when [`Self::direct_widen`].
+    #[inline(always)]
+    fn widen_patch_from_input(&self, input: &[i8], pixel: usize, q: &mut [i8], slot: usize) {
+        if slot == 0 {
+            self.widen_from_input::<0>(input, pixel, q)
+        } else {
+            self.widen_from_input::<1>(input, pixel, q)
+        }
+    }
+
+    fn widen_from_input<const SLOT: usize>(&self, input: &[i8], pixel: usize, q: &mut [i8]) {
+        let (iw, cin) = (self.in_dims.w, self.in_dims.c);
+        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
+        let (ylo, yhi, iy0) =
+            Self::krange(oy, self.stride.h, self.pad.h, self.kernel.h, self.in_dims.h);
+        let (xlo, xhi, ix0) =
+            Self::krange(ox, self.stride.w, self.pad.w, self.kernel.w, self.in_dims.w);
+        let row_groups = self.kernel.w * cin / 4;
+        let (lg, mg) = (xlo * cin / 4, (xhi - xlo) * cin / 4);
+        for (ky, qrow) in q
+            .chunks_exact_mut(16 * row_groups)
+            .take(self.kernel.h)
+            .enumerate()
+        {
+            if ky < ylo || ky >= yhi || mg == 0 {
+                for d in qrow.chunks_exact_mut(16) {
+                    put_group::<SLOT>(d, 0);
+                }
+                continue;
+            }
+            let src = &input[((iy0 + ky - ylo) * iw + ix0) * cin..][..4 * mg];
+            let (left, rest) = qrow.split_at_mut(16 * lg);
+            let (mid, right) = rest.split_at_mut(16 * mg);
+            for d in left.chunks_exact_mut(16).chain(right.chunks_exact_mut(16)) {
+                put_group::<SLOT>(d, 0);
+            }
+            for (d, x) in mid.chunks_exact_mut(16).zip(src.chunks_exact(4)) {
+                put_group::<SLOT>(d, word(x));
+            }
+        }
     }
 
     /// im2col of one output pixel and group into `dst` (`ksize` bytes, `[ky][kx][c]`, zeros
@@ -320,30 +372,56 @@ fn dot2x2(a: &[i8], b: &[i8], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4]
     s
 }
 
-/// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer:
-/// every 4 bytes `x0 x1 x2 x3` of the patch (the last group zero-filled) become the words
-/// `(x0, x2)` at `q[4g + slot]` and `(x1, x3)` at `q[4g + 2 + slot]`, each two i16 halves.
-/// Weights are widened the same way on the fly (`SXTB16` and `SXTB16 ROR 8`), so the halves
-/// line up without any packing instruction.
+/// Word `i` of the byte buffer `q`.
 #[inline(always)]
-fn widen_patch(p: &[i8], q: &mut [u32], slot: usize) {
+fn get_word(q: &[i8], i: usize) -> u32 {
+    word(&q[4 * i..4 * i + 4])
+}
+
+/// Widen a patch for `SMLAD` into slot `slot` (0 or 1) of an interleaved two-pixel buffer `q`
+/// (bytes, holding words): every 4 bytes `x0 x1 x2 x3` of the patch (the last group
+/// zero-filled) become the words `(x0, x2)` at word `4g + slot` and `(x1, x3)` at word
+/// `4g + 2 + slot`, each two i16 halves. Weights are widened the same way (on the fly with
+/// `SXTB16` and `SXTB16 ROR 8`, or once by [`widen_weights`]), so the halves line up without
+/// any packing instruction.
+#[inline(always)]
+fn widen_patch(p: &[i8], q: &mut [i8], slot: usize) {
+    if slot == 0 {
+        widen_patch_slot::<0>(p, q)
+    } else {
+        widen_patch_slot::<1>(p, q)
+    }
+}
+
+/// One group of 4 patch bytes (as the word `x`) into its 16-byte group `d` of the widened
+/// buffer, slot `SLOT` (a constant, so the stores need no bounds checks).
+#[inline(always)]
+fn put_group<const SLOT: usize>(d: &mut [i8], x: u32) {
+    // Whole 4-byte copies (one `STR` each; byte-wise stores are not merged by LLVM).
+    let e = simd::sxtb16(x).to_le_bytes().map(|b| b as i8);
+    let o = simd::sxtb16_ror8(x).to_le_bytes().map(|b| b as i8);
+    if d.len() == 16 {
+        d[4 * SLOT..4 * SLOT + 4].copy_from_slice(&e);
+        d[8 + 4 * SLOT..8 + 4 * SLOT + 4].copy_from_slice(&o);
+    }
+}
+
+#[inline(always)]
+fn widen_patch_slot<const SLOT: usize>(p: &[i8], q: &mut [i8]) {
     let n4 = p.len() / 4;
-    for (c, d) in p.chunks_exact(4).zip(q.chunks_exact_mut(4)) {
-        let x = word(c);
-        d[slot] = simd::sxtb16(x);
-        d[2 + slot] = simd::sxtb16_ror8(x);
+    let (body, tail) = q.split_at_mut(16 * n4);
+    for (c, d) in p.chunks_exact(4).zip(body.chunks_exact_mut(16)) {
+        put_group::<SLOT>(d, word(c));
     }
     if !p.len().is_multiple_of(4) {
-        let x = word_tail(&p[n4 * 4..]);
-        q[4 * n4 + slot] = simd::sxtb16(x);
-        q[4 * n4 + 2 + slot] = simd::sxtb16_ror8(x);
+        put_group::<SLOT>(&mut tail[..16], word_tail(&p[n4 * 4..]));
     }
 }
 
 /// One group of 4 kernel elements of [`dot2x2_q15`]: weight words `u`, `v` (rows 0 and 1),
 /// widened pixels `x = [a_even, b_even, a_odd, b_odd]`.
 #[inline(always)]
-fn mac2x2(u: u32, v: u32, x: &[u32], s: [i32; 4]) -> [i32; 4] {
+fn mac2x2(u: u32, v: u32, x: [u32; 4], s: [i32; 4]) -> [i32; 4] {
     let [mut s0, mut s1, mut s2, mut s3] = s;
     let t = simd::sxtb16(u);
     s0 = simd::smlad(t, x[0], s0);
@@ -360,20 +438,43 @@ fn mac2x2(u: u32, v: u32, x: &[u32], s: [i32; 4]) -> [i32; 4] {
     [s0, s1, s2, s3]
 }
 
-/// The whole groups of [`dot2x2_q15`] (`w0.len() == w1.len() == 4n`, `q.len() == 4n`): one
-/// hand-scheduled loop of 18 instructions per 16 multiply-accumulates (the compiler spills).
+/// The whole groups of [`dot2x2_q15`] (`w0.len() == w1.len() == 4n`, `q`: `4n` words as
+/// bytes): on DSP targets one hand-scheduled loop of 18 instructions per 16 multiply-accumulates
+/// (the compiler spills), elsewhere (and for a misaligned `q`) its plain-Rust model.
+#[inline(always)]
+fn mac2x2_groups(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+    #[cfg(all(dsp, target_arch = "arm"))]
+    {
+        let n = w0.len();
+        if n > 0 && w1.len() == n && q.len() == 4 * n && (q.as_ptr() as usize).is_multiple_of(4) {
+            return mac2x2_groups_asm(q, w0, w1, s);
+        }
+    }
+    let mut s = s;
+    for (g, (u, v)) in w0.chunks_exact(4).zip(w1.chunks_exact(4)).enumerate() {
+        let x = [
+            get_word(q, 4 * g),
+            get_word(q, 4 * g + 1),
+            get_word(q, 4 * g + 2),
+            get_word(q, 4 * g + 3),
+        ];
+        s = mac2x2(word(u), word(v), x, s);
+    }
+    s
+}
+
+/// The loop of [`mac2x2_groups`] in assembly; the caller checked the lengths (`n` a non-zero
+/// multiple of 4) and that `q` is word-aligned.
 #[cfg(all(dsp, target_arch = "arm"))]
 #[inline(always)]
-fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+fn mac2x2_groups_asm(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     use core::arch::asm;
     let n = w0.len();
-    if n == 0 || w1.len() != n || q.len() != n {
-        return s;
-    }
     let [mut s0, mut s1, mut s2, mut s3] = s;
     let end = w0[n..].as_ptr();
-    // SAFETY: reads `n` bytes from `w0` and `w1` and `n` words from `q` (lengths checked above,
-    // `n` a non-zero multiple of 4; `q` is word-aligned as LDRD needs); writes only registers.
+    // SAFETY: reads `n` bytes from `w0` and `w1` and `4n` bytes from `q` (lengths checked by the
+    // caller, `n` a non-zero multiple of 4; `q` is word-aligned as LDRD needs); writes only
+    // registers.
     unsafe {
         asm!(
             "2:",
@@ -414,30 +515,22 @@ fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     [s0, s1, s2, s3]
 }
 
-/// The model of the loop above, for hosts and tests.
-#[cfg(not(all(dsp, target_arch = "arm")))]
-#[inline(always)]
-fn mac2x2_groups(q: &[u32], w0: &[i8], w1: &[i8], mut s: [i32; 4]) -> [i32; 4] {
-    for ((u, v), x) in w0
-        .chunks_exact(4)
-        .zip(w1.chunks_exact(4))
-        .zip(q.chunks_exact(4))
-    {
-        s = mac2x2(word(u), word(v), x, s);
-    }
-    s
-}
-
-/// DSP 2 pixels × 2 channels over the interleaved widened patches `q` (`4·⌈k/4⌉` words, see
-/// [`widen_patch`]) and i8 weight rows `w0`, `w1` (`k` bytes each):
+/// DSP 2 pixels × 2 channels over the interleaved widened patches `q` (`4·⌈k/4⌉` words as
+/// bytes, see [`widen_patch`]) and i8 weight rows `w0`, `w1` (`k` bytes each):
 /// `[a·w0, a·w1, b·w0, b·w1]` added to `s`.
 #[inline(always)]
-fn dot2x2_q15(q: &[u32], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
+fn dot2x2_q15(q: &[i8], w0: &[i8], w1: &[i8], s: [i32; 4]) -> [i32; 4] {
     let k = w0.len();
     let n = k & !3;
-    let s = mac2x2_groups(&q[..n], &w0[..n], &w1[..n], s);
+    let s = mac2x2_groups(&q[..4 * n], &w0[..n], &w1[..n], s);
     if n < k {
-        mac2x2(word_tail(&w0[n..]), word_tail(&w1[n..]), &q[n..n + 4], s)
+        let x = [
+            get_word(q, n),
+            get_word(q, n + 1),
+            get_word(q, n + 2),
+            get_word(q, n + 3),
+        ];
+        mac2x2(word_tail(&w0[n..]), word_tail(&w1[n..]), x, s)
     } else {
         s
     }
@@ -449,69 +542,278 @@ trait PairKernel {
     /// Prepare the patch of output pixel `pixel` of group `grp` in slot `second` (0 or 1).
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool);
     /// `[a·w0, a·w1, b·w0, b·w1]` added to `s` (a, b: the patches in slots 0 and 1; w0, w1:
-    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on).
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4];
+    /// the `ksize`-byte rows `r0`, `r1` of `w`, the weights from the group's first row on;
+    /// `pair`: the index of the channel pair among all pairs, for pre-widened weights).
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, pair: usize, s: [i32; 4]) -> [i32; 4];
 }
 
-/// Portable: two i8 patches, scalar multiply-accumulates.
-struct Portable {
-    a: [i8; PATCH_MAX],
-    b: [i8; PATCH_MAX],
-    k: usize,
+/// Portable: two i8 patches (in caller-provided scratch), scalar multiply-accumulates.
+struct Portable<'a> {
+    a: &'a mut [i8],
+    b: &'a mut [i8],
 }
 
-impl PairKernel for Portable {
+impl PairKernel for Portable<'_> {
     #[inline(always)]
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
-        let dst = if second { &mut self.b } else { &mut self.a };
-        g.fill_patch(input, grp, pixel, &mut dst[..self.k]);
+        let dst = if second { &mut *self.b } else { &mut *self.a };
+        g.fill_patch(input, grp, pixel, dst);
     }
     #[inline(always)]
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
-        let k = self.k;
-        dot2x2(
-            &self.a[..k],
-            &self.b[..k],
-            &w[r0 * k..][..k],
-            &w[r1 * k..][..k],
-            s,
-        )
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, _pair: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.a.len();
+        dot2x2(self.a, self.b, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
     }
 }
 
 /// DSP: the patches of two output pixels are widened to interleaved q15 pairs once, then every
-/// pair of output channels takes 8 `SMLAD`s per 4 kernel elements.
-struct Dsp {
-    patch: [i8; PATCH_MAX],
-    q: [u32; PATCH_MAX],
-    k: usize,
+/// pair of output channels takes 8 `SMLAD`s per 4 kernel elements. `patch` holds `k` bytes,
+/// `q` `4·⌈k/4⌉` words (as bytes, word-aligned), both in caller-provided scratch. With
+/// pre-widened weights `wq` ([`widen_weights`]) the weights need no `SXTB16` either.
+struct Dsp<'a> {
+    patch: &'a mut [i8],
+    q: &'a mut [i8],
+    wq: &'a [u32],
+    /// Whether patches can be widened straight from the input ([`ConvGeo::direct_widen`]).
+    direct: bool,
 }
 
-impl PairKernel for Dsp {
+impl PairKernel for Dsp<'_> {
     #[inline(always)]
     fn fill(&mut self, g: &ConvGeo, input: &[i8], grp: usize, pixel: usize, second: bool) {
-        let p = &mut self.patch[..self.k];
-        g.fill_patch(input, grp, pixel, p);
-        let nq = self.k.div_ceil(4) * 4;
-        widen_patch(p, &mut self.q[..nq], second as usize);
+        if self.direct {
+            g.widen_patch_from_input(input, pixel, self.q, second as usize);
+        } else {
+            g.fill_patch(input, grp, pixel, self.patch);
+            widen_patch(self.patch, self.q, second as usize);
+        }
     }
     #[inline(always)]
-    fn dot(&self, w: &[i8], r0: usize, r1: usize, s: [i32; 4]) -> [i32; 4] {
-        let k = self.k;
+    fn dot(&self, w: &[i8], r0: usize, r1: usize, pair: usize, s: [i32; 4]) -> [i32; 4] {
+        let k = self.patch.len();
         let nq = k.div_ceil(4) * 4;
+        if !self.wq.is_empty() {
+            return mac2x2_wq(self.q, &self.wq[pair * nq..][..nq], s);
+        }
         if r1 * k + nq <= w.len() && r0 <= r1 {
             // Read whole words past the rows' ends (into the next rows): the widened patches
             // are zero there, so those bytes add nothing, and the tail needs no special case.
-            mac2x2_groups(&self.q[..nq], &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
+            mac2x2_groups(self.q, &w[r0 * k..][..nq], &w[r1 * k..][..nq], s)
         } else {
-            dot2x2_q15(&self.q[..nq], &w[r0 * k..][..k], &w[r1 * k..][..k], s)
+            dot2x2_q15(self.q, &w[r0 * k..][..k], &w[r1 * k..][..k], s)
         }
     }
 }
 
-/// The loop nest of the im2col convolutions: for every group, pixel pair (in raster order; the
-/// last pixel alone when their count is odd, computed as a pair with itself) and channel pair
-/// (the last channel with itself when odd).
+/// Words of pre-widened weights ([`widen_weights`]) of a convolution with `out_c` output
+/// channels in `groups` groups and `ksize` weights per channel.
+pub const fn widened_weights_len(out_c: usize, groups: usize, ksize: usize) -> usize {
+    if groups == 0 {
+        0
+    } else {
+        groups * (out_c / groups).div_ceil(2) * ksize.div_ceil(4) * 4
+    }
+}
+
+/// Pre-widen convolution weights (`[out_c][ksize]` i8) for the DSP kernels, once, at code
+/// generation: per group, per pair of output channels (the last channel of an odd group paired
+/// with itself), per 4 kernel elements `x0..x3` (zero beyond `ksize`), the words
+/// `[c0 (x0, x2), c1 (x0, x2), c0 (x1, x3), c1 (x1, x3)]` of two i16 halves each: the layout of
+/// the widened patches, so that one `LDRD` feeds two `SMLAD`s with no `SXTB16` in the loop.
+pub fn widen_weights(
+    weights: &[i8],
+    out_c: usize,
+    groups: usize,
+    ksize: usize,
+    dst: &mut [u32],
+) -> KResult {
+    if groups == 0 || !out_c.is_multiple_of(groups) {
+        return Err(KernelError::Geometry);
+    }
+    if weights.len() != out_c * ksize || dst.len() != widened_weights_len(out_c, groups, ksize) {
+        return Err(KernelError::Length);
+    }
+    let cg = out_c / groups;
+    let (pairs, ng) = (cg.div_ceil(2), ksize.div_ceil(4));
+    let e = |r: usize, i: usize| -> u32 {
+        if i < ksize {
+            weights[r * ksize + i] as i16 as u16 as u32
+        } else {
+            0
+        }
+    };
+    for grp in 0..groups {
+        for j in 0..pairs {
+            let r0 = grp * cg + 2 * j;
+            let r1 = if 2 * j + 1 < cg { r0 + 1 } else { r0 };
+            for gi in 0..ng {
+                let b = ((grp * pairs + j) * ng + gi) * 4;
+                let x = 4 * gi;
+                dst[b] = e(r0, x) | e(r0, x + 2) << 16;
+                dst[b + 1] = e(r1, x) | e(r1, x + 2) << 16;
+                dst[b + 2] = e(r0, x + 1) | e(r0, x + 3) << 16;
+                dst[b + 3] = e(r1, x + 1) | e(r1, x + 3) << 16;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 2 pixels × 2 channels over widened patches `q` (`4n` words as bytes) and pre-widened weights
+/// `wq` (`4n` words, [`widen_weights`]): `[a·w0, a·w1, b·w0, b·w1]` added to `s`. On DSP
+/// targets a hand-scheduled loop of 13 instructions per 16 multiply-accumulates (two groups
+/// per iteration), elsewhere (and for a misaligned `q`) its plain-Rust model.
+#[inline(always)]
+fn mac2x2_wq(q: &[i8], wq: &[u32], s: [i32; 4]) -> [i32; 4] {
+    #[cfg(all(dsp, target_arch = "arm"))]
+    {
+        if !wq.is_empty()
+            && wq.len().is_multiple_of(4)
+            && q.len() == 4 * wq.len()
+            && (q.as_ptr() as usize).is_multiple_of(4)
+        {
+            return mac2x2_wq_asm(q, wq, s);
+        }
+    }
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    for (gi, w) in wq.chunks_exact(4).enumerate() {
+        let (ae, be) = (get_word(q, 4 * gi), get_word(q, 4 * gi + 1));
+        let (ao, bo) = (get_word(q, 4 * gi + 2), get_word(q, 4 * gi + 3));
+        s0 = simd::smlad(w[0], ae, s0);
+        s1 = simd::smlad(w[1], ae, s1);
+        s2 = simd::smlad(w[0], be, s2);
+        s3 = simd::smlad(w[1], be, s3);
+        s0 = simd::smlad(w[2], ao, s0);
+        s1 = simd::smlad(w[3], ao, s1);
+        s2 = simd::smlad(w[2], bo, s2);
+        s3 = simd::smlad(w[3], bo, s3);
+    }
+    [s0, s1, s2, s3]
+}
+
+/// The loop of [`mac2x2_wq`] in assembly; the caller checked the lengths (`wq`: a non-zero
+/// multiple of 4 words, `q` as many words) and that `q` is word-aligned (`wq` is a `u32` slice).
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+fn mac2x2_wq_asm(q: &[i8], wq: &[u32], s: [i32; 4]) -> [i32; 4] {
+    use core::arch::asm;
+    let [mut s0, mut s1, mut s2, mut s3] = s;
+    let groups = wq.len() / 4;
+    let mut pw = wq.as_ptr();
+    let mut pq = q.as_ptr();
+    if groups % 2 == 1 {
+        // SAFETY: reads one group (4 words) from `wq` and `q` (lengths checked by the caller,
+        // both word-aligned as LDRD needs) and advances both pointers past it.
+        unsafe {
+            asm!(
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                pw = inout(reg) pw,
+                pq = inout(reg) pq,
+                s0 = inout(reg) s0,
+                s1 = inout(reg) s1,
+                s2 = inout(reg) s2,
+                s3 = inout(reg) s3,
+                u = out(reg) _,
+                v = out(reg) _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    if groups >= 2 {
+        let end = wq[groups * 4..].as_ptr();
+        // SAFETY: reads the remaining groups (an even, non-zero number; 4 words each) from `wq`
+        // and `q`, word-aligned as LDRD needs; writes only registers.
+        unsafe {
+            asm!(
+                "2:",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "ldrd {x0}, {x1}, [{pq}], #8",
+                "ldrd {u}, {v}, [{pw}], #8",
+                "smlad {s0}, {u}, {x0}, {s0}",
+                "smlad {s1}, {v}, {x0}, {s1}",
+                "smlad {s2}, {u}, {x1}, {s2}",
+                "smlad {s3}, {v}, {x1}, {s3}",
+                "cmp {pw}, {end}",
+                "bne 2b",
+                pw = inout(reg) pw => _,
+                pq = inout(reg) pq => _,
+                end = in(reg) end,
+                s0 = inout(reg) s0,
+                s1 = inout(reg) s1,
+                s2 = inout(reg) s2,
+                s3 = inout(reg) s3,
+                u = out(reg) _,
+                v = out(reg) _,
+                x0 = out(reg) _,
+                x1 = out(reg) _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    [s0, s1, s2, s3]
+}
+
+/// Bytes of scratch [`conv_hwc_q7_scratch`] and [`conv_pool_hwc_q7`] need for a convolution
+/// with `ksize = kernel.h · kernel.w · in_c / groups`: two i8 patches (portable), or an i8
+/// patch and two interleaved q15 patches plus 3 bytes to align them to a word (DSP).
+pub const fn conv_scratch_len(ksize: usize, dsp: bool) -> usize {
+    if ksize == 0 {
+        0
+    } else if dsp {
+        ksize + 16 * ksize.div_ceil(4) + 3
+    } else {
+        2 * ksize
+    }
+}
+
+/// The output stage: `sat_i8(acc >> or)`, raised to at least `lo` (0 fuses a ReLU into the
+/// requantization, -128 is a plain requantization).
+#[inline(always)]
+fn requant_lo(acc: i32, or: u32, lo: i8) -> i8 {
+    let v = requant(acc, or);
+    if v < lo {
+        lo
+    } else {
+        v
+    }
+}
+
+/// The loop nest of the im2col convolutions over the output pixels `pixels` (raster order)
+/// written to `output` (`pixels.len() · out_c` bytes): for every group, pixel pair (the last
+/// pixel alone when their count is odd, computed as a pair with itself) and channel pair (the
+/// last channel with itself when odd). Every output is independent of the pairing, so any range
+/// gives the bytes of the whole-image call.
+#[allow(clippy::too_many_arguments)]
 fn conv_pixel_pairs<K: PairKernel>(
     input: &[i8],
     weights: &[i8],
@@ -519,20 +821,24 @@ fn conv_pixel_pairs<K: PairKernel>(
     output: &mut [i8],
     g: &ConvGeo,
     kern: &mut K,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
 ) {
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
-    let npix = g.out_dims.h * g.out_dims.w;
+    let q = |acc: i32| requant_lo(acc, g.or, lo);
     for grp in 0..g.groups {
-        // From the group's first row to the end of all weights (see `PairKernel::dot`).
-        let wg = &weights[grp * cg * k..];
+        // From the group's first row to the end of all weights (see `PairKernel::dot`); empty
+        // when the DSP kernel runs on pre-widened weights only.
+        let wg = weights.get(grp * cg * k..).unwrap_or(&[]);
         let bg = &bias[grp * cg..][..cg];
         let even = cg & !1;
-        let mut p = 0;
-        while p < npix {
-            let pair = p + 1 < npix;
+        let pair_base = grp * cg.div_ceil(2);
+        let mut p = pixels.start;
+        while p < pixels.end {
+            let pair = p + 1 < pixels.end;
             kern.fill(g, input, grp, p, false);
             kern.fill(g, input, grp, if pair { p + 1 } else { p }, true);
-            let base = p * cout + grp * cg;
+            let base = (p - pixels.start) * cout + grp * cg;
             let outs = &mut output[base..][..if pair { cout + cg } else { cg }];
             let (oa, ob) = outs.split_at_mut(cg);
             if pair {
@@ -544,17 +850,17 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
-                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
-                    a2[0] = requant(s[0], g.or);
-                    a2[1] = requant(s[1], g.or);
-                    c2[0] = requant(s[2], g.or);
-                    c2[1] = requant(s[3], g.or);
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
+                    a2[0] = q(s[0]);
+                    a2[1] = q(s[1]);
+                    c2[0] = q(s[2]);
+                    c2[1] = q(s[3]);
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
-                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
-                    oa[even] = requant(s[0], g.or);
-                    ob[even] = requant(s[2], g.or);
+                    let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
+                    oa[even] = q(s[0]);
+                    ob[even] = q(s[2]);
                 }
             } else {
                 for (j, (b2, a2)) in bg[..even]
@@ -563,14 +869,14 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
-                    let s = kern.dot(wg, 2 * j, 2 * j + 1, [b0, b1, b0, b1]);
-                    a2[0] = requant(s[0], g.or);
-                    a2[1] = requant(s[1], g.or);
+                    let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
+                    a2[0] = q(s[0]);
+                    a2[1] = q(s[1]);
                 }
                 if even < cg {
                     let b0 = g.acc0(bg[even]);
-                    let s = kern.dot(wg, even, even, [b0, b0, b0, b0]);
-                    oa[even] = requant(s[0], g.or);
+                    let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
+                    oa[even] = q(s[0]);
                 }
             }
             p += 2;
@@ -578,12 +884,63 @@ fn conv_pixel_pairs<K: PairKernel>(
     }
 }
 
+/// Run the output pixels `pixels` of a validated convolution into `output` with the patch
+/// buffers carved from `scratch` (at least [`conv_scratch_len`] bytes for `dsp`), or without
+/// scratch by the direct path when `scratch` is `None`. `wq`: pre-widened weights (DSP only;
+/// empty: widen the i8 weights in the loop).
+#[allow(clippy::too_many_arguments)]
+fn conv_run(
+    dsp: bool,
+    input: &[i8],
+    weights: &[i8],
+    wq: &[u32],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+    scratch: Option<&mut [i8]>,
+) {
+    let k = g.ksize;
+    match scratch {
+        Some(scr) if k > 0 => {
+            if dsp {
+                // Word-align the q15 buffer (LDRD needs it): skip 0..=3 leading bytes.
+                let skip = (4 - (scr.as_ptr() as usize) % 4) % 4;
+                let (q, patch) = scr[skip..].split_at_mut(16 * k.div_ceil(4));
+                let mut kern = Dsp {
+                    patch: &mut patch[..k],
+                    q,
+                    wq,
+                    direct: g.direct_widen(),
+                };
+                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+            } else {
+                let (a, b) = scr.split_at_mut(k);
+                let mut kern = Portable { a, b: &mut b[..k] };
+                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+            }
+        }
+        _ => conv_direct(input, weights, bias, output, g, pixels, lo),
+    }
+}
+
 /// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`]: the in-bounds kernel
 /// window is computed once per output pixel, so the inner loops have no bounds tests.
-fn conv_direct(input: &[i8], weights: &[i8], bias: &[i8], output: &mut [i8], g: &ConvGeo) {
+fn conv_direct(
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+) {
     let (iw, cin, cg) = (g.in_dims.w, g.in_dims.c, g.cin_g);
     let ow = g.out_dims.w;
-    for (pixel, out) in output.chunks_exact_mut(g.out_dims.c).enumerate() {
+    let n = pixels.len() * g.out_dims.c;
+    for (i, out) in output[..n].chunks_exact_mut(g.out_dims.c).enumerate() {
+        let pixel = pixels.start + i;
         let (oy, ox) = (pixel / ow, pixel % ow);
         let (ylo, yhi, iy0) = ConvGeo::krange(oy, g.stride.h, g.pad.h, g.kernel.h, g.in_dims.h);
         let (xlo, xhi, ix0) = ConvGeo::krange(ox, g.stride.w, g.pad.w, g.kernel.w, g.in_dims.w);
@@ -600,7 +957,7 @@ fn conv_direct(input: &[i8], weights: &[i8], bias: &[i8], output: &mut [i8], g: 
                     }
                 }
             }
-            *y = requant(acc, g.or);
+            *y = requant_lo(acc, g.or, lo);
         }
     }
 }
@@ -644,6 +1001,254 @@ pub fn conv_hwc_q7(
         output,
         out_dims,
     )
+}
+
+/// Validate a convolution's geometry, slices and shifts (everything but the output slice) and
+/// return its [`ConvGeo`].
+#[allow(clippy::too_many_arguments)]
+fn conv_geo(
+    dsp: bool,
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    wq: &[u32],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    out_dims: Dims,
+) -> Result<ConvGeo, KernelError> {
+    let bl = check_shift(bias_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if groups == 0
+        || stride.h == 0
+        || stride.w == 0
+        || !in_dims.c.is_multiple_of(groups)
+        || !out_dims.c.is_multiple_of(groups)
+    {
+        return Err(KernelError::Geometry);
+    }
+    let cin_g = in_dims.c / groups;
+    let cout_g = out_dims.c / groups;
+    let ksize = kernel.h * kernel.w * cin_g;
+    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty.
+    let wq_used = dsp && !wq.is_empty();
+    if input.len() != in_dims.len()
+        || (weights.len() != out_dims.c * ksize && !(wq_used && weights.is_empty()))
+        || (wq_used && wq.len() != widened_weights_len(out_dims.c, groups, ksize))
+        || bias.len() != out_dims.c
+    {
+        return Err(KernelError::Length);
+    }
+    Ok(ConvGeo {
+        in_dims,
+        out_dims,
+        kernel,
+        pad,
+        stride,
+        groups,
+        cin_g,
+        cout_g,
+        ksize,
+        bl,
+        or,
+        rnd: round_term(or),
+    })
+}
+
+/// Convolution ([`conv_hwc_q7`], same bytes) with optional pre-widened weights `wq`
+/// ([`widen_weights`]; used on DSP targets, where `weights` may then be empty; ignored
+/// elsewhere), caller-provided scratch for the patches
+/// (at least [`conv_scratch_len`] bytes: the firmware places it in its arena for the duration of
+/// the layer instead of on the stack) and, when `relu` is set, a ReLU fused into the
+/// requantization (the bytes of [`conv_hwc_q7`] followed by [`relu_q7`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_hwc_q7_scratch(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    wq: &[u32],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    relu: bool,
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_hwc_q7_scratch(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        wq,
+        kernel,
+        pad,
+        stride,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        relu,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// A pooling layer as it follows a convolution in [`conv_pool_hwc_q7`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    pub kernel: Pair,
+    pub pad: Pair,
+    pub stride: Pair,
+    /// Max pool (`true`) or average pool.
+    pub max: bool,
+}
+
+/// What follows the convolution in a fused [`conv_pool_hwc_q7`]: an optional ReLU on the
+/// convolution's output, the pool, an optional ReLU on the pool's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fused {
+    pub relu_conv: bool,
+    pub pool: PoolSpec,
+    pub relu_out: bool,
+}
+
+/// Convolution rows the ring buffer of [`conv_pool_hwc_q7`] holds: one pooling window's height
+/// (no more than the convolution has).
+pub const fn conv_pool_ring_rows(conv_dims: Dims, pool_kernel_h: usize) -> usize {
+    if pool_kernel_h < conv_dims.h {
+        pool_kernel_h
+    } else {
+        conv_dims.h
+    }
+}
+
+/// Bytes of the ring buffer of [`conv_pool_hwc_q7`].
+pub const fn conv_pool_ring_len(conv_dims: Dims, pool_kernel_h: usize) -> usize {
+    conv_pool_ring_rows(conv_dims, pool_kernel_h) * conv_dims.w * conv_dims.c
+}
+
+/// Fused convolution → (ReLU) → max/average pool → (ReLU), HWC: the bytes of
+/// [`conv_hwc_q7`], [`relu_q7`], [`maxpool_hwc_q7`] / [`avepool_hwc_q7`] and [`relu_q7`] run one
+/// after the other, without materialising the convolution's output (`conv_dims`). Pooled row
+/// `oy` needs the convolution rows of its (clipped) window; those are computed once each, in
+/// order, into `ring` ([`conv_pool_ring_len`] bytes: one window's height of rows, row `r` in
+/// slot `r % rows`), and rows no window covers (stride > kernel) are never computed. `scratch`
+/// holds the convolution's patches ([`conv_scratch_len`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv_pool_hwc_q7(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    wq: &[u32],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    conv_dims: Dims,
+    fuse: Fused,
+    ring: &mut [i8],
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_pool_hwc_q7(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        wq,
+        kernel,
+        pad,
+        stride,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        conv_dims,
+        fuse,
+        ring,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// One pooled output row `orow` of [`conv_pool_hwc_q7`] from the convolution rows `y0..y1` held
+/// in the ring: the window arithmetic of [`maxpool_hwc_q7`] / [`avepool_hwc_q7`], then the
+/// optional ReLU.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)] // its locals then do not add to the frame that calls the convolution
+fn pool_ring_row(
+    dsp: bool,
+    ring: &[i8],
+    rows: usize,
+    conv_dims: Dims,
+    y0: usize,
+    y1: usize,
+    fuse: &Fused,
+    orow: &mut [i8],
+    out_dims: Dims,
+) {
+    let (c, row_len, p) = (conv_dims.c, conv_dims.w * conv_dims.c, fuse.pool);
+    if c == 0 {
+        return;
+    }
+    for (ox, out) in orow.chunks_exact_mut(c).enumerate().take(out_dims.w) {
+        let (x0, x1) = clip_window(ox, p.stride.w, p.pad.w, p.kernel.w, conv_dims.w);
+        if p.max {
+            out.fill(-128);
+            for y in y0..y1 {
+                let r = &ring[(y % rows) * row_len..][..row_len];
+                for px in r[x0 * c..x1 * c].chunks_exact(c) {
+                    if dsp {
+                        max_into::<true>(out, px);
+                    } else {
+                        max_into::<false>(out, px);
+                    }
+                }
+            }
+        } else {
+            // Channel blocks of up to 16 running sums on the stack.
+            const BLOCK: usize = 16;
+            let mut sums = [0i32; BLOCK];
+            let count = ((y1 - y0) * (x1 - x0)) as i32;
+            for (cb, ob) in out.chunks_mut(BLOCK).enumerate() {
+                let acc = &mut sums[..ob.len()];
+                acc.fill(0);
+                for y in y0..y1 {
+                    let r = &ring[(y % rows) * row_len..][..row_len];
+                    for px in r[x0 * c..x1 * c].chunks_exact(c) {
+                        for (a, v) in acc.iter_mut().zip(&px[cb * BLOCK..]) {
+                            *a += *v as i32;
+                        }
+                    }
+                }
+                for (o, a) in ob.iter_mut().zip(acc.iter()) {
+                    *o = if count == 0 { 0 } else { sat_i8(*a / count) };
+                }
+            }
+        }
+        if fuse.relu_out {
+            for v in out.iter_mut() {
+                if *v < 0 {
+                    *v = 0;
+                }
+            }
+        }
+    }
 }
 
 /// Portable 1 input × 2 weight rows: `[x·w0, x·w1]` added to `s`.
@@ -845,59 +1450,179 @@ pub mod variants {
         output: &mut [i8],
         out_dims: Dims,
     ) -> KResult {
-        let bl = check_shift(bias_lshift)?;
-        let or = check_shift(out_rshift)?;
-        if groups == 0
-            || stride.h == 0
-            || stride.w == 0
-            || !in_dims.c.is_multiple_of(groups)
-            || !out_dims.c.is_multiple_of(groups)
-        {
+        let wq: &[u32] = &[];
+        let g = conv_geo(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            wq,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            out_dims,
+        )?;
+        if output.len() != out_dims.len() {
+            return Err(KernelError::Length);
+        }
+        let npix = out_dims.h * out_dims.w;
+        if g.ksize == 0 || g.ksize > PATCH_MAX {
+            conv_direct(input, weights, bias, output, &g, 0..npix, -128);
+        } else {
+            let mut scratch = [0i8; conv_scratch_len(PATCH_MAX, true)];
+            conv_run(
+                dsp,
+                input,
+                weights,
+                wq,
+                bias,
+                output,
+                &g,
+                0..npix,
+                -128,
+                Some(&mut scratch),
+            );
+        }
+        Ok(())
+    }
+
+    /// [`super::conv_hwc_q7_scratch`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hwc_q7_scratch(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        wq: &[u32],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        relu: bool,
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        let g = conv_geo(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            wq,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            out_dims,
+        )?;
+        if output.len() != out_dims.len() || scratch.len() < conv_scratch_len(g.ksize, dsp) {
+            return Err(KernelError::Length);
+        }
+        let lo = if relu { 0 } else { -128 };
+        let npix = out_dims.h * out_dims.w;
+        conv_run(
+            dsp,
+            input,
+            weights,
+            wq,
+            bias,
+            output,
+            &g,
+            0..npix,
+            lo,
+            Some(scratch),
+        );
+        Ok(())
+    }
+
+    /// [`super::conv_pool_hwc_q7`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_pool_hwc_q7(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        wq: &[u32],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: i32,
+        out_rshift: i32,
+        conv_dims: Dims,
+        fuse: Fused,
+        ring: &mut [i8],
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        let g = conv_geo(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            wq,
+            kernel,
+            pad,
+            stride,
+            groups,
+            bias,
+            bias_lshift,
+            out_rshift,
+            conv_dims,
+        )?;
+        let pool = fuse.pool;
+        if pool.stride.h == 0 || pool.stride.w == 0 || out_dims.c != conv_dims.c {
             return Err(KernelError::Geometry);
         }
-        let cin_g = in_dims.c / groups;
-        let cout_g = out_dims.c / groups;
-        let ksize = kernel.h * kernel.w * cin_g;
-        if input.len() != in_dims.len()
-            || output.len() != out_dims.len()
-            || weights.len() != out_dims.c * ksize
-            || bias.len() != out_dims.c
+        let rows = conv_pool_ring_rows(conv_dims, pool.kernel.h);
+        let row_len = conv_dims.w * conv_dims.c;
+        if output.len() != out_dims.len()
+            || ring.len() < rows * row_len
+            || scratch.len() < conv_scratch_len(g.ksize, dsp)
         {
             return Err(KernelError::Length);
         }
         if output.is_empty() {
             return Ok(());
         }
-        let g = ConvGeo {
-            in_dims,
-            out_dims,
-            kernel,
-            pad,
-            stride,
-            groups,
-            cin_g,
-            cout_g,
-            ksize,
-            bl,
-            or,
-            rnd: round_term(or),
-        };
-        if ksize == 0 || ksize > PATCH_MAX {
-            conv_direct(input, weights, bias, output, &g);
-        } else if dsp {
-            let mut kern = Dsp {
-                patch: [0; PATCH_MAX],
-                q: [0; PATCH_MAX],
-                k: ksize,
-            };
-            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
-        } else {
-            let mut kern = Portable {
-                a: [0; PATCH_MAX],
-                b: [0; PATCH_MAX],
-                k: ksize,
-            };
-            conv_pixel_pairs(input, weights, bias, output, &g, &mut kern);
+        let lo = if fuse.relu_conv { 0 } else { -128 };
+        // Conv rows [0, next) have been computed; row r lives in ring slot r % rows.
+        let mut next = 0;
+        let out_row_len = out_dims.w * out_dims.c;
+        for (oy, orow) in output.chunks_exact_mut(out_row_len).enumerate() {
+            let (y0, y1) = clip_window(oy, pool.stride.h, pool.pad.h, pool.kernel.h, conv_dims.h);
+            // Rows below y0 are never needed again (windows only move down): skip them.
+            next = next.max(y0);
+            while next < y1 {
+                let slot = &mut ring[(next % rows) * row_len..][..row_len];
+                let px = next * conv_dims.w;
+                conv_run(
+                    dsp,
+                    input,
+                    weights,
+                    wq,
+                    bias,
+                    slot,
+                    &g,
+                    px..px + conv_dims.w,
+                    lo,
+                    Some(&mut *scratch),
+                );
+                next += 1;
+            }
+            pool_ring_row(dsp, ring, rows, conv_dims, y0, y1, &fuse, orow, out_dims);
         }
         Ok(())
     }
@@ -1044,16 +1769,44 @@ pub fn input_u8_q7(
     }
     let m = mean.len();
     for (i, (p, o)) in pixels.iter().zip(output.iter_mut()).enumerate() {
-        let mv = if m == 0 { 0 } else { mean[i % m] as i64 };
-        let d = (*p as i64 - mv) * mul as i64;
-        let q = rshift_half_away(d, rshift as u32);
-        *o = if q > 127 {
-            127
-        } else if q < -128 {
-            -128
-        } else {
-            q as i8
-        };
+        let mv = if m == 0 { 0 } else { mean[i % m] };
+        *o = input_one(*p, mv, mul, rshift as u32);
+    }
+    Ok(())
+}
+
+/// One pixel of [`input_u8_q7`].
+#[inline(always)]
+fn input_one(p: u8, mean: u8, mul: i32, rshift: u32) -> i8 {
+    let d = (p as i64 - mean as i64) * mul as i64;
+    let q = rshift_half_away(d, rshift);
+    if q > 127 {
+        127
+    } else if q < -128 {
+        -128
+    } else {
+        q as i8
+    }
+}
+
+/// [`input_u8_q7`] in place: `buf` holds the uint8 pixels (each byte's bits, as written by a
+/// camera or DMA into the firmware's arena) and receives the q7 values, so the image needs no
+/// buffer of its own.
+pub fn input_u8_q7_in_place(buf: &mut [i8], mean: &[u8], mul: i32, rshift: i32) -> KResult {
+    debug_assert!(
+        (0..=62).contains(&rshift),
+        "input rshift {rshift} out of 0..=62"
+    );
+    if !(0..=62).contains(&rshift) {
+        return Err(KernelError::Shift);
+    }
+    if !mean.is_empty() && !buf.len().is_multiple_of(mean.len()) {
+        return Err(KernelError::Length);
+    }
+    let m = mean.len();
+    for (i, v) in buf.iter_mut().enumerate() {
+        let mv = if m == 0 { 0 } else { mean[i % m] };
+        *v = input_one(*v as u8, mv, mul, rshift as u32);
     }
     Ok(())
 }

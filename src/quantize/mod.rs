@@ -431,6 +431,7 @@ pub fn run(
             eval_seconds,
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),
+        firmware: None,
     };
     if report.same_data_warning && !opts.quiet {
         eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);

@@ -8,6 +8,10 @@ pub struct DiffOutcome {
     pub markdown: String,
     /// Quantized top-1 drop in percentage points (positive = worse); `None` without labels.
     pub drop_pp: Option<f64>,
+    /// Growth of the firmware's RAM / flash in bytes (negative = smaller); `None` unless both
+    /// reports carry firmware figures.
+    pub ram_growth: Option<i64>,
+    pub flash_growth: Option<i64>,
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -126,8 +130,32 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
             );
         }
     }
+    let (mut ram_growth, mut flash_growth) = (None, None);
+    if let (Some(a), Some(b)) = (&old.firmware, &new.firmware) {
+        // Measured RAM only when both reports have a measurement (like for like).
+        let both = a.measured.is_some() && b.measured.is_some();
+        let ram = |f: &crate::report::FirmwareFigures| match (&f.measured, both) {
+            (Some(m), true) => m.total_ram_bytes as i64,
+            _ => f.ram_estimate_bytes as i64,
+        };
+        let (ra, rb) = (ram(a), ram(b));
+        let (fa, fb) = (a.flash_bytes() as i64, b.flash_bytes() as i64);
+        ram_growth = Some(rb - ra);
+        flash_growth = Some(fb - fa);
+        let _ = writeln!(
+            md,
+            "\n## Firmware memory ({} → {})\n\n| | old | new | change |\n|---|---|---|---|\n| RAM{} | {ra} B | {rb} B | {:+} B |\n| flash estimate | {fa} B | {fb} B | {:+} B |",
+            a.target,
+            b.target,
+            if both { " (measured)" } else { " (estimate)" },
+            rb - ra,
+            fb - fa
+        );
+    }
     DiffOutcome {
         markdown: md,
         drop_pp,
+        ram_growth,
+        flash_growth,
     }
 }

@@ -119,6 +119,26 @@ pub fn render(r: &Report) -> String {
             }
         );
     }
+    if let Some(f) = &r.firmware {
+        let _ = writeln!(
+            md,
+            "\n## Firmware ({})\n\n| | bytes |\n|---|---|\n| arena (static) | {} |\n| kernel scratch outside the arena | {} |\n| RAM estimate (with stack reserve) | {} |\n| weights + biases (flash) | {} |\n| flash estimate (with code reserve) | {} |",
+            f.target, f.arena_bytes, f.scratch_bytes, f.ram_estimate_bytes, f.flash_param_bytes, f.flash_estimate_bytes
+        );
+        if let Some(m) = &f.measured {
+            let _ = writeln!(
+                md,
+                "| measured stack high-water | {} |\n| measured total RAM | {} |\n| measured flash (.text + .rodata + .data) | {} |",
+                m.stack_high_water_bytes, m.total_ram_bytes, m.flash_bytes
+            );
+            if let Some(n) = m.instructions_per_inference {
+                let _ = writeln!(md, "\nExecuted instructions per inference: {n}\n\n| step | instructions |\n|---|---|");
+                for (s, n) in &m.per_step_instructions {
+                    let _ = writeln!(md, "| {s} | {n} |");
+                }
+            }
+        }
+    }
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,

@@ -25,6 +25,49 @@ pub struct Report {
     pub search: SearchReport,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub timing: Option<Timing>,
+    /// The firmware's memory (and, after `verify --report`, measured) figures, added by
+    /// `codegen --report` / `verify --report` / `build`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub firmware: Option<FirmwareFigures>,
+}
+
+/// Memory figures of the generated firmware for one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FirmwareFigures {
+    pub target: String,
+    /// The static arena (activations, kernel scratch and rings).
+    pub arena_bytes: usize,
+    /// Kernel scratch outside the arena.
+    pub scratch_bytes: usize,
+    /// The plan's RAM estimate (arena + scratch + stack reserve) the budget gate checked.
+    pub ram_estimate_bytes: usize,
+    pub flash_param_bytes: usize,
+    /// The flash estimate (weights, mean, test images, code reserve) the budget gate checked.
+    pub flash_estimate_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub measured: Option<MeasuredFigures>,
+}
+
+/// What `verify` measured in QEMU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredFigures {
+    pub stack_high_water_bytes: usize,
+    /// `.data + .bss` + stack high-water.
+    pub total_ram_bytes: usize,
+    /// `.text + .rodata + .data` of the built firmware (with its embedded test images).
+    pub flash_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub instructions_per_inference: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub per_step_instructions: Vec<(String, u64)>,
+}
+
+impl FirmwareFigures {
+    /// Flash to compare between reports: the estimate (measured flash depends on the number of
+    /// embedded test images).
+    pub fn flash_bytes(&self) -> usize {
+        self.flash_estimate_bytes
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

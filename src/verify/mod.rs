@@ -36,8 +36,29 @@ pub struct VerifyResult {
     pub sizes: Option<Sizes>,
     pub arena_bytes: usize,
     pub flash_param_bytes: usize,
+    /// Kernel scratch and rings inside the arena (largest step).
+    pub arena_temp_bytes: usize,
+    /// The plan's figures (budget estimates included).
+    #[serde(skip)]
+    pub memory: Option<codegen::MemoryReport>,
+    /// Kernel scratch outside the arena.
+    pub scratch_bytes: usize,
+    /// Stack high-water mark measured in QEMU (bytes below the stack top that any store
+    /// reached, over the whole run: start-up, inferences and printing).
+    pub stack_high_water: Option<usize>,
+    /// `.data + .bss` (the arena included) + the stack high-water mark.
+    pub total_ram: Option<usize>,
     /// Executed guest instructions per inference (QEMU TCG plugin), when asked.
     pub instructions_per_inference: Option<u64>,
+    /// Executed instructions per inference of every step (input conversion, each step, the
+    /// output copy), when asked.
+    pub per_step_instructions: Vec<StepInsns>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepInsns {
+    pub step: String,
+    pub instructions: u64,
 }
 
 /// Where verification builds live (kept between runs so rebuilds are incremental).
@@ -168,19 +189,22 @@ pub struct Request<'a> {
     pub count_instructions: bool,
     /// Where to generate the crate (kept for inspection).
     pub work_dir: PathBuf,
+    /// Budget overrides (default: the target's RAM/flash).
+    pub ram_budget: Option<usize>,
+    pub flash_budget: Option<usize>,
 }
 
 pub fn verify(r: &Request) -> Result<VerifyResult> {
-    check_prerequisites(&r.target)?;
     let crate_name = "nnquant-verify".to_string();
     let gen = codegen::generate(
         r.model,
         &codegen::Options {
-            target: r.target.clone(),
-            crate_name: crate_name.clone(),
-            test_images: r.images.clone(),
+            ram_budget: r.ram_budget,
+            flash_budget: r.flash_budget,
+            ..codegen::Options::new(r.target.clone(), &crate_name, r.images.clone())
         },
     )?;
+    check_prerequisites(&r.target)?;
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
@@ -224,26 +248,38 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
             "-kernel",
         ])
         .arg(&bin);
+        // The plugin always measures the stack; it counts instructions when asked.
+        let plugin = build_plugin()?;
+        let e = elf::parse(&std::fs::read(&bin)?)?;
+        // The markers are ordinary (mangled) functions: find them by the name they contain.
+        let sym = |n: &str| {
+            e.symbols
+                .iter()
+                .find(|(k, _)| k.contains(n))
+                .map(|(_, v)| *v)
+                .with_context(|| format!("symbol {n} not in the firmware"))
+        };
+        let exact = |n: &str| {
+            e.symbols
+                .get(n)
+                .copied()
+                .with_context(|| format!("symbol {n} not in the firmware (cortex-m-rt)"))
+        };
+        let mut args = format!(
+            "{},stack_lo={:#x},stack_hi={:#x}",
+            plugin.display(),
+            exact("_stack_end")?,
+            exact("_stack_start")?
+        );
         if r.count_instructions {
-            let plugin = build_plugin()?;
-            let e = elf::parse(&std::fs::read(&bin)?)?;
-            // The markers are ordinary (mangled) functions: find them by the name they contain.
-            let sym = |n: &str| {
-                e.symbols
-                    .iter()
-                    .find(|(k, _)| k.contains(n))
-                    .map(|(_, v)| *v)
-                    .with_context(|| format!("marker {n} not in the firmware"))
-            };
-            c.arg("-plugin")
-                .arg(format!(
-                    "{},start={:#x},end={:#x}",
-                    plugin.display(),
-                    sym("nnq_mark_start")?,
-                    sym("nnq_mark_end")?
-                ))
-                .args(["-d", "plugin"]);
+            args += &format!(
+                ",start={:#x},end={:#x},layer={:#x}",
+                sym("nnq_mark_start")?,
+                sym("nnq_mark_end")?,
+                sym("nnq_mark_layer")?
+            );
         }
+        c.arg("-plugin").arg(args).args(["-d", "plugin"]);
         c
     };
     let out = run_checked(
@@ -286,23 +322,74 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
             }
         }
     }
-    let instructions = if r.count_instructions && !r.target.is_host() {
-        let line = format!("{stdout}\n{stderr}");
-        let l = line
-            .lines()
-            .find(|l| l.contains("nnquant-insns"))
-            .context("the QEMU plugin printed no count")?;
-        let field = |k: &str| -> Option<u64> {
+    let plugin_line = format!("{stdout}\n{stderr}")
+        .lines()
+        .find(|l| l.contains("nnquant-insns"))
+        .map(str::to_string);
+    let field = |k: &str| -> Option<String> {
+        plugin_line.as_deref().and_then(|l| {
             l.split_whitespace()
-                .find_map(|f| f.strip_prefix(k)?.parse().ok())
-        };
-        let (regions, insns) = (
-            field("regions=").unwrap_or(0),
-            field("region_insns=").unwrap_or(0),
+                .find_map(|f| f.strip_prefix(k).map(str::to_string))
+        })
+    };
+    let num = |k: &str| field(k).and_then(|v| v.parse::<u64>().ok());
+    if !r.target.is_host() {
+        ensure!(
+            plugin_line.is_some(),
+            "the QEMU plugin printed no measurements"
         );
-        (regions > 0).then(|| insns / regions)
+    }
+    let (instructions, per_step) = if r.count_instructions && !r.target.is_host() {
+        let (regions, insns) = (
+            num("regions=").unwrap_or(0),
+            num("region_insns=").unwrap_or(0),
+        );
+        let segs: Vec<u64> = field("segments=")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let mut names = vec!["input".to_string()];
+        names.extend(gen.memory.plan.steps.iter().map(|s| s.name.clone()));
+        names.push("output copy".into());
+        ensure!(
+            regions == 0 || segs.len() == names.len(),
+            "the QEMU plugin saw {} segments for {} steps",
+            segs.len(),
+            names.len()
+        );
+        let per_step = if regions > 0 {
+            names
+                .into_iter()
+                .zip(segs)
+                .map(|(step, n)| StepInsns {
+                    step,
+                    instructions: n / regions,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ((regions > 0).then(|| insns / regions), per_step)
     } else {
+        (None, Vec::new())
+    };
+    let stack_high_water = if r.target.is_host() {
         None
+    } else {
+        let min = field("stack_min=")
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            .unwrap_or(u64::MAX);
+        let e = elf::parse(&std::fs::read(&bin)?)?;
+        let top = *e
+            .symbols
+            .get("_stack_start")
+            .context("symbol _stack_start not in the firmware")? as u64;
+        Some(if min >= top { 0 } else { (top - min) as usize })
+    };
+    let total_ram = match (&sizes, stack_high_water) {
+        (Some(s), Some(h)) => Some(s.data + s.bss + h),
+        _ => None,
     };
     Ok(VerifyResult {
         target: r.target.name.to_string(),
@@ -314,7 +401,13 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         sizes,
         arena_bytes: gen.memory.arena_bytes,
         flash_param_bytes: gen.memory.flash_param_bytes,
+        arena_temp_bytes: gen.memory.arena_temp_bytes,
+        memory: Some(gen.memory.clone()),
+        scratch_bytes: gen.memory.scratch_bytes,
+        stack_high_water,
+        total_ram,
         instructions_per_inference: instructions,
+        per_step_instructions: per_step,
     })
 }
 
