@@ -61,6 +61,47 @@ fn quantize_is_accurate_and_deterministic() {
     assert!(r.get("timing").is_none(), "no timings unless asked");
 }
 
+/// The screened search (forced on the demo's 200 calibration images with `--screen 64`): every
+/// change it makes is confirmed on the whole calibration set, so its final whole-set score is
+/// at least the start's; it is deterministic, reports its subset and counts, and a bad
+/// `--screen` value is refused.
+#[test]
+fn screened_search_confirms_on_the_whole_set_and_is_deterministic() {
+    let f = Fixture::new();
+    let (a, b) = (f.path("a"), f.path("b"));
+    let o = quantize(&a, &["--screen", "64"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(quantize(&b, &["--screen", "64"]).code, 0);
+    for name in ["m.nnq.json", "r.json", "r.md"] {
+        assert_eq!(
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+            "{name} differs between runs"
+        );
+    }
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("r.json")).unwrap()).unwrap();
+    let s = &r["search"];
+    assert_eq!(s["screen_images"], 64);
+    assert!(s["screen_evaluations"].as_u64().unwrap() > 0);
+    let (start, end) = (&s["start_score"], &s["final_score"]);
+    assert_eq!(end["images"], 200, "the final score is on the whole set");
+    let key = |v: &serde_json::Value| (v["correct"].as_u64().unwrap(), -v["kl"].as_f64().unwrap());
+    assert!(key(end) >= key(start), "final {end} below start {start}");
+    let trace = s["trace"].as_array().unwrap();
+    assert!(trace.iter().any(|t| t["screen"] == true));
+    // Every accepted change was scored on the whole set.
+    assert!(trace
+        .iter()
+        .filter(|t| t["accepted"] == true && t.get("screen").is_none())
+        .all(|t| t["score"]["images"] == 200));
+    let md = std::fs::read_to_string(a.join("r.md")).unwrap();
+    assert!(md.contains("screening subset of 64 images"), "{md}");
+    let bad = quantize(&f.path("c"), &["--screen", "lots"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("lots"), "{}", bad.stderr);
+}
+
 #[test]
 fn generated_host_crate_matches_the_simulator_byte_for_byte() {
     let f = Fixture::new();

@@ -657,3 +657,76 @@ pub fn search(
         ev.times,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::graph::{Hwc, QBlob, QConv, QLayer};
+    use crate::ir::Hw;
+
+    fn conv(bias: Vec<i8>, bias_lshift: i32) -> QOp {
+        QOp::Conv(QConv {
+            in_dims: Hwc { h: 1, w: 1, c: 1 },
+            out_dims: Hwc { h: 1, w: 1, c: 2 },
+            kernel: Hw { h: 1, w: 1 },
+            pad: Hw { h: 0, w: 0 },
+            stride: Hw { h: 1, w: 1 },
+            groups: 1,
+            weights: vec![3, -4],
+            bias,
+            weight_frac_bits: 0,
+            bias_frac_bits: 0,
+            bias_lshift,
+            out_rshift: 1,
+        })
+    }
+
+    /// x -> conv c1 -> a -> relu r -> b -> conv c2 -> y
+    fn chain(bias: Vec<i8>, bias_lshift: i32) -> QGraph {
+        let blob = |c| QBlob {
+            shape: vec![c, 1, 1],
+            layout: Hwc { h: 1, w: 1, c },
+            frac_bits: 0,
+        };
+        let layer = |name: &str, op, i: &str, o: &str| QLayer {
+            name: name.into(),
+            op,
+            inputs: vec![i.into()],
+            output: o.into(),
+        };
+        QGraph {
+            name: "t".into(),
+            input: "x".into(),
+            blobs: [("x", 1), ("a", 2), ("b", 2), ("y", 2)]
+                .into_iter()
+                .map(|(n, c)| (n.to_string(), blob(c)))
+                .collect(),
+            layers: vec![
+                layer("c1", conv(bias.clone(), bias_lshift), "x", "a"),
+                layer("r", QOp::Relu, "a", "b"),
+                layer("c2", conv(bias, bias_lshift), "b", "y"),
+            ],
+            outputs: vec!["y".into()],
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_only_what_a_conv_rerun_reads() {
+        // c1 re-runs from the input, c2 from the ReLU's output; conv c1's own output is not
+        // needed by any re-run.
+        assert_eq!(cached_blobs(&chain(vec![1, 2], 0)), vec!["b", "x"]);
+    }
+
+    #[test]
+    fn equal_arithmetic_gives_equal_keys() {
+        // bias 2 << 1 is bias 4 << 0: the same integer arithmetic, one run serves both.
+        assert_eq!(
+            arithmetic_key(&chain(vec![2, -1], 1)),
+            arithmetic_key(&chain(vec![4, -2], 0))
+        );
+        assert_ne!(
+            arithmetic_key(&chain(vec![2, -1], 1)),
+            arithmetic_key(&chain(vec![4, -1], 0))
+        );
+    }
+}
