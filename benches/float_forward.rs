@@ -1,15 +1,20 @@
-//! Float engine throughput on ARM's CIFAR-10 model (6,558,720 MAC per image), batch 64, on a
-//! 2-thread rayon pool. Plain `main` timed with `std::time` (`harness = false`).
+//! Float engine throughput on ARM's CIFAR-10 model (6,558,720 MAC per image), batch 64, on 1- and
+//! 2-thread rayon pools: the NHWC fast path with each SIMD kernel set this CPU can run, and the
+//! general NCHW path (im2col + GEMM) for comparison. Plain `main` timed with `std::time`
+//! (`harness = false`).
 //!
 //! Run: `cargo bench --bench float_forward`. Needs `../shared` (or `$NNQUANT_SHARED`); without it
-//! the bench prints why and exits successfully.
+//! the bench prints why and exits successfully. `FLOAT_BENCH_THREADS=2` limits the thread counts,
+//! `FLOAT_BENCH_PATHS=avx512f,avx2+fma,portable,general` the paths (names as printed).
+//! Lines starting with `float_forward ` are for scripts (`tools/bench_vs_onnxruntime.py`).
 
 use nnquant::caffe::{load_model, read_blob_file, LoadOptions};
-use nnquant::float::{Engine, Keep};
+use nnquant::float::{Engine, Isa, Keep};
 use std::time::{Duration, Instant};
 
 const MACS_PER_IMAGE: f64 = 6_558_720.0;
 const BATCH: usize = 64;
+const REPS: usize = 7;
 
 fn main() -> anyhow::Result<()> {
     let shared = nnquant::shared_dir();
@@ -41,39 +46,64 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let threads: Vec<usize> = match std::env::var("FLOAT_BENCH_THREADS") {
+        Ok(v) => v
+            .split(',')
+            .map(|t| t.trim().parse())
+            .collect::<Result<_, _>>()?,
+        Err(_) => vec![1, 2],
+    };
+    let wanted = std::env::var("FLOAT_BENCH_PATHS").ok();
+    let mut paths: Vec<(&str, Option<Isa>)> = [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        .into_iter()
+        .filter(|i| i.available())
+        .map(|i| (i.name(), Some(i)))
+        .collect();
+    paths.push(("general", None));
+    paths.retain(|(name, _)| {
+        wanted
+            .as_ref()
+            .is_none_or(|w| w.split(',').any(|x| x == *name))
+    });
+
     let mut engine = Engine::new(&g)?;
-    for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
-        for chunk in [1, 2, 4, 8, 16, 32] {
-            engine.chunk_images = chunk;
-            let ips = pool.install(|| measure(&engine, &input));
+    println!(
+        "float_forward: fast path by default: {}",
+        engine.fast_path().map_or("none", |i| i.name())
+    );
+    for &t in &threads {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
+        for &(name, isa) in &paths {
+            engine.set_fast_path(isa)?;
+            let (best, median) = pool.install(|| measure(&engine, &input));
             println!(
-                "threads {threads}  chunk {chunk:>2}  batch {BATCH}: {ips:>8.0} images/s  {:>6.1} GFLOP/s",
-                ips * 2.0 * MACS_PER_IMAGE / 1e9
+                "float_forward path {name} threads {t} batch {BATCH} best {best:.0} median {median:.0} images/s ({:.1} GFLOP/s best)",
+                best * 2.0 * MACS_PER_IMAGE / 1e9
             );
         }
     }
     Ok(())
 }
 
-/// Images per second: best of 5 runs of ~0.5 s each, after a warm-up.
-fn measure(engine: &Engine, input: &[f32]) -> f64 {
+/// Images per second: best and median of `REPS` runs of ~0.3 s each, after a warm-up.
+fn measure(engine: &Engine, input: &[f32]) -> (f64, f64) {
     let run = || {
         engine
             .forward(input, BATCH, Keep::Outputs)
             .expect("forward")
     };
-    run();
-    let mut best = 0.0f64;
     for _ in 0..5 {
+        run();
+    }
+    let mut rates = Vec::new();
+    for _ in 0..REPS {
         let (start, mut n) = (Instant::now(), 0usize);
-        while start.elapsed() < Duration::from_millis(500) {
+        while start.elapsed() < Duration::from_millis(300) {
             std::hint::black_box(run());
             n += BATCH;
         }
-        best = best.max(n as f64 / start.elapsed().as_secs_f64());
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
     }
-    best
+    rates.sort_by(f64::total_cmp);
+    (rates[REPS - 1], rates[REPS / 2])
 }
