@@ -10,6 +10,8 @@
 //! in parallel; each chunk walks the nodes in order and frees blobs after their last use.
 
 mod chain;
+#[cfg(test)]
+mod chain_tests;
 mod conv;
 mod dense;
 mod direct;

@@ -76,10 +76,11 @@ fn glyphs_demo_model_matches_numpy_reference() {
     // Keep::All returns every blob with the same outputs.
     let all = engine.forward(&input[..5 * 768], 5, Keep::All).unwrap();
     assert_eq!(all.blobs.len(), 1 + g.nodes.len());
-    // The general NCHW kernels and the NHWC fast path add in different orders: equal to 1e-5.
+    // The general NCHW kernels and the NHWC fast path add in different orders: equal to 1e-5
+    // relative.
     assert!(engine.fast_path().is_some(), "the glyph model is a chain");
     for (a, b) in all.blobs["ip1"].iter().zip(&acts.blobs["ip1"][..50]) {
-        assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
     }
     assert_eq!(all.image("data", 4).unwrap(), &input[4 * 768..5 * 768]);
 }
