@@ -244,6 +244,32 @@ impl Chain {
 
     /// One image: `x` is `C×H×W` (NCHW), `y` the graph output of one image in Caffe's order.
     pub fn run_image(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+        match self.isa {
+            // SAFETY: `build` is only given an ISA the CPU has (`Isa::available`).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.run_image_avx512(x, y, s) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.run_image_avx2(x, y, s) },
+            _ => self.run_image_body(x, y, s),
+        }
+    }
+
+    /// The pooling, copy and inner-product loops compiled for the ISA's vector width (the
+    /// results are the same: Rust never fuses a multiply and an add on its own).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_image_avx512(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+        self.run_image_body(x, y, s)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_image_avx2(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+        self.run_image_body(x, y, s)
+    }
+
+    #[inline(always)]
+    fn run_image_body(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
         let (c, h, w) = self.input;
         let Scratch { a, b, pads } = s;
         let (mut cur, mut next) = (a, b);
@@ -314,6 +340,7 @@ impl Chain {
 }
 
 /// Dot product with eight partial sums (lets the compiler vectorise without reassociating).
+#[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -331,8 +358,24 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// One window tap: Caffe's MAX (`if v > m { m = v }`) or the AVE running sum, `L` lanes at a
+/// time (`L = 16` is unrolled for the vector units, `L = 1` takes any length).
+#[inline(always)]
+fn pool_step<const L: usize>(max: bool, acc: &mut [f32], src: &[f32]) {
+    for (a, s) in acc.chunks_exact_mut(L).zip(src.chunks_exact(L)) {
+        for k in 0..L {
+            if max {
+                a[k] = if s[k] > a[k] { s[k] } else { a[k] };
+            } else {
+                a[k] += s[k];
+            }
+        }
+    }
+}
+
 impl PoolNhwc {
     /// Caffe's pooling on one NHWC image, vectorised over channels.
+    #[inline(always)]
     fn run(&self, x: &[f32], y: &mut [f32]) {
         let c = self.c;
         for py in 0..self.oh {
@@ -344,27 +387,29 @@ impl PoolNhwc {
                 let he = he.min(self.h as isize).max(0) as usize;
                 let we = we.min(self.w as isize).max(0) as usize;
                 let dst = &mut y[(py * self.ow + px) * c..][..c];
-                if self.max {
-                    dst.fill(-f32::MAX);
+                // Blocks of 16 channels accumulate in registers over the window (a store per
+                // tap would be re-read by the next one); then the remaining channels.
+                let mut c0 = 0;
+                while c0 < c {
+                    let n = (c - c0).min(16);
+                    let mut acc = [if self.max { -f32::MAX } else { 0.0 }; 16];
                     for r in hs..he {
                         for col in ws..we {
-                            for (d, &v) in dst.iter_mut().zip(&x[(r * self.w + col) * c..][..c]) {
-                                *d = if v > *d { v } else { *d };
+                            let src = &x[(r * self.w + col) * c + c0..][..n];
+                            if n == 16 {
+                                pool_step::<16>(self.max, &mut acc, src);
+                            } else {
+                                pool_step::<1>(self.max, &mut acc[..n], src);
                             }
                         }
                     }
-                } else {
-                    dst.fill(0.0);
-                    for r in hs..he {
-                        for col in ws..we {
-                            for (d, &v) in dst.iter_mut().zip(&x[(r * self.w + col) * c..][..c]) {
-                                *d += v;
-                            }
+                    if !self.max {
+                        for a in acc.iter_mut() {
+                            *a /= pool_size;
                         }
                     }
-                    for d in dst.iter_mut() {
-                        *d /= pool_size;
-                    }
+                    dst[c0..c0 + n].copy_from_slice(&acc[..n]);
+                    c0 += n;
                 }
                 if let Some(s) = self.relu {
                     for d in dst.iter_mut() {

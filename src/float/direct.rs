@@ -377,7 +377,7 @@ mod avx2 {
     use super::{block_fits, DirectConv, Geo};
     use std::arch::x86_64::*;
 
-    simd_backend!("avx2,fma", 8, tile, [(4, 3), (2, 6), (1, 12)]);
+    simd_backend!("avx2,fma", 8, tile, [(2, 6), (1, 12)]);
 
     /// `T` pixels × `J` 8-channel vectors; arguments as in the AVX-512 tile.
     #[target_feature(enable = "avx2,fma")]
