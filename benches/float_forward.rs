@@ -35,16 +35,20 @@ fn main() -> anyhow::Result<()> {
     let mean = read_blob_file(&model.join("mean.binaryproto"))?;
     let f = std::fs::File::open(shared.join("data/cifar10/test_1017_u8_hwc.npy"))?;
     let px: Vec<u8> = npyz::NpyFile::new(std::io::BufReader::new(f))?.into_vec()?;
-    // First 64 images, HWC u8 → CHW f32 minus the mean.
-    let mut input = vec![0.0f32; BATCH * 3072];
-    for i in 0..BATCH {
+    // All 1,017 images, HWC u8 → CHW f32 minus the mean; the first 64 are the timed batch.
+    let images = px.len() / 3072;
+    let mut all = vec![0.0f32; images * 3072];
+    for i in 0..images {
         for p in 0..1024 {
             for c in 0..3 {
-                input[i * 3072 + c * 1024 + p] =
+                all[i * 3072 + c * 1024 + p] =
                     px[i * 3072 + p * 3 + c] as f32 - mean.data[c * 1024 + p];
             }
         }
     }
+    let input = &all[..BATCH * 3072];
+    let f = std::fs::File::open(model.join("reference/float_logits_test1017.npy"))?;
+    let reference: Vec<f32> = npyz::NpyFile::new(std::io::BufReader::new(f))?.into_vec()?;
 
     let threads: Vec<usize> = match std::env::var("FLOAT_BENCH_THREADS") {
         Ok(v) => v
@@ -71,11 +75,28 @@ fn main() -> anyhow::Result<()> {
         "float_forward: fast path by default: {}",
         engine.fast_path().map_or("none", |i| i.name())
     );
+    // Accuracy of each path on every image before any timing (the tests assert <= 1e-4).
+    for &(name, isa) in &paths {
+        engine.set_fast_path(isa)?;
+        let logits = &engine.forward(&all, images, Keep::Outputs)?.blobs["ip1"];
+        anyhow::ensure!(
+            logits.len() == reference.len(),
+            "reference has another shape"
+        );
+        let diff = logits
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "float_forward path {name} max |logit - reference| {diff:.3e} over {images} images"
+        );
+    }
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build()?;
         for &(name, isa) in &paths {
             engine.set_fast_path(isa)?;
-            let (best, median, per_cpu) = pool.install(|| measure(&engine, &input));
+            let (best, median, per_cpu) = pool.install(|| measure(&engine, input));
             let cpu = per_cpu.map_or(String::new(), |r| format!(", {r:.0} per CPU-second"));
             println!(
                 "float_forward path {name} threads {t} batch {BATCH} best {best:.0} median {median:.0} images/s ({:.1} GFLOP/s best{cpu})",

@@ -85,8 +85,11 @@ def nnquant_bench(shared, threads):
     if proc.returncode != 0:
         raise caffe_to_onnx.ConvertError(
             "cargo bench --bench float_forward failed:\n" + proc.stderr[-2000:])
-    results, default = {}, None
+    results, default, diffs = {}, None, {}
     for line in proc.stdout.splitlines():
+        m = re.match(r"float_forward path (\S+) max \|logit - reference\| (\S+)", line)
+        if m:
+            diffs[m.group(1)] = float(m.group(2))
         m = re.match(r"float_forward path (\S+) threads (\d+) batch (\d+) best (\d+) median (\d+)", line)
         if m:
             results[m.group(1)] = (float(m.group(4)), float(m.group(5)))
@@ -97,7 +100,7 @@ def nnquant_bench(shared, threads):
             raise caffe_to_onnx.ConvertError(line)
     if not results:
         raise caffe_to_onnx.ConvertError("float_forward printed no results:\n" + proc.stdout[-2000:])
-    return default, results
+    return default, results, diffs
 
 
 def main():
@@ -143,14 +146,15 @@ def main():
             print(f"\nbatch {a.batch}, {a.threads} threads, {a.reps} reps of ~0.3 s after a warm-up")
             o1 = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)
             print(f"onnxruntime (1st)            best {o1[0]:8.0f}  median {o1[1]:8.0f} images/s")
-            default, ours = nnquant_bench(shared, a.threads)
+            default, ours, diffs = nnquant_bench(shared, a.threads)
             o2 = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)
             print(f"onnxruntime (2nd)            best {o2[0]:8.0f}  median {o2[1]:8.0f} images/s")
             ob, om = max(o1[0], o2[0]), max(o1[1], o2[1])
             for name, (best, med) in ours.items():
                 tag = " (default)" if name == default else ""
                 print(f"nnquant {name + tag:<20} best {best:8.0f}  median {med:8.0f} images/s   "
-                      f"ratio vs onnxruntime: best {best / ob:5.2f}x  median {med / om:5.2f}x")
+                      f"ratio vs onnxruntime: best {best / ob:5.2f}x  median {med / om:5.2f}x   "
+                      f"max |logit - ref| {diffs.get(name, float('nan')):.2e}")
     except (caffe_to_onnx.ConvertError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

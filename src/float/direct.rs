@@ -181,34 +181,9 @@ impl DirectConv {
                 // SAFETY: as above.
                 unsafe { avx2::run(self, x, y) }
             }
-            _ => self.run_portable(x, y),
-        }
-    }
-
-    /// Any CPU: the same loop order, one output pixel at a time, vectorised by the compiler over
-    /// the output channels.
-    fn run_portable(&self, x: &[f32], y: &mut [f32]) {
-        let (c, op, q) = (self.c, self.op, self.kw * self.c);
-        let mut acc = vec![0.0f32; op];
-        for oy in 0..self.oh {
-            for ox in 0..self.ow {
-                acc.copy_from_slice(&self.bias);
-                for ky in 0..self.kh {
-                    let row = &x[((oy * self.sh + ky) * self.wp + ox * self.sw) * c..][..q];
-                    let wr = &self.weights[ky * q * op..][..q * op];
-                    for (&xv, w) in row.iter().zip(wr.chunks_exact(op)) {
-                        for (a, &w) in acc.iter_mut().zip(w) {
-                            *a += xv * w;
-                        }
-                    }
-                }
-                let dst = &mut y[(oy * self.ow + ox) * self.o..][..self.o];
-                for (d, &a) in dst.iter_mut().zip(&acc) {
-                    *d = match self.relu {
-                        Some(s) => a.max(0.0) + s * a.min(0.0),
-                        None => a,
-                    };
-                }
+            _ => {
+                // SAFETY: the assert above bounds every index the tiles touch.
+                unsafe { portable::run(self, x, y) }
             }
         }
     }
@@ -218,10 +193,9 @@ impl DirectConv {
 /// `T` pixels, call `$tile::<J, T>`. `$blocks` lists `(J, T_max)` from the widest channel block
 /// down; a block of `J` vectors is used while at least `J·lanes` channels remain, except the last
 /// entry which takes what is left (its tail vectors are zero-padded weights).
-#[cfg(target_arch = "x86_64")]
 macro_rules! simd_backend {
-    ($feature:literal, $lanes:expr, $tile:ident, [$(($j:literal, $tmax:literal)),+]) => {
-        #[target_feature(enable = $feature)]
+    ($(#[$attr:meta])*, $lanes:expr, $tile:ident, [$(($j:literal, $tmax:literal)),+]) => {
+        $(#[$attr])*
         pub(super) unsafe fn run(k: &DirectConv, x: &[f32], y: &mut [f32]) {
             let lanes = $lanes;
             let (xp, yp, wp) = (x.as_ptr(), y.as_mut_ptr(), k.weights.as_ptr());
@@ -259,13 +233,11 @@ macro_rules! simd_backend {
 }
 
 /// A block of `j` vectors is taken while `j·lanes` channels remain; single vectors always are.
-#[cfg(target_arch = "x86_64")]
 fn block_fits(left: usize, j: usize, lanes: usize) -> bool {
     left >= j * lanes || j == 1
 }
 
 /// `match t { 1 => f::<J, 1>(args), … }` for the pixel counts a tile can have.
-#[cfg(target_arch = "x86_64")]
 macro_rules! seq_t {
     ($f:ident, $j:literal, $t:expr, ($($a:expr),*)) => {
         match $t {
@@ -291,7 +263,6 @@ macro_rules! seq_t {
 }
 
 /// Strides a tile needs, in f32 elements.
-#[cfg(target_arch = "x86_64")]
 struct Geo {
     /// Between neighbouring output pixels in the input (`stride_w · C`).
     xs: usize,
@@ -312,7 +283,7 @@ mod avx512 {
     use super::{block_fits, DirectConv, Geo};
     use std::arch::x86_64::*;
 
-    simd_backend!("avx512f", 16, tile, [(2, 12), (1, 16)]);
+    simd_backend!(#[target_feature(enable = "avx512f")], 16, tile, [(2, 12), (1, 16)]);
 
     /// `T` pixels × `J` 16-channel vectors. `x`: the tile's first tap; `w`, `b`: the channel
     /// block's first weight / bias; `y`: the first output; `left`: channels from this block on.
@@ -377,7 +348,7 @@ mod avx2 {
     use super::{block_fits, DirectConv, Geo};
     use std::arch::x86_64::*;
 
-    simd_backend!("avx2,fma", 8, tile, [(2, 6), (1, 12)]);
+    simd_backend!(#[target_feature(enable = "avx2,fma")], 8, tile, [(2, 6), (1, 12)]);
 
     /// `T` pixels × `J` 8-channel vectors; arguments as in the AVX-512 tile.
     #[target_feature(enable = "avx2,fma")]
@@ -431,6 +402,67 @@ mod avx2 {
                     let mut tmp = [0.0f32; 8];
                     _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
                     std::ptr::copy_nonoverlapping(tmp.as_ptr(), yt.add(8 * j), valid);
+                }
+            }
+        }
+    }
+}
+
+/// Any CPU: the same tiles on arrays of 8 lanes, which the compiler maps to the baseline vector
+/// registers (NEON on aarch64, SSE2 on x86-64).
+mod portable {
+    use super::{block_fits, DirectConv, Geo};
+
+    // Tiles sized to the register file: 32 NEON registers hold 24 accumulators (6 pixels × 2
+    // blocks of 2 × 128 bit); x86-64's 16 SSE registers hold 8 (4 pixels × 1 block).
+    #[cfg(target_arch = "aarch64")]
+    simd_backend!(#[inline(never)], 8, tile, [(2, 6), (1, 12)]);
+    #[cfg(not(target_arch = "aarch64"))]
+    simd_backend!(#[inline(never)], 8, tile, [(1, 4)]);
+
+    /// `T` pixels × `J` 8-channel blocks; arguments as in the AVX-512 tile.
+    #[inline(always)]
+    unsafe fn tile<const J: usize, const T: usize>(
+        g: &Geo,
+        x: *const f32,
+        w: *const f32,
+        b: *const f32,
+        y: *mut f32,
+        left: usize,
+    ) {
+        let mut acc = [[[0.0f32; 8]; J]; T];
+        for a in acc.iter_mut() {
+            for (j, v) in a.iter_mut().enumerate() {
+                v.copy_from_slice(std::slice::from_raw_parts(b.add(8 * j), 8));
+            }
+        }
+        for ky in 0..g.kh {
+            let xr = x.add(ky * g.row);
+            let wr = w.add(ky * g.q * g.op);
+            for i in 0..g.q {
+                let mut wv = [[0.0f32; 8]; J];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    v.copy_from_slice(std::slice::from_raw_parts(wr.add(i * g.op + 8 * j), 8));
+                }
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let xv = *xr.add(t * g.xs + i);
+                    for (av, wv) in a.iter_mut().zip(&wv) {
+                        for l in 0..8 {
+                            av[l] += xv * wv[l];
+                        }
+                    }
+                }
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            let yt = y.add(t * g.o);
+            for (j, v) in a.iter().enumerate() {
+                let valid = left.saturating_sub(8 * j).min(8);
+                for (l, &val) in v.iter().enumerate().take(valid) {
+                    *yt.add(8 * j + l) = match g.relu {
+                        Some(s) => val.max(0.0) + s * val.min(0.0),
+                        None => val,
+                    };
                 }
             }
         }
