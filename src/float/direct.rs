@@ -219,7 +219,12 @@ macro_rules! simd_backend {
                                 let t = (k.ow - ox).min($tmax);
                                 let xt = xp.add(((oy * k.sh) * k.wp + ox * k.sw) * k.c);
                                 let yt = yp.add((oy * k.ow + ox) * k.o + ob);
-                                seq_t!($tile, $j, t, (&geo, xt, wp.add(ob), k.bias.as_ptr().add(ob), yt, left));
+                                let args = (&geo, xt, wp.add(ob), k.bias.as_ptr().add(ob), yt, left);
+                                if t == $tmax {
+                                    full_tile!($tile, $j, $tmax, geo.xs, args);
+                                } else {
+                                    seq_t!($tile, $j, t, args);
+                                }
                                 ox += t;
                             }
                         }
@@ -237,26 +242,41 @@ fn block_fits(left: usize, j: usize, lanes: usize) -> bool {
     left >= j * lanes || j == 1
 }
 
-/// `match t { 1 => f::<J, 1>(args), … }` for the pixel counts a tile can have.
+/// A full tile, with the pixel stride as a constant for the channel counts of common models
+/// (`C` = 3, 8, 16, 32, 64 at stride 1) and read at run time otherwise.
+macro_rules! full_tile {
+    ($f:ident, $j:literal, $t:literal, $xs:expr, $a:ident) => {
+        match $xs {
+            3 => $f::<$j, $t, 3>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            8 => $f::<$j, $t, 8>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            16 => $f::<$j, $t, 16>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            32 => $f::<$j, $t, 32>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            64 => $f::<$j, $t, 64>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            _ => $f::<$j, $t, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+        }
+    };
+}
+
+/// `match t { 1 => f::<J, 1, 0>(args), … }` for the pixel counts a tile can have.
 macro_rules! seq_t {
-    ($f:ident, $j:literal, $t:expr, ($($a:expr),*)) => {
+    ($f:ident, $j:literal, $t:expr, $a:ident) => {
         match $t {
-            1 => $f::<$j, 1>($($a),*),
-            2 => $f::<$j, 2>($($a),*),
-            3 => $f::<$j, 3>($($a),*),
-            4 => $f::<$j, 4>($($a),*),
-            5 => $f::<$j, 5>($($a),*),
-            6 => $f::<$j, 6>($($a),*),
-            7 => $f::<$j, 7>($($a),*),
-            8 => $f::<$j, 8>($($a),*),
-            9 => $f::<$j, 9>($($a),*),
-            10 => $f::<$j, 10>($($a),*),
-            11 => $f::<$j, 11>($($a),*),
-            12 => $f::<$j, 12>($($a),*),
-            13 => $f::<$j, 13>($($a),*),
-            14 => $f::<$j, 14>($($a),*),
-            15 => $f::<$j, 15>($($a),*),
-            16 => $f::<$j, 16>($($a),*),
+            1 => $f::<$j, 1, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            2 => $f::<$j, 2, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            3 => $f::<$j, 3, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            4 => $f::<$j, 4, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            5 => $f::<$j, 5, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            6 => $f::<$j, 6, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            7 => $f::<$j, 7, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            8 => $f::<$j, 8, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            9 => $f::<$j, 9, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            10 => $f::<$j, 10, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            11 => $f::<$j, 11, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            12 => $f::<$j, 12, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            13 => $f::<$j, 13, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            14 => $f::<$j, 14, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            15 => $f::<$j, 15, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
+            16 => $f::<$j, 16, 0>($a.0, $a.1, $a.2, $a.3, $a.4, $a.5),
             _ => unreachable!("tiles have at most 16 pixels"),
         }
     };
@@ -288,7 +308,7 @@ mod avx512 {
     /// `T` pixels × `J` 16-channel vectors. `x`: the tile's first tap; `w`, `b`: the channel
     /// block's first weight / bias; `y`: the first output; `left`: channels from this block on.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const J: usize, const T: usize>(
+    unsafe fn tile<const J: usize, const T: usize, const XS: usize>(
         g: &Geo,
         x: *const f32,
         w: *const f32,
@@ -303,6 +323,8 @@ mod avx512 {
                 a[j] = bv;
             }
         }
+        // A constant pixel stride makes every broadcast address one register plus a constant.
+        let xs = if XS == 0 { g.xs } else { XS };
         for ky in 0..g.kh {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
@@ -312,7 +334,7 @@ mod avx512 {
                     *v = _mm512_loadu_ps(wr.add(i * g.op + 16 * j));
                 }
                 for (t, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm512_set1_ps(*xr.add(t * g.xs + i));
+                    let xv = _mm512_set1_ps(*xr.add(t * xs + i));
                     for j in 0..J {
                         a[j] = _mm512_fmadd_ps(xv, wv[j], a[j]);
                     }
@@ -352,7 +374,7 @@ mod avx2 {
 
     /// `T` pixels × `J` 8-channel vectors; arguments as in the AVX-512 tile.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const J: usize, const T: usize>(
+    unsafe fn tile<const J: usize, const T: usize, const XS: usize>(
         g: &Geo,
         x: *const f32,
         w: *const f32,
@@ -367,6 +389,8 @@ mod avx2 {
                 a[j] = bv;
             }
         }
+        // A constant pixel stride makes every broadcast address one register plus a constant.
+        let xs = if XS == 0 { g.xs } else { XS };
         for ky in 0..g.kh {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
@@ -376,7 +400,7 @@ mod avx2 {
                     *v = _mm256_loadu_ps(wr.add(i * g.op + 8 * j));
                 }
                 for (t, a) in acc.iter_mut().enumerate() {
-                    let xv = _mm256_broadcast_ss(&*xr.add(t * g.xs + i));
+                    let xv = _mm256_broadcast_ss(&*xr.add(t * xs + i));
                     for j in 0..J {
                         a[j] = _mm256_fmadd_ps(xv, wv[j], a[j]);
                     }
@@ -422,7 +446,7 @@ mod portable {
 
     /// `T` pixels × `J` 8-channel blocks; arguments as in the AVX-512 tile.
     #[inline(always)]
-    unsafe fn tile<const J: usize, const T: usize>(
+    unsafe fn tile<const J: usize, const T: usize, const XS: usize>(
         g: &Geo,
         x: *const f32,
         w: *const f32,
@@ -436,6 +460,8 @@ mod portable {
                 v.copy_from_slice(std::slice::from_raw_parts(b.add(8 * j), 8));
             }
         }
+        // A constant pixel stride makes every broadcast address one register plus a constant.
+        let xs = if XS == 0 { g.xs } else { XS };
         for ky in 0..g.kh {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
@@ -445,7 +471,7 @@ mod portable {
                     v.copy_from_slice(std::slice::from_raw_parts(wr.add(i * g.op + 8 * j), 8));
                 }
                 for (t, a) in acc.iter_mut().enumerate() {
-                    let xv = *xr.add(t * g.xs + i);
+                    let xv = *xr.add(t * xs + i);
                     for (av, wv) in a.iter_mut().zip(&wv) {
                         for l in 0..8 {
                             av[l] += xv * wv[l];
