@@ -358,17 +358,14 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// One window tap: Caffe's MAX (`if v > m { m = v }`) or the AVE running sum, `L` lanes at a
-/// time (`L = 16` is unrolled for the vector units, `L = 1` takes any length).
+/// One window tap on `L` channels: Caffe's MAX (`if v > m { m = v }`) or the AVE running sum.
 #[inline(always)]
-fn pool_step<const L: usize>(max: bool, acc: &mut [f32], src: &[f32]) {
-    for (a, s) in acc.chunks_exact_mut(L).zip(src.chunks_exact(L)) {
-        for k in 0..L {
-            if max {
-                a[k] = if s[k] > a[k] { s[k] } else { a[k] };
-            } else {
-                a[k] += s[k];
-            }
+fn pool_step<const L: usize>(max: bool, acc: &mut [f32; L], src: &[f32; L]) {
+    for k in 0..L {
+        if max {
+            acc[k] = if src[k] > acc[k] { src[k] } else { acc[k] };
+        } else {
+            acc[k] += src[k];
         }
     }
 }
@@ -390,26 +387,30 @@ impl PoolNhwc {
                 // Blocks of 16 channels accumulate in registers over the window (a store per
                 // tap would be re-read by the next one); then the remaining channels.
                 let mut c0 = 0;
-                while c0 < c {
-                    let n = (c - c0).min(16);
+                while c0 + 16 <= c {
                     let mut acc = [if self.max { -f32::MAX } else { 0.0 }; 16];
                     for r in hs..he {
                         for col in ws..we {
-                            let src = &x[(r * self.w + col) * c + c0..][..n];
-                            if n == 16 {
-                                pool_step::<16>(self.max, &mut acc, src);
-                            } else {
-                                pool_step::<1>(self.max, &mut acc[..n], src);
-                            }
+                            let src: &[f32; 16] = x[(r * self.w + col) * c + c0..][..16]
+                                .try_into()
+                                .expect("16 lanes");
+                            pool_step(self.max, &mut acc, src);
                         }
                     }
                     if !self.max {
-                        for a in acc.iter_mut() {
-                            *a /= pool_size;
+                        acc = acc.map(|a| a / pool_size);
+                    }
+                    dst[c0..c0 + 16].copy_from_slice(&acc);
+                    c0 += 16;
+                }
+                for ch in c0..c {
+                    let mut acc = [if self.max { -f32::MAX } else { 0.0 }];
+                    for r in hs..he {
+                        for col in ws..we {
+                            pool_step(self.max, &mut acc, &[x[(r * self.w + col) * c + ch]]);
                         }
                     }
-                    dst[c0..c0 + n].copy_from_slice(&acc[..n]);
-                    c0 += n;
+                    dst[ch] = if self.max { acc[0] } else { acc[0] / pool_size };
                 }
                 if let Some(s) = self.relu {
                     for d in dst.iter_mut() {
