@@ -111,6 +111,9 @@ pub(super) struct ConvGeom {
 impl DirectConv {
     /// `weights`: Caffe's `[O][C][KH][KW]`; `bias`: `O` values or `None`.
     pub fn new(isa: Isa, g: &ConvGeom, weights: &[f32], bias: Option<&[f32]>) -> Result<Self> {
+        if !isa.available() {
+            bail!("this CPU cannot run {} kernels", isa.name());
+        }
         let (kh, kw) = g.kernel;
         let (sh, sw) = g.stride;
         let (hp, wp) = (g.h + 2 * g.pad.0, g.w + 2 * g.pad.1);
@@ -172,8 +175,11 @@ impl DirectConv {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                // SAFETY: the ISA was checked with `available` when the plan was built, and the
-                // assert above bounds every index the tiles touch (see `tiles`).
+                // SAFETY: `new` refused ISAs this CPU lacks. Bounds: the last tile's last tap is
+                // input row (oh-1)·sh + kh-1 < hp and column (ow-1)·sw + kw-1 < wp, so every read
+                // is below hp·wp·c ≤ x.len() (assert above); a channel block of J vectors starts
+                // at a multiple of the lane count below o, so its weight and bias vectors end at
+                // or before op; stores are limited to the `left` valid channels of each pixel.
                 unsafe { avx512::run(self, x, y) }
             }
             #[cfg(target_arch = "x86_64")]
@@ -182,7 +188,7 @@ impl DirectConv {
                 unsafe { avx2::run(self, x, y) }
             }
             _ => {
-                // SAFETY: the assert above bounds every index the tiles touch.
+                // SAFETY: as above (the portable tiles need no CPU feature).
                 unsafe { portable::run(self, x, y) }
             }
         }
@@ -190,7 +196,7 @@ impl DirectConv {
 }
 
 /// The tile loop shared by the SIMD back ends: for every output row, channel block and run of
-/// `T` pixels, call `$tile::<J, T>`. `$blocks` lists `(J, T_max)` from the widest channel block
+/// `T` pixels, call `$tile::<J, T, XS>` (`XS` = the pixel stride as a constant, or 0). `$blocks` lists `(J, T_max)` from the widest channel block
 /// down; a block of `J` vectors is used while at least `J·lanes` channels remain, except the last
 /// entry which takes what is left (its tail vectors are zero-padded weights).
 macro_rules! simd_backend {
