@@ -161,7 +161,8 @@ fn every_isa_matches_the_general_kernels_on_an_odd_chain() {
     let x: Vec<f32> = (0..n * 5 * 11 * 9).map(|_| r.next() * 8.0).collect();
     let mut e = Engine::new(&g).unwrap();
     e.chunk_images = 2;
-    assert_eq!(e.fast_path(), Some(Isa::detect()));
+    let default = Some(Isa::detect()).filter(|&i| i != Isa::Portable);
+    assert_eq!(e.fast_path(), default);
     e.set_fast_path(None).unwrap();
     let want = e.forward(&x, n, Keep::Outputs).unwrap();
     let mut tried = 0;

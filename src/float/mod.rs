@@ -171,12 +171,18 @@ impl<'g> Engine<'g> {
             last_use,
             is_output,
             chunk_images: 8,
-            chain: chain::Chain::build(g, Isa::detect()),
+            // Without AVX2 the portable tiles measured slower than the general path's
+            // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
+            chain: match Isa::detect() {
+                Isa::Portable => None,
+                isa => chain::Chain::build(g, isa),
+            },
         })
     }
 
     /// The SIMD kernels the fast path uses, or `None` when this graph runs on the general NCHW
-    /// path (not a plain chain of Convolution/Pooling/ReLU/InnerProduct, or switched off).
+    /// path (not a plain chain of Convolution/Pooling/ReLU/InnerProduct, a CPU without AVX2 or
+    /// AVX-512 unless `set_fast_path(Some(Isa::Portable))` was called, or switched off).
     pub fn fast_path(&self) -> Option<Isa> {
         self.chain.as_ref().map(|c| c.isa)
     }
