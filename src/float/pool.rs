@@ -22,7 +22,13 @@ pub(super) struct Pool {
 }
 
 /// One axis of a window: `(start, end, unclipped_end)` with the start still possibly negative.
-fn window(o: usize, kernel: usize, stride: usize, pad: usize, size: usize) -> (isize, isize) {
+pub(super) fn window(
+    o: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    size: usize,
+) -> (isize, isize) {
     let start = (o * stride) as isize - pad as isize;
     let end = (start + kernel as isize).min((size + pad) as isize);
     (start, end)
