@@ -11,7 +11,9 @@ sequential execution, warm-up, several ~0.3 s reps: best and median); run
 thread count (every SIMD path this CPU has, plus the general NCHW path); measure onnxruntime again;
 repeat (--rounds, default 3: other processes on a shared machine move every figure within
 seconds, so each nnquant run is compared with the better of the two onnxruntime runs around it);
-print each round and the medians over the rounds of the figures and of the ratios.
+print each round and the medians over the rounds of the figures and of the ratios. Then the
+bit-exact q7 simulator (`cargo bench --bench sim`, every SIMD path this CPU has) between two more
+onnxruntime runs.
 
 Which ISA: nnquant's bench prints the kernel set of each path. onnxruntime's MLAS picks its SGEMM
 kernels from CPUID at load time and does not report the choice; the script prints the CPU's
@@ -104,6 +106,23 @@ def nnquant_bench(shared, threads):
     return default, results, diffs
 
 
+def sim_bench(shared, threads):
+    """nnquant's bit-exact q7 simulator (`cargo bench --bench sim`): images/s per SIMD path."""
+    env = dict(os.environ, NNQUANT_SHARED=str(shared), SIM_BENCH_THREADS=str(threads))
+    proc = subprocess.run(["cargo", "bench", "--bench", "sim"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise caffe_to_onnx.ConvertError("cargo bench --bench sim failed:\n" + proc.stderr[-2000:])
+    out = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"sim path (\S+) .* ([0-9]+) images/s", line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    if not out:
+        raise caffe_to_onnx.ConvertError("the sim bench printed no results:\n" + proc.stdout[-2000:])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default=os.environ.get("NNQUANT_SHARED", str(REPO.parent / "shared")))
@@ -175,6 +194,16 @@ def main():
                 print(f"nnquant {name + tag:<22} best {np.median(bests):8.0f}  median {np.median(meds):8.0f} "
                       f"images/s   ratio: best {rb:5.2f}x  median {rm:5.2f}x   "
                       f"max |logit - ref| {diffs.get(name, float('nan')):.2e}")
+            # The bit-exact q7 simulator (what the format search runs), between two more
+            # onnxruntime runs, against the better of them.
+            ort_before = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[:2]
+            sims = sim_bench(shared, a.threads)
+            ort_after = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[:2]
+            ob = max(ort_before[0], ort_after[0])
+            print(f"\nbit-exact q7 simulator ({a.threads} threads, 1,017 images) vs onnxruntime float32 "
+                  f"(best {ort_before[0]:.0f} / {ort_after[0]:.0f} images/s before / after)")
+            for name, ips in sims.items():
+                print(f"nnquant sim {name:<18} {ips:8.0f} images/s   ratio {ips / ob:5.2f}x")
     except (caffe_to_onnx.ConvertError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
