@@ -47,6 +47,69 @@ fn open_env(path: &Path, flags: EnvFlags) -> Result<SharedEnv> {
     Ok(env)
 }
 
+/// Refuse an LMDB data file shorter than its own meta pages say it is. LMDB maps the file and
+/// reads pages in place, so a page past the end of a truncated file (a copy cut short, a full
+/// disk) is a SIGBUS that kills the process with no message; checking the length first turns it
+/// into an error. The two meta pages (64-bit LMDB, as Caffe writes it) hold the page size
+/// (`mm_dbs[FREE_DBI].md_pad`) and the last page in use (`mm_last_pg`) of each committed
+/// transaction (`mm_txnid`); the newer one is the one LMDB uses.
+fn check_not_truncated(data_file: &Path) -> Result<()> {
+    use std::io::Read;
+    const META: usize = 16; // page header
+    const MAGIC: u32 = 0xBEEF_C0DE;
+    let shown = data_file.display();
+    let len = std::fs::metadata(data_file)
+        .with_context(|| format!("cannot open {shown}"))?
+        .len();
+    let mut head = Vec::new();
+    std::fs::File::open(data_file)
+        .with_context(|| format!("cannot open {shown}"))?
+        .take(2 * 65_536)
+        .read_to_end(&mut head)
+        .with_context(|| format!("cannot read {shown}"))?;
+    let u32_at = |b: &[u8], o: usize| {
+        b.get(o..o + 4)
+            .map(|v| u32::from_le_bytes(v.try_into().unwrap()))
+    };
+    let u64_at = |b: &[u8], o: usize| {
+        b.get(o..o + 8)
+            .map(|v| u64::from_le_bytes(v.try_into().unwrap()))
+    };
+    // (page size, last page, txnid) of the meta page at `at`, if it is one.
+    let meta = |at: usize| -> Option<(u64, u64, u64)> {
+        let m = head.get(at + META..)?;
+        if u32_at(m, 0)? != MAGIC {
+            return None;
+        }
+        Some((u64::from(u32_at(m, 24)?), u64_at(m, 120)?, u64_at(m, 128)?))
+    };
+    let first = meta(0).with_context(|| {
+        format!("{shown}: not an LMDB data file, or truncated ({len} bytes, no valid meta page)")
+    })?;
+    let psize = first.0;
+    if !(512..=65_536).contains(&psize) || !psize.is_power_of_two() {
+        bail!("{shown}: corrupt LMDB meta page (page size {psize})");
+    }
+    let (_, last_pg, _) = match meta(psize as usize) {
+        Some(second) if second.2 > first.2 => second,
+        Some(_) => first,
+        None => bail!(
+            "{shown}: truncated LMDB: {len} bytes, not even its two meta pages ({} bytes)",
+            2 * psize
+        ),
+    };
+    let need = last_pg
+        .checked_add(1)
+        .and_then(|p| p.checked_mul(psize))
+        .with_context(|| format!("{shown}: corrupt LMDB meta page (last page {last_pg})"))?;
+    if len < need {
+        bail!(
+            "{shown}: truncated LMDB: the file has {len} bytes but its last committed page ends at byte {need} (page {last_pg} of {psize} bytes); the copy was cut short or the disk filled up"
+        );
+    }
+    Ok(())
+}
+
 /// A Caffe LMDB, read by key order. Keeps only the keys in memory.
 pub struct LmdbSource {
     path: PathBuf,
@@ -65,7 +128,10 @@ impl LmdbSource {
         let mut flags = EnvFlags::READ_ONLY | EnvFlags::NO_LOCK;
         if path.is_file() {
             flags |= EnvFlags::NO_SUB_DIR;
-        } else if !path.join("data.mdb").is_file() {
+            check_not_truncated(path)?;
+        } else if path.join("data.mdb").is_file() {
+            check_not_truncated(&path.join("data.mdb"))?;
+        } else {
             bail!("{shown}: not an LMDB (expected a directory holding data.mdb, or the .mdb file itself)");
         }
         let env = open_env(path, flags)?;

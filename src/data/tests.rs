@@ -256,6 +256,36 @@ fn image_of_another_shape_is_named() {
     );
 }
 
+/// A data.mdb cut short (a truncated copy, a full disk) is an error naming the sizes, not a
+/// SIGBUS when LMDB touches a page past the end of the mapped file.
+#[test]
+fn truncated_lmdb_is_an_error_not_a_crash() {
+    let t = tempfile::tempdir().unwrap();
+    // Enough records for several pages of data and index.
+    let recs: Vec<_> = (0..200)
+        .map(|i| (key(i), encode_datum(3, 8, 8, &img(i, 3, 8, 8), 0)))
+        .collect();
+    write_lmdb(t.path(), &recs);
+    let data = t.path().join("data.mdb");
+    let full = std::fs::read(&data).unwrap();
+    assert!(full.len() > 3 * 4096, "fixture too small: {}", full.len());
+    open(&DataSpec::new(t.path())).unwrap();
+    for cut in [full.len() / 2, 8192, 5000, 100, 0] {
+        std::fs::write(&data, &full[..cut]).unwrap();
+        let e = format!("{:#}", open(&DataSpec::new(t.path())).err().unwrap());
+        assert!(
+            e.contains("truncated") || e.contains("not an LMDB"),
+            "cut at {cut}: {e}"
+        );
+    }
+    // A corrupt page size is named too.
+    let mut bad = full.clone();
+    bad[16 + 24..16 + 28].copy_from_slice(&1000u32.to_le_bytes());
+    std::fs::write(&data, &bad).unwrap();
+    let e = format!("{:#}", open(&DataSpec::new(t.path())).err().unwrap());
+    assert!(e.contains("page size 1000"), "{e}");
+}
+
 #[test]
 fn empty_lmdb_is_an_error() {
     let t = tempfile::tempdir().unwrap();
