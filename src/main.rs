@@ -4,6 +4,7 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = nnquant::cli::Cli::parse();
     match nnquant::cli::run(cli) {
         Ok(code) => code,
@@ -12,5 +13,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`nnquant inspect … | head`) is an
+/// error that `println!` turns into a panic (exit 101). A command-line tool should end quietly
+/// there, as `cat` and `grep` do: restore the default action (terminated by SIGPIPE, status 141
+/// in a shell).
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to the default at start-up, before any thread
+    // exists; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -251,3 +251,32 @@ layer { name: "r" type: "ReLU" bottom: "data" top: "r" }"#;
     let p = f.write("d.prototxt", txt);
     assert_fails(&inspect(&p, None), &["--input-shape"]);
 }
+
+/// Output into a pipe whose reader has gone (`nnquant inspect … | head`) ends the process
+/// quietly (SIGPIPE, as for `cat`), not with a panic (exit 101).
+#[cfg(unix)]
+#[test]
+fn closed_stdout_pipe_is_not_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/glyphs/glyphs.prototxt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nnquant"))
+        .arg("inspect")
+        .arg(&model)
+        .args(["--input-shape", "3,16,16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        out.status.signal() == Some(13) || out.status.code() == Some(0),
+        "status {:?}: {stderr}",
+        out.status
+    );
+}
