@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    exit_cleanly_when_stdout_fails();
     let cli = nnquant::cli::Cli::parse();
     match nnquant::cli::run(cli) {
         Ok(code) => code,
@@ -27,4 +28,24 @@ fn restore_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// `println!` panics when standard output cannot be written (`> /dev/full`, a closed socket):
+/// turn exactly that panic into the usual one-paragraph error and exit code 2. Any other panic
+/// keeps the default report (it is a bug).
+fn exit_cleanly_when_stdout_fails() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(cause) = msg.strip_prefix("failed printing to stdout: ") {
+            eprintln!("error: cannot write to standard output: {cause}");
+            std::process::exit(2);
+        }
+        default(info)
+    }));
 }

@@ -280,3 +280,31 @@ fn closed_stdout_pipe_is_not_a_panic() {
         out.status
     );
 }
+
+/// Standard output that cannot be written (`> /dev/full`) is a one-paragraph error with exit
+/// code 2, not a panic.
+#[cfg(target_os = "linux")]
+#[test]
+fn unwritable_stdout_is_an_error_not_a_panic() {
+    use std::process::Command;
+    let model =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/glyphs/glyphs.prototxt");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_nnquant"))
+        .arg("inspect")
+        .arg(&model)
+        .args(["--input-shape", "3,16,16"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write to standard output"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
