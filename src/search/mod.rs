@@ -20,7 +20,8 @@ pub mod subset;
 /// Sweeps of the default coordinate search (it stops early when a sweep changes nothing).
 const MAX_PASSES: usize = 3;
 
-/// Candidates per coordinate that a screened search confirms on the whole calibration set.
+/// Candidates per coordinate that a screened search may confirm on the whole calibration set
+/// (the next only when the whole set rejected the previous one).
 const CONFIRM: usize = 2;
 
 use crate::fixed::graph::{Formats, LayerFormat, QGraph, QOp};
@@ -580,7 +581,9 @@ pub fn search(
                 // Screen every candidate on the subset; confirm on the whole calibration set the
                 // (at most CONFIRM) candidates that beat the current formats there, most similar
                 // to float (lowest KL) first: KL is continuous, so on a subset it ranks
-                // candidates far more reliably than a difference of a few correct images.
+                // candidates far more reliably than a difference of a few correct images. The
+                // first one the whole set accepts ends the coordinate (the others were screened
+                // against the formats it replaced).
                 let mut ahead: Vec<(Formats, Score, Activations)> = Vec::new();
                 for f in candidates {
                     let (s, acts) = ev.eval(&f, k, scr, true)?;
@@ -608,6 +611,7 @@ pub fn search(
                         full.accept(k, s, acts);
                         scr.accept(k, s_screen, acts_screen);
                         best = f;
+                        break;
                     }
                 }
             } else {
