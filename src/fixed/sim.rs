@@ -73,6 +73,27 @@ fn round_up(k: usize) -> usize {
     k.div_ceil(KB) * KB
 }
 
+/// The conv/fc arguments every path relies on: shifts in `0..=31`, weight and bias sizes.
+fn check_dense(
+    weights: &[i8],
+    rows: usize,
+    k: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    layer: &str,
+) -> Result<()> {
+    ensure!(
+        (0..=31).contains(&bias_lshift) && (0..=31).contains(&out_rshift),
+        "layer '{layer}': shifts {bias_lshift}/{out_rshift} outside 0..=31"
+    );
+    ensure!(
+        weights.len() == rows * k && bias.len() == rows,
+        "layer '{layer}': weight/bias sizes do not match"
+    );
+    Ok(())
+}
+
 /// A conv or fc prepared for the GEMM: weights widened to `i16`, rows padded to `kp`.
 struct Gemm {
     kp: usize,
@@ -92,14 +113,7 @@ impl Gemm {
         out_rshift: i32,
         layer: &str,
     ) -> Result<Gemm> {
-        ensure!(
-            (0..=31).contains(&bias_lshift) && (0..=31).contains(&out_rshift),
-            "layer '{layer}': shifts {bias_lshift}/{out_rshift} outside 0..=31"
-        );
-        ensure!(
-            weights.len() == rows * k && bias.len() == rows,
-            "layer '{layer}': weight/bias sizes do not match"
-        );
+        check_dense(weights, rows, k, bias, bias_lshift, out_rshift, layer)?;
         let kp = round_up(k);
         let mut w = vec![0i16; rows * kp];
         for r in 0..rows {
@@ -288,69 +302,37 @@ impl<'g> Simulator<'g> {
                     );
 
                     let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
-                    let gm = Gemm::new(
-                        &c.weights,
-                        c.out_dims.c,
-                        k,
-                        &c.bias,
-                        c.bias_lshift,
-                        c.out_rshift,
-                        &l.name,
-                    )?;
-                    if c.stride.h > 0 && c.stride.w > 0 {
-                        let direct = direct_prep(
-                            path,
-                            &direct::ConvSpec {
-                                ind: c.in_dims,
-                                outd: c.out_dims,
-                                kernel: (c.kernel.h, c.kernel.w),
-                                stride: (c.stride.h, c.stride.w),
-                                pad: (c.pad.h, c.pad.w),
-                                groups: c.groups,
-                                weights: &c.weights,
-                                bias: &c.bias,
-                                bias_lshift: c.bias_lshift as u32,
-                                out_rshift: c.out_rshift as u32,
-                            },
-                        );
-                        if let Some(d) = direct {
-                            prep.push(d);
-                            continue;
-                        }
-                    }
-                    Prep::Conv(gm)
+                    let spec = direct::ConvSpec {
+                        ind: c.in_dims,
+                        outd: c.out_dims,
+                        kernel: (c.kernel.h, c.kernel.w),
+                        stride: (c.stride.h, c.stride.w),
+                        pad: (c.pad.h, c.pad.w),
+                        groups: c.groups,
+                        weights: &c.weights,
+                        bias: &c.bias,
+                        bias_lshift: c.bias_lshift as u32,
+                        out_rshift: c.out_rshift as u32,
+                    };
+                    let dense = (c.bias_lshift, c.out_rshift, k);
+                    dense_prep(path, &spec, dense, &l.name, Prep::Conv)?
                 }
                 QOp::Fc(f) => {
-                    let gm = Gemm::new(
-                        &f.weights,
-                        f.out_len,
-                        f.in_len,
-                        &f.bias,
-                        f.bias_lshift,
-                        f.out_rshift,
-                        &l.name,
-                    )?;
                     let one = |c| graph::Hwc { h: 1, w: 1, c };
-                    let direct = direct_prep(
-                        path,
-                        &direct::ConvSpec {
-                            ind: one(f.in_len),
-                            outd: one(f.out_len),
-                            kernel: (1, 1),
-                            stride: (1, 1),
-                            pad: (0, 0),
-                            groups: 1,
-                            weights: &f.weights,
-                            bias: &f.bias,
-                            bias_lshift: f.bias_lshift as u32,
-                            out_rshift: f.out_rshift as u32,
-                        },
-                    );
-                    if let Some(d) = direct {
-                        prep.push(d);
-                        continue;
-                    }
-                    Prep::Fc(gm)
+                    let spec = direct::ConvSpec {
+                        ind: one(f.in_len),
+                        outd: one(f.out_len),
+                        kernel: (1, 1),
+                        stride: (1, 1),
+                        pad: (0, 0),
+                        groups: 1,
+                        weights: &f.weights,
+                        bias: &f.bias,
+                        bias_lshift: f.bias_lshift as u32,
+                        out_rshift: f.out_rshift as u32,
+                    };
+                    let dense = (f.bias_lshift, f.out_rshift, f.in_len);
+                    dense_prep(path, &spec, dense, &l.name, Prep::Fc)?
                 }
                 _ => Prep::Other,
             });
@@ -560,8 +542,46 @@ impl<'g> Simulator<'g> {
     }
 }
 
-/// A conv/fc (shifts already checked by `Gemm::new`) prepared for `path`'s direct-convolution
-/// kernel, or `None` for the portable GEMM.
+/// A conv/fc for `path`: checked, then prepared for its direct-convolution kernel, or widened for
+/// the portable GEMM (`gemm` wraps it as a conv or an fc) when the path has none. `dense`: the
+/// layer's signed shifts and reduction length as stored, checked before `spec`'s casts are used.
+fn dense_prep(
+    path: SimdPath,
+    spec: &direct::ConvSpec,
+    dense: (i32, i32, usize),
+    layer: &str,
+    gemm: fn(Gemm) -> Prep,
+) -> Result<Prep> {
+    let (bias_lshift, out_rshift, k) = dense;
+    let rows = spec.outd.c;
+    check_dense(
+        spec.weights,
+        rows,
+        k,
+        spec.bias,
+        bias_lshift,
+        out_rshift,
+        layer,
+    )?;
+    if spec.stride.0 > 0 && spec.stride.1 > 0 {
+        if let Some(d) = direct_prep(path, spec) {
+            return Ok(d);
+        }
+    }
+    let g = Gemm::new(
+        spec.weights,
+        rows,
+        k,
+        spec.bias,
+        bias_lshift,
+        out_rshift,
+        layer,
+    )?;
+    Ok(gemm(g))
+}
+
+/// A conv/fc (checked by `dense_prep`) prepared for `path`'s direct-convolution kernel, or
+/// `None` for the portable GEMM.
 fn direct_prep(path: SimdPath, c: &direct::ConvSpec) -> Option<Prep> {
     #[cfg(target_arch = "x86_64")]
     {

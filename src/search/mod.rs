@@ -258,19 +258,19 @@ impl Evaluator<'_> {
         QGraph::quantize(self.g, f)
     }
 
-    /// Score `f` on `set`, whose cache holds the blobs of formats equal to `f` before layer `k`
-    /// (`k == 0`: from the input, no cache needed). With `keep`, also return the blobs of layers
-    /// `k..` (every blob when `k == 0`) so that accepting `f` needs no re-run.
+    /// Score the quantized formats `qg` on `set`, whose cache holds the blobs of formats equal to
+    /// them before layer `k` (`k == 0`: from the input, no cache needed). With `keep`, also
+    /// return the blobs of layers `k..` (every blob when `k == 0`) so that accepting them needs
+    /// no re-run.
     fn eval(
         &mut self,
-        f: &Formats,
+        qg: &QGraph,
         k: usize,
         set: &Set,
         keep: bool,
     ) -> Result<(Score, Activations)> {
         let t = Instant::now();
-        let qg = self.quantize(f)?;
-        let sim = Simulator::new(&qg)?;
+        let sim = Simulator::new(qg)?;
         let acts = if k == 0 {
             let in_frac = qg.frac_bits(&qg.input).context("input format")?;
             let input = self
@@ -298,7 +298,7 @@ impl Evaluator<'_> {
             };
             sim.run_from(k, &set.cache, &keep)?
         };
-        let s = set.scorer.score(&qg, &acts)?;
+        let s = set.scorer.score(qg, &acts)?;
         let secs = t.elapsed().as_secs_f64();
         if set.screen {
             self.screen_evaluations += 1;
@@ -329,7 +329,7 @@ impl Evaluator<'_> {
             },
             screen,
         };
-        let (score, acts) = self.eval(f, 0, &set, true)?;
+        let (score, acts) = self.eval(&self.quantize(f)?, 0, &set, true)?;
         set.accept(0, score, acts);
         Ok(set)
     }
@@ -553,29 +553,24 @@ pub fn search(
             // ARM tries only more fraction bits (more precision, saturating the largest values).
             // The default also tries fewer (more headroom), which pays off where values beyond
             // the calibration maximum are expected, or where shifts limit the next layer.
-            let candidates: Vec<Formats> = match strategy {
+            // Each candidate is quantized once; one needing a negative shift is invalid by
+            // construction and skipped.
+            let mut seen = vec![arithmetic_key(&qg)];
+            let candidates: Vec<(Formats, QGraph)> = match strategy {
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
                 _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
             }
             .into_iter()
-            .map(|c| {
+            .filter_map(|c| {
                 let mut f = best.clone();
                 set(&mut f, layer, out, *param, c);
-                f
+                let q = ev.quantize(&f).ok()?;
+                let key = arithmetic_key(&q);
+                let new = !seen.contains(&key);
+                seen.push(key);
+                new.then_some((f, q))
             })
-            // Candidates needing a negative shift are invalid by construction: skip them.
-            .filter(|f| ev.quantize(f).is_ok())
             .collect();
-            let mut seen = vec![arithmetic_key(&qg)];
-            let candidates: Vec<Formats> = candidates
-                .into_iter()
-                .filter(|f| {
-                    let key = arithmetic_key(&ev.quantize(f).expect("checked above"));
-                    let new = !seen.contains(&key);
-                    seen.push(key);
-                    new
-                })
-                .collect();
             let value = |f: &Formats| get(f, layer, out, *param).expect("format set above");
             if let Some(scr) = screen.as_mut() {
                 // Screen every candidate on the subset; confirm on the whole calibration set the
@@ -584,9 +579,9 @@ pub fn search(
                 // candidates far more reliably than a difference of a few correct images. The
                 // first one the whole set accepts ends the coordinate (the others were screened
                 // against the formats it replaced).
-                let mut ahead: Vec<(Formats, Score, Activations)> = Vec::new();
-                for f in candidates {
-                    let (s, acts) = ev.eval(&f, k, scr, true)?;
+                let mut ahead: Vec<(Formats, QGraph, Score, Activations)> = Vec::new();
+                for (f, q) in candidates {
+                    let (s, acts) = ev.eval(&q, k, scr, true)?;
                     let promising = score::better(&s, &scr.score) || s.kl < scr.score.kl;
                     trace.push(trace_step(
                         layer,
@@ -598,13 +593,13 @@ pub fn search(
                         true,
                     ));
                     if promising {
-                        ahead.push((f, s, acts));
+                        ahead.push((f, q, s, acts));
                     }
                 }
-                ahead.sort_by(|a, b| a.1.kl.total_cmp(&b.1.kl));
+                ahead.sort_by(|a, b| a.2.kl.total_cmp(&b.2.kl));
                 ahead.truncate(CONFIRM);
-                for (f, s_screen, acts_screen) in ahead {
-                    let (s, acts) = ev.eval(&f, k, &full, true)?;
+                for (f, q, s_screen, acts_screen) in ahead {
+                    let (s, acts) = ev.eval(&q, k, &full, true)?;
                     let accept = score::better(&s, &full.score);
                     trace.push(trace_step(layer, out, *param, value(&f), s, accept, false));
                     if accept {
@@ -617,8 +612,8 @@ pub fn search(
             } else {
                 let mut best_score = full.score;
                 let mut arm_ref = full.score;
-                for f in candidates {
-                    let (s, _) = ev.eval(&f, k, &full, false)?;
+                for (f, q) in candidates {
+                    let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
                         Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
                         _ => score::better(&s, &best_score),
@@ -634,7 +629,7 @@ pub fn search(
                 }
                 if get(&best, layer, out, *param) != Some(base) {
                     // Refresh the cache from layer `k` on with the accepted formats.
-                    let (s, acts) = ev.eval(&best, k, &full, true)?;
+                    let (s, acts) = ev.eval(&ev.quantize(&best)?, k, &full, true)?;
                     full.accept(k, s, acts);
                 }
             }
