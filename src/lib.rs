@@ -9,6 +9,7 @@ pub mod codegen;
 pub mod data;
 pub mod fixed;
 pub mod float;
+pub mod fsio;
 pub mod ir;
 pub mod metrics;
 pub mod model;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     restore_sigpipe();
+    nnquant::fsio::interrupt::install();
     exit_cleanly_when_stdout_fails();
     let cli = nnquant::cli::Cli::parse();
     match nnquant::cli::run(cli) {

@@ -5,18 +5,19 @@ use npyz::WriterBuilder;
 use std::path::Path;
 
 pub fn write<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], data: &[T]) -> Result<()> {
-    let tmp = path.with_extension("npy.tmp");
-    let write = || -> Result<()> {
-        let f = std::fs::File::create(&tmp)?;
+    let mut bytes = Vec::new();
+    let mut encode = || -> Result<()> {
         let mut w = npyz::WriteOptions::new()
             .default_dtype()
             .shape(shape)
-            .writer(std::io::BufWriter::new(f))
+            .writer(&mut bytes)
             .begin_nd()?;
         w.extend(data.iter().copied())?;
         w.finish()?;
         Ok(())
     };
-    write().with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    encode().with_context(|| format!("cannot write {}", path.display()))?;
+    let mut out = crate::fsio::Outputs::new();
+    out.file(path, bytes);
+    out.commit()
 }

@@ -70,8 +70,7 @@ pub fn parse_net_text(text: &str, origin: &str) -> Result<NetParameter> {
 
 /// Read and parse a prototxt file.
 pub fn read_net_file(path: &Path) -> Result<NetParameter> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the prototxt file {}", path.display()))?;
+    let bytes = crate::fsio::read_capped(path, "the prototxt file", crate::fsio::TEXT_STREAM_CAP)?;
     if bytes.is_empty() {
         bail!("the prototxt file {} is empty", path.display());
     }

@@ -178,8 +178,7 @@ pub fn parse_hdf5(bytes: Vec<u8>, origin: &str) -> Result<WeightSet> {
 
 /// Read a weights file, choosing the decoder by content.
 pub fn read_weights(path: &Path) -> Result<WeightSet> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the weights file {}", path.display()))?;
+    let bytes = crate::fsio::read(path, "the weights file")?;
     let origin = path.display().to_string();
     if bytes.is_empty() {
         bail!("the weights file {origin} is empty");
@@ -193,8 +192,7 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
 
 /// Read a BlobProto file (Caffe's `mean.binaryproto`).
 pub fn read_blob_file(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read the blob file {}", path.display()))?;
+    let bytes = crate::fsio::read(path, "the blob file")?;
     ensure!(
         !bytes.is_empty(),
         "the blob file {} is empty",

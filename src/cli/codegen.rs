@@ -43,17 +43,27 @@ pub struct Args {
 }
 
 /// Put the firmware's figures into a report.json from `nnquant quantize` (and re-render its
-/// report.md beside it), each file atomically.
+/// report.md beside it), both atomically.
 pub fn attach_to_report(path: &std::path::Path, f: crate::report::FirmwareFigures) -> Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the report {}", path.display()))?;
+    let mut out = crate::fsio::Outputs::new();
+    add_report_update(&mut out, path, f)?;
+    out.commit()
+}
+
+/// [`attach_to_report`] as part of a larger output transaction.
+pub fn add_report_update(
+    out: &mut crate::fsio::Outputs,
+    path: &std::path::Path,
+    f: crate::report::FirmwareFigures,
+) -> Result<()> {
+    let text = crate::fsio::read_text(path, "the report")?;
     let mut r = crate::report::Report::from_json(&text, &path.display().to_string())?;
     r.firmware = Some(f);
-    super::quantize::write_atomic(path, &r.to_json())?;
-    super::quantize::write_atomic(
-        &path.with_extension("md"),
-        &crate::report::markdown::render(&r),
-    )
+    out.file(path, r.to_json()).file(
+        path.with_extension("md"),
+        crate::report::markdown::render(&r),
+    );
+    Ok(())
 }
 
 /// The plan's figures of a generated crate, for a report.
@@ -112,12 +122,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "memory.json".into(),
         serde_json::to_string_pretty(&gen.memory)? + "\n",
     );
-    codegen::write::write_crate(&a.out, &files, a.force)
-        .with_context(|| format!("writing {}", a.out.display()))?;
+    // The crate and the report update are one transaction: both or neither.
     let mem = &gen.memory;
+    let mut out = crate::fsio::Outputs::new();
+    out.dir(&a.out, codegen::write::crate_files(&files), a.force);
     if let Some(r) = &a.report {
-        attach_to_report(r, figures(&a.target, mem))?;
+        add_report_update(&mut out, r, figures(&a.target, mem))?;
     }
+    out.commit()
+        .with_context(|| format!("writing {}", a.out.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(mem)?);
     } else {

@@ -7,8 +7,8 @@ use crate::fixed::graph::Formats;
 use crate::quantize::{self, DataSet};
 use crate::report::markdown;
 use crate::search::{Screen, Strategy};
-use anyhow::{ensure, Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{ensure, Result};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
@@ -78,20 +78,6 @@ pub struct Args {
     pub json: bool,
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-/// Write a file through a temporary sibling and a rename: never half-written.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-    }
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension()
-            .map_or("".into(), |e| e.to_string_lossy().to_string())
-    ));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -195,11 +181,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
         &opts,
     )?;
-    // Everything computed: only now write, each file atomically.
+    // Everything computed: only now write, the three files as one transaction (all or none).
     let md_path = a.report.with_extension("md");
-    write_atomic(&a.output, &model.to_json()?)?;
-    write_atomic(&a.report, &report.to_json())?;
-    write_atomic(&md_path, &markdown::render(&report))?;
+    let mut out = crate::fsio::Outputs::new();
+    out.file(&a.output, model.to_json()?)
+        .file(&a.report, report.to_json())
+        .file(&md_path, markdown::render(&report));
+    out.commit()?;
     if a.json {
         print!("{}", report.to_json());
     } else if !a.quiet {

@@ -43,7 +43,7 @@ impl CifarSource {
         let mut files = Vec::new();
         let mut n = 0;
         for p in paths {
-            let f = File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+            let f = crate::fsio::open(&p, "the CIFAR batch")?;
             let len = f.metadata()?.len() as usize;
             ensure!(
                 len.is_multiple_of(RECORD),

@@ -3,7 +3,7 @@
 //! name so the order (and any `--split`) is reproducible. Images are decoded on read.
 
 use super::{check_index, imgops, ChannelOrder, ColorMode, OrderPolicy, Sample, Source};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
 const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "bmp"];
@@ -41,8 +41,7 @@ impl FolderSource {
         dirs.sort();
         let classes = match classes_file {
             Some(cf) => {
-                let text = std::fs::read_to_string(cf)
-                    .with_context(|| format!("cannot read the classes file {}", cf.display()))?;
+                let text = crate::fsio::read_text(cf, "the classes file")?;
                 let classes: Vec<String> = text
                     .lines()
                     .map(str::trim)
@@ -99,8 +98,7 @@ pub(crate) fn load_image(
     color: ColorMode,
     order: OrderPolicy,
 ) -> Result<super::Image> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| anyhow!("cannot read the image {} ({e})", path.display()))?;
+    let bytes = crate::fsio::read(path, "the image")?;
     let mut img = imgops::decode(&bytes, color, &path.display().to_string())?;
     order.decoded(&mut img);
     Ok(img)

@@ -3,7 +3,7 @@
 //! and read lazily by seeking.
 
 use super::{check_index, Image, Pixels, Sample, Source};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -48,7 +48,7 @@ fn guess_labels(images: &Path) -> Option<PathBuf> {
 impl IdxSource {
     pub fn open(images: &Path, labels: Option<&Path>) -> Result<Self> {
         let shown = images.display();
-        let mut f = File::open(images).with_context(|| format!("cannot open {shown}"))?;
+        let mut f = crate::fsio::open(images, "the IDX images")?;
         let d = read_header(&mut f, images, 0x0803, 3)?;
         let (n, h, w) = (d[0], d[1], d[2]);
         ensure!(h > 0 && w > 0, "{shown}: images of size {h}×{w}");
@@ -63,8 +63,7 @@ impl IdxSource {
             .or_else(|| guess_labels(images))
         {
             Some(lp) => {
-                let mut lf =
-                    File::open(&lp).with_context(|| format!("cannot open {}", lp.display()))?;
+                let mut lf = crate::fsio::open(&lp, "the IDX labels")?;
                 let ln = read_header(&mut lf, &lp, 0x0801, 1)?[0];
                 ensure!(
                     ln == n,

@@ -9,7 +9,7 @@ use super::{
     Source,
 };
 use crate::ir::DataLayerSource;
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use std::path::{Path, PathBuf};
 
 /// Options that the layer itself does not carry.
@@ -93,8 +93,7 @@ impl ImageListSource {
         order: Option<ChannelOrder>,
     ) -> Result<Self> {
         let shown = list.display();
-        let text = std::fs::read_to_string(list)
-            .with_context(|| format!("cannot read the image list {shown}"))?;
+        let text = crate::fsio::read_text(list, "the image list")?;
         let mut items = Vec::new();
         for (ln, line) in text.lines().enumerate() {
             let line = line.trim_end();
@@ -202,8 +201,7 @@ fn h5_shape(f: &hdf5_pure::File, path: &Path, name: &str) -> Result<Vec<usize>> 
 impl Hdf5Source {
     pub fn open(list: &Path, order: Option<ChannelOrder>) -> Result<Self> {
         let shown = list.display();
-        let text = std::fs::read_to_string(list)
-            .with_context(|| format!("cannot read the HDF5 list {shown}"))?;
+        let text = crate::fsio::read_text(list, "the HDF5 list")?;
         let mut files = Vec::new();
         let mut n = 0;
         let mut chw = None;

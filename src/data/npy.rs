@@ -34,7 +34,7 @@ pub struct NpySource {
 }
 
 fn header(path: &Path) -> Result<(File, NpyHeader, u64)> {
-    let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f = crate::fsio::open(path, "the npy file")?;
     let h = NpyHeader::from_reader(&mut f)
         .map_err(|e| anyhow!("{}: not a valid .npy file ({e})", path.display()))?;
     let start = f.stream_position()?;
