@@ -27,7 +27,7 @@ pub struct Args {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Config {
+pub struct Config {
     model: ModelCfg,
     calibration: DataCfg,
     evaluation: Option<DataCfg>,
@@ -136,11 +136,14 @@ fn file_hash(p: &Option<PathBuf>) -> Result<String> {
     }
 }
 
+/// Parse a build file's text (`origin` names it in errors).
+pub fn parse_config(text: &str, origin: &Path) -> Result<Config> {
+    toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(&a.config)
-        .with_context(|| format!("cannot read the build file {}", a.config.display()))?;
-    let cfg: Config =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let text = crate::fsio::read_text(&a.config, "the build file")?;
+    let cfg = parse_config(&text, &a.config)?;
     let base = a
         .config
         .parent()

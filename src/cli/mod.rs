@@ -1,7 +1,7 @@
 //! Subcommands, one file each. Every subcommand returns an exit code or an error; `main` turns an
 //! error into a one-paragraph message and exit code 2.
 
-mod build;
+pub mod build;
 mod codegen;
 mod data_args;
 mod eval;

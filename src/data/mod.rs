@@ -30,6 +30,7 @@ pub mod idx;
 pub mod imgops;
 pub mod layer;
 pub mod lmdb;
+pub mod lmdb_file;
 pub mod npy;
 pub mod preprocess;
 pub mod subset;

@@ -4,7 +4,6 @@ use super::preprocess::u8_batch;
 use super::*;
 use crate::caffe::datum::encode_datum;
 use crate::ir::{DataLayerSource, Preprocess, Tensor};
-use heed::types::Bytes;
 use std::path::Path;
 
 /// Deterministic CHW test image `k`.
@@ -35,30 +34,7 @@ fn reversed(chw: &[u8], c: usize) -> Vec<u8> {
 }
 
 fn write_lmdb(dir: &Path, records: &[(Vec<u8>, Vec<u8>)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let env = unsafe {
-        heed::EnvOpenOptions::new()
-            .map_size(1 << 24)
-            .open(dir)
-            .unwrap()
-    };
-    let wtxn = env.write_txn().unwrap();
-    let db = env
-        .create_databases_and_commit(wtxn, |wdo, wtxn| -> heed::Result<_> {
-            Ok(heed::CommitOrAbort::<_, ()>::Commit(
-                wdo.create_database::<Bytes, Bytes>(wtxn, None)?,
-            ))
-        })
-        .unwrap()
-        .unwrap_commit();
-    let mut wtxn = env.write_txn().unwrap();
-    for (k, v) in records {
-        db.put(&mut wtxn, k, v).unwrap();
-    }
-    wtxn.commit().unwrap();
-    drop(env);
-    // A shared data dir has no lock file; make sure the reader does not need (or create) one.
-    let _ = std::fs::remove_file(dir.join("lock.mdb"));
+    super::lmdb::write_records(dir, records).unwrap();
 }
 
 fn key(i: usize) -> Vec<u8> {
@@ -254,6 +230,52 @@ fn image_of_another_shape_is_named() {
         e.contains("image 3 is 1×4×4") && e.contains("image 0 is 3×4×4"),
         "{e}"
     );
+}
+
+/// Corruption inside the tree (not just a short file) is an error naming the page, not a SIGBUS
+/// or SIGSEGV: a root past the last page, bytes of every data page flipped one at a time,
+/// and the input the fuzzer found killing the LMDB library.
+#[test]
+fn corrupt_lmdb_pages_are_errors_not_crashes() {
+    let t = tempfile::tempdir().unwrap();
+    let recs: Vec<_> = (0..40)
+        .map(|i| (key(i), encode_datum(3, 8, 8, &img(i, 3, 8, 8), 0)))
+        .collect();
+    write_lmdb(t.path(), &recs);
+    let data = t.path().join("data.mdb");
+    let full = std::fs::read(&data).unwrap();
+    let read_all = || -> Result<usize> {
+        let mut src = open(&DataSpec::new(t.path()))?;
+        let n = src.len();
+        src.read_range(0..n).map(|v| v.len())
+    };
+    assert_eq!(read_all().unwrap(), 40);
+    // The main database's root (dbs[1].md_root) in both meta pages, far past the file.
+    let mut bad = full.clone();
+    for meta in [0, 4096] {
+        bad[meta + 16 + 72 + 40..meta + 16 + 72 + 48].copy_from_slice(&1_000_000u64.to_le_bytes());
+    }
+    std::fs::write(&data, &bad).unwrap();
+    let e = format!("{:#}", read_all().unwrap_err());
+    assert!(
+        e.contains("corrupt LMDB") && e.contains("page 1000000"),
+        "{e}"
+    );
+    // Every 29th byte of the data pages flipped in turn: never a crash; some flips are errors.
+    let mut errors = 0;
+    for at in (2 * 4096..full.len()).step_by(29) {
+        let mut bad = full.clone();
+        bad[at] ^= 0xa5;
+        std::fs::write(&data, &bad).unwrap();
+        errors += usize::from(read_all().is_err());
+    }
+    assert!(errors > 0);
+    // The fuzzer's find (kept in its corpus).
+    let found =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/lmdb/sigbus-regression.mdb");
+    std::fs::copy(found, &data).unwrap();
+    let e = format!("{:#}", read_all().unwrap_err());
+    assert!(e.contains("LMDB"), "{e}");
 }
 
 /// A data.mdb cut short (a truncated copy, a full disk) is an error naming the sizes, not a
