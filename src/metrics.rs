@@ -41,8 +41,18 @@ pub struct Metrics {
     pub top1: f64,
     pub top5: f64,
     pub per_class: Vec<ClassStats>,
-    /// `confusion[label][predicted]`.
-    pub confusion: Vec<Vec<usize>>,
+    /// The non-zero cells of the confusion matrix, by label then prediction. Sparse: a model
+    /// with many outputs (a detector's 300k-value map read as classes) must not cost memory
+    /// quadratic in its output size.
+    pub confusion: Vec<ConfusionCell>,
+}
+
+/// One non-zero cell of the confusion matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConfusionCell {
+    pub label: usize,
+    pub predicted: usize,
+    pub count: usize,
 }
 
 /// Accumulates predictions image by image.
@@ -52,7 +62,9 @@ pub struct Accumulator {
     images: usize,
     top1: usize,
     top5: usize,
-    confusion: Vec<Vec<usize>>,
+    /// (label, predicted) → count, non-zero cells only.
+    cells: std::collections::BTreeMap<(usize, usize), usize>,
+    per_class_images: Vec<usize>,
 }
 
 impl Accumulator {
@@ -62,7 +74,8 @@ impl Accumulator {
             images: 0,
             top1: 0,
             top5: 0,
-            confusion: vec![vec![0; classes]; classes],
+            cells: Default::default(),
+            per_class_images: vec![0; classes],
         }
     }
 
@@ -76,7 +89,8 @@ impl Accumulator {
         self.images += 1;
         self.top1 += usize::from(p == label);
         self.top5 += usize::from(in_top_k(scores, label, 5));
-        self.confusion[label][p] += 1;
+        *self.cells.entry((label, p)).or_default() += 1;
+        self.per_class_images[label] += 1;
         true
     }
 
@@ -90,8 +104,8 @@ impl Accumulator {
         };
         let per_class = (0..self.classes)
             .map(|c| {
-                let images: usize = self.confusion[c].iter().sum();
-                let correct = self.confusion[c][c];
+                let images = self.per_class_images[c];
+                let correct = self.cells.get(&(c, c)).copied().unwrap_or(0);
                 ClassStats {
                     class: c,
                     images,
@@ -112,14 +126,47 @@ impl Accumulator {
             top1: frac(self.top1),
             top5: frac(self.top5),
             per_class,
-            confusion: self.confusion.clone(),
+            confusion: self
+                .cells
+                .iter()
+                .map(|(&(label, predicted), &count)| ConfusionCell {
+                    label,
+                    predicted,
+                    count,
+                })
+                .collect(),
         }
     }
 }
 
 impl Metrics {
-    /// The confusion matrix as a Markdown table (rows: label, columns: prediction).
+    /// The count of `(label, predicted)`.
+    pub fn confusion_at(&self, label: usize, predicted: usize) -> usize {
+        self.confusion
+            .binary_search_by_key(&(label, predicted), |c| (c.label, c.predicted))
+            .map_or(0, |i| self.confusion[i].count)
+    }
+
+    /// The confusion matrix as a Markdown table (rows: label, columns: prediction); for more
+    /// than [`MARKDOWN_MATRIX_CLASSES`] classes, the most frequent confusions instead.
     pub fn confusion_markdown(&self) -> String {
+        if self.classes > MARKDOWN_MATRIX_CLASSES {
+            let mut off: Vec<&ConfusionCell> = self
+                .confusion
+                .iter()
+                .filter(|c| c.label != c.predicted)
+                .collect();
+            off.sort_by_key(|c| (std::cmp::Reverse(c.count), c.label, c.predicted));
+            let mut s = format!(
+                "{} classes: the {} most frequent confusions\n\n| label | predicted | images |\n|---:|---:|---:|\n",
+                self.classes,
+                off.len().min(20)
+            );
+            for c in off.iter().take(20) {
+                s += &format!("| {} | {} | {} |\n", c.label, c.predicted, c.count);
+            }
+            return s;
+        }
         let mut s = String::from("| label \\ predicted |");
         for c in 0..self.classes {
             s += &format!(" {c} |");
@@ -127,16 +174,19 @@ impl Metrics {
         s += " accuracy |\n|---|";
         s += &"---|".repeat(self.classes + 1);
         s.push('\n');
-        for (l, row) in self.confusion.iter().enumerate() {
+        for l in 0..self.classes {
             s += &format!("| {l} |");
-            for v in row {
-                s += &format!(" {v} |");
+            for p in 0..self.classes {
+                s += &format!(" {} |", self.confusion_at(l, p));
             }
             s += &format!(" {:.2} % |\n", self.per_class[l].accuracy * 100.0);
         }
         s
     }
 }
+
+/// Above this many classes a full confusion matrix is not printed.
+pub const MARKDOWN_MATRIX_CLASSES: usize = 32;
 
 #[cfg(test)]
 mod tests {
@@ -150,7 +200,22 @@ mod tests {
         assert!(!a.add(&[0.5f32, 0.5, 0.0], 3));
         let m = a.finish();
         assert_eq!((m.images, m.top1_correct, m.top5_correct), (2, 1, 2));
-        assert_eq!(m.confusion[1], vec![1, 1, 0]);
+        assert_eq!(
+            (0..3).map(|p| m.confusion_at(1, p)).collect::<Vec<_>>(),
+            vec![1, 1, 0]
+        );
+        assert_eq!(m.confusion.len(), 2, "only non-zero cells are kept");
+        assert!(m
+            .confusion_markdown()
+            .contains("| 1 | 1 | 1 | 0 | 50.00 % |"));
+        // Many outputs: memory follows the images, not classes².
+        let mut big = Accumulator::new(300_000);
+        let mut scores = vec![0i8; 300_000];
+        scores[7] = 1;
+        assert!(big.add(&scores, 7) && big.add(&scores, 299_999));
+        let m = big.finish();
+        assert_eq!((m.top1_correct, m.confusion.len()), (1, 2));
+        assert!(m.confusion_markdown().contains("| 299999 | 7 | 1 |"));
         assert!(in_top_k(&[3i8, 1, 2], 2, 2));
         assert!(!in_top_k(&[3i8, 2, 2], 2, 2)); // tie with a lower index ranks above
     }
