@@ -29,7 +29,10 @@ pub fn softmax(v: &[f32]) -> Vec<f64> {
 pub struct Scorer {
     pub classes: usize,
     pub images: usize,
-    float_probs: Vec<Vec<f64>>,
+    /// The float outputs, `images × classes`. Their softmax is recomputed at each score (the
+    /// same f64 arithmetic, so scores are unchanged) instead of being stored: stored as f64
+    /// probabilities they cost twice the memory, which dominates for models with large outputs.
+    float_logits: Vec<f32>,
     /// Labels, or the float top-1 when the data has none.
     targets: Vec<usize>,
 }
@@ -52,12 +55,16 @@ impl Scorer {
         Ok(Scorer {
             classes,
             images,
-            float_probs: rows.iter().map(|r| softmax(r)).collect(),
+            float_logits: float_outputs.to_vec(),
             targets,
         })
     }
 
     /// Per image, the class it is scored against (its label, or the float top-1).
+    fn float_row(&self, i: usize) -> &[f32] {
+        &self.float_logits[i * self.classes..(i + 1) * self.classes]
+    }
+
     pub fn targets(&self) -> &[usize] {
         &self.targets
     }
@@ -67,7 +74,10 @@ impl Scorer {
         Scorer {
             classes: self.classes,
             images: idx.len(),
-            float_probs: idx.iter().map(|&i| self.float_probs[i].clone()).collect(),
+            float_logits: idx
+                .iter()
+                .flat_map(|&i| self.float_row(i).iter().copied())
+                .collect(),
             targets: idx.iter().map(|&i| self.targets[i]).collect(),
         }
     }
@@ -97,7 +107,7 @@ impl Scorer {
             }
             let deq: Vec<f32> = row.iter().map(|&x| (x as f64 * scale) as f32).collect();
             let pq = softmax(&deq);
-            kl += self.float_probs[i]
+            kl += softmax(self.float_row(i))
                 .iter()
                 .zip(&pq)
                 .filter(|(p, _)| **p > 0.0)
