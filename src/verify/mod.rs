@@ -201,6 +201,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         &codegen::Options {
             ram_budget: r.ram_budget,
             flash_budget: r.flash_budget,
+            standalone: true,
             ..codegen::Options::new(r.target.clone(), &crate_name, r.images.clone())
         },
     )?;
@@ -209,19 +210,28 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
     let mut build = Command::new("cargo");
+    // The library plus its QEMU demo (an example with the `qemu-demo` feature: the only build
+    // that links with the QEMU board's memory.x).
     build
-        .args(["build", "--release", "--quiet"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "demo",
+            "--features",
+            "qemu-demo",
+        ])
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", &target_dir);
     run_checked(&mut build, "building the generated firmware")?;
     let bin = if r.target.is_host() {
-        target_dir.join("release").join(&crate_name)
+        target_dir.join("release")
     } else {
-        target_dir
-            .join(r.target.triple)
-            .join("release")
-            .join(&crate_name)
-    };
+        target_dir.join(r.target.triple).join("release")
+    }
+    .join("examples")
+    .join("demo");
     let sizes = if r.target.is_host() {
         None
     } else {
