@@ -39,7 +39,7 @@ pub enum Command {
     /// Generate the firmware crate (Tera templates) of a quantized model.
     Codegen(codegen::Cli),
     /// Build and run the firmware (QEMU or host) and compare every output byte with the simulator.
-    Verify(verify::Args),
+    Verify(verify::Cli),
     /// Quantize → codegen (→ verify) from one nnquant.toml, skipping unchanged steps.
     Build(build::Args),
 }
@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Quantize(a) => quantize::run(*a),
         Command::Report(c) => report::run(c),
         Command::Codegen(a) => codegen::run_cli(a),
-        Command::Verify(a) => verify::run(a),
+        Command::Verify(a) => verify::run_cli(a),
         Command::Build(a) => build::run(a),
     }
 }
