@@ -84,6 +84,10 @@ pub fn run_cli(c: Cli) -> Result<ExitCode> {
 }
 
 fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
+    anyhow::ensure!(
+        !(x.trace && a.count_instructions),
+        "--trace and --count-instructions cannot be combined: the trace is printed inside the measured region"
+    );
     let m = NnqModel::read(&a.model)?;
     let t = target::by_name(&a.target)?;
     let (images, _) = test_images(&m, &a.data, a.count.max(1))?;
