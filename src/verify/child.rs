@@ -50,16 +50,18 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Progress on a terminal (a spinner, or a bar when the number of steps is known); hidden with
 /// `--quiet` or when stderr is not a TTY.
-pub fn progress(what: &str, len: Option<u64>, quiet: bool) -> ProgressBar {
+pub fn progress(what: &str, msg: &str, len: Option<u64>, quiet: bool) -> ProgressBar {
     let pb = match len {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
+    pb.set_prefix(what.to_string());
+    pb.set_message(msg.to_string());
     if quiet || !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     } else {
         let t = if len.is_some() {
-            "{prefix:>12} [{bar:30}] {pos}/{len} ({elapsed})"
+            "{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed})"
         } else {
             "{prefix:>12} {spinner} {msg} ({elapsed})"
         };
@@ -70,7 +72,6 @@ pub fn progress(what: &str, len: Option<u64>, quiet: bool) -> ProgressBar {
         );
         pb.enable_steady_tick(Duration::from_millis(120));
     }
-    pb.set_prefix(what.to_string());
     pb
 }
 

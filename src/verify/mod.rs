@@ -77,8 +77,7 @@ pub fn cache_dir() -> PathBuf {
 
 /// Run a tool (cargo) to completion with a spinner; its error carries the tool's last lines.
 fn run_checked(cmd: &mut Command, what: &str, quiet: bool) -> Result<child::Output> {
-    let pb = child::progress("verify", None, quiet);
-    pb.set_message(what.to_string());
+    let pb = child::progress("verify", what, None, quiet);
     let r = child::run(cmd, what, None, &|_| {});
     pb.finish_and_clear();
     r
@@ -307,7 +306,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         "running the firmware ({})",
         if r.target.is_host() { "host" } else { "QEMU" }
     );
-    let pb = child::progress("verify", Some(r.images.len() as u64), r.quiet);
+    let pb = child::progress("verify", &what, Some(r.images.len() as u64), r.quiet);
     let out = child::run(&mut cmd, &what, r.timeout, &|line: &str| {
         if line.starts_with("out ") {
             pb.inc(1);
