@@ -161,6 +161,15 @@ fn host_firmware_that_hangs_is_killed_at_the_timeout() {
         let o = outcome(&mut verify_cmd(&f, &m, "host", "", &[&arg]));
         assert_fails(&o, &["is not a number of seconds"]);
     }
+    // The trace prints inside the region the instruction count measures: refused together.
+    let o = outcome(&mut verify_cmd(
+        &f,
+        &m,
+        "host",
+        "",
+        &["--trace", "--count-instructions"],
+    ));
+    assert_verify_fails(&o, &["--trace and --count-instructions cannot be combined"]);
 }
 
 #[test]
