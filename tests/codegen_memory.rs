@@ -130,7 +130,7 @@ fn budget_gate_refuses_before_writing_anything() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     let lib = std::fs::read_to_string(out.join("src/lib.rs")).unwrap();
     assert!(lib.contains("conv_pool_hwc_q7"), "fused kernel used");
-    let main = std::fs::read_to_string(out.join("src/main.rs")).unwrap();
+    let main = std::fs::read_to_string(out.join("examples/demo/main.rs")).unwrap();
     assert!(main.contains("singleton!"), "arena in a static");
 }
 

@@ -152,12 +152,12 @@ fn codegen_is_deterministic_and_refuses_foreign_directories() {
     for rel in [
         "Cargo.toml",
         "src/lib.rs",
-        "src/main.rs",
+        "examples/demo/main.rs",
         "src/weights.rs",
         "src/parameter.rs",
         "src/kernels.rs",
-        "src/test_vectors.rs",
-        "memory.x",
+        "examples/demo/test_vectors.rs",
+        "examples/demo/memory.x",
         "memory.json",
     ] {
         assert_eq!(

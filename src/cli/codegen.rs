@@ -42,6 +42,32 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The command line of `nnquant codegen`: [`Args`] (which `nnquant build` also fills in) and the
+/// options only the command line sets.
+#[derive(Debug, clap::Args)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct Extra {
+    /// Put the weights, biases and input mean in this linker section (`#[link_section]`, e.g.
+    /// `.qspi_flash`); the board's linker script must place it. Default: `.rodata`.
+    #[arg(long)]
+    pub weights_section: Option<String>,
+    /// Put the demo's arena `static` in this linker section (e.g. `.ccmram`); `ARENA_SECTION`
+    /// tells a board project which one to use. Default: `.bss`.
+    #[arg(long)]
+    pub arena_section: Option<String>,
+    /// Add a `[workspace]` table so that the crate builds on its own wherever it is written
+    /// (leave it off for a crate inside a board project's workspace).
+    #[arg(long)]
+    pub standalone: bool,
+}
+
 /// Put the firmware's figures into a report.json from `nnquant quantize` (and re-render its
 /// report.md beside it), both atomically.
 pub fn attach_to_report(path: &std::path::Path, f: crate::report::FirmwareFigures) -> Result<()> {
@@ -106,6 +132,14 @@ pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<TestI
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    run_with(a, Extra::default())
+}
+
+pub fn run_cli(c: Cli) -> Result<ExitCode> {
+    run_with(c.args, c.extra)
+}
+
+fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
     let m = NnqModel::read(&a.model)?;
     let t = target::by_name(&a.target)?;
     let (images, _) = test_images(&m, &a.data, a.count)?;
@@ -114,6 +148,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &codegen::Options {
             ram_budget: a.ram_budget,
             flash_budget: a.flash_budget,
+            standalone: x.standalone,
+            sections: codegen::Sections {
+                weights: x.weights_section,
+                arena: x.arena_section,
+            },
             ..codegen::Options::new(t, &a.crate_name, images)
         },
     )?;

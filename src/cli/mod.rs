@@ -37,9 +37,9 @@ pub enum Command {
     #[command(subcommand)]
     Report(report::Cmd),
     /// Generate the firmware crate (Tera templates) of a quantized model.
-    Codegen(codegen::Args),
+    Codegen(codegen::Cli),
     /// Build and run the firmware (QEMU or host) and compare every output byte with the simulator.
-    Verify(verify::Args),
+    Verify(verify::Cli),
     /// Quantize → codegen (→ verify) from one nnquant.toml, skipping unchanged steps.
     Build(build::Args),
 }
@@ -50,8 +50,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Quantize(a) => quantize::run(*a),
         Command::Report(c) => report::run(c),
-        Command::Codegen(a) => codegen::run(a),
-        Command::Verify(a) => verify::run(a),
+        Command::Codegen(a) => codegen::run_cli(a),
+        Command::Verify(a) => verify::run_cli(a),
         Command::Build(a) => build::run(a),
     }
 }

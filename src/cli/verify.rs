@@ -43,7 +43,51 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The command line of `nnquant verify`: [`Args`] (which `nnquant build` also fills in) and the
+/// options only the command line sets.
+#[derive(Debug, clap::Args)]
+pub struct Cli {
+    #[command(flatten)]
+    pub args: Args,
+    #[command(flatten)]
+    pub extra: Extra,
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct Extra {
+    /// Seconds the firmware run (QEMU or host) may take before it is killed; default 300 plus
+    /// 2 per image (5 per image with --trace).
+    #[arg(long, value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
+    /// The firmware also prints every step's output; name the first layer and element that
+    /// differ from the simulator (slower: use a small --count).
+    #[arg(long)]
+    pub trace: bool,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_timeout(v: &str) -> Result<f64> {
+    match v.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t <= 1e6 => Ok(t),
+        _ => anyhow::bail!("'{v}' is not a number of seconds between 0 and 1000000"),
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
+    run_with(a, Extra::default())
+}
+
+pub fn run_cli(c: Cli) -> Result<ExitCode> {
+    run_with(c.args, c.extra)
+}
+
+fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
+    anyhow::ensure!(
+        !(x.trace && a.count_instructions),
+        "--trace and --count-instructions cannot be combined: the trace is printed inside the measured region"
+    );
     let m = NnqModel::read(&a.model)?;
     let t = target::by_name(&a.target)?;
     let (images, _) = test_images(&m, &a.data, a.count.max(1))?;
@@ -55,7 +99,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let q = prep.quantize(&flat, m.input.len(), m.input.frac_bits)?;
     let sim = Simulator::new(&m.graph)?;
-    let acts = sim.run(&q, images.len(), &Keep::Outputs)?;
+    let keep = if x.trace { Keep::All } else { Keep::Outputs };
+    let acts = sim.run(&q, images.len(), &keep)?;
     let out = &m.graph.outputs[0];
     let expected: Vec<Vec<i8>> = (0..images.len())
         .map(|i| {
@@ -64,6 +109,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 .context("simulator output")
         })
         .collect::<Result<_>>()?;
+    // Every blob of every image, for the firmware's per-step trace.
+    let trace = if x.trace {
+        let mut blobs = std::collections::BTreeMap::new();
+        for b in m.graph.blobs.keys() {
+            if let Some(v) = (0..images.len())
+                .map(|i| acts.image(b, i).map(<[i8]>::to_vec))
+                .collect::<Option<Vec<_>>>()
+            {
+                blobs.insert(b.clone(), v);
+            }
+        }
+        Some(verify::trace::Expected { blobs })
+    } else {
+        None
+    };
+    let per_image = if x.trace { 5.0 } else { 2.0 };
+    let timeout = x.timeout.unwrap_or(300.0 + per_image * images.len() as f64);
     let work_dir = a
         .work_dir
         .clone()
@@ -77,6 +139,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         work_dir,
         ram_budget: a.ram_budget,
         flash_budget: a.flash_budget,
+        timeout: Some(std::time::Duration::from_secs_f64(timeout)),
+        quiet: x.quiet,
+        trace,
     })?;
     if let (Some(path), Some(mem)) = (&a.report, &r.memory) {
         let mut f = super::codegen::figures(&r.target, mem);
@@ -132,6 +197,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 }
             }
         }
+        if let Some(t) = &r.trace {
+            match &t.first_divergence {
+                None => println!(
+                    "trace: every step of every image byte-identical to the simulator ({} step outputs)",
+                    t.compared
+                ),
+                Some(d) => println!(
+                    "trace: first divergence at image {}, step {} '{}' (blob '{}'), element {} (h {}, w {}, c {}): simulator {}, firmware {}; {} bytes of that step differ",
+                    d.image, d.step, d.step_name, d.blob, d.element, d.h, d.w, d.c, d.simulator, d.firmware, d.differing_bytes
+                ),
+            }
+        }
         if let Some(mm) = &r.first_mismatch {
             println!(
                 "first mismatch: image {}, bytes (index, simulator, firmware): {:?}",
@@ -139,7 +216,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if r.mismatching_bytes == 0 {
+    let traced_equal = r
+        .trace
+        .as_ref()
+        .is_none_or(|t| t.first_divergence.is_none());
+    Ok(if r.mismatching_bytes == 0 && traced_equal {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

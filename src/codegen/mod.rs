@@ -19,6 +19,8 @@ pub use target::Target;
 /// The kernels, compiled into nnquant and written verbatim into every firmware crate.
 pub const KERNELS_RS: &str = include_str!("../fixed/kernels.rs");
 
+/// The crate's files and their templates. The library (`src/`) has no memory map, runtime or
+/// panic handler; everything that is QEMU-specific is in `examples/demo/` and `.cargo/`.
 const TEMPLATES: &[(&str, &str)] = &[
     (
         "Cargo.toml",
@@ -29,8 +31,8 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/firmware/build.rs.tera"),
     ),
     (
-        "memory.x",
-        include_str!("../../templates/firmware/memory.x.tera"),
+        "examples/demo/memory.x",
+        include_str!("../../templates/firmware/examples/memory.x.tera"),
     ),
     (
         ".cargo/config.toml",
@@ -41,8 +43,8 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/firmware/lib.rs.tera"),
     ),
     (
-        "src/main.rs",
-        include_str!("../../templates/firmware/main.rs.tera"),
+        "src/c_api.rs",
+        include_str!("../../templates/firmware/c_api.rs.tera"),
     ),
     (
         "src/parameter.rs",
@@ -53,14 +55,21 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../templates/firmware/weights.rs.tera"),
     ),
     (
-        "src/test_vectors.rs",
-        include_str!("../../templates/firmware/test_vectors.rs.tera"),
+        "examples/demo/main.rs",
+        include_str!("../../templates/firmware/examples/demo.rs.tera"),
+    ),
+    (
+        "examples/demo/test_vectors.rs",
+        include_str!("../../templates/firmware/examples/test_vectors.rs.tera"),
     ),
     (
         "README.md",
         include_str!("../../templates/firmware/README.md.tera"),
     ),
 ];
+
+/// The C header's template (rendered to `include/<crate>.h`).
+const HEADER: &str = include_str!("../../templates/firmware/header.h.tera");
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -71,6 +80,40 @@ pub struct Options {
     /// Override the target's RAM / flash size for the budget gate.
     pub ram_budget: Option<usize>,
     pub flash_budget: Option<usize>,
+    /// Add a `[workspace]` table so that the crate builds on its own wherever it is (verify);
+    /// off for a crate that joins a board project's workspace.
+    pub standalone: bool,
+    /// `#[link_section]` of the weights and of the demo's arena (None: the default sections).
+    pub sections: Sections,
+}
+
+/// Linker sections for the weights and the arena (`--weights-section`, `--arena-section`).
+#[derive(Debug, Clone, Default)]
+pub struct Sections {
+    pub weights: Option<String>,
+    pub arena: Option<String>,
+}
+
+impl Sections {
+    /// Refuse names that could not be a `#[link_section]` string (quotes, spaces, control
+    /// characters would break the generated code or the linker script).
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--weights-section", &self.weights),
+            ("--arena-section", &self.arena),
+        ] {
+            if let Some(v) = v {
+                ensure!(
+                    !v.is_empty()
+                        && v.len() <= 64
+                        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._$".contains(c)),
+                    "{flag} '{}' is not a linker section name (1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '$', e.g. .ccmram)",
+                    v.escape_debug()
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Options {
@@ -82,6 +125,8 @@ impl Options {
             test_images,
             ram_budget: None,
             flash_budget: None,
+            standalone: false,
+            sections: Sections::default(),
         }
     }
 }
@@ -561,8 +606,31 @@ fn rustfmt(src: &str) -> String {
     }
 }
 
+/// The input's channel order in words for the crate's README: RGB, BGR, or the data's own order
+/// when quantize was not told one (then it is the order the calibration data was stored in).
+fn channel_order_desc(order: &str) -> String {
+    match order.to_ascii_lowercase().as_str() {
+        "rgb" => "RGB".into(),
+        "bgr" => "BGR".into(),
+        _ => "the channel order of the calibration data as stored (quantize was not given \
+              --channel-order, so nnquant did not reorder: RGB for .npy/CIFAR/IDX data made from \
+              RGB images, BGR for Caffe LMDBs converted from image files)"
+            .into(),
+    }
+}
+
 /// Render the crate's files.
 pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
+    opts.sections.check()?;
+    // The name becomes a Cargo package, a Rust path and a file name (the C header).
+    let n = &opts.crate_name;
+    ensure!(
+        n.len() <= 64
+            && n.starts_with(|c: char| c.is_ascii_alphabetic())
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "crate name '{}' is not a Cargo package name (a letter, then up to 63 letters, digits, '-' or '_')",
+        n.escape_debug()
+    );
     let g = &m.graph;
     let dsp = opts.target.dsp();
     let pl = plan::plan(g, dsp);
@@ -624,10 +692,20 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("crate_name", &opts.crate_name);
     ctx.insert("crate_ident", &crate_ident);
     ctx.insert("host", &opts.target.is_host());
+    ctx.insert("standalone", &opts.standalone);
+    ctx.insert(
+        "weights_section",
+        opts.sections.weights.as_deref().unwrap_or(""),
+    );
+    ctx.insert(
+        "arena_section",
+        opts.sections.arena.as_deref().unwrap_or(""),
+    );
     ctx.insert("target", &opts.target);
     ctx.insert(
         "input",
-        &serde_json::json!({"h": h, "w": w, "c": c, "channel_order": m.input.channel_order}),
+        &serde_json::json!({"h": h, "w": w, "c": c, "channel_order": m.input.channel_order,
+            "channel_order_desc": channel_order_desc(&m.input.channel_order)}),
     );
     ctx.insert("input_len", &input_len);
     ctx.insert("input_off", &pl.blobs[&g.input].offset);
@@ -667,19 +745,23 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         tera.add_raw_template(name, text)
             .with_context(|| format!("template {name}"))?;
     }
+    tera.add_raw_template("header", HEADER)
+        .context("template header")?;
+    let render = |name: &str| {
+        tera.render(name, &ctx)
+            .map_err(|e| anyhow::anyhow!("rendering template {name}: {e:?}"))
+    };
     let mut files = BTreeMap::new();
     for (name, _) in TEMPLATES {
-        if opts.target.is_host() && *name == "memory.x" {
-            continue;
-        }
-        let text = tera
-            .render(name, &ctx)
-            .map_err(|e| anyhow::anyhow!("rendering template {name}: {e:?}"))?;
+        let text = if opts.target.is_host() && *name == "examples/demo/memory.x" {
+            // build.rs includes it on every target; only bare-metal targets link with it.
+            "/* not used on the host */\n".to_string()
+        } else {
+            render(name)?
+        };
         files.insert(name.to_string(), text);
     }
-    if opts.target.is_host() {
-        files.insert("memory.x".into(), "/* not used on the host */\n".into());
-    }
+    files.insert(format!("include/{crate_ident}.h"), render("header")?);
     for (name, text) in files.iter_mut() {
         if name.ends_with(".rs") {
             *text = rustfmt(text);

@@ -1,6 +1,6 @@
 //! A clean end on SIGINT, SIGTERM and SIGHUP: the temporary files of an output transaction are
 //! removed, child process groups (cargo, QEMU) are killed, and the process exits with 128 + the
-//! signal's number, as a shell reports a signal death.
+//! signal's number, as a shell reports a signal death (the process dies of the signal).
 //!
 //! Signals are received on an ordinary thread (signal-hook's iterator), not in a signal handler,
 //! so the clean-up may take locks and touch the file system. The same lock guards the rename
@@ -52,12 +52,21 @@ pub fn install() {
                     if let Some(sig) = signals.forever().next() {
                         SIGNAL.store(sig, Ordering::SeqCst);
                         clean_up();
-                        std::process::exit(128 + sig);
+                        die_of(sig);
                     }
                 })
                 .ok();
         }
     });
+}
+
+/// End the process as the signal's default action would (a shell sees 128 + signal).
+fn die_of(sig: i32) -> ! {
+    #[cfg(unix)]
+    {
+        signal_hook::low_level::emulate_default_handler(sig).ok();
+    }
+    std::process::exit(128 + sig)
 }
 
 /// Undo everything registered: remove temporaries, kill children's process groups.
@@ -75,10 +84,18 @@ fn clean_up_locked(p: &Pending) {
     }
     #[cfg(unix)]
     for &pid in &p.children {
-        // SAFETY: kill(2) on a process group we created; no memory is involved.
+        // SAFETY: kill(2) on a process group we created; no memory is involved. SIGKILL: QEMU
+        // and cargo's compilers must not outlive us, whatever they are doing.
         unsafe {
-            libc::kill(-(pid as libc::pid_t), libc::SIGTERM);
+            libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
         }
+    }
+    if !p.children.is_empty() || !p.temps.is_empty() {
+        eprintln!(
+            "error: interrupted; stopped {} child process group(s), removed {} unfinished output(s)",
+            p.children.len(),
+            p.temps.len()
+        );
     }
 }
 
@@ -124,7 +141,7 @@ pub fn end_critical_section(guard: MutexGuard<'static, Pending>) {
     let sig = SIGNAL.load(Ordering::SeqCst);
     if sig != 0 {
         clean_up_locked(&guard);
-        std::process::exit(128 + sig);
+        die_of(sig);
     }
     drop(guard);
 }

@@ -26,6 +26,8 @@ fn cstr(b: &[u8], o: usize) -> String {
 pub struct Section {
     pub name: String,
     pub kind: u32,
+    /// Load address (`sh_addr`).
+    pub addr: u32,
     pub offset: usize,
     pub size: usize,
     pub link: usize,
@@ -52,17 +54,19 @@ pub fn parse(b: &[u8]) -> Result<Elf> {
         raw.push((
             u32_at(b, o)?,
             u32_at(b, o + 4)?,
+            u32_at(b, o + 12)?,
             u32_at(b, o + 16)? as usize,
             u32_at(b, o + 20)? as usize,
             u32_at(b, o + 24)? as usize,
         ));
     }
-    let strtab = raw.get(shstrndx).context("ELF section names missing")?.2;
+    let strtab = raw.get(shstrndx).context("ELF section names missing")?.3;
     let sections: Vec<Section> = raw
         .iter()
-        .map(|&(name, kind, offset, size, link)| Section {
+        .map(|&(name, kind, addr, offset, size, link)| Section {
             name: cstr(b, strtab + name as usize),
             kind,
+            addr,
             offset,
             size,
             link,
@@ -86,6 +90,10 @@ pub fn parse(b: &[u8]) -> Result<Elf> {
 }
 
 impl Elf {
+    pub fn section(&self, name: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.name == name)
+    }
+
     /// Total size of the sections whose name is `name` or starts with `name.`.
     pub fn size_of(&self, name: &str) -> usize {
         self.sections

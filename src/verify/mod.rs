@@ -1,7 +1,10 @@
 //! `nnquant verify`: build the generated firmware, run it (QEMU for Cortex-M, natively for the
 //! host) and compare every output byte with the simulator's.
 
+pub mod child;
 pub mod elf;
+pub mod fault;
+pub mod trace;
 
 use crate::codegen::{self, Target};
 use crate::model::NnqModel;
@@ -53,6 +56,9 @@ pub struct VerifyResult {
     /// Executed instructions per inference of every step (input conversion, each step, the
     /// output copy), when asked.
     pub per_step_instructions: Vec<StepInsns>,
+    /// With `--trace`: how the firmware's every step compared with the simulator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<trace::TraceResult>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,24 +75,12 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("nnquant-cache")
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err
-            .lines()
-            .rev()
-            .take(25)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!("{what} failed ({}):\n{}", out.status, tail.join("\n"));
-    }
-    Ok(out)
+/// Run a tool (cargo) to completion with a spinner; its error carries the tool's last lines.
+fn run_checked(cmd: &mut Command, what: &str, quiet: bool) -> Result<child::Output> {
+    let pb = child::progress("verify", what, None, quiet);
+    let r = child::run(cmd, what, None, &|_| {});
+    pb.finish_and_clear();
+    r
 }
 
 fn have(program: &str) -> bool {
@@ -158,7 +152,7 @@ pub fn parse_outputs(stdout: &str, len: usize) -> Result<(Vec<Vec<i8>>, String)>
 }
 
 /// Build (cargo) the plugin that counts executed instructions in QEMU, once per cache.
-fn build_plugin() -> Result<PathBuf> {
+fn build_plugin(quiet: bool) -> Result<PathBuf> {
     let dir = cache_dir().join("insn-plugin");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(
@@ -175,6 +169,7 @@ fn build_plugin() -> Result<PathBuf> {
             .current_dir(&dir)
             .env("CARGO_TARGET_DIR", dir.join("target")),
         "building the QEMU instruction-count plugin",
+        quiet,
     )?;
     Ok(dir.join("target/release/libnnquant_insn_count.so"))
 }
@@ -192,36 +187,58 @@ pub struct Request<'a> {
     /// Budget overrides (default: the target's RAM/flash).
     pub ram_budget: Option<usize>,
     pub flash_budget: Option<usize>,
+    /// Time limit of the firmware run (QEMU or host); None: no limit.
+    pub timeout: Option<std::time::Duration>,
+    /// No progress display.
+    pub quiet: bool,
+    /// The simulator's every blob (`--trace`): the firmware prints every step's output and the
+    /// first difference is named.
+    pub trace: Option<trace::Expected>,
 }
 
 pub fn verify(r: &Request) -> Result<VerifyResult> {
     let crate_name = "nnquant-verify".to_string();
-    let gen = codegen::generate(
+    let mut gen = codegen::generate(
         r.model,
         &codegen::Options {
             ram_budget: r.ram_budget,
             flash_budget: r.flash_budget,
+            standalone: true,
             ..codegen::Options::new(r.target.clone(), &crate_name, r.images.clone())
         },
     )?;
     check_prerequisites(&r.target)?;
+    fault::apply_from_env(&mut gen.files)?;
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
     let mut build = Command::new("cargo");
+    // The library plus its QEMU demo (an example with the `qemu-demo` feature: the only build
+    // that links with the QEMU board's memory.x).
     build
-        .args(["build", "--release", "--quiet"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--example",
+            "demo",
+            "--features",
+            if r.trace.is_some() {
+                "qemu-demo,trace"
+            } else {
+                "qemu-demo"
+            },
+        ])
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", &target_dir);
-    run_checked(&mut build, "building the generated firmware")?;
+    run_checked(&mut build, "building the generated firmware", r.quiet)?;
     let bin = if r.target.is_host() {
-        target_dir.join("release").join(&crate_name)
+        target_dir.join("release")
     } else {
-        target_dir
-            .join(r.target.triple)
-            .join("release")
-            .join(&crate_name)
-    };
+        target_dir.join(r.target.triple).join("release")
+    }
+    .join("examples")
+    .join("demo");
     let sizes = if r.target.is_host() {
         None
     } else {
@@ -234,7 +251,10 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         })
     };
     let mut cmd = if r.target.is_host() {
-        Command::new(&bin)
+        let mut c = Command::new(&bin);
+        // A panic's message, not a backtrace, is what the error should show.
+        c.env_remove("RUST_BACKTRACE");
+        c
     } else {
         let mut c = Command::new("qemu-system-arm");
         c.args([
@@ -249,7 +269,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         ])
         .arg(&bin);
         // The plugin always measures the stack; it counts instructions when asked.
-        let plugin = build_plugin()?;
+        let plugin = build_plugin(r.quiet)?;
         let e = elf::parse(&std::fs::read(&bin)?)?;
         // The markers are ordinary (mangled) functions: find them by the name they contain.
         let sym = |n: &str| {
@@ -282,17 +302,31 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         c.arg("-plugin").arg(args).args(["-d", "plugin"]);
         c
     };
-    let out = run_checked(
-        &mut cmd,
-        &format!(
-            "running the firmware ({})",
-            if r.target.is_host() { "host" } else { "QEMU" }
-        ),
-    )?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let what = format!(
+        "running the firmware ({})",
+        if r.target.is_host() { "host" } else { "QEMU" }
+    );
+    let pb = child::progress("verify", &what, Some(r.images.len() as u64), r.quiet);
+    let out = child::run(&mut cmd, &what, r.timeout, &|line: &str| {
+        if line.starts_with("out ") {
+            pb.inc(1);
+        }
+    });
+    pb.finish_and_clear();
+    let out = out?;
+    let (stdout, stderr) = (out.stdout, out.stderr);
     let len = r.model.graph.blob_len(&r.model.graph.outputs[0]);
     let (got, checksum) = parse_outputs(&stdout, len)?;
+    let trace_divergence = match &r.trace {
+        Some(t) => Some(trace::compare(
+            &stdout,
+            t,
+            &r.model.graph,
+            &gen.memory.plan,
+            r.images.len(),
+        )?),
+        None => None,
+    };
     ensure!(
         got.len() == r.images.len(),
         "the firmware printed {} outputs for {} images",
@@ -408,6 +442,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         total_ram,
         instructions_per_inference: instructions,
         per_step_instructions: per_step,
+        trace: trace_divergence,
     })
 }
 
