@@ -91,7 +91,16 @@ fn clean_up_locked(p: &Pending) {
         }
     }
     if !p.children.is_empty() || !p.temps.is_empty() {
-        eprintln!(
+        // Whoever reads our stderr may be gone (`2>&1 | head`): the note must not turn the
+        // signal's death into a SIGPIPE one, nor panic.
+        #[cfg(unix)]
+        // SAFETY: changing a signal disposition; the process is about to end.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "error: interrupted; stopped {} child process group(s), removed {} unfinished output(s)",
             p.children.len(),
             p.temps.len()
