@@ -45,6 +45,9 @@ struct ModelCfg {
     weights: PathBuf,
     mean_file: Option<PathBuf>,
     input_shape: Option<Vec<usize>>,
+    /// transform_param overrides, as `--scale` / `--mean-value`.
+    scale: Option<f32>,
+    mean_value: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,10 +120,18 @@ struct State {
     codegen: Option<String>,
 }
 
+/// What every step's output depends on besides its inputs: this nnquant's version and the
+/// code it emits and simulates with (`kernels.rs` and the templates, hashed by `build.rs`).
+pub const TOOL_FINGERPRINT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+",
+    env!("NNQUANT_CODEGEN_SHA256")
+);
+
 fn fingerprint(parts: &[String]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(TOOL_FINGERPRINT);
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());
@@ -128,12 +139,52 @@ fn fingerprint(parts: &[String]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The content hash of a data path: a file's bytes; an LMDB directory's `data.mdb` (the
+/// records, not the lock file or the path); any other directory (class folders of images)
+/// every file's relative path and bytes, in sorted order.
 fn file_hash(p: &Option<PathBuf>) -> Result<String> {
     match p {
-        Some(p) if p.is_dir() => Ok(format!("dir:{}", p.display())),
+        Some(p) if p.join("data.mdb").is_file() => sha256_file(&p.join("data.mdb")),
+        Some(p) if p.is_dir() => dir_hash(p),
         Some(p) => sha256_file(p),
         None => Ok("-".into()),
     }
+}
+
+fn dir_hash(root: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let name = f
+            .strip_prefix(root)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .into_owned();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(sha256_file(f)?.as_bytes());
+    }
+    Ok(format!(
+        "dir:{}",
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -175,6 +226,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.config.display()
         ),
     };
+    let pre = super::data_args::PreprocessFlags {
+        scale: cfg
+            .model
+            .scale
+            .map(|s| super::data_args::parse_scale(&s.to_string()))
+            .transpose()
+            .with_context(|| format!("{}: model.scale", a.config.display()))?,
+        mean_value: cfg
+            .model
+            .mean_value
+            .as_ref()
+            .map(|v| {
+                let text: Vec<String> = v.iter().map(f32::to_string).collect();
+                super::data_args::parse_mean_values(&text.join(","))
+            })
+            .transpose()
+            .with_context(|| format!("{}: model.mean_value", a.config.display()))?,
+    };
+    anyhow::ensure!(
+        pre.mean_value.is_none() || cfg.model.mean_file.is_none(),
+        "{}: model.mean_value and model.mean_file both give a mean; keep one",
+        a.config.display()
+    );
     let ev = cfg.evaluation.as_ref();
     let q_inputs = vec![
         text.clone(),
@@ -214,6 +288,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             channel_order: None,
             mean_file: rel_opt(&cfg.model.mean_file),
             input_shape: cfg.model.input_shape.clone().map(ShapeArg),
+            pre: pre.clone(),
             formats: rel_opt(&cfg.quantize.formats),
             search,
             screen: crate::search::Screen::Auto,
