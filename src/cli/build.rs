@@ -361,3 +361,44 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_hashes_follow_contents_not_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a_lmdb"), d.path().join("b_lmdb"));
+        for dir in [&a, &b] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("data.mdb"), b"records").unwrap();
+        }
+        std::fs::write(a.join("lock.mdb"), b"lock 1").unwrap();
+        let h = |p: &Path| file_hash(&Some(p.to_path_buf())).unwrap();
+        // An LMDB directory: the records count, not its path or lock file.
+        assert_eq!(h(&a), h(&b));
+        let before = h(&a);
+        std::fs::write(a.join("lock.mdb"), b"lock 2").unwrap();
+        assert_eq!(h(&a), before);
+        std::fs::write(a.join("data.mdb"), b"recordz").unwrap();
+        assert_ne!(h(&a), before);
+        // A folder of class folders: every file's name and contents.
+        let imgs = d.path().join("imgs");
+        std::fs::create_dir_all(imgs.join("cat")).unwrap();
+        std::fs::write(imgs.join("cat/1.png"), b"px").unwrap();
+        let before = h(&imgs);
+        std::fs::write(imgs.join("cat/1.png"), b"py").unwrap();
+        assert_ne!(h(&imgs), before);
+        std::fs::create_dir_all(imgs.join("dog")).unwrap();
+        let mid = h(&imgs);
+        std::fs::write(imgs.join("dog/1.png"), b"py").unwrap();
+        assert_ne!(h(&imgs), mid);
+        // The tool fingerprint carries the version and the kernels/templates hash.
+        assert!(TOOL_FINGERPRINT.starts_with(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            TOOL_FINGERPRINT.len(),
+            env!("CARGO_PKG_VERSION").len() + 1 + 64
+        );
+    }
+}
