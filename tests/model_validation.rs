@@ -476,3 +476,88 @@ proptest! {
         }
     }
 }
+
+/// `quantize --formats F.json` on the fixture model with an edited copy of its own formats.
+fn quantize_with_formats(edit: impl FnOnce(&mut Value)) -> (Outcome, Fixture) {
+    let made = made();
+    let m: Value = serde_json::from_str(&made.model_text).unwrap();
+    let mut f = m["formats"].clone();
+    edit(&mut f);
+    let fx = Fixture::new();
+    let p = fx.write("formats.json", serde_json::to_string(&f).unwrap());
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &made.root.join("m.prototxt"),
+        &"--weights",
+        &made.root.join("m.caffemodel"),
+        &"--calib",
+        &made.root.join("calib.npy"),
+        &"--eval",
+        &made.data,
+        &"--formats",
+        &p,
+        &"-o",
+        &fx.path("out.nnq.json"),
+        &"--report",
+        &fx.path("r.json"),
+        &"--quiet",
+    ]);
+    (o, fx)
+}
+
+#[test]
+fn formats_files_out_of_range_or_misnamed_are_clean_errors() {
+    // The fixture's own formats quantize.
+    let (o, _f) = quantize_with_formats(|_| {});
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &[&str])> = vec![
+        (
+            Box::new(|f| f["activations_frac_bits"]["data"] = 1000.into()),
+            &["activations_frac_bits.data = 1000", "-64..=64"],
+        ),
+        (
+            Box::new(|f| f["layers"]["conv1"]["weight_frac_bits"] = (-100).into()),
+            &["layers.conv1.weight_frac_bits = -100"],
+        ),
+        (
+            Box::new(|f| f["layers"]["ip1"]["bias_frac_bits"] = i32::MAX.into()),
+            &["layers.ip1.bias_frac_bits"],
+        ),
+        (
+            Box::new(|f| f["layers"]["conv2"]["out_rshift"] = 40.into()),
+            &["layers.conv2.out_rshift = 40", "0..=31"],
+        ),
+        (
+            Box::new(|f| f["activations_frac_bits"]["nope"] = 3.into()),
+            &["nope", "match no blob"],
+        ),
+        (
+            Box::new(|f| f["layers"]["notalayer"] = f["layers"]["conv1"].clone()),
+            &["notalayer"],
+        ),
+        (
+            Box::new(|f| f["layers"]["conv1"]["weight_frac_bits"] = "7".into()),
+            &["formats JSON"],
+        ),
+        (
+            Box::new(|f| {
+                f["layers"].as_object_mut().unwrap().remove("ip1");
+            }),
+            &["layers.ip1"],
+        ),
+        (
+            // Concat output 25 bits finer than an input: the rescale would wrap.
+            Box::new(|f| {
+                let s = f["activations_frac_bits"]["conv2"].as_i64().unwrap();
+                f["activations_frac_bits"]["cat"] = (s + 25).into();
+            }),
+            &["cat", "-31..=24"],
+        ),
+    ];
+    for (edit, needles) in cases {
+        let (o, fx) = quantize_with_formats(edit);
+        assert_fails(&o, needles);
+        assert!(!fx.path("out.nnq.json").exists() && !fx.path("r.json").exists());
+    }
+}
