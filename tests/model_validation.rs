@@ -511,7 +511,8 @@ fn formats_files_out_of_range_or_misnamed_are_clean_errors() {
     // The fixture's own formats quantize.
     let (o, _f) = quantize_with_formats(|_| {});
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let cases: Vec<(Box<dyn FnOnce(&mut Value)>, &[&str])> = vec![
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(Edit, &[&str])> = vec![
         (
             Box::new(|f| f["activations_frac_bits"]["data"] = 1000.into()),
             &["activations_frac_bits.data = 1000", "-64..=64"],
