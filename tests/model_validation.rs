@@ -141,9 +141,26 @@ fn downstream(m: &NnqModel, text: &str, case: usize) -> Result<(), String> {
     opts.ram_budget = Some(1 << 40);
     opts.flash_budget = Some(1 << 40);
     codegen::generate(m, &opts).map_err(|e| format!("codegen refused: {e:#}"))?;
-    // The CLI's eval --quantized, as a library call.
     let path = made.root.join(format!("case-{case}.nnq.json"));
     std::fs::write(&path, text).unwrap();
+    // The CLI's codegen into a temporary directory, as a library call (no cargo build).
+    let out = tempfile::tempdir().unwrap();
+    let fw = out.path().join("fw");
+    let cli = nnquant::cli::Cli::try_parse_from([
+        "nnquant".as_ref(),
+        "codegen".as_ref(),
+        path.as_os_str(),
+        "--out".as_ref(),
+        fw.as_os_str(),
+        "--target".as_ref(),
+        "host".as_ref(),
+    ] as [&std::ffi::OsStr; 7])
+    .unwrap();
+    nnquant::cli::run(cli).map_err(|e| format!("codegen: {e:#}"))?;
+    if !fw.join("src/lib.rs").is_file() {
+        return Err("codegen wrote no src/lib.rs".into());
+    }
+    // The CLI's eval --quantized, as a library call.
     let cli = nnquant::cli::Cli::try_parse_from([
         "nnquant".as_ref(),
         "eval".as_ref(),
