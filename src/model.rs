@@ -124,21 +124,8 @@ impl NnqModel {
             "schema is '{}', this nnquant reads '{SCHEMA}'",
             self.schema
         );
-        for (what, v) in [
-            ("name", &self.name),
-            ("input.channel_order", &self.input.channel_order),
-        ] {
-            ensure!(
-                !v.chars().any(char::is_control),
-                "{what} contains control characters"
-            );
-        }
-        for l in &self.graph.layers {
-            ensure!(
-                !l.name.is_empty() && !l.name.chars().any(char::is_control),
-                "layer name {:?} is empty or contains control characters",
-                l.name
-            );
+        if !self.name.is_empty() {
+            validate::check_name("name", &self.name)?;
         }
         self.formats.check_ranges().context("in formats")?;
         let heads = validate::validate(&self.graph).context("in graph")?;

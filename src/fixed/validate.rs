@@ -40,7 +40,21 @@ fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
     Ok(())
 }
 
+/// Names end up in the generated firmware's comments and string literals: no control
+/// characters, quotes or backslashes (Caffe's names never have them).
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty()
+            && !name
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\'),
+        "{what} {name:?} is empty or contains control characters, quotes or backslashes"
+    );
+    Ok(())
+}
+
 fn check_blob(name: &str, b: &QBlob) -> Result<()> {
+    check_name("blob name", name)?;
     let l = b.layout;
     let len = [l.h, l.w, l.c]
         .iter()
@@ -343,6 +357,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
     let mut heads = BTreeMap::new();
     for (i, l) in g.layers.iter().enumerate() {
         let name = l.name.as_str();
+        check_name("layer name", name)?;
         ensure!(
             names.insert(name),
             "layers[{i}]: the layer name '{name}' is used twice"
