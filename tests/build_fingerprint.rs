@@ -105,4 +105,12 @@ fn changed_data_contents_under_the_same_path_rebuild() {
         &nnquant(&[&"build", &"-c", &f.path("nnquant.toml")]),
         &["model.scale"],
     );
+    // A wrong type: toml's multi-line message becomes one paragraph with the position.
+    f.write(
+        "nnquant.toml",
+        toml.replace("mean_value = [128, 128, 128]", "mean_value = \"abc\""),
+    );
+    let o = nnquant(&[&"build", &"-c", &f.path("nnquant.toml")]);
+    assert_fails(&o, &["line 5, column 14", "expected a sequence"]);
+    assert_eq!(o.stderr.trim_end().lines().count(), 1, "{}", o.stderr);
 }

@@ -190,8 +190,16 @@ fn dir_hash(root: &Path) -> Result<String> {
 pub fn run(a: Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("cannot read the build file {}", a.config.display()))?;
-    let cfg: Config =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    // toml's own message spans several lines (with a source excerpt); errors are one paragraph.
+    let cfg: Config = toml::from_str(&text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |sp| {
+            let before = &text[..sp.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {col}")
+        });
+        anyhow::anyhow!("{}{at}: {}", a.config.display(), e.message().trim())
+    })?;
     let base = a
         .config
         .parent()
