@@ -1,7 +1,10 @@
 //! The quantized model file (`.nnq.json`): everything `codegen` and `eval --quantized` need, with
 //! no reference back to the Caffe files except their hashes.
 
-use crate::fixed::graph::{Formats, QGraph};
+use crate::fixed::graph::{Formats, Hwc, QGraph};
+use crate::fixed::headroom::Headroom;
+use crate::fixed::qformat::InputScale;
+use crate::fixed::validate;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -94,28 +97,106 @@ impl NnqModel {
     }
 
     pub fn read(path: &Path) -> Result<NnqModel> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the quantized model {}", path.display()))?;
-        let m: NnqModel = serde_json::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "{} is not an nnquant quantized model ({e}); make one with `nnquant quantize`",
+        let text = crate::fsio::read_text(path, "the quantized model")?;
+        Self::from_json(&text).with_context(|| {
+            format!(
+                "{} is not a valid nnquant quantized model; make one with `nnquant quantize`",
                 path.display()
             )
-        })?;
-        ensure!(
-            m.schema == SCHEMA,
-            "{} has schema '{}', this nnquant reads '{SCHEMA}'",
-            path.display(),
-            m.schema
-        );
-        ensure!(
-            m.graph.blob_len(&m.graph.input) == m.input.len(),
-            "{}: the input spec ({} values) does not match the graph input ({} values)",
-            path.display(),
-            m.input.len(),
-            m.graph.blob_len(&m.graph.input)
-        );
+        })
+    }
+
+    /// Parse and validate a model file's text: every field the simulator, the code generator
+    /// and the kernels rely on is checked here, so a hand-edited file is refused with the field
+    /// named instead of failing (or panicking) downstream.
+    pub fn from_json(text: &str) -> Result<NnqModel> {
+        let m: NnqModel = serde_json::from_str(text).context("it does not parse")?;
+        m.validate()?;
         Ok(m)
+    }
+
+    /// The checks of [`NnqModel::from_json`]; returns the overflow headroom of every conv/fc
+    /// (and Eltwise SUM) layer.
+    pub fn validate(&self) -> Result<std::collections::BTreeMap<String, Headroom>> {
+        ensure!(
+            self.schema == SCHEMA,
+            "schema is '{}', this nnquant reads '{SCHEMA}'",
+            self.schema
+        );
+        if !self.name.is_empty() {
+            validate::check_name("name", &self.name)?;
+        }
+        self.formats.check_ranges().context("in formats")?;
+        let heads = validate::validate(&self.graph).context("in graph")?;
+        let g = &self.graph;
+        let i = &self.input;
+        let in_blob = &g.blobs[&g.input];
+        ensure!(
+            i.shape_chw.len() == 3,
+            "input.shape_chw {:?} is not [C, H, W]",
+            i.shape_chw
+        );
+        let [c, h, w] = [i.shape_chw[0], i.shape_chw[1], i.shape_chw[2]];
+        ensure!(
+            in_blob.layout == (Hwc { h, w, c }),
+            "input.shape_chw {:?} does not match the graph's input blob '{}' (layout h {}, w {}, c {})",
+            i.shape_chw,
+            g.input,
+            in_blob.layout.h,
+            in_blob.layout.w,
+            in_blob.layout.c
+        );
+        ensure!(
+            ["rgb", "bgr", "as stored"].contains(&i.channel_order.as_str()),
+            "input.channel_order '{}' is not rgb, bgr or \"as stored\"",
+            i.channel_order
+        );
+        let n = in_blob.layout.len();
+        ensure!(
+            i.mean_u8.is_empty() || i.mean_u8.len() == c || i.mean_u8.len() == n,
+            "input.mean_u8 has {} values; it must be empty, one per channel ({c}) or one per input value ({n})",
+            i.mean_u8.len()
+        );
+        ensure!(
+            i.scale.is_finite() && i.scale >= 0.0,
+            "input.scale {} is not a finite non-negative number",
+            i.scale
+        );
+        ensure!(
+            i.frac_bits == in_blob.frac_bits,
+            "input.frac_bits {} differs from the input blob's frac_bits {}",
+            i.frac_bits,
+            in_blob.frac_bits
+        );
+        let s = InputScale::new(i.scale, i.frac_bits).context("input.scale at input.frac_bits")?;
+        ensure!(
+            (i.mul, i.rshift) == (s.mul, s.rshift),
+            "input.mul {} / input.rshift {} are not scale {} at {} fraction bits (mul {}, rshift {})",
+            i.mul,
+            i.rshift,
+            i.scale,
+            i.frac_bits,
+            s.mul,
+            s.rshift
+        );
+        ensure!(
+            i.crop_size == 0 || (i.crop_size == h && i.crop_size == w),
+            "input.crop_size {} does not match the input's {h}×{w}",
+            i.crop_size
+        );
+        ensure!(
+            g.outputs.len() == 1,
+            "the graph has {} outputs; nnquant's models have one",
+            g.outputs.len()
+        );
+        let out_len = g.blob_len(&g.outputs[0]);
+        ensure!(
+            self.classes == out_len,
+            "classes is {}, but the output blob '{}' has {out_len} values",
+            self.classes,
+            g.outputs[0]
+        );
+        Ok(heads)
     }
 }
 

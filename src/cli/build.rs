@@ -45,6 +45,9 @@ struct ModelCfg {
     weights: PathBuf,
     mean_file: Option<PathBuf>,
     input_shape: Option<Vec<usize>>,
+    /// transform_param overrides, as `--scale` / `--mean-value`.
+    scale: Option<f32>,
+    mean_value: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,10 +120,18 @@ struct State {
     codegen: Option<String>,
 }
 
+/// What every step's output depends on besides its inputs: this nnquant's version and the
+/// code it emits and simulates with (`kernels.rs` and the templates, hashed by `build.rs`).
+pub const TOOL_FINGERPRINT: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+",
+    env!("NNQUANT_CODEGEN_SHA256")
+);
+
 fn fingerprint(parts: &[String]) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(TOOL_FINGERPRINT);
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p.as_bytes());
@@ -128,17 +139,66 @@ fn fingerprint(parts: &[String]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The content hash of a data path: a file's bytes; an LMDB directory's `data.mdb` (the
+/// records, not the lock file or the path); any other directory (class folders of images)
+/// every file's relative path and bytes, in sorted order.
 fn file_hash(p: &Option<PathBuf>) -> Result<String> {
     match p {
-        Some(p) if p.is_dir() => Ok(format!("dir:{}", p.display())),
+        Some(p) if p.join("data.mdb").is_file() => sha256_file(&p.join("data.mdb")),
+        Some(p) if p.is_dir() => dir_hash(p),
         Some(p) => sha256_file(p),
         None => Ok("-".into()),
     }
 }
 
+fn dir_hash(root: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for e in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in &files {
+        let name = f
+            .strip_prefix(root)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .into_owned();
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(sha256_file(f)?.as_bytes());
+    }
+    Ok(format!(
+        "dir:{}",
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
 /// Parse a build file's text (`origin` names it in errors).
 pub fn parse_config(text: &str, origin: &Path) -> Result<Config> {
-    toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))
+    // toml's own message spans several lines (with a source excerpt); errors are one paragraph.
+    toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(String::new(), |sp| {
+            let before = &text[..sp.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" at line {line}, column {col}")
+        });
+        anyhow::anyhow!("{}{at}: {}", origin.display(), e.message().trim())
+    })
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -178,6 +238,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.config.display()
         ),
     };
+    let pre = super::data_args::PreprocessFlags {
+        scale: cfg
+            .model
+            .scale
+            .map(|s| super::data_args::parse_scale(&s.to_string()))
+            .transpose()
+            .with_context(|| format!("{}: model.scale", a.config.display()))?,
+        mean_value: cfg
+            .model
+            .mean_value
+            .as_ref()
+            .map(|v| {
+                let text: Vec<String> = v.iter().map(f32::to_string).collect();
+                super::data_args::parse_mean_values(&text.join(","))
+            })
+            .transpose()
+            .with_context(|| format!("{}: model.mean_value", a.config.display()))?,
+    };
+    anyhow::ensure!(
+        pre.mean_value.is_none() || cfg.model.mean_file.is_none(),
+        "{}: model.mean_value and model.mean_file both give a mean; keep one",
+        a.config.display()
+    );
     let ev = cfg.evaluation.as_ref();
     let q_inputs = vec![
         text.clone(),
@@ -217,6 +300,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             channel_order: None,
             mean_file: rel_opt(&cfg.model.mean_file),
             input_shape: cfg.model.input_shape.clone().map(ShapeArg),
+            pre: pre.clone(),
             formats: rel_opt(&cfg.quantize.formats),
             search,
             screen: crate::search::Screen::Auto,
@@ -288,4 +372,45 @@ pub fn run(a: Args) -> Result<ExitCode> {
         });
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_hashes_follow_contents_not_paths() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a_lmdb"), d.path().join("b_lmdb"));
+        for dir in [&a, &b] {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("data.mdb"), b"records").unwrap();
+        }
+        std::fs::write(a.join("lock.mdb"), b"lock 1").unwrap();
+        let h = |p: &Path| file_hash(&Some(p.to_path_buf())).unwrap();
+        // An LMDB directory: the records count, not its path or lock file.
+        assert_eq!(h(&a), h(&b));
+        let before = h(&a);
+        std::fs::write(a.join("lock.mdb"), b"lock 2").unwrap();
+        assert_eq!(h(&a), before);
+        std::fs::write(a.join("data.mdb"), b"recordz").unwrap();
+        assert_ne!(h(&a), before);
+        // A folder of class folders: every file's name and contents.
+        let imgs = d.path().join("imgs");
+        std::fs::create_dir_all(imgs.join("cat")).unwrap();
+        std::fs::write(imgs.join("cat/1.png"), b"px").unwrap();
+        let before = h(&imgs);
+        std::fs::write(imgs.join("cat/1.png"), b"py").unwrap();
+        assert_ne!(h(&imgs), before);
+        std::fs::create_dir_all(imgs.join("dog")).unwrap();
+        let mid = h(&imgs);
+        std::fs::write(imgs.join("dog/1.png"), b"py").unwrap();
+        assert_ne!(h(&imgs), mid);
+        // The tool fingerprint carries the version and the kernels/templates hash.
+        assert!(TOOL_FINGERPRINT.starts_with(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            TOOL_FINGERPRINT.len(),
+            env!("CARGO_PKG_VERSION").len() + 1 + 64
+        );
+    }
 }

@@ -21,9 +21,66 @@ pub struct ModelArgs {
     /// Input shape C,H,W when neither the prototxt nor the data tell it.
     #[arg(long)]
     pub input_shape: Option<ShapeArg>,
+    #[command(flatten)]
+    pub pre: PreprocessFlags,
 }
 
-/// `--mean-file` and `--input-shape` for commands that take `--model`.
+/// `--scale` and `--mean-value`: the input preprocessing when the prototxt has none (a deploy
+/// prototxt) or has the wrong one.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PreprocessFlags {
+    /// Caffe's transform_param scale (multiplied after the mean is subtracted), replacing the
+    /// prototxt's.
+    #[arg(long, value_parser = parse_scale)]
+    pub scale: Option<f32>,
+    /// Caffe's transform_param mean_value: one value for all channels or one per channel
+    /// (`104,117,123`), replacing the prototxt's mean (value or file).
+    #[arg(long, value_parser = parse_mean_values, conflicts_with = "mean_file")]
+    pub mean_value: Option<MeanValues>,
+}
+
+impl PreprocessFlags {
+    pub fn given(&self) -> bool {
+        self.scale.is_some() || self.mean_value.is_some()
+    }
+}
+
+/// The values of `--mean-value`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeanValues(pub Vec<f32>);
+
+pub fn parse_scale(s: &str) -> Result<f32> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--scale '{s}' is not a number"))?;
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0,
+        "--scale {s} must be a positive finite number"
+    );
+    Ok(v)
+}
+
+pub fn parse_mean_values(s: &str) -> Result<MeanValues> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && (0.0..=255.0).contains(v))
+                .with_context(|| {
+                    format!(
+                        "--mean-value '{s}': '{}' is not a number in 0..=255",
+                        p.trim()
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    Ok(MeanValues(v))
+}
+
+/// `--mean-file`, `--input-shape`, `--scale`, `--mean-value` for commands that take `--model`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShapeFlags {
     /// Mean file (BlobProto) replacing the prototxt's transform_param mean_file.
@@ -32,6 +89,8 @@ pub struct ShapeFlags {
     /// Input shape C,H,W when neither the prototxt nor the data tell it.
     #[arg(long)]
     pub input_shape: Option<ShapeArg>,
+    #[command(flatten)]
+    pub pre: PreprocessFlags,
 }
 
 /// One data set on the command line.
@@ -162,7 +221,8 @@ pub fn load_model_and_data(
     m: &ModelArgs,
     data: &[&DataOpts],
 ) -> Result<(Graph, Vec<Box<dyn Source>>)> {
-    let g = caffe::lower_file(&m.model)?;
+    let mut g = caffe::lower_file(&m.model)?;
+    apply_preprocess_flags(&m.pre, &mut g);
     let mut sources = Vec::new();
     for d in data {
         sources.push(open_data(d, &g)?);
@@ -201,6 +261,36 @@ pub fn load_model_and_data(
     })?;
     crate::ir::passes::fold_batchnorm(&mut g)?;
     Ok((g, sources))
+}
+
+/// `--scale` / `--mean-value` replace the prototxt's transform_param values (a mean value
+/// replaces its mean file too: one mean at a time).
+fn apply_preprocess_flags(f: &PreprocessFlags, g: &mut Graph) {
+    let p = &mut g.input.preprocess;
+    if let Some(s) = f.scale {
+        p.scale = s;
+    }
+    if let Some(MeanValues(v)) = &f.mean_value {
+        p.mean_values = v.clone();
+        p.mean_file = None;
+    }
+}
+
+/// Where the preprocessing in force came from (see [`crate::quantize::PreprocessOrigin`]).
+pub fn preprocess_origin(m: &ModelArgs, g: &Graph) -> crate::quantize::PreprocessOrigin {
+    use crate::quantize::PreprocessOrigin;
+    let p = &g.input.preprocess;
+    let identity = (p.scale == 1.0 || p.scale == 0.0)
+        && p.mean_values.is_empty()
+        && p.mean_file.is_none()
+        && m.mean_file.is_none();
+    if m.pre.given() {
+        PreprocessOrigin::Flags
+    } else if identity && g.input.data_layer.is_none() {
+        PreprocessOrigin::Missing
+    } else {
+        PreprocessOrigin::Prototxt
+    }
 }
 
 /// The mean file in force: `--mean-file`, else the prototxt's.

@@ -154,8 +154,14 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
         weights: a.weights.clone().context("--weights is required")?,
         mean_file: a.shape.mean_file.clone(),
         input_shape: a.shape.input_shape.clone(),
+        pre: a.shape.pre.clone(),
     };
     let (g, mut sources) = data_args::load_model_and_data(&m, &[opts])?;
+    if let Some(w) =
+        crate::quantize::missing_preprocessing_warning(data_args::preprocess_origin(&m, &g))
+    {
+        eprintln!("warning: {w}");
+    }
     let name = data_args::data_name(opts, &g);
     let mut src = maybe_split(sources.remove(0), a)?;
     let pre = data_args::preprocessor(&m, &g)?;
@@ -200,6 +206,10 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
 }
 
 fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> {
+    ensure!(
+        !a.shape.pre.given() && a.shape.mean_file.is_none(),
+        "--scale, --mean-value and --mean-file apply to a Caffe model; a quantized model carries its preprocessing (input.scale, input.mean_u8): quantize again with the flags to change it"
+    );
     let model = NnqModel::read(q)?;
     ensure!(
         opts.path.is_some(),

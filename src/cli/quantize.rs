@@ -52,6 +52,8 @@ pub struct Args {
     /// Input shape C,H,W when the prototxt does not give it.
     #[arg(long)]
     pub input_shape: Option<ShapeArg>,
+    #[command(flatten)]
+    pub pre: data_args::PreprocessFlags,
     /// Pin these formats (JSON: activations_frac_bits, layers.<name>.{weight_frac_bits,
     /// bias_frac_bits}; ARM's schema) instead of searching.
     #[arg(long)]
@@ -86,6 +88,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         weights: a.weights.clone(),
         mean_file: a.mean_file.clone(),
         input_shape: a.input_shape.clone(),
+        pre: a.pre.clone(),
     };
     let base = DataOpts {
         layout: a.layout,
@@ -160,6 +163,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         weights: &a.weights,
         float_pre: &pre,
         mean: mean.as_ref(),
+        preprocess_origin: data_args::preprocess_origin(&m, &g),
     };
     let opts = quantize::Options {
         strategy: a.search,

@@ -1,19 +1,28 @@
-//! `nnquant report diff OLD NEW [--max-drop PP]`: the CI gate on accuracy regressions.
+//! `nnquant report diff OLD NEW [--max-drop PP] …`: the CI gate on regressions.
 
 use crate::report::{diff, Report};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
-    /// Compare two reports; exit code 1 when quantized top-1 drops by more than --max-drop.
+    /// Compare two reports; exit code 1 when a gate fails (quantized top-1 dropped by more than
+    /// --max-drop, a report is unlabelled, the evaluation data differ, or a given SQNR /
+    /// agreement / memory threshold is exceeded), 0 when all pass.
     Diff {
         old: PathBuf,
         new: PathBuf,
         /// Allowed drop of quantized top-1, in percentage points.
         #[arg(long, default_value_t = 0.0)]
         max_drop: f64,
+        /// Allowed drop of the output SQNR, in dB; without it SQNR is not gated.
+        #[arg(long)]
+        max_sqnr_drop: Option<f64>,
+        /// Allowed drop of top-1 agreement with float, in percentage points; without it
+        /// agreement is not gated.
+        #[arg(long)]
+        max_agreement_drop: Option<f64>,
         /// Allowed growth of the firmware's RAM in bytes (measured when both reports have a
         /// measurement, else the plan's estimate); without it RAM is not gated.
         #[arg(long)]
@@ -22,6 +31,13 @@ pub enum Cmd {
         /// gated.
         #[arg(long)]
         max_flash_growth: Option<i64>,
+        /// Pass although a report has no labelled accuracy (default: fail, nothing was compared).
+        #[arg(long)]
+        allow_unlabelled: bool,
+        /// Pass although the reports were evaluated on different (or, for old reports, unknown)
+        /// data (default: fail, the figures are not comparable).
+        #[arg(long)]
+        allow_data_change: bool,
         /// Machine-readable summary instead of Markdown.
         #[arg(long)]
         json: bool,
@@ -29,9 +45,18 @@ pub enum Cmd {
 }
 
 fn read(p: &PathBuf) -> Result<Report> {
-    let text = std::fs::read_to_string(p)
-        .with_context(|| format!("cannot read the report {}", p.display()))?;
+    let text = crate::fsio::read_text(p, "the report")?;
     Report::from_json(&text, &p.display().to_string())
+}
+
+fn non_negative(v: Option<f64>, flag: &str) -> Result<()> {
+    if let Some(v) = v {
+        anyhow::ensure!(
+            v.is_finite() && v >= 0.0,
+            "{flag} must be a non-negative number, got {v}"
+        );
+    }
+    Ok(())
 }
 
 pub fn run(c: Cmd) -> Result<ExitCode> {
@@ -40,17 +65,18 @@ pub fn run(c: Cmd) -> Result<ExitCode> {
             old,
             new,
             max_drop,
+            max_sqnr_drop,
+            max_agreement_drop,
             max_ram_growth,
             max_flash_growth,
+            allow_unlabelled,
+            allow_data_change,
             json,
         } => {
-            anyhow::ensure!(
-                max_drop.is_finite() && max_drop >= 0.0,
-                "--max-drop must be a non-negative number of percentage points"
-            );
+            non_negative(Some(max_drop), "--max-drop")?;
+            non_negative(max_sqnr_drop, "--max-sqnr-drop")?;
+            non_negative(max_agreement_drop, "--max-agreement-drop")?;
             let (o, n) = (read(&old)?, read(&new)?);
-            let d = diff::diff(&o, &n);
-            let acc_failed = d.drop_pp.is_some_and(|p| p > max_drop + 1e-9);
             if (max_ram_growth.is_some() || max_flash_growth.is_some())
                 && (o.firmware.is_none() || n.firmware.is_none())
             {
@@ -58,10 +84,18 @@ pub fn run(c: Cmd) -> Result<ExitCode> {
                     "--max-ram-growth/--max-flash-growth need firmware figures in both reports; add them with `nnquant codegen --report` or `nnquant verify --report`"
                 );
             }
-            let ram_failed = matches!((d.ram_growth, max_ram_growth), (Some(g), Some(m)) if g > m);
-            let flash_failed =
-                matches!((d.flash_growth, max_flash_growth), (Some(g), Some(m)) if g > m);
-            let failed = acc_failed || ram_failed || flash_failed;
+            let d = diff::diff(&o, &n);
+            let limits = diff::Limits {
+                max_drop_pp: max_drop,
+                max_sqnr_drop_db: max_sqnr_drop,
+                max_agreement_drop_pp: max_agreement_drop,
+                max_ram_growth,
+                max_flash_growth,
+                allow_unlabelled,
+                allow_data_change,
+            };
+            let reasons = diff::gate(&o, &n, &d, &limits);
+            let failed = !reasons.is_empty();
             if json {
                 println!(
                     "{}",
@@ -70,36 +104,31 @@ pub fn run(c: Cmd) -> Result<ExitCode> {
                         "new_quant_top1": n.accuracy.quant_top1,
                         "drop_pp": d.drop_pp,
                         "max_drop_pp": max_drop,
+                        "sqnr_drop_db": o.accuracy.output_sqnr_db - n.accuracy.output_sqnr_db,
+                        "agreement_drop_pp": (o.accuracy.top1_agreement - n.accuracy.top1_agreement) * 100.0,
+                        "same_data": matches!((&o.evaluation.sha256, &n.evaluation.sha256), (Some(a), Some(b)) if a == b),
                         "ram_growth_bytes": d.ram_growth,
                         "flash_growth_bytes": d.flash_growth,
                         "failed": failed,
+                        "reasons": reasons,
                     }))?
                 );
             } else {
                 print!("{}", d.markdown);
-                match d.drop_pp {
-                    Some(p) if acc_failed => println!(
-                        "\nFAIL: quantized top-1 dropped by {p:.2} pp (allowed {max_drop:.2} pp)"
-                    ),
-                    Some(p) => println!(
-                        "\nOK: quantized top-1 change {:+.2} pp (allowed drop {max_drop:.2} pp)",
-                        -p
-                    ),
-                    None => println!("\nOK: no labelled accuracy to compare"),
+                println!();
+                for r in &reasons {
+                    println!("FAIL: {r}");
                 }
-                if ram_failed {
-                    println!(
-                        "FAIL: firmware RAM grew by {} B (allowed {} B)",
-                        d.ram_growth.unwrap_or(0),
-                        max_ram_growth.unwrap_or(0)
-                    );
-                }
-                if flash_failed {
-                    println!(
-                        "FAIL: firmware flash estimate grew by {} B (allowed {} B)",
-                        d.flash_growth.unwrap_or(0),
-                        max_flash_growth.unwrap_or(0)
-                    );
+                if !failed {
+                    match d.drop_pp {
+                        Some(p) => println!(
+                            "OK: quantized top-1 change {:+.2} pp (allowed drop {max_drop:.2} pp)",
+                            0.0 - p
+                        ),
+                        None => {
+                            println!("OK: no labelled accuracy to compare (--allow-unlabelled)")
+                        }
+                    }
                 }
             }
             Ok(if failed {

@@ -39,11 +39,40 @@ pub struct LayerFormat {
 
 impl Formats {
     pub fn from_json_str(s: &str) -> Result<Formats> {
-        serde_json::from_str(s).context("parsing a formats JSON (activations_frac_bits, layers)")
+        let f: Formats = serde_json::from_str(s)
+            .context("parsing a formats JSON (activations_frac_bits, layers)")?;
+        f.check_ranges()?;
+        Ok(f)
+    }
+
+    /// Every fraction-bit count and expected shift within the ranges nnquant computes with
+    /// (names are checked against the model by [`QGraph::quantize`]).
+    pub fn check_ranges(&self) -> Result<()> {
+        use super::validate::check_frac;
+        for (b, v) in &self.activations_frac_bits {
+            check_frac(&format!("activations_frac_bits.{b}"), *v)?;
+        }
+        for (l, lf) in &self.layers {
+            check_frac(&format!("layers.{l}.weight_frac_bits"), lf.weight_frac_bits)?;
+            if let Some(v) = lf.bias_frac_bits {
+                check_frac(&format!("layers.{l}.bias_frac_bits"), v)?;
+            }
+            for (what, v) in [
+                ("bias_lshift", lf.bias_lshift),
+                ("out_rshift", lf.out_rshift),
+            ] {
+                if let Some(v) = v {
+                    ensure!(
+                        (0..=31).contains(&v),
+                        "layers.{l}.{what} = {v} is outside 0..=31, the shifts the q7 kernels take"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
     pub fn from_json_file(path: &Path) -> Result<Formats> {
-        let s =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let s = crate::fsio::read_text(path, "the formats file")?;
         Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
     }
 }
@@ -202,6 +231,7 @@ impl QGraph {
     /// Quantize a float graph with the given formats. The graph must already be in inference
     /// form (BatchNorm/Scale folded: `ir::passes::fold_batchnorm`).
     pub fn quantize(g: &Graph, f: &Formats) -> Result<QGraph> {
+        f.check_ranges()?;
         // Which activation keys got used, to report names that match nothing.
         let mut used: BTreeSet<&str> = BTreeSet::new();
         let mut lookup = |blob: &str| -> Option<i32> {
@@ -310,6 +340,7 @@ impl QGraph {
                         }
                     }
                     let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    super::headroom::dense(&n.name, &weights, c.num_output, &bias, bias_lshift, out_rshift)?;
                     let op = QOp::Conv(QConv {
                         in_dims,
                         out_dims,
@@ -351,6 +382,7 @@ impl QGraph {
                         }
                     }
                     let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, no)?;
+                    super::headroom::dense(&n.name, &weights, no, &bias, bias_lshift, out_rshift)?;
                     let op = QOp::Fc(QFc {
                         in_len: k,
                         out_len: no,
@@ -390,6 +422,7 @@ impl QGraph {
                     let common = fa.max(fb).max(out_frac);
                     let (a_lshift, b_lshift, out_rshift) = (common - fa, common - fb, common - out_frac);
                     ensure!(a_lshift <= 23 && b_lshift <= 23 && out_rshift <= 31, "{}: input formats {fa}, {fb} and output format {out_frac} are too far apart for an i32 sum", ctx());
+                    super::headroom::add(&n.name, a_lshift, b_lshift, out_rshift)?;
                     ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
                     (QOp::Add { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
                 }
@@ -400,7 +433,7 @@ impl QGraph {
                     for b in &ins {
                         ensure!(b.layout.h == in0.layout.h && b.layout.w == in0.layout.w, "{}: inputs differ in H×W", ctx());
                         let s = out_frac - b.frac_bits;
-                        ensure!((-31..=31).contains(&s), "{}: format change {s} is too large", ctx());
+                        ensure!(super::validate::RESCALE_SHIFTS.contains(&s), "{}: format change {s} (output frac_bits {out_frac} - input frac_bits {}) is outside {:?}: larger left shifts wrap in i32", ctx(), b.frac_bits, super::validate::RESCALE_SHIFTS);
                         shifts.push(s);
                     }
                     let c = ins.iter().map(|b| b.layout.c).sum();

@@ -8,9 +8,11 @@
 //! firmware receives HWC uint8 pixels, the natural camera/file order).
 
 pub mod graph;
+pub mod headroom;
 pub mod kernels;
 pub mod qformat;
 pub mod sim;
+pub mod validate;
 
 pub use graph::{Formats, LayerFormat, QGraph, QOp};
 pub use qformat::{InputScale, QFormat};

@@ -1,6 +1,7 @@
 //! `nnquant quantize` as a library function: float pass on the calibration set, format search
 //! with the simulator, final evaluation on a held-out set, the model file and the report.
 
+pub mod datahash;
 pub mod input;
 
 use crate::data::{self, preprocess::Preprocessor, Sample, Source};
@@ -59,6 +60,8 @@ pub struct Collected {
     pub float_out: Vec<f32>,
     /// Max |x| over the set for every blob (only when asked).
     pub max_abs: BTreeMap<String, f32>,
+    /// Content hash of the images and labels ([`datahash`]).
+    pub data_sha256: String,
 }
 
 fn label_of(s: &Sample, index: usize, classes: usize) -> Result<Option<usize>> {
@@ -96,7 +99,9 @@ pub fn collect(
         labels: Some(vec![]),
         float_out: vec![],
         max_abs: BTreeMap::new(),
+        data_sha256: String::new(),
     };
+    let mut hasher = datahash::DataHasher::default();
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
@@ -113,6 +118,7 @@ pub fn collect(
             g.shape(&g.input.blob)
         );
         for (i, s) in samples.iter().enumerate() {
+            hasher.add(s);
             int_in.push_hwc(s, start + i, &mut c.pixels_hwc)?;
             let l = label_of(s, start + i, classes)?;
             match (l, c.labels.as_mut()) {
@@ -143,6 +149,7 @@ pub fn collect(
         start = end;
     }
     pb.finish_and_clear();
+    c.data_sha256 = hasher.finish();
     Ok(c)
 }
 
@@ -162,6 +169,8 @@ pub struct Evaluation {
     pub quant: Option<crate::metrics::Metrics>,
     pub agreement: f64,
     pub images: usize,
+    /// Content hash of the images and labels ([`datahash`]).
+    pub data_sha256: String,
     blobs: BTreeMap<String, BlobAcc>,
 }
 
@@ -211,6 +220,7 @@ pub fn evaluate(
         .map(|b| (b.clone(), BlobAcc::default()))
         .collect();
     let mut deq = Vec::new();
+    let mut hasher = datahash::DataHasher::default();
     let mut start = 0;
     while start < total {
         let end = (start + BATCH).min(total);
@@ -222,6 +232,7 @@ pub fn evaluate(
         let batch = pre.batch(&samples)?;
         let mut px = Vec::with_capacity(n * int_in.len());
         for (i, s) in samples.iter().enumerate() {
+            hasher.add(s);
             int_in.push_hwc(s, start + i, &mut px)?;
         }
         let q_in = prep.quantize(&px, int_in.len(), in_frac)?;
@@ -263,8 +274,68 @@ pub fn evaluate(
         quant: labelled.then(|| qa.finish()),
         agreement: agree as f64 / total as f64,
         images: total,
+        data_sha256: hasher.finish(),
         blobs,
     })
+}
+
+/// Where the input's scale and mean came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreprocessOrigin {
+    /// The prototxt's `transform_param` (or `--mean-file`).
+    Prototxt,
+    /// `--scale` / `--mean-value` (build file: `model.scale`, `model.mean_value`).
+    Flags,
+    /// Nothing: a deploy prototxt without `transform_param` and no flags, so the network sees
+    /// raw 0..255 pixels, which is rarely what it was trained on.
+    Missing,
+}
+
+impl PreprocessOrigin {
+    pub fn name(self) -> &'static str {
+        match self {
+            PreprocessOrigin::Prototxt => "prototxt",
+            PreprocessOrigin::Flags => "flags",
+            PreprocessOrigin::Missing => "none",
+        }
+    }
+}
+
+/// The warning for missing preprocessing, if it applies.
+pub fn missing_preprocessing_warning(origin: PreprocessOrigin) -> Option<String> {
+    (origin == PreprocessOrigin::Missing).then(|| {
+        "the prototxt has no transform_param (no mean, scale 1) and neither --scale nor --mean-value was given: the network sees raw 0..255 pixels; if it was trained on normalised input, pass --mean-value/--scale (or --mean-file)".to_string()
+    })
+}
+
+/// The report's account of the input preprocessing, with its warnings.
+pub fn preprocessing_report(
+    origin: PreprocessOrigin,
+    p: &ir::Preprocess,
+    int_in: &IntegerInput,
+) -> report::PreprocessingReport {
+    let mean = if !p.mean_values.is_empty() {
+        format!("mean_value {:?}", p.mean_values)
+    } else if !int_in.mean_u8.is_empty() {
+        "mean file".to_string()
+    } else {
+        "none".to_string()
+    };
+    let mut warnings: Vec<String> = missing_preprocessing_warning(origin).into_iter().collect();
+    if int_in.mean_rounding > 0.0 {
+        warnings.push(format!(
+            "the {mean} is not integral: the firmware subtracts uint8 means, so it was rounded to {:?} (largest change {}), while the float reference subtracts the exact values",
+            if p.mean_values.is_empty() { "the nearest integers".to_string() } else { format!("{:?}", int_in.mean_u8) },
+            int_in.mean_rounding
+        ));
+    }
+    report::PreprocessingReport {
+        source: origin.name().into(),
+        scale: if p.scale == 0.0 { 1.0 } else { p.scale },
+        mean,
+        mean_rounding: int_in.mean_rounding,
+        warnings,
+    }
 }
 
 /// Everything `quantize` needs besides the data.
@@ -275,6 +346,7 @@ pub struct Inputs<'a> {
     pub weights: &'a std::path::Path,
     pub float_pre: &'a Preprocessor,
     pub mean: Option<&'a ir::Tensor>,
+    pub preprocess_origin: PreprocessOrigin,
 }
 
 pub fn run(
@@ -369,6 +441,12 @@ pub fn run(
         formats: formats.clone(),
         graph: qg.clone(),
     };
+    // The model as written must pass what `NnqModel::read` checks (and this yields the
+    // overflow proof of every layer for the report).
+    let preprocessing = preprocessing_report(inp.preprocess_origin, &g.input.preprocess, &int_in);
+    let heads = model
+        .validate()
+        .context("internal error: the quantized model fails its own validation")?;
     let summary = ir::summary::summarize(g);
     let out_acc = ev.blobs.get(&out_blob);
     let report = Report {
@@ -386,11 +464,13 @@ pub fn run(
             source: calib.name.clone(),
             images: cal.images,
             labelled: cal.labels.is_some(),
+            sha256: Some(cal.data_sha256.clone()),
         },
         evaluation: DataInfo {
             source: eval.name.clone(),
             images: ev.images,
             labelled: ev.quant.is_some(),
+            sha256: Some(ev.data_sha256.clone()),
         },
         same_data_warning: calib.name == eval.name,
         accuracy: Accuracy {
@@ -402,7 +482,7 @@ pub fn run(
             top1_agreement: ev.agreement,
             output_sqnr_db: out_acc.map_or(0.0, |a| report::sqnr_db(a.signal, a.noise)),
         },
-        layers: layer_reports(&qg, g),
+        layers: layer_reports(&qg, g, &heads),
         blobs: qg
             .layers
             .iter()
@@ -431,8 +511,14 @@ pub fn run(
             eval_seconds,
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),
+        preprocessing: Some(preprocessing),
         firmware: None,
     };
+    if !opts.quiet {
+        for w in &report.preprocessing.as_ref().expect("set above").warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if report.same_data_warning && !opts.quiet {
         eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);
     }
@@ -444,7 +530,11 @@ fn round6(x: f64) -> f64 {
     (x * 1e6).round() / 1e6
 }
 
-fn layer_reports(qg: &QGraph, g: &Graph) -> Vec<LayerReport> {
+fn layer_reports(
+    qg: &QGraph,
+    g: &Graph,
+    heads: &BTreeMap<String, crate::fixed::headroom::Headroom>,
+) -> Vec<LayerReport> {
     use crate::fixed::graph::QOp;
     qg.layers
         .iter()
@@ -481,6 +571,8 @@ fn layer_reports(qg: &QGraph, g: &Graph) -> Vec<LayerReport> {
                 bias_lshift: bl,
                 out_rshift: or,
                 saturated_params: sat,
+                acc_worst_abs: heads.get(&l.name).map(|h| h.worst_abs),
+                acc_headroom_bits: heads.get(&l.name).map(|h| h.bits),
             }
         })
         .collect()

@@ -1,5 +1,6 @@
-//! `nnquant report diff OLD NEW`: what changed between two reports, and whether accuracy dropped
-//! by more than a threshold (the CI gate).
+//! `nnquant report diff OLD NEW`: what changed between two reports, and the CI gate: whether
+//! accuracy, agreement, SQNR or memory moved beyond the thresholds, and whether the comparison
+//! means anything at all (both reports labelled, both measured on the same data).
 
 use super::Report;
 use std::fmt::Write;
@@ -28,6 +29,16 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
         (Some(a), Some(b)) => Some((a - b) * 100.0),
         _ => None,
     };
+    let data = match (&old.evaluation.sha256, &new.evaluation.sha256) {
+        (Some(a), Some(b)) if a == b => format!("same (sha256 {})", &a[..a.len().min(16)]),
+        (Some(_), Some(_)) => "**different**".to_string(),
+        _ => "**unknown** (a report has no data hash)".to_string(),
+    };
+    let _ = writeln!(
+        md,
+        "Evaluation data: {data}; old `{}` ({} images), new `{}` ({} images).\n",
+        old.evaluation.source, old.evaluation.images, new.evaluation.source, new.evaluation.images
+    );
     let _ = writeln!(
         md,
         "## Accuracy\n\n| | old | new | change |\n|---|---|---|---|"
@@ -158,4 +169,73 @@ pub fn diff(old: &Report, new: &Report) -> DiffOutcome {
         ram_growth,
         flash_growth,
     }
+}
+
+/// The thresholds of the gate (`None`: not gated) and what it may overlook.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Allowed drop of quantized top-1, percentage points.
+    pub max_drop_pp: f64,
+    pub max_sqnr_drop_db: Option<f64>,
+    pub max_agreement_drop_pp: Option<f64>,
+    pub max_ram_growth: Option<i64>,
+    pub max_flash_growth: Option<i64>,
+    /// Pass even when a report has no labelled accuracy (nothing to compare).
+    pub allow_unlabelled: bool,
+    /// Pass even when the evaluation data differ or are unknown (reports without a data hash).
+    pub allow_data_change: bool,
+}
+
+/// Why the gate fails: one sentence per reason, empty when it passes.
+pub fn gate(old: &Report, new: &Report, d: &DiffOutcome, l: &Limits) -> Vec<String> {
+    let mut why = Vec::new();
+    for (which, r) in [("old", old), ("new", new)] {
+        if r.accuracy.quant_top1.is_none() && !l.allow_unlabelled {
+            why.push(format!("the {which} report has no labelled accuracy (its evaluation data had no labels), so a drop cannot be measured; evaluate on labelled data or pass --allow-unlabelled"));
+        }
+    }
+    match (&old.evaluation.sha256, &new.evaluation.sha256) {
+        (Some(a), Some(b)) if a == b => {}
+        _ if l.allow_data_change => {}
+        (Some(_), Some(_)) => why.push(format!(
+            "the reports were evaluated on different data ({} images of {} vs {} images of {}; the content hashes differ), so their figures are not comparable; pass --allow-data-change to compare anyway",
+            old.evaluation.images, old.evaluation.source, new.evaluation.images, new.evaluation.source
+        )),
+        _ => why.push("a report has no evaluation data hash (made by an older nnquant), so it is unknown whether both were evaluated on the same data; quantize again or pass --allow-data-change".to_string()),
+    }
+    if let Some(p) = d.drop_pp.filter(|&p| p > l.max_drop_pp + 1e-9) {
+        why.push(format!(
+            "quantized top-1 dropped by {p:.2} pp (allowed {:.2} pp)",
+            l.max_drop_pp
+        ));
+    }
+    if let Some(m) = l.max_sqnr_drop_db {
+        let drop = old.accuracy.output_sqnr_db - new.accuracy.output_sqnr_db;
+        if drop > m + 1e-9 {
+            why.push(format!(
+                "output SQNR dropped by {drop:.2} dB (allowed {m:.2} dB)"
+            ));
+        }
+    }
+    if let Some(m) = l.max_agreement_drop_pp {
+        let drop = (old.accuracy.top1_agreement - new.accuracy.top1_agreement) * 100.0;
+        if drop > m + 1e-9 {
+            why.push(format!(
+                "top-1 agreement with float dropped by {drop:.2} pp (allowed {m:.2} pp)"
+            ));
+        }
+    }
+    if let (Some(g), Some(m)) = (d.ram_growth, l.max_ram_growth) {
+        if g > m {
+            why.push(format!("firmware RAM grew by {g} B (allowed {m} B)"));
+        }
+    }
+    if let (Some(g), Some(m)) = (d.flash_growth, l.max_flash_growth) {
+        if g > m {
+            why.push(format!(
+                "firmware flash estimate grew by {g} B (allowed {m} B)"
+            ));
+        }
+    }
+    why
 }

@@ -31,9 +31,24 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "| evaluation | `{}` ({} images) |",
-        r.evaluation.source, r.evaluation.images
+        "| evaluation | `{}` ({} images{}) |",
+        r.evaluation.source,
+        r.evaluation.images,
+        r.evaluation
+            .sha256
+            .as_deref()
+            .map_or(String::new(), |h| format!(
+                ", sha256 {}",
+                &h[..h.len().min(16)]
+            ))
     );
+    if let Some(p) = &r.preprocessing {
+        let _ = writeln!(
+            md,
+            "| preprocessing | scale {}, mean {} (from {}) |",
+            p.scale, p.mean, p.source
+        );
+    }
     let _ = writeln!(md, "| float top-1 | {} |", pct(a.float_top1));
     let _ = writeln!(md, "| quantized top-1 | {} |", pct(a.quant_top1));
     let _ = writeln!(
@@ -54,11 +69,16 @@ pub fn render(r: &Report) -> String {
         r.search.strategy, r.search.evaluations
     );
 
-    let _ = writeln!(md, "\n## Layers\n\n| layer | op | in frac | out frac | weight frac | bias frac | bias_lshift | out_rshift | saturated params |\n|---|---|---|---|---|---|---|---|---|");
+    if let Some(p) = &r.preprocessing {
+        for w in &p.warnings {
+            let _ = writeln!(md, "\n> **Warning:** {w}");
+        }
+    }
+    let _ = writeln!(md, "\n## Layers\n\nAccumulator headroom: bits the worst-case i32 accumulator over all int8 inputs stays below the i32 limit (the overflow proof).\n\n| layer | op | in frac | out frac | weight frac | bias frac | bias_lshift | out_rshift | saturated params | acc headroom (bits) |\n|---|---|---|---|---|---|---|---|---|---|");
     for l in &r.layers {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l.name,
             l.op,
             l.input_frac_bits,
@@ -67,7 +87,9 @@ pub fn render(r: &Report) -> String {
             opt(l.bias_frac_bits),
             opt(l.bias_lshift),
             opt(l.out_rshift),
-            l.saturated_params
+            l.saturated_params,
+            l.acc_headroom_bits
+                .map_or("-".into(), |b| format!("{b:.2}"))
         );
     }
     let _ = writeln!(md, "\n## Activations (evaluation set)\n\n| blob | shape | frac bits | float max |x| | SQNR dB | at int8 limits |\n|---|---|---|---|---|---|");

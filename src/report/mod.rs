@@ -25,6 +25,9 @@ pub struct Report {
     pub search: SearchReport,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub timing: Option<Timing>,
+    /// Absent in reports of older versions.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub preprocessing: Option<PreprocessingReport>,
     /// The firmware's memory (and, after `verify --report`, measured) figures, added by
     /// `codegen --report` / `verify --report` / `build`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -86,6 +89,10 @@ pub struct DataInfo {
     pub source: String,
     pub images: usize,
     pub labelled: bool,
+    /// SHA-256 of exactly the images and labels used, in order (`quantize::datahash`): equal
+    /// hashes mean the same data, whatever the path. Absent in reports of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +121,29 @@ pub struct LayerReport {
     pub out_rshift: Option<u32>,
     /// Weights and biases that hit the int8 limits when quantized.
     pub saturated_params: usize,
+    /// The overflow proof (`fixed::headroom`): the largest |i32 accumulator| any int8 input can
+    /// produce, and `log2(i32::MAX / that)` bits of headroom (conv, fc and Eltwise SUM only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_worst_abs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acc_headroom_bits: Option<f64>,
+}
+
+/// How raw pixels became the network's input, and what nnquant had to assume about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessingReport {
+    /// Where scale and mean came from: "prototxt", "flags" (`--scale` / `--mean-value`
+    /// overrides) or "none" (no transform_param and no flags: raw pixels).
+    pub source: String,
+    pub scale: f32,
+    /// "none", "mean file", or the per-channel `mean_value`s as given.
+    pub mean: String,
+    /// Largest |rounded - exact| of the mean the integer input path subtracts (the firmware
+    /// subtracts uint8 means; the float reference subtracts the exact ones).
+    pub mean_rounding: f32,
+    /// What the user should know (also printed on stderr).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@
 //! weights → activations → biases, moving to more fraction bits while accuracy stays within
 //! 0.001 % of the best so far, judged on accuracy alone.
 
+pub mod headroom;
 pub mod score;
 pub mod subset;
 
@@ -26,7 +27,7 @@ const CONFIRM: usize = 2;
 
 use crate::fixed::graph::{Formats, LayerFormat, QGraph, QOp};
 use crate::fixed::kernels;
-use crate::fixed::qformat::{InputScale, QFormat};
+use crate::fixed::qformat::{self, InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
 use crate::report::{Score, SearchReport, TraceStep};
@@ -122,16 +123,31 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
         let out = &n.outputs[0];
         let out_frac = match &n.op {
             Op::Convolution(_) | Op::InnerProduct(_) => {
-                let w = QFormat::from_max_abs(max_abs(&n.weights[0].data))?.frac_bits;
-                let mut lf = LayerFormat {
-                    weight_frac_bits: w,
-                    ..Default::default()
+                let w0 = QFormat::from_max_abs(max_abs(&n.weights[0].data))?.frac_bits;
+                let bias_frac = match n.weights.get(1) {
+                    Some(b) => Some(QFormat::from_max_abs(max_abs(&b.data))?.frac_bits),
+                    None => None,
                 };
-                if let Some(b) = n.weights.get(1) {
-                    let bf = QFormat::from_max_abs(max_abs(&b.data))?.frac_bits;
-                    lf.bias_frac_bits = Some(bf.min(w + in_frac));
-                }
-                let o = act(out)?.min(w + in_frac);
+                let out_max = act(out)?;
+                let formats_with = |w: i32| {
+                    let lf = LayerFormat {
+                        weight_frac_bits: w,
+                        bias_frac_bits: bias_frac.map(|bf| bf.min(w + in_frac)),
+                        ..Default::default()
+                    };
+                    (lf, out_max.min(w + in_frac))
+                };
+                // The overflow guard: fewer weight fraction bits (a smaller bias_lshift and
+                // smaller weights) until the accumulator provably cannot wrap.
+                let (lf, o) = (0..=(w0 + qformat::MAX_FRAC_BITS).max(0))
+                    .map(|d| formats_with(w0 - d))
+                    .find(|(lf, o)| headroom::fits(n, lf, in_frac, *o))
+                    .with_context(|| {
+                        format!(
+                            "layer '{}': no weight format keeps its i32 accumulator from wrapping",
+                            n.name
+                        )
+                    })?;
                 f.layers.insert(n.name.clone(), lf);
                 f.activations_frac_bits.insert(out.clone(), o);
                 o

@@ -1,0 +1,478 @@
+//! Validation of a quantized graph read from a file: everything the simulator, the code
+//! generator and the kernels assume, checked once with an error that names the field, so that a
+//! hand-edited or corrupted `.nnq.json` is refused instead of panicking somewhere downstream.
+//!
+//! What is checked: blob layouts against their shapes (and a size cap); SSA blob references
+//! (every layer input exists and is produced before use, outputs produced once); per op, the
+//! dimensions against the blobs they read and write (Caffe's output-size rules), weight and bias
+//! lengths, shifts in the ranges the kernels take, the shifts against the fraction bits they
+//! derive from, and the overflow proof ([`super::headroom`]).
+
+use super::graph::{Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
+use super::headroom::{self, Headroom};
+use super::qformat::MAX_FRAC_BITS;
+use crate::ir::{shape, RoundMode};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Largest blob (elements per image) a quantized graph may hold: 16 M, thousands of times any
+/// Cortex-M's RAM, and small enough that the simulator's batches stay allocatable.
+pub const MAX_BLOB_ELEMENTS: usize = 1 << 24;
+
+/// Shifts of [`super::kernels::rescale_one`] (Concat): beyond 24 a left shift of an `i8` leaves
+/// `i32` and wraps.
+pub const RESCALE_SHIFTS: std::ops::RangeInclusive<i32> = -31..=24;
+
+/// Check a fraction-bit count is one nnquant can compute with.
+pub fn check_frac(what: &str, v: i32) -> Result<()> {
+    ensure!(
+        (-MAX_FRAC_BITS..=MAX_FRAC_BITS).contains(&v),
+        "{what} = {v} fraction bits is outside -{MAX_FRAC_BITS}..={MAX_FRAC_BITS}"
+    );
+    Ok(())
+}
+
+fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
+    ensure!(
+        (0..=31).contains(&v),
+        "layer '{layer}': {what} = {v} is outside 0..=31, the shifts the q7 kernels take"
+    );
+    Ok(())
+}
+
+/// Names end up in the generated firmware's comments and string literals: no control
+/// characters, quotes or backslashes (Caffe's names never have them).
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    ensure!(
+        !name.is_empty()
+            && !name
+                .chars()
+                .any(|c| c.is_control() || c == '"' || c == '\\'),
+        "{what} {name:?} is empty or contains control characters, quotes or backslashes"
+    );
+    Ok(())
+}
+
+fn check_blob(name: &str, b: &QBlob) -> Result<()> {
+    check_name("blob name", name)?;
+    let l = b.layout;
+    let len = [l.h, l.w, l.c]
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n > 0 && n <= MAX_BLOB_ELEMENTS)
+        .with_context(|| {
+            format!("blob '{name}': layout {}×{}×{} is empty or larger than {MAX_BLOB_ELEMENTS} elements", l.h, l.w, l.c)
+        })?;
+    let slen = b
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .with_context(|| format!("blob '{name}': shape {:?} overflows", b.shape))?;
+    ensure!(
+        slen == len,
+        "blob '{name}': shape {:?} has {slen} elements but its layout {}×{}×{} has {len}",
+        b.shape,
+        l.h,
+        l.w,
+        l.c
+    );
+    if let [c, h, w] = b.shape[..] {
+        ensure!(
+            l == (Hwc { h, w, c }),
+            "blob '{name}': a C×H×W shape {:?} must have the layout h {h}, w {w}, c {c}, not {l:?}",
+            b.shape
+        );
+    } else {
+        ensure!(
+            b.shape.len() == 1,
+            "blob '{name}': shape {:?} is neither C×H×W nor N",
+            b.shape
+        );
+    }
+    check_frac(&format!("blob '{name}': frac_bits"), b.frac_bits)
+}
+
+/// `got` must be the layout of `blob`.
+fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Result<()> {
+    ensure!(
+        got == b.layout,
+        "layer '{layer}': {what} {}×{}×{} (h×w×c) does not match blob '{blob}' ({}×{}×{})",
+        got.h,
+        got.w,
+        got.c,
+        b.layout.h,
+        b.layout.w,
+        b.layout.c
+    );
+    Ok(())
+}
+
+/// The shifts of a conv/fc against the formats they come from.
+fn check_dense_shifts(
+    layer: &str,
+    wf: i32,
+    bf: i32,
+    bias_lshift: i32,
+    out_rshift: i32,
+    in_frac: i32,
+    out_frac: i32,
+) -> Result<()> {
+    check_frac(&format!("layer '{layer}': weight_frac_bits"), wf)?;
+    check_frac(&format!("layer '{layer}': bias_frac_bits"), bf)?;
+    check_shift(layer, "bias_lshift", bias_lshift)?;
+    check_shift(layer, "out_rshift", out_rshift)?;
+    ensure!(
+        bias_lshift == wf + in_frac - bf,
+        "layer '{layer}': bias_lshift {bias_lshift} is not weight_frac_bits {wf} + input frac_bits {in_frac} - bias_frac_bits {bf}"
+    );
+    ensure!(
+        out_rshift == wf + in_frac - out_frac,
+        "layer '{layer}': out_rshift {out_rshift} is not weight_frac_bits {wf} + input frac_bits {in_frac} - output frac_bits {out_frac}"
+    );
+    Ok(())
+}
+
+fn conv(
+    layer: &str,
+    c: &QConv,
+    input: &QBlob,
+    output: &QBlob,
+    in_name: &str,
+    out_name: &str,
+) -> Result<Headroom> {
+    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
+    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
+    ensure!(
+        input.shape.len() == 3,
+        "layer '{layer}': a convolution needs a C×H×W input, '{in_name}' is {:?}",
+        input.shape
+    );
+    ensure!(
+        c.groups > 0
+            && c.in_dims.c.is_multiple_of(c.groups)
+            && c.out_dims.c.is_multiple_of(c.groups),
+        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
+        c.groups,
+        c.in_dims.c,
+        c.out_dims.c
+    );
+    ensure!(
+        c.kernel.h > 0 && c.kernel.w > 0 && c.stride.h > 0 && c.stride.w > 0,
+        "layer '{layer}': kernel {}×{} and stride {}×{} must be positive",
+        c.kernel.h,
+        c.kernel.w,
+        c.stride.h,
+        c.stride.w
+    );
+    for (axis, i, k, s, p, o) in [
+        (
+            "h",
+            c.in_dims.h,
+            c.kernel.h,
+            c.stride.h,
+            c.pad.h,
+            c.out_dims.h,
+        ),
+        (
+            "w",
+            c.in_dims.w,
+            c.kernel.w,
+            c.stride.w,
+            c.pad.w,
+            c.out_dims.w,
+        ),
+    ] {
+        let want = shape::conv_out(i, k, s, p, 1)
+            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
+        ensure!(
+            o == want,
+            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {p} give {want}"
+        );
+    }
+    let k = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups);
+    let want = c
+        .out_dims
+        .c
+        .checked_mul(k)
+        .context("weights size overflows")?;
+    ensure!(
+        c.weights.len() == want,
+        "layer '{layer}': weights has {} values, but out_c {} × kernel {}×{} × in_c/groups {} = {want}",
+        c.weights.len(),
+        c.out_dims.c,
+        c.kernel.h,
+        c.kernel.w,
+        c.in_dims.c / c.groups
+    );
+    ensure!(
+        c.bias.len() == c.out_dims.c,
+        "layer '{layer}': bias has {} values for {} output channels",
+        c.bias.len(),
+        c.out_dims.c
+    );
+    check_dense_shifts(
+        layer,
+        c.weight_frac_bits,
+        c.bias_frac_bits,
+        c.bias_lshift,
+        c.out_rshift,
+        input.frac_bits,
+        output.frac_bits,
+    )?;
+    headroom::dense(
+        layer,
+        &c.weights,
+        c.out_dims.c,
+        &c.bias,
+        c.bias_lshift,
+        c.out_rshift,
+    )
+}
+
+fn fc(
+    layer: &str,
+    f: &QFc,
+    input: &QBlob,
+    output: &QBlob,
+    in_name: &str,
+    out_name: &str,
+) -> Result<Headroom> {
+    ensure!(
+        f.in_len == input.layout.len() && f.in_len > 0,
+        "layer '{layer}': in_len {} does not match blob '{in_name}' ({} values)",
+        f.in_len,
+        input.layout.len()
+    );
+    ensure!(
+        f.out_len == output.layout.len()
+            && output.layout
+                == (Hwc {
+                    h: 1,
+                    w: 1,
+                    c: f.out_len
+                }),
+        "layer '{layer}': out_len {} does not match blob '{out_name}' (layout {:?})",
+        f.out_len,
+        output.layout
+    );
+    let want = f
+        .in_len
+        .checked_mul(f.out_len)
+        .context("weights size overflows")?;
+    ensure!(
+        f.weights.len() == want,
+        "layer '{layer}': weights has {} values, but in_len {} × out_len {} = {want}",
+        f.weights.len(),
+        f.in_len,
+        f.out_len
+    );
+    ensure!(
+        f.bias.len() == f.out_len,
+        "layer '{layer}': bias has {} values for out_len {}",
+        f.bias.len(),
+        f.out_len
+    );
+    check_dense_shifts(
+        layer,
+        f.weight_frac_bits,
+        f.bias_frac_bits,
+        f.bias_lshift,
+        f.out_rshift,
+        input.frac_bits,
+        output.frac_bits,
+    )?;
+    headroom::dense(
+        layer,
+        &f.weights,
+        f.out_len,
+        &f.bias,
+        f.bias_lshift,
+        f.out_rshift,
+    )
+}
+
+fn pool(
+    layer: &str,
+    p: &QPool,
+    input: &QBlob,
+    output: &QBlob,
+    in_name: &str,
+    out_name: &str,
+) -> Result<()> {
+    same_layout(layer, "in_dims", p.in_dims, in_name, input)?;
+    same_layout(layer, "out_dims", p.out_dims, out_name, output)?;
+    ensure!(
+        p.in_dims.c == p.out_dims.c,
+        "layer '{layer}': pooling keeps the channels, in {} out {}",
+        p.in_dims.c,
+        p.out_dims.c
+    );
+    for (axis, i, k, s, pad, o) in [
+        (
+            "h",
+            p.in_dims.h,
+            p.kernel.h,
+            p.stride.h,
+            p.pad.h,
+            p.out_dims.h,
+        ),
+        (
+            "w",
+            p.in_dims.w,
+            p.kernel.w,
+            p.stride.w,
+            p.pad.w,
+            p.out_dims.w,
+        ),
+    ] {
+        let ceil = shape::pool_out(i, k, s, pad, RoundMode::Ceil)
+            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
+        let floor = shape::pool_out(i, k, s, pad, RoundMode::Floor)?;
+        ensure!(
+            o == ceil || o == floor,
+            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {pad} give {ceil} (or {floor} rounding down)"
+        );
+    }
+    ensure!(output.frac_bits == input.frac_bits, "layer '{layer}': pooling keeps its input's format ({} fraction bits), its output '{out_name}' has {}", input.frac_bits, output.frac_bits);
+    Ok(())
+}
+
+/// Check everything; the headroom of every conv/fc/Eltwise layer, by name.
+pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
+    for (name, b) in &g.blobs {
+        check_blob(name, b)?;
+    }
+    let input = g
+        .blobs
+        .get(&g.input)
+        .with_context(|| format!("the input blob '{}' is not among the blobs", g.input))?;
+    ensure!(
+        input.shape.len() == 3 || input.shape.len() == 1,
+        "the input blob '{}' has shape {:?}",
+        g.input,
+        input.shape
+    );
+    let mut produced: BTreeSet<&str> = BTreeSet::from([g.input.as_str()]);
+    let mut names = BTreeSet::new();
+    let mut heads = BTreeMap::new();
+    for (i, l) in g.layers.iter().enumerate() {
+        let name = l.name.as_str();
+        check_name("layer name", name)?;
+        ensure!(
+            names.insert(name),
+            "layers[{i}]: the layer name '{name}' is used twice"
+        );
+        let blob = |b: &str| -> Result<&QBlob> {
+            g.blobs
+                .get(b)
+                .with_context(|| format!("layer '{name}': blob '{b}' is not among the blobs"))
+        };
+        for b in &l.inputs {
+            blob(b)?;
+            ensure!(
+                produced.contains(b.as_str()),
+                "layer '{name}': its input '{b}' is produced by no earlier layer"
+            );
+        }
+        let out = blob(&l.output)?;
+        ensure!(produced.insert(l.output.as_str()), "layer '{name}': its output '{}' is already produced by an earlier layer (blobs are written once)", l.output);
+        let arity = |n: usize| -> Result<()> {
+            ensure!(
+                l.inputs.len() == n,
+                "layer '{name}': takes {n} input(s), the file gives {}",
+                l.inputs.len()
+            );
+            Ok(())
+        };
+        let in0_name = l.inputs.first().map(String::as_str).unwrap_or("");
+        match &l.op {
+            QOp::Conv(c) => {
+                arity(1)?;
+                heads.insert(
+                    l.name.clone(),
+                    conv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
+                );
+            }
+            QOp::Fc(f) => {
+                arity(1)?;
+                heads.insert(
+                    l.name.clone(),
+                    fc(name, f, blob(in0_name)?, out, in0_name, &l.output)?,
+                );
+            }
+            QOp::MaxPool(p) | QOp::AvePool(p) => {
+                arity(1)?;
+                pool(name, p, blob(in0_name)?, out, in0_name, &l.output)?;
+            }
+            QOp::Relu | QOp::Reshape => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
+            }
+            QOp::Add {
+                a_lshift,
+                b_lshift,
+                out_rshift,
+            } => {
+                arity(2)?;
+                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
+                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
+                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
+                for (what, v) in [
+                    ("a_lshift", *a_lshift),
+                    ("b_lshift", *b_lshift),
+                    ("out_rshift", *out_rshift),
+                ] {
+                    check_shift(name, what, v)?;
+                }
+                // A common format F: a_lshift = F - a, b_lshift = F - b, out_rshift = F - out.
+                ensure!(
+                    a.frac_bits + a_lshift == b.frac_bits + b_lshift && a.frac_bits + a_lshift == out.frac_bits + out_rshift,
+                    "layer '{name}': shifts a_lshift {a_lshift}, b_lshift {b_lshift}, out_rshift {out_rshift} do not bring the formats {}, {} and {} to a common one",
+                    a.frac_bits, b.frac_bits, out.frac_bits
+                );
+                heads.insert(
+                    l.name.clone(),
+                    headroom::add(name, *a_lshift, *b_lshift, *out_rshift)?,
+                );
+            }
+            QOp::Concat { shifts } => {
+                ensure!(
+                    !l.inputs.is_empty() && shifts.len() == l.inputs.len(),
+                    "layer '{name}': {} shifts for {} inputs",
+                    shifts.len(),
+                    l.inputs.len()
+                );
+                let mut c = 0usize;
+                for (b, &s) in l.inputs.iter().zip(shifts) {
+                    let x = blob(b)?;
+                    ensure!(
+                        x.layout.h == out.layout.h && x.layout.w == out.layout.w,
+                        "layer '{name}': input '{b}' is {}×{}, the output {}×{}",
+                        x.layout.h,
+                        x.layout.w,
+                        out.layout.h,
+                        out.layout.w
+                    );
+                    ensure!(RESCALE_SHIFTS.contains(&s), "layer '{name}': shift {s} for input '{b}' is outside {RESCALE_SHIFTS:?} (larger left shifts wrap in i32)");
+                    ensure!(s == out.frac_bits - x.frac_bits, "layer '{name}': shift {s} for input '{b}' is not output frac_bits {} - input frac_bits {}", out.frac_bits, x.frac_bits);
+                    c += x.layout.c;
+                }
+                ensure!(
+                    c == out.layout.c,
+                    "layer '{name}': inputs have {c} channels in total, the output '{}' {}",
+                    l.output,
+                    out.layout.c
+                );
+            }
+        }
+    }
+    ensure!(!g.outputs.is_empty(), "the graph has no outputs");
+    for o in &g.outputs {
+        if !produced.contains(o.as_str()) {
+            bail!("the output '{o}' is produced by no layer");
+        }
+    }
+    Ok(heads)
+}
