@@ -44,7 +44,7 @@ pub enum Cmd {
     },
 }
 
-fn read(p: &PathBuf) -> Result<Report> {
+fn read(p: &std::path::Path) -> Result<Report> {
     let text = crate::fsio::read_text(p, "the report")?;
     Report::from_json(&text, &p.display().to_string())
 }
