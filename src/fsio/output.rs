@@ -240,7 +240,13 @@ fn temp_path(target: &Path) -> Result<PathBuf> {
 
 fn write_temp(target: &Path, content: &Content) -> Result<Temp> {
     if let Some(d) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        std::fs::create_dir_all(d).with_context(|| {
+            format!(
+                "cannot create the directory {} for {} (is part of that path a file?)",
+                d.display(),
+                target.display()
+            )
+        })?;
     }
     let path = temp_path(target)?;
     // Registered before it exists: an interruption between creating and registering would
