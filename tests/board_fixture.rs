@@ -15,33 +15,9 @@ fn repo(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn demo(p: &str) -> PathBuf {
-    repo("testdata/glyphs").join(p)
-}
-
-/// The demo model quantized without a search (fast; the formats do not matter here).
+/// The demo model quantized without a search.
 fn quantized(dir: &Path) -> PathBuf {
-    let m = dir.join("m.nnq.json");
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &demo("glyphs.prototxt"),
-        &"--weights",
-        &demo("glyphs.caffemodel"),
-        &"--calib",
-        &demo("calib_u8_hwc.npy"),
-        &"--eval",
-        &demo("test_u8_hwc.npy"),
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &dir.join("r.json"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    m
+    quantized_demo(dir).0
 }
 
 /// The fixture's synthetic image (`src/main.rs`: pixel i = (i·7 + 3) mod 256).

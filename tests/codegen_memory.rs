@@ -17,27 +17,7 @@ fn demo(p: &str) -> PathBuf {
 
 /// The demo model quantized without a search (fast) into `dir`: (model, report).
 fn quantized(dir: &Path) -> (PathBuf, PathBuf) {
-    let (m, r) = (dir.join("m.nnq.json"), dir.join("r.json"));
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &demo("glyphs.prototxt"),
-        &"--weights",
-        &demo("glyphs.caffemodel"),
-        &"--calib",
-        &demo("calib_u8_hwc.npy"),
-        &"--eval",
-        &demo("test_u8_hwc.npy"),
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &r,
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    (m, r)
+    quantized_demo(dir)
 }
 
 #[test]

@@ -171,52 +171,31 @@ fn terminated_at(point: &str, m: &Path, r: &Path) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
-#[test]
-fn sigterm_before_the_renames_keeps_the_old_outputs() {
+/// Old outputs in place, quantize terminated at `point`: whether each output is new afterwards.
+fn outputs_after_sigterm_at(point: &str) -> Vec<bool> {
     let f = Fixture::new();
     let (m, r, md) = outputs(f.dir.path());
     for p in [&m, &r, &md] {
         std::fs::write(p, "old").unwrap();
     }
-    let status = terminated_at("before-rename", &m, &r);
+    let status = terminated_at(point, &m, &r);
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
-    for p in [&m, &r, &md] {
-        assert_eq!(
-            std::fs::read_to_string(p).unwrap(),
-            "old",
-            "{}",
-            p.display()
-        );
-    }
-    assert!(
-        temporaries(f.dir.path()).is_empty(),
-        "{:?}",
-        temporaries(f.dir.path())
-    );
+    let temps = temporaries(f.dir.path());
+    assert!(temps.is_empty(), "{temps:?}");
+    [&m, &r, &md]
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap() != "old")
+        .collect()
+}
+
+#[test]
+fn sigterm_before_the_renames_keeps_the_old_outputs() {
+    assert_eq!(outputs_after_sigterm_at("before-rename"), [false; 3]);
 }
 
 #[test]
 fn sigterm_between_the_renames_completes_the_set() {
-    let f = Fixture::new();
-    let (m, r, md) = outputs(f.dir.path());
-    for p in [&m, &r, &md] {
-        std::fs::write(p, "old").unwrap();
-    }
-    let status = terminated_at("between-renames", &m, &r);
-    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
-    for p in [&m, &r, &md] {
-        assert_ne!(
-            std::fs::read_to_string(p).unwrap(),
-            "old",
-            "{}",
-            p.display()
-        );
-    }
-    assert!(
-        temporaries(f.dir.path()).is_empty(),
-        "{:?}",
-        temporaries(f.dir.path())
-    );
+    assert_eq!(outputs_after_sigterm_at("between-renames"), [true; 3]);
 }
 
 #[test]

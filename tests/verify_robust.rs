@@ -17,27 +17,7 @@ fn demo(p: &str) -> PathBuf {
 }
 
 fn quantized(dir: &Path) -> PathBuf {
-    let m = dir.join("m.nnq.json");
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &demo("glyphs.prototxt"),
-        &"--weights",
-        &demo("glyphs.caffemodel"),
-        &"--calib",
-        &demo("calib_u8_hwc.npy"),
-        &"--eval",
-        &demo("test_u8_hwc.npy"),
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &dir.join("r.json"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    m
+    quantized_demo(dir).0
 }
 
 /// `nnquant verify MODEL --data … --count N --target T` with a fault, in a private cache.

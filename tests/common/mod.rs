@@ -117,3 +117,36 @@ pub fn assert_fails(o: &Outcome, needles: &[&str]) {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A file of the project's demo model (`testdata/glyphs`).
+pub fn demo_file(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/glyphs")
+        .join(p)
+}
+
+/// The demo model quantized without a search (fast; the formats do not matter to the caller)
+/// into `dir`: (model, report).
+pub fn quantized_demo(dir: &Path) -> (PathBuf, PathBuf) {
+    let (m, r) = (dir.join("m.nnq.json"), dir.join("r.json"));
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &demo_file("glyphs.prototxt"),
+        &"--weights",
+        &demo_file("glyphs.caffemodel"),
+        &"--calib",
+        &demo_file("calib_u8_hwc.npy"),
+        &"--eval",
+        &demo_file("test_u8_hwc.npy"),
+        &"--search",
+        &"none",
+        &"-o",
+        &m,
+        &"--report",
+        &r,
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    (m, r)
+}
