@@ -312,3 +312,34 @@ fn quantize_bad_inputs_fail_cleanly_without_partial_output() {
     ]);
     assert_fails(&o, &["--eval", "--split"]);
 }
+
+/// Formats that saturate the logits: the report (JSON and Markdown; stderr too without --quiet)
+/// says the output collapsed instead of printing figures without a word; sane formats raise no
+/// such warning.
+#[test]
+fn a_collapsed_output_is_a_warning_in_the_report() {
+    let f = Fixture::new();
+    let out = f.path("out");
+    let saturating = f.write("sat.json", r#"{"activations_frac_bits": {"data": 7, "conv1": 4, "conv2": 1, "ip1": 7},
+        "layers": {"conv1": {"weight_frac_bits": 7, "bias_frac_bits": 8}, "conv2": {"weight_frac_bits": 7, "bias_frac_bits": 8}, "ip1": {"weight_frac_bits": 7, "bias_frac_bits": 8}}}"#);
+    let saturating = saturating.display().to_string();
+    assert_eq!(quantize(&out, &["--formats", &saturating]).code, 0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("r.json")).unwrap()).unwrap();
+    let w = r["quality_warnings"].as_array().expect("quality_warnings");
+    assert!(
+        w.iter().any(|w| w.as_str().unwrap().contains("SQNR")),
+        "{w:?}"
+    );
+    let md = std::fs::read_to_string(out.join("r.md")).unwrap();
+    assert!(
+        md.contains("**Warning:** the quantized output 'ip1'"),
+        "{md}"
+    );
+    // Formats from the float ranges: no collapse, no warning.
+    let good = f.path("good");
+    assert_eq!(quantize(&good, &["--search", "none"]).code, 0);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(good.join("r.json")).unwrap()).unwrap();
+    assert!(r.get("quality_warnings").is_none(), "{r}");
+}

@@ -449,7 +449,7 @@ pub fn run(
         .context("internal error: the quantized model fails its own validation")?;
     let summary = ir::summary::summarize(g);
     let out_acc = ev.blobs.get(&out_blob);
-    let report = Report {
+    let mut report = Report {
         schema: report::SCHEMA.into(),
         model: ModelInfo {
             name: g.name.clone(),
@@ -512,10 +512,17 @@ pub fn run(
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),
         preprocessing: Some(preprocessing),
+        quality_warnings: vec![],
         firmware: None,
     };
+    report.quality_warnings = quality_warnings(&report, &qg);
     if !opts.quiet {
         for w in &report.preprocessing.as_ref().expect("set above").warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    if !opts.quiet {
+        for w in &report.quality_warnings {
             eprintln!("warning: {w}");
         }
     }
@@ -523,6 +530,51 @@ pub fn run(
         eprintln!("warning: calibration and evaluation use the same data ({}); the reported accuracy is not a held-out figure", calib.name);
     }
     Ok((model, report))
+}
+
+/// Below this output SQNR (dB) the quantized model hardly follows the float one.
+pub const COLLAPSED_SQNR_DB: f64 = 10.0;
+/// Below this float/quantized top-1 agreement the outputs' arg-max is not to be trusted.
+pub const COLLAPSED_AGREEMENT: f64 = 0.5;
+
+/// Warnings a user must see: the quantized output collapsed (low SQNR or agreement), or the
+/// model has outputs that the search and the accuracy figures do not look at.
+fn quality_warnings(r: &Report, qg: &QGraph) -> Vec<String> {
+    let a = &r.accuracy;
+    let out = qg.outputs.first().map_or("?", String::as_str);
+    let mut w = Vec::new();
+    if a.output_sqnr_db < COLLAPSED_SQNR_DB {
+        w.push(format!(
+            "the quantized output '{out}' has an SQNR of {:.1} dB against float (< {COLLAPSED_SQNR_DB} dB): the quantized model barely follows the float one; check the per-blob SQNR and saturation below",
+            a.output_sqnr_db
+        ));
+    }
+    if a.top1_agreement < COLLAPSED_AGREEMENT {
+        w.push(format!(
+            "float and quantized top-1 agree on only {:.1} % of the evaluation images (< {:.0} %)",
+            a.top1_agreement * 100.0,
+            COLLAPSED_AGREEMENT * 100.0
+        ));
+    }
+    if qg.outputs.len() > 1 {
+        let others: Vec<String> = qg.outputs[1..]
+            .iter()
+            .map(|o| {
+                let sqnr = r
+                    .blobs
+                    .iter()
+                    .find(|b| &b.name == o)
+                    .map_or("n/a".to_string(), |b| format!("{:.1} dB", b.sqnr_db));
+                format!("'{o}' ({sqnr})")
+            })
+            .collect();
+        w.push(format!(
+            "the model has {} outputs; the search and the accuracy figures score only the first ('{out}'); the others are not optimised: {}",
+            qg.outputs.len(),
+            others.join(", ")
+        ));
+    }
+    w
 }
 
 /// Round for stable, diffable JSON (the values are deterministic anyway; this keeps them short).

@@ -15,6 +15,9 @@ pub fn render(r: &Report) -> String {
     let mut md = String::new();
     let a = &r.accuracy;
     let _ = writeln!(md, "# nnquant report: {}\n", r.model.name);
+    for w in &r.quality_warnings {
+        let _ = writeln!(md, "> **Warning:** {w}\n");
+    }
     if r.same_data_warning {
         let _ = writeln!(md, "> **Warning:** calibration and evaluation use the same data; the accuracy below is not a held-out figure.\n");
     }

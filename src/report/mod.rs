@@ -28,6 +28,10 @@ pub struct Report {
     /// Absent in reports of older versions.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub preprocessing: Option<PreprocessingReport>,
+    /// What the figures say about the quantized model that the user must not miss (output SQNR
+    /// or agreement collapsed; outputs the search does not score). Also printed on stderr.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub quality_warnings: Vec<String>,
     /// The firmware's memory (and, after `verify --report`, measured) figures, added by
     /// `codegen --report` / `verify --report` / `build`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
