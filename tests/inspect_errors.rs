@@ -308,3 +308,36 @@ fn unwritable_stdout_is_an_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// SSD's Permute (detector heads): parsed, shaped, run in float; an order that moves the batch
+/// axis or is not a permutation is a clean error; quantizing names it as float-only.
+#[test]
+fn permute_layers_are_parsed_and_checked() {
+    let f = Fixture::new();
+    let ok = f.write(
+        "p.prototxt",
+        r#"name: "p"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 4 dim: 5 } } }
+layer { name: "perm" type: "Permute" bottom: "data" top: "perm" permute_param { order: 0 order: 2 order: 3 order: 1 } }
+"#,
+    );
+    let o = inspect(&ok, None);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("4×5×3"), "{}", o.stdout);
+    for (order, needle) in [
+        ("order: 1 order: 0", "moves the batch axis"),
+        ("order: 0 order: 2 order: 2", "not a permutation"),
+        ("order: 0 order: 7", "not a permutation"),
+    ] {
+        let bad = f.write(
+            "bad.prototxt",
+            format!(
+                r#"name: "p"
+layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ dim: 1 dim: 3 dim: 4 dim: 5 }} }} }}
+layer {{ name: "perm" type: "Permute" bottom: "data" top: "perm" permute_param {{ {order} }} }}
+"#
+            ),
+        );
+        assert_fails(&inspect(&bad, None), &["Permute", needle]);
+    }
+}

@@ -25,6 +25,7 @@ pub const COMPUTE_TYPES: &[&str] = &[
     "Concat",
     "Flatten",
     "Reshape",
+    "Permute",
 ];
 /// Layer types that are identities at inference time: their tops alias their bottom.
 pub const ALIAS_TYPES: &[&str] = &["Dropout", "Split"];
@@ -408,6 +409,9 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
                 num_axes: p.num_axes() as i64,
             }
         }
+        "Permute" => Op::Permute {
+            order: permute_order(&l.permute_param.clone().unwrap_or_default().order)?,
+        },
         other => bail!("unknown layer type '{other}'"),
     })
 }
@@ -662,4 +666,27 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
         outputs,
         shapes: BTreeMap::new(),
     })
+}
+
+/// SSD's rule: the listed axes first, then the unlisted ones in order; nnquant supports 4-D
+/// blobs (NCHW) whose batch axis stays first.
+fn permute_order(listed: &[u32]) -> Result<Vec<usize>> {
+    const AXES: usize = 4;
+    let mut order: Vec<usize> = Vec::with_capacity(AXES);
+    for &a in listed {
+        let a = a as usize;
+        if a >= AXES || order.contains(&a) {
+            bail!("Permute order {listed:?} is not a permutation of the 4 axes of an NCHW blob");
+        }
+        order.push(a);
+    }
+    for a in 0..AXES {
+        if !order.contains(&a) {
+            order.push(a);
+        }
+    }
+    if order[0] != 0 {
+        bail!("Permute order {listed:?} moves the batch axis; nnquant runs one image at a time");
+    }
+    Ok(order)
 }

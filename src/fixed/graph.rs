@@ -439,8 +439,13 @@ impl QGraph {
                     let c = ins.iter().map(|b| b.layout.c).sum();
                     (QOp::Concat { shifts }, out_frac, Hwc { h: in0.layout.h, w: in0.layout.w, c })
                 }
-                other => bail!(
+                Op::BatchNorm { .. } | Op::Scale { .. } | Op::Bias { .. } => bail!(
                     "{}: no q7 kernel for {}; fold BatchNorm/Scale/Bias into the preceding layer first (ir::passes::fold_batchnorm)",
+                    ctx(),
+                    n.op.type_name()
+                ),
+                other => bail!(
+                    "{}: {} runs in float (nnquant eval) but has no q7 kernel yet, so the model cannot be quantized",
                     ctx(),
                     other.type_name()
                 ),

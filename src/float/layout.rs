@@ -63,3 +63,61 @@ mod tests {
         assert_eq!(y, [1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
     }
 }
+
+/// Transpose each of `n` images of `shape` (batch axis excluded) so that output axis `i` is
+/// input axis `order[i]`.
+pub fn permute(x: &[f32], n: usize, shape: &[usize], order: &[usize], out: &mut [f32]) {
+    let len: usize = shape.iter().product();
+    let out_shape: Vec<usize> = order.iter().map(|&a| shape[a]).collect();
+    // Input strides, visited in output order.
+    let mut stride = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        stride[i] = stride[i + 1] * shape[i + 1];
+    }
+    let strides: Vec<usize> = order.iter().map(|&a| stride[a]).collect();
+    for img in 0..n {
+        let (src, dst) = (
+            &x[img * len..(img + 1) * len],
+            &mut out[img * len..(img + 1) * len],
+        );
+        let mut idx = vec![0usize; out_shape.len()];
+        for d in dst.iter_mut() {
+            let at: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+            *d = src[at];
+            // Next output index, last axis fastest.
+            for k in (0..idx.len()).rev() {
+                idx[k] += 1;
+                if idx[k] < out_shape[k] {
+                    break;
+                }
+                idx[k] = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod permute_tests {
+    /// NCHW → NHWC (SSD's `order: 0 2 3 1`) on two images, against index arithmetic.
+    #[test]
+    fn permute_is_an_nchw_to_nhwc_transpose() {
+        let (c, h, w) = (3, 2, 4);
+        let x: Vec<f32> = (0..2 * c * h * w).map(|i| i as f32).collect();
+        let mut out = vec![0.0; x.len()];
+        super::permute(&x, 2, &[c, h, w], &[1, 2, 0], &mut out);
+        for n in 0..2 {
+            for ch in 0..c {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let nchw = x[n * c * h * w + (ch * h + y) * w + xx];
+                        let nhwc = out[n * c * h * w + (y * w + xx) * c + ch];
+                        assert_eq!(nchw, nhwc);
+                    }
+                }
+            }
+        }
+        // The identity order copies.
+        super::permute(&x, 2, &[c, h, w], &[0, 1, 2], &mut out);
+        assert_eq!(out, x);
+    }
+}

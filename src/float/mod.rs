@@ -76,6 +76,8 @@ enum Kernel<'g> {
     Concat(layout::Concat),
     /// Flatten and Reshape: NCHW memory is unchanged.
     Copy,
+    /// Permute: (input shape, order without the batch axis, 0-based).
+    Permute(Vec<usize>, Vec<usize>),
 }
 
 struct Step<'g> {
@@ -322,6 +324,7 @@ impl<'g> Engine<'g> {
             Kernel::Softmax(k) => k.run(x, out),
             Kernel::Concat(k) => k.run(ins, n, out),
             Kernel::Copy => out.copy_from_slice(x),
+            Kernel::Permute(shape, order) => layout::permute(x, n, shape, order, out),
         }
     }
 }
@@ -409,6 +412,10 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
                 "changes the element count"
             );
             Kernel::Copy
+        }
+        Op::Permute { order } => {
+            let order: Vec<usize> = order[1..].iter().map(|&a| a - 1).collect();
+            Kernel::Permute(input.to_vec(), order)
         }
     })
 }

@@ -178,6 +178,11 @@ pub enum Op {
         axis: i64,
         num_axes: i64,
     },
+    /// SSD's Permute: output axis `i` is input axis `order[i]`, over all axes including the
+    /// batch axis (which must stay first).
+    Permute {
+        order: Vec<usize>,
+    },
 }
 
 impl Op {
@@ -198,6 +203,7 @@ impl Op {
             Op::Concat { .. } => "Concat",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
+            Op::Permute { .. } => "Permute",
         }
     }
 

@@ -212,6 +212,14 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
             axis,
             num_axes,
         } => reshape(first, dims, *axis, *num_axes)?,
+        Op::Permute { order } => {
+            ensure!(
+                order.len() == first.len() + 1,
+                "Permute order {order:?} does not fit an input of {} axes (batch included)",
+                first.len() + 1
+            );
+            order[1..].iter().map(|&a| first[a - 1]).collect()
+        }
     };
     checked_count(&out)?;
     let n = node.outputs.len().max(1);
