@@ -184,11 +184,12 @@ impl NnqModel {
             "input.crop_size {} does not match the input's {h}×{w}",
             i.crop_size
         );
-        ensure!(
-            g.outputs.len() == 1,
-            "the graph has {} outputs; nnquant's models have one",
-            g.outputs.len()
-        );
+        // Several outputs (detector heads) are run and written in this order; `classes` describes
+        // the first.
+        let mut seen = std::collections::BTreeSet::new();
+        for o in &g.outputs {
+            ensure!(seen.insert(o), "the output '{o}' is listed twice");
+        }
         let out_len = g.blob_len(&g.outputs[0]);
         ensure!(
             self.classes == out_len,

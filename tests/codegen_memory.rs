@@ -146,3 +146,107 @@ fn report_diff_gates_on_firmware_ram_growth() {
     ]);
     assert_fails(&o, &["need firmware figures in both reports"]);
 }
+
+/// Residual adds run in place over whichever input dies there (here the second one, then the
+/// first), the plan passes its overlap check, and the firmware equals the simulator.
+#[test]
+fn residual_adds_run_in_place_over_the_input_that_dies() {
+    const RES: &str = r#"name: "res"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "sum1" type: "Eltwise" bottom: "conv2" bottom: "conv1" top: "sum1" }
+layer { name: "sum2" type: "Eltwise" bottom: "sum1" bottom: "conv2" top: "sum2" }
+layer { name: "ip" type: "InnerProduct" bottom: "sum2" top: "ip" inner_product_param { num_output: 3 } }
+"#;
+    let f = Fixture::new();
+    let w = vec![
+        (
+            "conv1".to_string(),
+            "Convolution".to_string(),
+            vec![tensor(&[4, 3, 3, 3], 1), tensor(&[4], 2)],
+        ),
+        (
+            "conv2".into(),
+            "Convolution".into(),
+            vec![tensor(&[4, 4, 3, 3], 3), tensor(&[4], 4)],
+        ),
+        (
+            "ip".into(),
+            "InnerProduct".into(),
+            vec![tensor(&[3, 256], 5), tensor(&[3], 6)],
+        ),
+    ];
+    let p = f.write("res.prototxt", RES);
+    let wts = f.write(
+        "res.caffemodel",
+        nnquant::caffe::write::encode_caffemodel("res", &w),
+    );
+    let images = f.path("images.npy");
+    let px: Vec<u8> = (0..32 * 192).map(|i| ((i * 37) % 256) as u8).collect();
+    nnquant::npy_out::write(&images, &[32, 8, 8, 3], &px).unwrap();
+    let m = f.path("m.nnq.json");
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &p,
+        &"--weights",
+        &wts,
+        &"--calib",
+        &images,
+        &"--search",
+        &"none",
+        &"--split",
+        &"2",
+        &"-o",
+        &m,
+        &"--report",
+        &f.path("r.json"),
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let model = NnqModel::read(&m).unwrap();
+    for dsp in [false, true] {
+        let pl = plan::plan(&model.graph, dsp);
+        plan::check(&model.graph, &pl).unwrap();
+        // sum1 = conv2 + relu1: conv2 is read again by sum2, relu1 dies → over input 1;
+        // sum2 = sum1 + conv2: both die → over input 0.
+        assert_eq!(
+            pl.in_place_input.get("sum1"),
+            Some(&1),
+            "{:?}",
+            pl.in_place_input
+        );
+        assert_eq!(
+            pl.in_place_input.get("sum2"),
+            Some(&0),
+            "{:?}",
+            pl.in_place_input
+        );
+        assert_eq!(pl.blobs["sum1"].offset, pl.blobs["relu1"].offset);
+    }
+    let o = nnquant(&[
+        &"verify",
+        &m,
+        &"--data",
+        &images,
+        &"--target",
+        &"host",
+        &"--count",
+        &"16",
+        &"--work-dir",
+        &f.path("fw"),
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("16/16 images byte-identical"),
+        "{}",
+        o.stdout
+    );
+    let lib = std::fs::read_to_string(f.path("fw/src/lib.rs")).unwrap();
+    assert_eq!(lib.matches("kernels::add_q7_in_place(").count(), 2, "{lib}");
+}

@@ -27,7 +27,9 @@ layer { name: "pool1" type: "Pooling" bottom: "cat" top: "pool1"
   pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
 layer { name: "pool2" type: "Pooling" bottom: "pool1" top: "pool2"
   pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
-layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
+layer { name: "perm" type: "Permute" bottom: "pool2" top: "perm"
+  permute_param { order: 0 order: 2 order: 3 order: 1 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "perm" top: "ip1"
   inner_product_param { num_output: 5 } }
 "#;
 
@@ -197,9 +199,12 @@ fn the_fixture_is_valid_and_runs_everywhere() {
             nnquant::fixed::QOp::Add { .. } => "add",
             nnquant::fixed::QOp::Concat { .. } => "concat",
             nnquant::fixed::QOp::Reshape => "reshape",
+            nnquant::fixed::QOp::Permute { .. } => "permute",
         })
         .collect();
-    for op in ["conv", "fc", "max", "ave", "relu", "add", "concat"] {
+    for op in [
+        "conv", "fc", "max", "ave", "relu", "add", "concat", "permute",
+    ] {
         assert!(ops.contains(&op), "the fixture lacks {op}: {ops:?}");
     }
     downstream(&m, &made.model_text, 0).unwrap();

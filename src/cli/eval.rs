@@ -34,7 +34,10 @@ pub struct Args {
     /// Which part of --split: `calib` (first) or `eval` (second).
     #[arg(long, default_value = "eval")]
     pub part: String,
-    /// Write the final blob of every image: float32 (float model) or int8 (quantized model) .npy.
+    /// Write every output of every image: float32 (float model) or int8 q values (quantized
+    /// model; value = q / 2^frac_bits of the blob in the model file), each as `[images, *shape]`
+    /// in the logical (Caffe, NCHW) order of its blob. One output: a .npy; several: a .npz with
+    /// one array per output blob (a single-output model may also be written as .npz).
     #[arg(long)]
     pub save_outputs: Option<PathBuf>,
     #[arg(long)]
@@ -81,19 +84,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 l >= 0 && (l as usize) < classes,
                 "image {i} has label {l}, outside the model's {classes} classes"
             );
-            match &outputs {
-                Outputs::F32(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
-                Outputs::I8(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
+            match &outputs[0].data {
+                Data::F32(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
+                Data::I8(v) => acc.add(&v[i * classes..(i + 1) * classes], l as usize),
             };
         }
     }
     let metrics = labelled.then(|| acc.finish());
     if let Some(p) = &a.save_outputs {
-        let shape = [n as u64, classes as u64];
-        match &outputs {
-            Outputs::F32(v) => crate::npy_out::write(p, &shape, v)?,
-            Outputs::I8(v) => crate::npy_out::write(p, &shape, v)?,
-        }
+        save_outputs(p, n, &outputs)?;
     }
     let ips = n as f64 / secs.max(1e-9);
     if a.json {
@@ -125,16 +124,59 @@ pub fn run(a: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-enum Outputs {
+enum Data {
     F32(Vec<f32>),
     I8(Vec<i8>),
+}
+
+/// One output blob over all images, in its logical (NCHW) order.
+struct Output {
+    name: String,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+/// `--save-outputs`: a .npy for one output, a .npz (one array per blob) for any number.
+fn save_outputs(path: &std::path::Path, n: usize, outputs: &[Output]) -> Result<()> {
+    let arrays = outputs
+        .iter()
+        .map(|o| {
+            let shape: Vec<u64> = std::iter::once(n)
+                .chain(o.shape.iter().copied())
+                .map(|d| d as u64)
+                .collect();
+            let bytes = match &o.data {
+                Data::F32(v) => crate::npy_out::encode(&shape, v),
+                Data::I8(v) => crate::npy_out::encode(&shape, v),
+            }?;
+            Ok((o.name.clone(), bytes))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let npz = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    let bytes = if npz {
+        crate::npy_out::npz(&arrays)?
+    } else {
+        ensure!(
+            arrays.len() == 1,
+            "--save-outputs {}: the model has {} outputs ({}); give a .npz path to save them all (one array per output)",
+            path.display(),
+            arrays.len(),
+            outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        arrays.into_iter().next().map(|a| a.1).unwrap_or_default()
+    };
+    let mut out = crate::fsio::Outputs::new();
+    out.file(path, bytes);
+    out.commit()
 }
 
 type Run = (
     &'static str,
     String,
     usize,
-    Outputs,
+    Vec<Output>,
     usize,
     Vec<Option<i64>>,
     f64,
@@ -166,14 +208,11 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
     let mut src = maybe_split(sources.remove(0), a)?;
     let pre = data_args::preprocessor(&m, &g)?;
     let engine = Engine::new(&g)?;
-    let out_blob = g.outputs[0].clone();
-    let classes: usize = g.shape(&out_blob).iter().product();
+    let classes: usize = g.shape(&g.outputs[0]).iter().product();
     let total = src.len();
     let pb = crate::progress::bar(total as u64, "eval", a.quiet);
-    let (mut outputs, mut labels) = (
-        Vec::with_capacity(total * classes),
-        Vec::with_capacity(total),
-    );
+    let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); g.outputs.len()];
+    let mut labels = Vec::with_capacity(total);
     let t = Instant::now();
     let mut start = 0;
     while start < total {
@@ -187,17 +226,28 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<Run> {
             g.shape(&g.input.blob)
         );
         let acts = engine.forward(&b.data, samples.len(), float::Keep::Outputs)?;
-        outputs.extend_from_slice(&acts.blobs[&out_blob]);
+        for (o, name) in outputs.iter_mut().zip(&g.outputs) {
+            o.extend_from_slice(&acts.blobs[name]);
+        }
         labels.extend(samples.iter().map(|s| s.label));
         pb.set_position(end as u64);
         start = end;
     }
     pb.finish_and_clear();
+    let outputs = outputs
+        .into_iter()
+        .zip(&g.outputs)
+        .map(|(data, o)| Output {
+            name: o.clone(),
+            shape: g.shape(o).to_vec(),
+            data: Data::F32(data),
+        })
+        .collect();
     Ok((
         "float",
         name,
         classes,
-        Outputs::F32(outputs),
+        outputs,
         total,
         labels,
         t.elapsed().as_secs_f64(),
@@ -227,10 +277,8 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> 
     let classes = model.classes;
     let total = src.len();
     let pb = crate::progress::bar(total as u64, "eval", a.quiet);
-    let (mut outputs, mut labels) = (
-        Vec::with_capacity(total * classes),
-        Vec::with_capacity(total),
-    );
+    let mut outputs: Vec<Vec<i8>> = vec![Vec::new(); qg.outputs.len()];
+    let mut labels = Vec::with_capacity(total);
     let t = Instant::now();
     let mut start = 0;
     while start < total {
@@ -246,17 +294,32 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<Run> 
         };
         let q_in = prep.quantize(&px, model.input.len(), model.input.frac_bits)?;
         let acts = sim.run(&q_in, samples.len(), &sim::Keep::Outputs)?;
-        outputs.extend_from_slice(acts.get(&qg.outputs[0]).context("output")?);
+        for (o, name) in outputs.iter_mut().zip(&qg.outputs) {
+            let b = &qg.blobs[name];
+            for i in 0..samples.len() {
+                let q = acts.image(name, i).context("output")?;
+                o.extend(b.logical_order(q));
+            }
+        }
         labels.extend(samples.iter().map(|s| s.label));
         pb.set_position(end as u64);
         start = end;
     }
     pb.finish_and_clear();
+    let outputs = outputs
+        .into_iter()
+        .zip(&qg.outputs)
+        .map(|(data, o)| Output {
+            name: o.clone(),
+            shape: qg.blobs[o].shape.clone(),
+            data: Data::I8(data),
+        })
+        .collect();
     Ok((
         "quantized",
         name,
         classes,
-        Outputs::I8(outputs),
+        outputs,
         total,
         labels,
         t.elapsed().as_secs_f64(),

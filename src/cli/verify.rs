@@ -101,13 +101,8 @@ fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
     let sim = Simulator::new(&m.graph)?;
     let keep = if x.trace { Keep::All } else { Keep::Outputs };
     let acts = sim.run(&q, images.len(), &keep)?;
-    let out = &m.graph.outputs[0];
     let expected: Vec<Vec<i8>> = (0..images.len())
-        .map(|i| {
-            acts.image(out, i)
-                .map(<[i8]>::to_vec)
-                .context("simulator output")
-        })
+        .map(|i| m.graph.output_bytes(&acts, i).context("simulator output"))
         .collect::<Result<_>>()?;
     // Every blob of every image, for the firmware's per-step trace.
     let trace = if x.trace {

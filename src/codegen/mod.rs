@@ -196,6 +196,8 @@ struct LayerCtx {
     relu_out: bool,
     max: bool,
     has_scratch: bool,
+    /// `add_inplace`: the input the sum is written over.
+    acc: usize,
     /// Convolution weights are pre-widened (`_WEIGHTS_Q15`).
     wq: bool,
 }
@@ -471,6 +473,14 @@ fn layer_contexts(
                 if in_place { "alias" } else { "copy" },
                 format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output),
             ),
+            // NCHW → NHWC is the HWC bytes themselves (the q7 graph allows no other permute).
+            QOp::Permute { order } => (
+                if in_place { "alias" } else { "copy" },
+                format!(
+                    "{}: permute {order:?} {} -> {} (bytes unchanged)",
+                    l.name, l.inputs[0], l.output
+                ),
+            ),
             QOp::Add {
                 a_lshift,
                 b_lshift,
@@ -480,10 +490,18 @@ fn layer_contexts(
                 param("B_LSHIFT", "i32", b_lshift.to_string());
                 param("OUT_RSHIFT", "i32", out_rshift.to_string());
                 (
-                    "add",
+                    if in_place { "add_inplace" } else { "add" },
                     format!(
-                        "{}: add {} + {} -> {}",
-                        l.name, l.inputs[0], l.inputs[1], l.output
+                        "{}: add {} + {} -> {}{}",
+                        l.name,
+                        l.inputs[0],
+                        l.inputs[1],
+                        l.output,
+                        if in_place {
+                            format!(" (over {})", l.inputs[pl.in_place_input[&step.name]])
+                        } else {
+                            String::new()
+                        }
                     ),
                 )
             }
@@ -510,7 +528,13 @@ fn layer_contexts(
         // In-place and copying steps index the arena directly; the others borrow regions.
         let direct = matches!(
             kind,
-            "relu_inplace" | "relu_copy" | "maxpool_inplace" | "avepool_inplace" | "alias" | "copy"
+            "relu_inplace"
+                | "relu_copy"
+                | "maxpool_inplace"
+                | "avepool_inplace"
+                | "alias"
+                | "copy"
+                | "add_inplace"
         );
         let regions = if direct {
             Vec::new()
@@ -530,6 +554,7 @@ fn layer_contexts(
             relu_out,
             max,
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
+            acc: pl.in_place_input.get(&step.name).copied().unwrap_or(0),
             wq: dsp && matches!(l.op, QOp::Conv(_)),
             regions,
         });
@@ -619,6 +644,46 @@ fn channel_order_desc(order: &str) -> String {
     }
 }
 
+/// One output of the network as the templates see it: where it is in the arena and where it goes
+/// in the caller's output array (the outputs concatenated in the model's order).
+#[derive(Debug, Clone, Serialize)]
+struct OutputContext {
+    name: String,
+    /// Logical shape and how the bytes are laid out, in words for comments and the README.
+    desc: String,
+    arena_off: usize,
+    out_off: usize,
+    len: usize,
+    frac_bits: i32,
+}
+
+fn output_contexts(g: &QGraph, pl: &plan::Plan) -> Vec<OutputContext> {
+    let mut out_off = 0;
+    g.outputs
+        .iter()
+        .map(|o| {
+            let b = &g.blobs[o];
+            let len = b.layout.len();
+            let l = b.layout;
+            let layout = if l.h * l.w > 1 {
+                format!("HWC {}×{}×{}", l.h, l.w, l.c)
+            } else {
+                "in its logical order".to_string()
+            };
+            let c = OutputContext {
+                name: o.clone(),
+                desc: format!("shape {:?}, {layout}", b.shape),
+                arena_off: pl.blobs[o].offset,
+                out_off,
+                len,
+                frac_bits: b.frac_bits,
+            };
+            out_off += len;
+            c
+        })
+        .collect()
+}
+
 /// Render the crate's files.
 pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     opts.sections.check()?;
@@ -635,12 +700,7 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     let dsp = opts.target.dsp();
     let pl = plan::plan(g, dsp);
     plan::check(g, &pl).map_err(|e| anyhow::anyhow!("internal error in the memory plan: {e}"))?;
-    ensure!(
-        g.outputs.len() == 1,
-        "the model has {} outputs; code generation supports one",
-        g.outputs.len()
-    );
-    let out_blob = &g.outputs[0];
+    let outputs = output_contexts(g, &pl);
     let input_len = m.input.len();
     for (i, img) in opts.test_images.iter().enumerate() {
         ensure!(
@@ -712,9 +772,10 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
     ctx.insert("input_mul", &m.input.mul);
     ctx.insert("input_rshift", &m.input.rshift);
     ctx.insert("input_frac_bits", &m.input.frac_bits);
-    ctx.insert("output_len", &g.blob_len(out_blob));
-    ctx.insert("output_off", &pl.blobs[out_blob].offset);
-    ctx.insert("output_frac_bits", &g.blobs[out_blob].frac_bits);
+    ctx.insert("output_len", &g.outputs_len());
+    ctx.insert("output_frac_bits", &outputs[0].frac_bits);
+    ctx.insert("first_output_len", &outputs[0].len);
+    ctx.insert("outputs", &outputs);
     ctx.insert("arena_len", &pl.arena_len);
     ctx.insert("layers", &layers);
     ctx.insert("arrays", &arrays);

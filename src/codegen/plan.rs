@@ -36,8 +36,12 @@ pub struct Plan {
     pub blobs: BTreeMap<String, Placement>,
     /// Temporary buffers, keyed `step.role` (`conv1+pool1.ring`, `conv2.scratch`).
     pub temps: BTreeMap<String, Placement>,
-    /// Steps whose output shares its input's bytes (in-place ReLU/pool, aliasing reshape).
+    /// Steps whose output shares its input's bytes (in-place ReLU/pool/Eltwise SUM, aliasing
+    /// reshape/permute).
     pub in_place: Vec<String>,
+    /// For each in-place step, which of its inputs the output overwrites (0 but for an Eltwise
+    /// SUM whose second input is the one that dies there).
+    pub in_place_input: BTreeMap<String, usize>,
     pub steps: Vec<Step>,
     pub per_layer: Vec<LayerLive>,
 }
@@ -101,22 +105,36 @@ fn plan_with(g: &QGraph, steps: Vec<Step>, pool_in_place: bool) -> Plan {
     // Alias chains share one buffer (the root blob's).
     let mut root: BTreeMap<&str, &str> = BTreeMap::new();
     let mut in_place = Vec::new();
+    let mut in_place_input = BTreeMap::new();
     for (i, s) in steps.iter().enumerate() {
         if s.kind != StepKind::Layer {
             continue;
         }
-        // ReLU and reshape keep the bytes; pooling without padding can write its output over
-        // its input (`kernels::pool_hwc_q7_in_place`).
-        let aliasing = match &g.layers[s.layers[0]].op {
-            QOp::Relu | QOp::Reshape => true,
-            QOp::MaxPool(q) | QOp::AvePool(q) => pool_in_place && q.pad.h == 0 && q.pad.w == 0,
-            _ => false,
+        // An input can give its bytes to the output when this step is its last reader.
+        let dies = |k: usize| {
+            let b = s.inputs[k].as_str();
+            last[b] == i + 1 && !g.outputs.iter().any(|o| o == b)
         };
-        let src = s.inputs[0].as_str();
-        if aliasing && last[src] == i + 1 && !g.outputs.iter().any(|o| o == src) {
+        // ReLU, reshape and permute keep the bytes; pooling without padding can write its
+        // output over its input (`kernels::pool_hwc_q7_in_place`); an Eltwise SUM over either
+        // input (`kernels::add_q7_in_place`: elementwise, and the sum commutes), unless both
+        // inputs are one blob.
+        let src = match &g.layers[s.layers[0]].op {
+            QOp::Relu | QOp::Reshape | QOp::Permute { .. } => Some(0).filter(|_| dies(0)),
+            QOp::MaxPool(q) | QOp::AvePool(q) => {
+                Some(0).filter(|_| pool_in_place && q.pad.h == 0 && q.pad.w == 0 && dies(0))
+            }
+            QOp::Add { .. } if s.inputs.len() == 2 && s.inputs[0] != s.inputs[1] => {
+                (0..2).find(|&k| dies(k))
+            }
+            _ => None,
+        };
+        if let Some(k) = src {
+            let src = s.inputs[k].as_str();
             let r = root.get(src).copied().unwrap_or(src);
             root.insert(&s.output, r);
             in_place.push(s.name.clone());
+            in_place_input.insert(s.name.clone(), k);
         }
     }
     let root_of = |b: &str| -> String { root.get(b).copied().unwrap_or(b).to_string() };
@@ -220,6 +238,7 @@ fn plan_with(g: &QGraph, steps: Vec<Step>, pool_in_place: bool) -> Plan {
         blobs,
         temps,
         in_place,
+        in_place_input,
         steps,
         per_layer,
     }
@@ -266,8 +285,10 @@ pub fn check(g: &QGraph, p: &Plan) -> Result<(), String> {
     let aliased: Vec<(&str, &str)> = p
         .steps
         .iter()
-        .filter(|s| p.in_place.contains(&s.name))
-        .map(|s| (s.inputs[0].as_str(), s.output.as_str()))
+        .filter_map(|s| {
+            let k = *p.in_place_input.get(&s.name)?;
+            Some((s.inputs.get(k)?.as_str(), s.output.as_str()))
+        })
         .collect();
     let names: Vec<&String> = span.keys().collect();
     for (i, a) in names.iter().enumerate() {

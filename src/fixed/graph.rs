@@ -117,6 +117,19 @@ pub struct QBlob {
     pub frac_bits: i32,
 }
 
+impl QBlob {
+    /// One image's values in the logical (Caffe, C-major) order of `shape`, from their layout:
+    /// HWC bytes are transposed, flat ones are already in that order.
+    pub fn logical_order<'a, T: Copy + 'a>(&self, hwc: &'a [T]) -> impl Iterator<Item = T> + 'a {
+        let l = self.layout;
+        (0..l.len()).map(move |k| {
+            // k = (c·h + y)·w + x in logical order; the bytes are (y·w + x)·c + ch.
+            let (ch, yx) = (k / (l.h * l.w), k % (l.h * l.w));
+            hwc[yx * l.c + ch]
+        })
+    }
+}
+
 /// Convolution in kernel layout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QConv {
@@ -180,6 +193,12 @@ pub enum QOp {
     },
     /// Flatten/Reshape that keeps the bytes (a copy).
     Reshape,
+    /// SSD's Permute NCHW → NHWC (`order` 0, 2, 3, 1 over the batched axes) of a feature map: its
+    /// HWC bytes already are the permuted tensor in C order, so this too is a copy; the output's
+    /// layout is flat (`1×1×N`: bytes in the logical order of its `[H, W, C]` shape).
+    Permute {
+        order: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,7 +230,7 @@ fn caffe_name(blob: &str) -> &str {
     blob.split_once('@').map_or(blob, |(t, _)| t)
 }
 
-fn hwc_of(shape: &[usize]) -> Option<Hwc> {
+pub fn hwc_of(shape: &[usize]) -> Option<Hwc> {
     match *shape {
         [c, h, w] => Some(Hwc { h, w, c }),
         [n] => Some(Hwc { h: 1, w: 1, c: n }),
@@ -320,7 +339,7 @@ impl QGraph {
                     let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
                     used_layers.insert(n.name.as_str());
                     let in_dims = in0.layout;
-                    ensure!(in0.shape.len() == 3, "{}: convolution needs a C×H×W input", ctx());
+                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: convolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{} (after a Permute or Reshape)", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                     let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
                     let cin_g = in_dims.c / c.group;
                     let (kh, kw) = (c.kernel.h, c.kernel.w);
@@ -396,6 +415,7 @@ impl QGraph {
                     (op, out_frac, Hwc { h: 1, w: 1, c: no })
                 }
                 Op::Pooling(p) => {
+                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: pooling needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                     let out_dims = hwc_of(&out_shape).context("pool output is not C×H×W")?;
                     let (k, s, pad) = crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
                     let q = QPool { in_dims: in0.layout, out_dims, kernel: k, pad, stride: s };
@@ -412,6 +432,19 @@ impl QGraph {
                     let same = out_shape.len() == 1 || (in0.layout.h == 1 && in0.layout.w == 1);
                     ensure!(same, "{}: reshaping {:?} into {out_shape:?} would reorder HWC bytes; only flattening is supported", ctx(), in0.shape);
                     (QOp::Reshape, forced("a reshape")?, in0.layout)
+                }
+                Op::Permute { order } => {
+                    let flat = Hwc { h: 1, w: 1, c: in0.layout.len() };
+                    let identity = order.iter().enumerate().all(|(i, &a)| i == a);
+                    let to_nhwc = order == &[0, 2, 3, 1] && in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout);
+                    let layout = if identity {
+                        in0.layout
+                    } else {
+                        ensure!(to_nhwc || (order == &[0, 2, 3, 1] && in0.layout.h * in0.layout.w == 1 && in0.shape.len() == 3),
+                            "{}: Permute order {order:?} of {:?} (stored {}×{}×{}) would reorder bytes; q7 supports the identity and NCHW → NHWC (0, 2, 3, 1) of a feature map, which is free in nnquant's HWC layout", ctx(), in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
+                        flat
+                    };
+                    (QOp::Permute { order: order.clone() }, forced("a permute")?, layout)
                 }
                 Op::Eltwise { op, coeffs } => {
                     ensure!(*op == EltwiseOp::Sum, "{}: Eltwise {op:?} has no q7 kernel (SUM only)", ctx());
@@ -506,6 +539,21 @@ impl QGraph {
     /// Number of q7 elements of a blob per image.
     pub fn blob_len(&self, blob: &str) -> usize {
         self.blobs.get(blob).map_or(0, |b| b.layout.len())
+    }
+
+    /// Values of all outputs together (the firmware writes them one after the other, in the
+    /// order of `outputs`).
+    pub fn outputs_len(&self) -> usize {
+        self.outputs.iter().map(|o| self.blob_len(o)).sum()
+    }
+
+    /// The outputs of image `i`, concatenated in the order of `outputs` (what the firmware writes).
+    pub fn output_bytes(&self, acts: &super::sim::Activations, i: usize) -> Option<Vec<i8>> {
+        let mut v = Vec::with_capacity(self.outputs_len());
+        for o in &self.outputs {
+            v.extend_from_slice(acts.image(o, i)?);
+        }
+        Some(v)
     }
 
     /// The input's HWC dimensions.

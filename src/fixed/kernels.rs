@@ -1893,6 +1893,33 @@ pub fn add_q7(
     Ok(())
 }
 
+/// [`add_q7`] written over one of its inputs: `acc` holds one input and receives the sum, so
+/// a residual block's add needs no third buffer. The same bytes as `add_q7(acc, acc_lshift,
+/// other, other_lshift, out_rshift, out)` and as `add_q7(other, other_lshift, acc, acc_lshift,
+/// …)`: elementwise (each byte is read before it is written) and the wrapping sum commutes.
+pub fn add_q7_in_place(
+    acc: &mut [i8],
+    acc_lshift: i32,
+    other: &[i8],
+    other_lshift: i32,
+    out_rshift: i32,
+) -> KResult {
+    let la = check_shift(acc_lshift)?;
+    let lb = check_shift(other_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if other.len() != acc.len() {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(or);
+    for (x, y) in acc.iter_mut().zip(other) {
+        let sum = ((*y as i32) << lb)
+            .wrapping_add((*x as i32) << la)
+            .wrapping_add(rnd);
+        *x = sat_i8(sum >> or);
+    }
+    Ok(())
+}
+
 /// Max (`max = true`) or average pool computed **in place**: `buf` holds the input (`in_dims`)
 /// and receives the output (`out_dims`) in its first `out_dims.len()` bytes, so the firmware
 /// needs no second buffer for the pool's output. Results equal [`maxpool_hwc_q7`] /

@@ -493,7 +493,7 @@ impl<'g> Simulator<'g> {
                     elementwise::relu(x, &mut y);
                     Ok(())
                 }
-                (QOp::Reshape, _) => {
+                (QOp::Reshape | QOp::Permute { .. }, _) => {
                     y.copy_from_slice(x);
                     Ok(())
                 }
@@ -714,7 +714,7 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
                     kernels::relu_q7(&mut y);
                     Ok(())
                 }
-                QOp::Reshape => {
+                QOp::Reshape | QOp::Permute { .. } => {
                     y.copy_from_slice(x);
                     Ok(())
                 }

@@ -76,18 +76,22 @@ fn check_blob(name: &str, b: &QBlob) -> Result<()> {
         l.w,
         l.c
     );
-    if let [c, h, w] = b.shape[..] {
-        ensure!(
-            l == (Hwc { h, w, c }),
-            "blob '{name}': a C×H×W shape {:?} must have the layout h {h}, w {w}, c {c}, not {l:?}",
+    // A layout is either the HWC of a C×H×W shape, the HWC of the feature map a 1-D blob was
+    // flattened from, or flat (1×1×N: the bytes in the logical order of any shape).
+    let flat = l.h == 1 && l.w == 1;
+    match b.shape[..] {
+        [c, h, w] => ensure!(
+            l == (Hwc { h, w, c }) || flat,
+            "blob '{name}': a C×H×W shape {:?} must have the layout h {h}, w {w}, c {c} or be flat (1×1×{slen}), not {l:?}",
             b.shape
-        );
-    } else {
-        ensure!(
-            b.shape.len() == 1,
-            "blob '{name}': shape {:?} is neither C×H×W nor N",
-            b.shape
-        );
+        ),
+        [_] => {}
+        _ => ensure!(
+            flat && !b.shape.is_empty() && b.shape.len() <= 4,
+            "blob '{name}': a shape {:?} of {} axes must have a flat layout (1×1×{slen}), not {l:?}",
+            b.shape,
+            b.shape.len()
+        ),
     }
     check_frac(&format!("blob '{name}': frac_bits"), b.frac_bits)
 }
@@ -409,6 +413,29 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 let inp = blob(in0_name)?;
                 same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
                 ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
+            }
+            QOp::Permute { order } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
+                if order.iter().enumerate().all(|(i, &a)| i == a) {
+                    same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                    ensure!(
+                        out.shape == inp.shape,
+                        "layer '{name}': an identity permute changes the shape {:?} into {:?}",
+                        inp.shape,
+                        out.shape
+                    );
+                } else {
+                    let [c, h, w] = inp.shape[..] else {
+                        bail!("layer '{name}': Permute {order:?} needs a C×H×W input, '{in0_name}' is {:?}", inp.shape)
+                    };
+                    ensure!(
+                        order[..] == [0, 2, 3, 1] && inp.layout == (Hwc { h, w, c }) && out.shape == [h, w, c] && out.layout == (Hwc { h: 1, w: 1, c: h * w * c }),
+                        "layer '{name}': a q7 Permute is the identity or NCHW → NHWC (0, 2, 3, 1) of an HWC feature map into a flat [H, W, C] blob; got order {order:?} from {:?} ({:?}) to {:?} ({:?})",
+                        inp.shape, inp.layout, out.shape, out.layout
+                    );
+                }
             }
             QOp::Add {
                 a_lshift,

@@ -174,23 +174,12 @@ pub struct Evaluation {
     blobs: BTreeMap<String, BlobAcc>,
 }
 
-/// Dequantize an HWC q7 image of a blob into CHW order.
-fn hwc_to_chw_deq(q: &[i8], shape: &[usize], frac: i32, out: &mut Vec<f64>) {
+/// Dequantize one image of a q7 blob into the float engine's (logical, NCHW) order; the layout
+/// says how (HWC feature maps and flattened ones are transposed, flat blobs are not).
+fn hwc_to_chw_deq(q: &[i8], blob: &crate::fixed::graph::QBlob, out: &mut Vec<f64>) {
     out.clear();
-    let s = (-(frac as f64)).exp2();
-    match *shape {
-        [c, h, w] => {
-            out.resize(q.len(), 0.0);
-            for y in 0..h {
-                for x in 0..w {
-                    for ch in 0..c {
-                        out[(ch * h + y) * w + x] = q[(y * w + x) * c + ch] as f64 * s;
-                    }
-                }
-            }
-        }
-        _ => out.extend(q.iter().map(|&v| v as f64 * s)),
-    }
+    let s = (-(blob.frac_bits as f64)).exp2();
+    out.extend(blob.logical_order(q).map(|v| v as f64 * s));
 }
 
 /// Run float and simulator side by side over a data set.
@@ -254,7 +243,7 @@ pub fn evaluate(
                     continue;
                 };
                 let qb = &qg.blobs[b];
-                hwc_to_chw_deq(qv, &qb.shape, qb.frac_bits, &mut deq);
+                hwc_to_chw_deq(qv, qb, &mut deq);
                 for (x, y) in fv.iter().zip(&deq) {
                     let x = *x as f64;
                     acc.signal += x * x;

@@ -377,7 +377,7 @@ fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
                 out_rshift,
             } => key.extend([*a_lshift, *b_lshift, *out_rshift].map(i64::from)),
             QOp::Concat { shifts } => key.extend(shifts.iter().map(|&s| i64::from(s))),
-            QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape => {}
+            QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape | QOp::Permute { .. } => {}
         }
     }
     key

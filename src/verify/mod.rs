@@ -315,7 +315,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
     pb.finish_and_clear();
     let out = out?;
     let (stdout, stderr) = (out.stdout, out.stderr);
-    let len = r.model.graph.blob_len(&r.model.graph.outputs[0]);
+    let len = r.model.graph.outputs_len();
     let (got, checksum) = parse_outputs(&stdout, len)?;
     let trace_divergence = match &r.trace {
         Some(t) => Some(trace::compare(

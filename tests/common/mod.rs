@@ -150,3 +150,60 @@ pub fn quantized_demo(dir: &Path) -> (PathBuf, PathBuf) {
     assert_eq!(o.code, 0, "{}", o.stderr);
     (m, r)
 }
+
+/// The members of a .npz (stored zip, as `npy_out::npz` and `numpy.savez` write it), read from
+/// its central directory: name → .npy bytes. Checks every header field a reader relies on.
+pub fn npz_members(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
+    let end = bytes.len() - 22;
+    assert_eq!(u32_at(end), 0x0605_4b50, "end of central directory");
+    let (n, cd) = (u16_at(end + 10), u32_at(end + 16));
+    let mut members = Vec::new();
+    let mut p = cd;
+    for _ in 0..n {
+        assert_eq!(u32_at(p), 0x0201_4b50, "central directory entry");
+        assert_eq!(u16_at(p + 10), 0, "stored");
+        let (crc, size, name_len, local) = (
+            u32_at(p + 16),
+            u32_at(p + 20),
+            u16_at(p + 28),
+            u32_at(p + 42),
+        );
+        let name = String::from_utf8(bytes[p + 46..p + 46 + name_len].to_vec()).unwrap();
+        assert_eq!(u32_at(local), 0x0403_4b50, "local header");
+        assert_eq!(u32_at(local + 14), crc, "local and central CRC");
+        let data_at = local + 30 + u16_at(local + 26) + u16_at(local + 28);
+        let data = bytes[data_at..data_at + size].to_vec();
+        assert_eq!(crc32fast::hash(&data) as usize, crc, "CRC of {name}");
+        members.push((name, data));
+        p += 46 + name_len + u16_at(p + 30) + u16_at(p + 32);
+    }
+    members
+}
+
+pub fn npy_f64(bytes: &[u8]) -> (Vec<u64>, Vec<f64>) {
+    let npy = npyz::NpyFile::new(bytes).unwrap();
+    let shape = npy.shape().to_vec();
+    let data = match npy.dtype() {
+        npyz::DType::Plain(t) if t.type_char() == npyz::TypeChar::Float => npy
+            .into_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        _ => npy
+            .into_vec::<i8>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+    };
+    (shape, data)
+}
+
+pub fn sqnr_db(reference: &[f64], x: &[f64]) -> f64 {
+    let s: f64 = reference.iter().map(|v| v * v).sum();
+    let e: f64 = reference.iter().zip(x).map(|(a, b)| (a - b).powi(2)).sum();
+    10.0 * (s / e.max(1e-30)).log10()
+}
