@@ -312,3 +312,108 @@ fn permute_flatten_concat_heads_as_in_caffe_ssd() {
     let db = sqnr_db(&fb, &deq);
     assert!(db > 20.0, "flattened boxes: q7 vs float SQNR {db:.1} dB");
 }
+
+/// Cross-layer equalization (power-of-two scales) leaves the float model's outputs bit for bit,
+/// narrows the depthwise layer's channel ranges, and `quantize --equalize` reports it.
+#[test]
+fn equalization_keeps_the_float_model_exactly_and_is_reported() {
+    let f = Fixture::new();
+    let (p, w, images) = model(&f, HEADS, vec![]);
+    let load = || {
+        let mut g = nnquant::caffe::load_model(
+            &p,
+            &nnquant::caffe::LoadOptions {
+                weights: Some(&w),
+                input_shape: None,
+            },
+        )
+        .unwrap();
+        nnquant::ir::passes::fold_batchnorm(&mut g).unwrap();
+        // Channel ranges 1 to 64 apart in the depthwise layer, as BatchNorm folding leaves them.
+        let dw = g.nodes.iter_mut().find(|n| n.name == "dw2").unwrap();
+        for (o, k) in dw.weights[0].data.chunks_mut(9).enumerate() {
+            k.iter_mut().for_each(|v| *v *= ((o + 1) * (o + 1)) as f32);
+        }
+        g
+    };
+    let (g0, mut g1) = (load(), load());
+    let e = nnquant::ir::equalize::equalize(&mut g1).unwrap();
+    let producers: Vec<&str> = e.pairs.iter().map(|p| p.producer.as_str()).collect();
+    // conv1 feeds dw2, conf1 and loc1 (through relu1); dw2 feeds conf2 and loc2.
+    assert_eq!(producers, ["conv1", "dw2"], "{e:?}");
+    assert_ne!(g0.nodes, g1.nodes, "weights were rescaled");
+    let dw = &e.pairs[1];
+    assert!(
+        dw.channels_scaled > 0 && dw.producer_spread_after < dw.producer_spread_before,
+        "{dw:?}"
+    );
+    let input: Vec<f32> = (0..4 * 3 * 16 * 16)
+        .map(|i| ((i * 31) % 255) as f32 - 127.0)
+        .collect();
+    let run = |g: &nnquant::ir::Graph| {
+        let e = nnquant::float::Engine::new(g).unwrap();
+        let a = e.forward(&input, 4, nnquant::float::Keep::Outputs).unwrap();
+        g.outputs
+            .iter()
+            .map(|o| a.blobs[o].clone())
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (run(&g0), run(&g1));
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()),
+            "float outputs changed"
+        );
+    }
+
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &p,
+        &"--weights",
+        &w,
+        &"--calib",
+        &images,
+        &"--split",
+        &"2",
+        &"--search",
+        &"none",
+        &"--equalize",
+        &"-o",
+        &f.path("m.nnq.json"),
+        &"--report",
+        &f.path("r.json"),
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(f.path("r.json")).unwrap()).unwrap();
+    assert_eq!(r["equalization"]["pairs"][1]["producer"], "dw2");
+    let md = std::fs::read_to_string(f.path("r.md")).unwrap();
+    assert!(md.contains("## Cross-layer equalization"), "{md}");
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &p,
+        &"--weights",
+        &w,
+        &"--calib",
+        &images,
+        &"--split",
+        &"2",
+        &"--formats",
+        &f.path("none.json"),
+        &"--equalize",
+        &"-o",
+        &f.path("m2.nnq.json"),
+        &"--report",
+        &f.path("r2.json"),
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("--equalize") && o.stderr.contains("--formats"),
+        "{}",
+        o.stderr
+    );
+}

@@ -64,6 +64,8 @@ struct DataCfg {
 #[serde(deny_unknown_fields)]
 struct QuantizeCfg {
     search: Option<String>,
+    /// Cross-layer equalization (`quantize --equalize`).
+    equalize: Option<bool>,
     formats: Option<PathBuf>,
     split: Option<String>,
 }
@@ -304,6 +306,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             formats: rel_opt(&cfg.quantize.formats),
             search,
             screen: crate::search::Screen::Auto,
+            equalize: cfg.quantize.equalize.unwrap_or(false),
             output: model_path.clone(),
             report: report_path.clone(),
             timestamps: false,

@@ -66,6 +66,12 @@ pub struct Args {
     /// sets of 1024 or more), `off`, or a number of images.
     #[arg(long, default_value = "auto", value_parser = Screen::parse)]
     pub screen: Screen,
+    /// Cross-layer equalization before quantizing: power-of-two per-channel scales moved between
+    /// each convolution and the convolutions it feeds (through a ReLU), so that per-tensor
+    /// weight formats fit every channel (helps depthwise and BatchNorm-folded nets; the float
+    /// model is unchanged). Not with --formats (the weights change).
+    #[arg(long, conflicts_with = "formats")]
+    pub equalize: bool,
     /// Quantized model file to write (.nnq.json).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -115,10 +121,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .as_deref()
         .map(Formats::from_json_file)
         .transpose()?;
-    let (g, mut sources) = if a.eval.is_some() {
+    let (mut g, mut sources) = if a.eval.is_some() {
         data_args::load_model_and_data(&m, &[&calib_o, &eval_o])?
     } else {
         data_args::load_model_and_data(&m, &[&calib_o])?
+    };
+    ensure!(
+        !(a.equalize && a.formats.is_some()),
+        "--equalize changes the weights, so formats chosen for the original weights (--formats / quantize.formats) would not fit them; use one or the other"
+    );
+    let equalization = if a.equalize {
+        Some(crate::ir::equalize::equalize(&mut g)?)
+    } else {
+        None
     };
     let calib_name = data_args::data_name(&calib_o, &g);
     let (mut calib_src, mut eval_src, eval_name) = if a.eval.is_some() {
@@ -173,7 +188,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         timing: a.timestamps,
         channel_order: order.into(),
     };
-    let (model, report) = quantize::run(
+    let (model, mut report) = quantize::run(
         &inputs,
         &mut DataSet {
             source: calib_src.as_mut(),
@@ -185,6 +200,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
         &opts,
     )?;
+    report.equalization = equalization;
     // Everything computed: only now write, the three files as one transaction (all or none).
     let md_path = a.report.with_extension("md");
     let mut out = crate::fsio::Outputs::new();

@@ -10,6 +10,7 @@
 //!   fresh output blob named after the layer, see `caffe::convert`).
 //! - `nodes` are stored in a valid execution (topological) order.
 
+pub mod equalize;
 pub mod passes;
 pub mod shape;
 pub mod summary;

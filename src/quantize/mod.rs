@@ -502,6 +502,7 @@ pub fn run(
         }),
         preprocessing: Some(preprocessing),
         quality_warnings: vec![],
+        equalization: None,
         firmware: None,
     };
     report.quality_warnings = quality_warnings(&report, &qg);

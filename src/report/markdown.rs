@@ -164,6 +164,25 @@ pub fn render(r: &Report) -> String {
             }
         }
     }
+    if let Some(e) = &r.equalization {
+        let _ = writeln!(
+            md,
+            "\n## Cross-layer equalization\n\n{} producer/consumer pairs, {} rounds; power-of-two channel scales (the float model is unchanged).\n\n| producer | consumers | channels scaled | weight range spread before | after |\n|---|---|---:|---:|---:|",
+            e.pairs.len(),
+            e.rounds
+        );
+        for p in &e.pairs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.1} | {:.1} |",
+                p.producer,
+                p.consumers.join(", "),
+                p.channels_scaled,
+                p.producer_spread_before,
+                p.producer_spread_after
+            );
+        }
+    }
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,

@@ -32,6 +32,9 @@ pub struct Report {
     /// or agreement collapsed; outputs the search does not score). Also printed on stderr.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub quality_warnings: Vec<String>,
+    /// Cross-layer equalization (`quantize --equalize`): what it scaled, pair by pair.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub equalization: Option<crate::ir::equalize::Equalization>,
     /// The firmware's memory (and, after `verify --report`, measured) figures, added by
     /// `codegen --report` / `verify --report` / `build`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
