@@ -17,6 +17,8 @@ pub const COMPUTE_TYPES: &[&str] = &[
     "ReLU",
     "PReLU",
     "Softmax",
+    "Sigmoid",
+    "TanH",
     "LRN",
     "BatchNorm",
     "Scale",
@@ -307,6 +309,8 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
         "PReLU" => Op::PReLU {
             channel_shared: l.prelu_param.clone().unwrap_or_default().channel_shared(),
         },
+        "Sigmoid" => Op::Sigmoid,
+        "TanH" => Op::TanH,
         "Softmax" => Op::Softmax {
             axis: axis_u(l.softmax_param.unwrap_or_default().axis(), "Softmax")?,
         },

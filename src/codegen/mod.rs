@@ -224,6 +224,16 @@ impl ArrayCtx {
             values: list(v),
         }
     }
+    fn u16(name: String, doc: String, v: &[u16]) -> Self {
+        ArrayCtx {
+            name,
+            doc,
+            ty: "u16",
+            len: v.len(),
+            bytes: 2 * v.len(),
+            values: list(v),
+        }
+    }
 }
 
 /// A Rust identifier prefix from a layer name, unique within the graph.
@@ -505,6 +515,81 @@ fn layer_contexts(
                     ),
                 )
             }
+            // Table, PReLU and Softmax work in place: over their input when it dies here, else on
+            // a copy in the output's buffer.
+            QOp::Lut { function, table } => {
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_TABLE"),
+                    format!(
+                        "`{}`: {function} of every q7 input code (index = the byte as u8).",
+                        l.name
+                    ),
+                    table,
+                ));
+                (
+                    if in_place { "lut_inplace" } else { "lut_copy" },
+                    format!("{}: {function} {} -> {}", l.name, l.inputs[0], l.output),
+                )
+            }
+            QOp::PRelu { slopes, slope_frac } => {
+                param("SLOPE_RSHIFT", "i32", slope_frac.to_string());
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_SLOPES"),
+                    format!(
+                        "`{}` PReLU slopes [{}], {slope_frac} fraction bits.",
+                        l.name,
+                        slopes.len()
+                    ),
+                    slopes,
+                ));
+                (
+                    if in_place {
+                        "prelu_inplace"
+                    } else {
+                        "prelu_copy"
+                    },
+                    format!("{}: PReLU {} -> {}", l.name, l.inputs[0], l.output),
+                )
+            }
+            QOp::Softmax { row, exp_table } => {
+                param("ROW", "usize", row.to_string());
+                param("OUT_FRAC", "i32", ob.frac_bits.to_string());
+                arrays.push(ArrayCtx::u16(
+                    format!("{p}_EXP"),
+                    format!(
+                        "`{}`: round(2^15 · e^(-d · 2^-{})) for d = 0..=255.",
+                        l.name, g.blobs[&l.inputs[0]].frac_bits
+                    ),
+                    exp_table,
+                ));
+                (
+                    if in_place {
+                        "softmax_inplace"
+                    } else {
+                        "softmax_copy"
+                    },
+                    format!(
+                        "{}: softmax over rows of {row}, {} -> {}",
+                        l.name, l.inputs[0], l.output
+                    ),
+                )
+            }
+            QOp::Max {
+                a_lshift,
+                b_lshift,
+                out_rshift,
+            } => {
+                param("A_LSHIFT", "i32", a_lshift.to_string());
+                param("B_LSHIFT", "i32", b_lshift.to_string());
+                param("OUT_RSHIFT", "i32", out_rshift.to_string());
+                (
+                    "max",
+                    format!(
+                        "{}: max {} , {} -> {}",
+                        l.name, l.inputs[0], l.inputs[1], l.output
+                    ),
+                )
+            }
             QOp::Concat { .. } => (
                 "concat",
                 format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
@@ -530,6 +615,12 @@ fn layer_contexts(
             kind,
             "relu_inplace"
                 | "relu_copy"
+                | "lut_inplace"
+                | "lut_copy"
+                | "prelu_inplace"
+                | "prelu_copy"
+                | "softmax_inplace"
+                | "softmax_copy"
                 | "maxpool_inplace"
                 | "avepool_inplace"
                 | "alias"

@@ -120,7 +120,12 @@ fn plan_with(g: &QGraph, steps: Vec<Step>, pool_in_place: bool) -> Plan {
         // input (`kernels::add_q7_in_place`: elementwise, and the sum commutes), unless both
         // inputs are one blob.
         let src = match &g.layers[s.layers[0]].op {
-            QOp::Relu | QOp::Reshape | QOp::Permute { .. } => Some(0).filter(|_| dies(0)),
+            QOp::Relu
+            | QOp::Reshape
+            | QOp::Permute { .. }
+            | QOp::Lut { .. }
+            | QOp::PRelu { .. }
+            | QOp::Softmax { .. } => Some(0).filter(|_| dies(0)),
             QOp::MaxPool(q) | QOp::AvePool(q) => {
                 Some(0).filter(|_| pool_in_place && q.pad.h == 0 && q.pad.w == 0 && dies(0))
             }

@@ -199,6 +199,30 @@ pub enum QOp {
     Permute {
         order: Vec<usize>,
     },
+    /// An elementwise function as a table over the 256 input codes (`kernels::lut_q7`): Sigmoid
+    /// and TanH, computed in f64 at quantization for this layer's input and output formats.
+    Lut {
+        function: String,
+        table: Vec<i8>,
+    },
+    /// PReLU (`kernels::prelu_q7`): negative values times `slopes[c]` (q7 with `slope_frac`
+    /// fraction bits) over HWC channels; the output keeps the input's format.
+    PRelu {
+        slopes: Vec<i8>,
+        slope_frac: i32,
+    },
+    /// Eltwise MAX of two inputs (`kernels::max_q7`), shifts as for [`QOp::Add`].
+    Max {
+        a_lshift: i32,
+        b_lshift: i32,
+        out_rshift: i32,
+    },
+    /// Softmax over contiguous rows of `row` values (`kernels::softmax_q7`, 0 to 15 output fraction bits): `exp_table[d]` =
+    /// round(2^15 · e^(-d·2^-in_frac)) for the distance `d` of a value below its row's maximum.
+    Softmax {
+        row: usize,
+        exp_table: Vec<u16>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,12 +322,7 @@ impl QGraph {
                 ctx()
             );
             let out = &n.outputs[0];
-            if let Op::Softmax { .. } = n.op {
-                ensure!(
-                    !consumers.contains_key(out.as_str()),
-                    "{}: a Softmax that feeds other layers has no q7 kernel",
-                    ctx()
-                );
+            if matches!(n.op, Op::Softmax { .. }) && !consumers.contains_key(out.as_str()) {
                 for o in outputs.iter_mut().filter(|o| *o == out) {
                     *o = n.inputs[0].clone();
                 }
@@ -447,17 +466,21 @@ impl QGraph {
                     (QOp::Permute { order: order.clone() }, forced("a permute")?, layout)
                 }
                 Op::Eltwise { op, coeffs } => {
-                    ensure!(*op == EltwiseOp::Sum, "{}: Eltwise {op:?} has no q7 kernel (SUM only)", ctx());
-                    ensure!(ins.len() == 2, "{}: q7 Eltwise SUM takes exactly 2 inputs, got {}", ctx(), ins.len());
+                    ensure!(*op != EltwiseOp::Prod, "{}: Eltwise PROD has no q7 kernel (SUM and MAX have)", ctx());
+                    ensure!(ins.len() == 2, "{}: q7 Eltwise {op:?} takes exactly 2 inputs, got {}", ctx(), ins.len());
                     ensure!(coeffs.iter().all(|&c| c == 1.0), "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)", ctx());
                     let out_frac = required()?;
                     let (fa, fb) = (ins[0].frac_bits, ins[1].frac_bits);
                     let common = fa.max(fb).max(out_frac);
                     let (a_lshift, b_lshift, out_rshift) = (common - fa, common - fb, common - out_frac);
                     ensure!(a_lshift <= 23 && b_lshift <= 23 && out_rshift <= 31, "{}: input formats {fa}, {fb} and output format {out_frac} are too far apart for an i32 sum", ctx());
-                    super::headroom::add(&n.name, a_lshift, b_lshift, out_rshift)?;
                     ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
-                    (QOp::Add { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                    if *op == EltwiseOp::Max {
+                        (QOp::Max { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                    } else {
+                        super::headroom::add(&n.name, a_lshift, b_lshift, out_rshift)?;
+                        (QOp::Add { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                    }
                 }
                 Op::Concat { axis } => {
                     ensure!(*axis == 1, "{}: q7 Concat joins channels (axis 1) only, got axis {axis}", ctx());
@@ -471,6 +494,49 @@ impl QGraph {
                     }
                     let c = ins.iter().map(|b| b.layout.c).sum();
                     (QOp::Concat { shifts }, out_frac, Hwc { h: in0.layout.h, w: in0.layout.w, c })
+                }
+                Op::Sigmoid | Op::TanH => {
+                    let out_frac = required()?;
+                    let (function, f): (&str, fn(f64) -> f64) = match n.op {
+                        Op::Sigmoid => ("sigmoid", |x| 1.0 / (1.0 + (-x).exp())),
+                        _ => ("tanh", f64::tanh),
+                    };
+                    let table = lut_table(in0.frac_bits, out_frac, f);
+                    (QOp::Lut { function: function.into(), table }, out_frac, in0.layout)
+                }
+                Op::PReLU { channel_shared } => {
+                    let s = &n.weights.first().with_context(|| format!("{}: no slopes attached", ctx()))?.data;
+                    let l = in0.layout;
+                    let slopes_f: Vec<f32> = if *channel_shared {
+                        vec![*s.first().with_context(|| format!("{}: no slope", ctx()))?; l.c]
+                    } else {
+                        // Caffe's channels (axis 1) must be the innermost bytes: the C of an HWC
+                        // feature map, or every value of a 1-D blob in logical order.
+                        let innermost = hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
+                        ensure!(innermost && s.len() == l.c, "{}: per-channel PReLU over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), in0.shape, l.h, l.w, l.c);
+                        s.clone()
+                    };
+                    let m = slopes_f.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let slope_frac = QFormat::from_max_abs(m)?.frac_bits.clamp(0, 15);
+                    let slopes = QFormat::new(slope_frac).quantize_slice(&slopes_f);
+                    (QOp::PRelu { slopes, slope_frac }, forced("PReLU")?, l)
+                }
+                Op::Softmax { axis } => {
+                    let out_frac = required()?;
+                    ensure!((0..=15).contains(&out_frac), "{}: a q7 Softmax writes probabilities with 0 to 15 fraction bits; the formats give {out_frac} for '{out}'", ctx());
+                    let l = in0.layout;
+                    // The softmax axis must be contiguous in memory: channels of an HWC feature
+                    // map, the last axis of a flat blob, or all values of a 1-D blob.
+                    let row = if in0.shape.len() == 1 || in0.shape.len() == *axis {
+                        if l.h * l.w == 1 || in0.shape.len() == 1 { *in0.shape.last().unwrap_or(&1) } else { 0 }
+                    } else if *axis == 1 && in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(l) {
+                        l.c
+                    } else {
+                        0
+                    };
+                    ensure!(row > 0, "{}: Softmax over axis {axis} of {:?} (stored {}×{}×{}) is not over contiguous values; q7 Softmax takes the channels of a feature map or the last axis", ctx(), in0.shape, l.h, l.w, l.c);
+                    let exp_table = (0..256).map(|d| ((-(d as f64) * (-(in0.frac_bits as f64)).exp2()).exp() * 32768.0).round() as u16).collect();
+                    (QOp::Softmax { row, exp_table }, out_frac, l)
                 }
                 Op::BatchNorm { .. } | Op::Scale { .. } | Op::Bias { .. } => bail!(
                     "{}: no q7 kernel for {}; fold BatchNorm/Scale/Bias into the preceding layer first (ir::passes::fold_batchnorm)",
@@ -568,6 +634,22 @@ impl QGraph {
     pub fn from_json(s: &str) -> Result<QGraph> {
         serde_json::from_str(s).context("parsing a quantized graph")
     }
+}
+
+/// The 256 outputs of an elementwise function `f` for every q7 input code, at the input's and
+/// the output's formats (rounded half away from zero and saturated, like weights).
+pub fn lut_table(in_frac: i32, out_frac: i32, f: fn(f64) -> f64) -> Vec<i8> {
+    (0..256u32)
+        .map(|code| {
+            let x = f64::from(code as u8 as i8) * (-f64::from(in_frac)).exp2();
+            let y = (f(x) * f64::from(out_frac).exp2()).round();
+            if y.is_nan() {
+                0
+            } else {
+                y.clamp(-128.0, 127.0) as i8
+            }
+        })
+        .collect()
 }
 
 /// Quantized bias and shifts of a conv/fc layer, with every check.

@@ -1994,3 +1994,88 @@ pub fn pool_hwc_q7_in_place(
     }
     Ok(())
 }
+
+/// An elementwise function by table, in place: every value `x` becomes `table[x as u8]` (the
+/// quantizer computes the 256 entries for the layer's input and output formats: Sigmoid, TanH).
+pub fn lut_q7(data: &mut [i8], table: &[i8]) -> KResult {
+    if table.len() != 256 {
+        return Err(KernelError::Length);
+    }
+    for v in data.iter_mut() {
+        *v = table[*v as u8 as usize];
+    }
+    Ok(())
+}
+
+/// PReLU in place over values whose innermost axis has `slopes.len()` channels: `x ≥ 0` stays,
+/// `x < 0` becomes `sat_i8((x·slope[c] + round) >> slope_rshift)` (slopes are q7 with
+/// `slope_rshift` fraction bits, so the output keeps the input's format).
+pub fn prelu_q7(data: &mut [i8], slopes: &[i8], slope_rshift: i32) -> KResult {
+    let sh = check_shift(slope_rshift)?;
+    let c = slopes.len();
+    if c == 0 || !data.len().is_multiple_of(c) {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(sh);
+    for px in data.chunks_exact_mut(c) {
+        for (v, s) in px.iter_mut().zip(slopes) {
+            if *v < 0 {
+                *v = sat_i8(((*v as i32) * (*s as i32) + rnd) >> sh);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Elementwise maximum of two q7 tensors of possibly different formats, brought to a common
+/// one: `out = sat_i8((max(a << a_lshift, b << b_lshift) + round) >> out_rshift)` (shifts as in
+/// [`add_q7`]; no sum, so nothing can wrap).
+pub fn max_q7(
+    a: &[i8],
+    a_lshift: i32,
+    b: &[i8],
+    b_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+) -> KResult {
+    let la = check_shift(a_lshift)?;
+    let lb = check_shift(b_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if la > 23 || lb > 23 {
+        return Err(KernelError::Shift);
+    }
+    if a.len() != output.len() || b.len() != output.len() {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(or);
+    for ((o, x), y) in output.iter_mut().zip(a).zip(b) {
+        let m = ((*x as i32) << la).max((*y as i32) << lb);
+        *o = sat_i8(m.wrapping_add(rnd) >> or);
+    }
+    Ok(())
+}
+
+/// Softmax in place over contiguous rows of `row` values. For each row with maximum `m`, value
+/// `x` has the weight `e = exp_table[min(m - x, 255)]` (the quantizer's table of
+/// `round(2^15 · e^(-d · 2^-in_frac))`, `exp_table[0] > 0`) and becomes
+/// `min(127, round_half_up(e · 2^out_frac / Σe))` (large probabilities saturate when `out_frac` > 7): probabilities with `out_frac` (0..=15) fraction
+/// bits (large ones saturate the large probabilities), in exact integer arithmetic.
+pub fn softmax_q7(data: &mut [i8], row: usize, exp_table: &[u16], out_frac: i32) -> KResult {
+    if exp_table.len() != 256 || exp_table[0] == 0 || !(0..=15).contains(&out_frac) {
+        return Err(KernelError::Length);
+    }
+    if row == 0 || !data.len().is_multiple_of(row) {
+        return Err(KernelError::Length);
+    }
+    for r in data.chunks_exact_mut(row) {
+        let m = r.iter().copied().max().unwrap_or(0) as i32;
+        let weight = |x: i8| u64::from(exp_table[(m - x as i32).min(255) as usize]);
+        let sum: u64 = r.iter().map(|&x| weight(x)).sum();
+        for v in r.iter_mut() {
+            // (2·e·2^f + sum) / (2·sum): e·2^f / sum rounded half up.
+            let q = ((weight(*v) << (out_frac + 1)) + sum) / (2 * sum);
+            *v = q.min(127) as i8;
+        }
+    }
+    Ok(())
+}

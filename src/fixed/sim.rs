@@ -498,6 +498,16 @@ impl<'g> Simulator<'g> {
                     Ok(())
                 }
                 (
+                    QOp::Lut { .. } | QOp::PRelu { .. } | QOp::Max { .. } | QOp::Softmax { .. },
+                    _,
+                ) => pointwise(
+                    &l.op,
+                    x,
+                    l.inputs.get(1).map(|b| get(b)),
+                    g.blobs[&l.output].frac_bits,
+                    &mut y,
+                ),
+                (
                     QOp::Add {
                         a_lshift,
                         b_lshift,
@@ -718,6 +728,15 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
                     y.copy_from_slice(x);
                     Ok(())
                 }
+                QOp::Lut { .. } | QOp::PRelu { .. } | QOp::Max { .. } | QOp::Softmax { .. } => {
+                    pointwise(
+                        &l.op,
+                        x,
+                        l.inputs.get(1).map(|b| local[b.as_str()].as_slice()),
+                        g.blobs[&l.output].frac_bits,
+                        &mut y,
+                    )
+                }
                 QOp::Add {
                     a_lshift,
                     b_lshift,
@@ -764,4 +783,43 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
         }
     }
     Ok(out)
+}
+
+/// The table, PReLU, Eltwise MAX and Softmax layers of one image, straight from `kernels.rs`
+/// (they are cheap next to the convolutions, so the simulator has no faster path for them).
+/// `other` is the second input of an Eltwise MAX; `out_frac` the output's format.
+fn pointwise(
+    op: &QOp,
+    x: &[i8],
+    other: Option<&[i8]>,
+    out_frac: i32,
+    y: &mut [i8],
+) -> Result<(), kernels::KernelError> {
+    match op {
+        QOp::Max {
+            a_lshift,
+            b_lshift,
+            out_rshift,
+        } => kernels::max_q7(
+            x,
+            *a_lshift,
+            other.ok_or(kernels::KernelError::Length)?,
+            *b_lshift,
+            *out_rshift,
+            y,
+        ),
+        QOp::Lut { table, .. } => {
+            y.copy_from_slice(x);
+            kernels::lut_q7(y, table)
+        }
+        QOp::PRelu { slopes, slope_frac } => {
+            y.copy_from_slice(x);
+            kernels::prelu_q7(y, slopes, *slope_frac)
+        }
+        QOp::Softmax { row, exp_table } => {
+            y.copy_from_slice(x);
+            kernels::softmax_q7(y, *row, exp_table, out_frac)
+        }
+        _ => Err(kernels::KernelError::Geometry),
+    }
 }

@@ -437,6 +437,75 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                     );
                 }
             }
+            QOp::Lut { function, table } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(
+                    table.len() == 256,
+                    "layer '{name}': the {function} table has {} entries, not 256",
+                    table.len()
+                );
+            }
+            QOp::PRelu { slopes, slope_frac } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': PReLU keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
+                ensure!(
+                    slopes.len() == inp.layout.c,
+                    "layer '{name}': {} slopes for {} channels",
+                    slopes.len(),
+                    inp.layout.c
+                );
+                check_shift(name, "slope_frac", *slope_frac)?;
+            }
+            QOp::Softmax { row, exp_table } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(
+                    *row > 0 && inp.layout.len() % row == 0,
+                    "layer '{name}': rows of {row} do not divide its {} values",
+                    inp.layout.len()
+                );
+                ensure!(
+                    exp_table.len() == 256 && exp_table[0] > 0,
+                    "layer '{name}': the exp table must have 256 entries, the first positive"
+                );
+                ensure!(
+                    (0..=15).contains(&out.frac_bits),
+                    "layer '{name}': Softmax output '{}' has {} fraction bits, not 0 to 15",
+                    l.output,
+                    out.frac_bits
+                );
+            }
+            QOp::Max {
+                a_lshift,
+                b_lshift,
+                out_rshift,
+            } => {
+                arity(2)?;
+                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
+                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
+                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
+                for (what, v) in [
+                    ("a_lshift", *a_lshift),
+                    ("b_lshift", *b_lshift),
+                    ("out_rshift", *out_rshift),
+                ] {
+                    check_shift(name, what, v)?;
+                }
+                ensure!(
+                    *a_lshift <= 23 && *b_lshift <= 23,
+                    "layer '{name}': left shifts above 23 wrap in i32"
+                );
+                ensure!(
+                    a.frac_bits + a_lshift == b.frac_bits + b_lshift && a.frac_bits + a_lshift == out.frac_bits + out_rshift,
+                    "layer '{name}': shifts a_lshift {a_lshift}, b_lshift {b_lshift}, out_rshift {out_rshift} do not bring the formats {}, {} and {} to a common one",
+                    a.frac_bits, b.frac_bits, out.frac_bits
+                );
+            }
             QOp::Add {
                 a_lshift,
                 b_lshift,

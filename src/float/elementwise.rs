@@ -26,6 +26,11 @@ pub(super) fn relu(x: &[f32], slope: f32, y: &mut [f32]) {
     }
 }
 
+/// Caffe's SigmoidLayer (CPU): `1 / (1 + exp(-x))`.
+pub(super) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// PReLU: slope per channel (Caffe's axis 1), or one shared slope.
 pub(super) struct PRelu<'g> {
     slopes: &'g [f32],

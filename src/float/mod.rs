@@ -67,6 +67,8 @@ enum Kernel<'g> {
     Dense(dense::Dense<'g>),
     Pool(pool::Pool),
     Relu(f32),
+    /// Sigmoid or TanH (`elementwise::sigmoid` / `tanh`).
+    Unary(fn(f32) -> f32),
     PRelu(elementwise::PRelu<'g>),
     Affine(elementwise::Affine<'g>),
     Eltwise(ir::EltwiseOp, &'g [f32]),
@@ -316,6 +318,11 @@ impl<'g> Engine<'g> {
             Kernel::Dense(k) => k.run(x, n, out),
             Kernel::Pool(k) => k.run(x, n, out),
             Kernel::Relu(slope) => elementwise::relu(x, *slope, out),
+            Kernel::Unary(f) => {
+                for (y, &v) in out.iter_mut().zip(x.iter()) {
+                    *y = f(v);
+                }
+            }
             Kernel::PRelu(k) => k.run(x, out),
             Kernel::Affine(k) => k.run(x, out),
             Kernel::Eltwise(op, coeffs) => elementwise::eltwise(*op, coeffs, ins, out),
@@ -367,6 +374,8 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
         Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
         Op::Pooling(p) => Kernel::Pool(pool::Pool::new(p, input, output)?),
         Op::ReLU { negative_slope } => Kernel::Relu(*negative_slope),
+        Op::Sigmoid => Kernel::Unary(elementwise::sigmoid),
+        Op::TanH => Kernel::Unary(f32::tanh),
         Op::PReLU { channel_shared } => {
             Kernel::PRelu(elementwise::PRelu::new(*channel_shared, input, w)?)
         }

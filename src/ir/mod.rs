@@ -148,6 +148,10 @@ pub enum Op {
     Softmax {
         axis: usize,
     },
+    /// `1 / (1 + e^-x)`, elementwise.
+    Sigmoid,
+    /// `tanh(x)`, elementwise.
+    TanH,
     Lrn(LrnParams),
     /// weights: mean `[C]`, variance `[C]`, scale factor `[1]` (Caffe's moving-average counter).
     BatchNorm {
@@ -196,6 +200,8 @@ impl Op {
             Op::ReLU { .. } => "ReLU",
             Op::PReLU { .. } => "PReLU",
             Op::Softmax { .. } => "Softmax",
+            Op::Sigmoid => "Sigmoid",
+            Op::TanH => "TanH",
             Op::Lrn(_) => "LRN",
             Op::BatchNorm { .. } => "BatchNorm",
             Op::Scale { .. } => "Scale",

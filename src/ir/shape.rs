@@ -153,6 +153,8 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
         Op::ReLU { .. }
         | Op::PReLU { .. }
         | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
         | Op::Lrn(_)
         | Op::BatchNorm { .. }
         | Op::Scale { .. }

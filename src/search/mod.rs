@@ -152,7 +152,11 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
                 f.activations_frac_bits.insert(out.clone(), o);
                 o
             }
-            Op::Eltwise { .. } | Op::Concat { .. } => {
+            Op::Eltwise { .. }
+            | Op::Concat { .. }
+            | Op::Sigmoid
+            | Op::TanH
+            | Op::Softmax { .. } => {
                 let o = act(out)?;
                 f.activations_frac_bits.insert(out.clone(), o);
                 o
@@ -375,7 +379,21 @@ fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
                 a_lshift,
                 b_lshift,
                 out_rshift,
+            }
+            | QOp::Max {
+                a_lshift,
+                b_lshift,
+                out_rshift,
             } => key.extend([*a_lshift, *b_lshift, *out_rshift].map(i64::from)),
+            QOp::Lut { table, .. } => key.extend(table.iter().map(|&v| i64::from(v))),
+            QOp::PRelu { slopes, slope_frac } => {
+                key.push(i64::from(*slope_frac));
+                key.extend(slopes.iter().map(|&v| i64::from(v)));
+            }
+            QOp::Softmax { row, exp_table } => {
+                key.push(*row as i64);
+                key.extend(exp_table.iter().map(|&v| i64::from(v)));
+            }
             QOp::Concat { shifts } => key.extend(shifts.iter().map(|&s| i64::from(s))),
             QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape | QOp::Permute { .. } => {}
         }
