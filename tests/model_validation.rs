@@ -200,6 +200,10 @@ fn the_fixture_is_valid_and_runs_everywhere() {
             nnquant::fixed::QOp::Concat { .. } => "concat",
             nnquant::fixed::QOp::Reshape => "reshape",
             nnquant::fixed::QOp::Permute { .. } => "permute",
+            nnquant::fixed::QOp::Lut { .. } => "lut",
+            nnquant::fixed::QOp::PRelu { .. } => "prelu",
+            nnquant::fixed::QOp::Max { .. } => "max_eltwise",
+            nnquant::fixed::QOp::Softmax { .. } => "softmax",
         })
         .collect();
     for op in [
