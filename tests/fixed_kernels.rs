@@ -361,9 +361,15 @@ fn conv_all_paths(
             return Err(format!("variant dsp={dsp} differs from the reference"));
         }
         // The firmware's call: scratch from the caller and, on DSP targets, only the
-        // pre-widened weights.
+        // pre-widened weights (both for dilated layers that are not depthwise: the direct path
+        // reads the i8 weights).
         let mut scratch = vec![0x5ai8; conv_scratch_len(ksize, dsp)];
-        let (w8, wqs): (&[i8], &[u32]) = if dsp { (&[], &wq) } else { (weights, &[]) };
+        let i8_too = (dil.h != 1 || dil.w != 1) && !is_depthwise(ind.c, outd.c, groups);
+        let (w8, wqs): (&[i8], &[u32]) = match (dsp, i8_too) {
+            (false, _) => (weights, &[]),
+            (true, false) => (&[], &wq),
+            (true, true) => (weights, &wq),
+        };
         let mut got = vec![0i8; outd.len()];
         variants::conv_hwc_q7_scratch(
             dsp,

@@ -4,8 +4,9 @@
 //! padding, strides, groups, odd sizes and Caffe's ceil-mode clipped last windows.
 
 use nnquant::fixed::kernels::{
-    conv_pool_ring_len, conv_scratch_len, conv_widened_len, variants, widen_conv_weights,
-    widen_weights, widened_weights_len, Dims, Fused, KernelError, Pair, PoolSpec,
+    conv_pool_ring_len, conv_scratch_len, conv_widened_len, is_depthwise, variants,
+    widen_conv_weights, widen_weights, widened_weights_len, Dims, Fused, KernelError, Pair,
+    PoolSpec,
 };
 use nnquant::ir::{
     shape::{conv_out, pool_out},
@@ -161,6 +162,13 @@ fn widened(c: &Case, t: &Tensors) -> Vec<u32> {
     wq
 }
 
+/// Dilated layers that are not depthwise read the i8 weights even on DSP targets (the direct
+/// path); the firmware passes both.
+fn i8_needed(c: &Case) -> bool {
+    let dilated = c.dilation.h != 1 || c.dilation.w != 1;
+    dilated && !is_depthwise(c.in_dims.c, c.cout, c.groups)
+}
+
 fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
     let mut y = vec![0i8; cd.len()];
     variants::conv_hwc_q7(
@@ -203,7 +211,7 @@ proptest! {
         let mut got = vec![0i8; cd.len()];
         // DSP with pre-widened weights (the i8 weights then omitted, as the firmware does).
         let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
-        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
+        let w: &[i8] = if wq.is_empty() || i8_needed(&c) { &t.weights } else { &[] };
         variants::conv_hwc_q7_scratch(
             dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.dilation, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, c.relu_conv, &mut scratch[c.misalign..], &mut got, cd,
@@ -251,7 +259,7 @@ proptest! {
         let mut got = vec![0i8; od.len()];
         let fuse = Fused { relu_conv: c.relu_conv, pool: p, relu_out: c.relu_out };
         let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
-        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
+        let w: &[i8] = if wq.is_empty() || i8_needed(&c) { &t.weights } else { &[] };
         variants::conv_pool_hwc_q7(
             dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.dilation, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, cd, fuse, &mut ring, &mut scratch[c.misalign..], &mut got,

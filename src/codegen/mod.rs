@@ -339,7 +339,9 @@ fn layer_contexts(
                     c.weight_frac_bits
                 );
                 let depthwise = kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups);
-                if dsp {
+                // Dilated layers that are not depthwise run the kernels' direct path, which
+                // reads the i8 weights: they keep those (no pre-widened copy).
+                if dsp && widened(c) {
                     // DSP targets get the weights pre-widened to i16 pairs in the layout of
                     // their kernel (`kernels::widen_conv_weights`: the patches' layout, or the
                     // channel quads of the depthwise path): no SXTB16 on weights in the loop.
@@ -542,11 +544,18 @@ fn layer_contexts(
             relu_out,
             max,
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
-            wq: dsp && matches!(l.op, QOp::Conv(_)),
+            wq: dsp && matches!(&l.op, QOp::Conv(c) if widened(c)),
             regions,
         });
     }
     Ok(out)
+}
+
+/// Whether a conv's firmware weights are pre-widened on DSP targets (all but dilated layers
+/// that are not depthwise, see `layer_contexts`).
+fn widened(c: &crate::fixed::graph::QConv) -> bool {
+    kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups)
+        || (c.dilation.h == 1 && c.dilation.w == 1)
 }
 
 /// The arena ranges a step borrows (inputs `in0…`, `output`, temporaries by role), sorted by

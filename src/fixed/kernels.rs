@@ -1247,7 +1247,8 @@ fn dw_run(
                         a = dw_row_wq(input, p + k * xstep, xstep, &wr, a);
                     }
                 }
-            } else {
+            } else if yhi > ylo && nx > 0 {
+                // (A window entirely in the padding has `ylo` or `xlo` at the kernel's end.)
                 let w = &wq[2 * (qi * taps + ylo * kw + xlo)..];
                 let rows = yhi - ylo;
                 a = dw_quad(input, base + ch, ystep, xstep, rows, nx, w, 2 * kw, a);
@@ -1445,7 +1446,11 @@ fn conv_direct(
     let (iw, cin, cg) = (g.in_dims.w, g.in_dims.c, g.cin_g);
     let n = pixels.len() * g.out_dims.c;
     for (i, out) in output[..n].chunks_exact_mut(g.out_dims.c).enumerate() {
-        let (ylo, yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
+        let (ylo, mut yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
+        if xlo == xhi {
+            // The window lies in the padding (`ix0` may then be past the image).
+            yhi = ylo;
+        }
         for (o, y) in out.iter_mut().enumerate() {
             let c0 = (o / g.cout_g) * cg;
             let w = &weights[o * g.ksize..][..g.ksize];
@@ -1547,10 +1552,14 @@ fn conv_geo(
     let cin_g = in_dims.c / groups;
     let cout_g = out_dims.c / groups;
     let ksize = kernel.h * kernel.w * cin_g;
-    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty.
+    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty,
+    // except for dilated layers that are not depthwise: the direct path runs those and reads
+    // the i8 weights.
     let wq_used = dsp && !wq.is_empty();
+    let dense = dilation.h == 1 && dilation.w == 1;
+    let wq_alone = wq_used && (dense || is_depthwise(in_dims.c, out_dims.c, groups));
     if input.len() != in_dims.len()
-        || (weights.len() != out_dims.c * ksize && !(wq_used && weights.is_empty()))
+        || (weights.len() != out_dims.c * ksize && !(wq_alone && weights.is_empty()))
         || (wq_used && wq.len() != conv_widened_len(in_dims.c, out_dims.c, groups, ksize))
         || bias.len() != out_dims.c
     {
