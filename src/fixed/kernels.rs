@@ -967,61 +967,85 @@ fn dw_row_wq(input: &[i8], p: usize, step: usize, w: &[u32], a: [i32; 4]) -> [i3
     [a0, a1, a2, a3]
 }
 
-/// The window of one depthwise channel quad: `rows` kernel rows of `nx` taps; row `r`, tap `k`
-/// reads the input word at `p + r · ystep + k · xstep` and the weight words
-/// `w[r · wrow + 2k..][..2]`. On DSP targets, once the whole window is checked to lie inside
-/// the slices, hand-written rows ([`dw_row3_asm`] for 3 taps, [`dw_rown_asm`] otherwise) run
-/// with no further checks; elsewhere (and if a check fails) the plain-Rust model.
+/// The whole channel quads of one depthwise output pixel, with pre-widened weights: quad `q`
+/// starts from its biases, takes the window (`rows` kernel rows of `nx` taps; row `r`, tap `k`
+/// reads the input word at `p + 4q + r · ystep + k · xstep` and the weight words
+/// `w[q · qstride + r · wrow + 2k..][..2]`) and is requantized into `out[4q..4q + 4]`. On DSP
+/// targets, once the window of every quad is checked to lie inside the slices, hand-written
+/// code runs with no further checks ([`dw_win33_asm`] for a whole 3×3 window, else a row at a
+/// time with [`dw_row3_asm`] / [`dw_rown_asm`]); elsewhere (and if the check fails) the
+/// plain-Rust model.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dw_quad(
+fn dw_quads(
     input: &[i8],
     p: usize,
-    ystep: usize,
-    xstep: usize,
-    rows: usize,
-    nx: usize,
+    (ystep, xstep): (usize, usize),
+    (rows, nx): (usize, usize),
     w: &[u32],
-    wrow: usize,
-    a: [i32; 4],
-) -> [i32; 4] {
-    let mut a = a;
-    if rows == 0 || nx == 0 {
-        return a;
-    }
+    (qstride, wrow): (usize, usize),
+    bias: &[i8],
+    out: &mut [i8],
+    g: &ConvGeo,
+    lo: i8,
+) {
+    let quads = out.len() / 4;
+    let init = |b: &[i8]| [g.acc0(b[0]), g.acc0(b[1]), g.acc0(b[2]), g.acc0(b[3])];
+    let store = |o: &mut [i8], a: [i32; 4]| {
+        for (o, s) in o.iter_mut().zip(a) {
+            *o = requant_dsp(s, g.or, lo);
+        }
+    };
+    let quad_io = out.chunks_exact_mut(4).zip(bias.chunks_exact(4));
     #[cfg(all(dsp, target_arch = "arm"))]
     {
-        let last_in = p + (rows - 1) * ystep + (nx - 1) * xstep + 4;
-        let last_w = (rows - 1) * wrow + 2 * nx;
-        if last_in <= input.len() && last_w <= w.len() {
-            let mut px = input.as_ptr().wrapping_add(p);
-            let mut pw = w.as_ptr();
-            if rows == 3 && nx == 3 && wrow == 6 {
-                // SAFETY: the whole 3×3 window lies inside `input` and `w` (checked above).
-                return unsafe { dw_win33_asm(px, pw, xstep, ystep, a) };
-            }
-            for _ in 0..rows {
-                // SAFETY: every tap of every row lies inside `input` and `w` (checked above).
-                a = unsafe {
-                    if nx == 3 {
-                        dw_row3_asm(px, pw, xstep, a)
+        if quads > 0 && rows > 0 && nx > 0 {
+            let last_in = p + 4 * (quads - 1) + (rows - 1) * ystep + (nx - 1) * xstep + 4;
+            let last_w = (quads - 1) * qstride + (rows - 1) * wrow + 2 * nx;
+            if last_in <= input.len() && last_w <= w.len() {
+                let win33 = rows == 3 && nx == 3 && wrow == 6;
+                let (px0, pw0) = (input.as_ptr().wrapping_add(p), w.as_ptr());
+                for (qi, (o4, b4)) in quad_io.enumerate() {
+                    let mut a = init(b4);
+                    let mut px = px0.wrapping_add(4 * qi);
+                    let mut pw = pw0.wrapping_add(qi * qstride);
+                    if win33 {
+                        // SAFETY: every quad's 3×3 window lies inside `input` and `w`
+                        // (checked above).
+                        a = unsafe { dw_win33_asm(px, pw, xstep, ystep, a) };
                     } else {
-                        dw_rown_asm(px, pw, xstep, nx, a)
+                        for _ in 0..rows {
+                            // SAFETY: every tap of every row of every quad lies inside `input`
+                            // and `w` (checked above).
+                            a = unsafe {
+                                if nx == 3 {
+                                    dw_row3_asm(px, pw, xstep, a)
+                                } else {
+                                    dw_rown_asm(px, pw, xstep, nx, a)
+                                }
+                            };
+                            px = px.wrapping_add(ystep);
+                            pw = pw.wrapping_add(wrow);
+                        }
                     }
-                };
-                px = px.wrapping_add(ystep);
-                pw = pw.wrapping_add(wrow);
+                    store(o4, a);
+                }
+                return;
             }
-            return a;
         }
     }
-    for r in 0..rows {
-        a = dw_row_wq(input, p + r * ystep, xstep, &w[r * wrow..][..2 * nx], a);
+    for (qi, (o4, b4)) in quad_io.enumerate() {
+        let mut a = init(b4);
+        for r in 0..rows {
+            let wr = &w[qi * qstride + r * wrow..][..2 * nx];
+            a = dw_row_wq(input, p + 4 * qi + r * ystep, xstep, wr, a);
+        }
+        store(o4, a);
     }
-    a
+    let _ = quads;
 }
 
-/// A row of 3 taps of [`dw_quad`], unrolled (9 instructions per 4 multiply-accumulates).
+/// A row of 3 taps of [`dw_quads`], unrolled (9 instructions per 4 multiply-accumulates).
 ///
 /// # Safety
 /// `px`, `px + xstep`, `px + 2·xstep` must each start 4 readable bytes; `pw` 6 readable words.
@@ -1076,7 +1100,7 @@ unsafe fn dw_row3_asm(px: *const i8, pw: *const u32, xstep: usize, a: [i32; 4]) 
     [a0, a1, a2, a3]
 }
 
-/// A whole 3×3 window of [`dw_quad`] (9 contiguous tap pairs of weights), unrolled: 9
+/// A whole 3×3 window of [`dw_quads`] (9 contiguous tap pairs of weights), unrolled: 9
 /// instructions per 4 multiply-accumulates and no loop.
 ///
 /// # Safety
@@ -1139,7 +1163,7 @@ unsafe fn dw_win33_asm(
     [a0, a1, a2, a3]
 }
 
-/// A row of `n ≥ 1` taps of [`dw_quad`] as a loop (12 instructions per 4 multiply-accumulates).
+/// A row of `n ≥ 1` taps of [`dw_quads`] as a loop (12 instructions per 4 multiply-accumulates).
 ///
 /// # Safety
 /// `px + k·xstep` must start 4 readable bytes for `k < n`; `pw` `2n` readable words.
@@ -1229,13 +1253,13 @@ fn dw_run(
         let (ylo, yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
         let nx = xhi - xlo;
         let base = (iy0 * iw + ix0) * c;
-        let quad_outs = out[..4 * quads].chunks_exact_mut(4);
-        for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
-            let ch = 4 * qi;
-            let mut a = [g.acc0(b4[0]), g.acc0(b4[1]), g.acc0(b4[2]), g.acc0(b4[3])];
-            if wq.is_empty() {
-                // No pre-widened weights: build each tap's two words from the i8 weights.
-                let h = |c: usize, t: usize| weights[c * taps + t] as i16 as u16 as u32;
+        if wq.is_empty() {
+            // No pre-widened weights: build each tap's two words from the i8 weights.
+            let h = |c: usize, t: usize| weights[c * taps + t] as i16 as u16 as u32;
+            let quad_outs = out[..4 * quads].chunks_exact_mut(4);
+            for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
+                let ch = 4 * qi;
+                let mut a = [g.acc0(b4[0]), g.acc0(b4[1]), g.acc0(b4[2]), g.acc0(b4[3])];
                 for ky in ylo..yhi {
                     let p = base + (ky - ylo) * ystep + ch;
                     for k in 0..nx {
@@ -1247,15 +1271,35 @@ fn dw_run(
                         a = dw_row_wq(input, p + k * xstep, xstep, &wr, a);
                     }
                 }
-            } else if yhi > ylo && nx > 0 {
-                // (A window entirely in the padding has `ylo` or `xlo` at the kernel's end.)
-                let w = &wq[2 * (qi * taps + ylo * kw + xlo)..];
-                let rows = yhi - ylo;
-                a = dw_quad(input, base + ch, ystep, xstep, rows, nx, w, 2 * kw, a);
+                for (o, s) in o4.iter_mut().zip(a) {
+                    *o = requant_dsp(s, g.or, lo);
+                }
             }
-            for (o, s) in o4.iter_mut().zip(a) {
-                *o = requant_dsp(s, g.or, lo);
-            }
+        } else if quads > 0 {
+            // (A window entirely in the padding has `ylo` or `xlo` at the kernel's end: no
+            // taps, and no weights to point at.)
+            let (rows, taps_in) = if yhi > ylo && nx > 0 {
+                (yhi - ylo, nx)
+            } else {
+                (0, 0)
+            };
+            let w = if rows > 0 {
+                &wq[2 * (ylo * kw + xlo)..]
+            } else {
+                &[]
+            };
+            dw_quads(
+                input,
+                base,
+                (ystep, xstep),
+                (rows, taps_in),
+                w,
+                (2 * taps, 2 * kw),
+                &bias[..4 * quads],
+                &mut out[..4 * quads],
+                g,
+                lo,
+            );
         }
         for (ch, o) in out.iter_mut().enumerate().skip(4 * quads) {
             let mut acc = g.acc0(bias[ch]);
