@@ -1226,11 +1226,11 @@ fn dw_weight(weights: &[i8], wq: &[u32], taps: usize, ch: usize, t: usize) -> i3
 
 /// Depthwise convolution ([`is_depthwise`]) of the output pixels `pixels` into `output`
 /// (`pixels.len() · c` bytes), any stride, padding and dilation, no scratch. Per output pixel
-/// the in-bounds window is computed once. DSP: four channels at a time (HWC: one word of the
-/// input holds them), two `SXTB16` and four `SMLABB`/`SMLATT` per tap, with pre-widened weights
-/// `wq` (else the same words are built from the i8 weights on the fly); the channels beyond the
-/// last whole quad, and the portable path, go one channel at a time. `wq` is non-empty only
-/// when `dsp` (see [`conv_geo`]).
+/// the in-bounds window is computed once, then the channels go four at a time (HWC: four
+/// consecutive input bytes are four channels of one pixel). DSP: one word load, two `SXTB16`
+/// and four `SMLABB`/`SMLATT` per tap, with pre-widened weights `wq` ([`dw_quads`]; without
+/// them the same words are built from the i8 weights on the fly); portable: four scalar sums.
+/// The channels beyond the last whole quad go one at a time.
 #[allow(clippy::too_many_arguments)]
 fn dw_run(
     dsp: bool,
@@ -1245,7 +1245,9 @@ fn dw_run(
 ) {
     let (iw, c, kw) = (g.in_dims.w, g.in_dims.c, g.kernel.w);
     let taps = g.ksize;
-    let quads = if dsp { c / 4 } else { 0 };
+    let quads = c / 4;
+    // Pre-widened weights are read on DSP targets only (`conv_geo` checks them only there).
+    let wq = if dsp { wq } else { &[] };
     let (ystep, xstep) = (g.dil.h * iw * c, g.dil.w * c);
     let q = |acc: i32| requant_lo(acc, g.or, lo);
     let n = pixels.len() * c;
@@ -1254,25 +1256,38 @@ fn dw_run(
         let nx = xhi - xlo;
         let base = (iy0 * iw + ix0) * c;
         if wq.is_empty() {
-            // No pre-widened weights: build each tap's two words from the i8 weights.
-            let h = |c: usize, t: usize| weights[c * taps + t] as i16 as u16 as u32;
+            // The i8 weights: four scalar sums (portable), or each tap's two weight words built
+            // on the fly (DSP without pre-widened weights).
             let quad_outs = out[..4 * quads].chunks_exact_mut(4);
             for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
                 let ch = 4 * qi;
                 let mut a = [g.acc0(b4[0]), g.acc0(b4[1]), g.acc0(b4[2]), g.acc0(b4[3])];
+                let wr = &weights[ch * taps..][..4 * taps];
+                let (w0, w1, w2, w3) = (
+                    &wr[..taps],
+                    &wr[taps..2 * taps],
+                    &wr[2 * taps..3 * taps],
+                    &wr[3 * taps..],
+                );
                 for ky in ylo..yhi {
                     let p = base + (ky - ylo) * ystep + ch;
                     for k in 0..nx {
                         let t = ky * kw + xlo + k;
-                        let wr = [
-                            h(ch, t) | h(ch + 2, t) << 16,
-                            h(ch + 1, t) | h(ch + 3, t) << 16,
-                        ];
-                        a = dw_row_wq(input, p + k * xstep, xstep, &wr, a);
+                        if dsp {
+                            let h = |v: i8| v as i16 as u16 as u32;
+                            let ww = [h(w0[t]) | h(w2[t]) << 16, h(w1[t]) | h(w3[t]) << 16];
+                            a = dw_row_wq(input, p + k * xstep, xstep, &ww, a);
+                        } else {
+                            let x = &input[p + k * xstep..][..4];
+                            a[0] = a[0].wrapping_add(x[0] as i32 * w0[t] as i32);
+                            a[1] = a[1].wrapping_add(x[1] as i32 * w1[t] as i32);
+                            a[2] = a[2].wrapping_add(x[2] as i32 * w2[t] as i32);
+                            a[3] = a[3].wrapping_add(x[3] as i32 * w3[t] as i32);
+                        }
                     }
                 }
                 for (o, s) in o4.iter_mut().zip(a) {
-                    *o = requant_dsp(s, g.or, lo);
+                    *o = if dsp { requant_dsp(s, g.or, lo) } else { q(s) };
                 }
             }
         } else if quads > 0 {
