@@ -989,13 +989,14 @@ fn dw_quads(
     g: &ConvGeo,
     lo: i8,
 ) {
-    let quads = out.len() / 4;
     let init = |b: &[i8]| [g.acc0(b[0]), g.acc0(b[1]), g.acc0(b[2]), g.acc0(b[3])];
     let store = |o: &mut [i8], a: [i32; 4]| {
         for (o, s) in o.iter_mut().zip(a) {
             *o = requant_dsp(s, g.or, lo);
         }
     };
+    #[cfg(all(dsp, target_arch = "arm"))]
+    let quads = out.len() / 4;
     let quad_io = out.chunks_exact_mut(4).zip(bias.chunks_exact(4));
     #[cfg(all(dsp, target_arch = "arm"))]
     {
@@ -1042,7 +1043,6 @@ fn dw_quads(
         }
         store(o4, a);
     }
-    let _ = quads;
 }
 
 /// A row of 3 taps of [`dw_quads`], unrolled (9 instructions per 4 multiply-accumulates).
@@ -1642,7 +1642,8 @@ fn conv_geo(
 }
 
 /// Convolution ([`conv_hwc_q7`], same bytes) with optional pre-widened weights `wq`
-/// ([`widen_weights`]; used on DSP targets, where `weights` may then be empty; ignored
+/// ([`widen_conv_weights`]; used on DSP targets, where `weights` may then be empty unless the
+/// layer is dilated and not depthwise; ignored
 /// elsewhere), caller-provided scratch for the patches
 /// (at least [`conv_scratch_len`] bytes: the firmware places it in its arena for the duration of
 /// the layer instead of on the stack) and, when `relu` is set, a ReLU fused into the
