@@ -192,7 +192,8 @@ fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+    // Dilated kernels overhang small images more often: more rejected cases to allow.
+    #![proptest_config(ProptestConfig { cases: 600, max_global_rejects: 8192, ..ProptestConfig::default() })]
 
     #[test]
     fn conv_with_scratch_and_relu_equals_conv_then_relu(
