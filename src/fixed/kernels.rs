@@ -343,15 +343,30 @@ impl ConvGeo {
         size: usize,
     ) -> (usize, usize, usize) {
         let start = (o * stride) as isize - pad as isize;
-        let d = dil.max(1) as isize;
-        // Taps `ceil(n / d)`; no division for the common dilation 1 (no hardware divide on M0).
-        let taps = |n: isize| if d == 1 { n } else { (n + d - 1) / d };
-        let lo = if start < 0 { taps(-start) as usize } else { 0 }.min(kernel);
         let room = size as isize - start;
+        if dil <= 1 {
+            // The common dense case, without the divisions (no hardware divide on M0).
+            let lo = if start < 0 { (-start) as usize } else { 0 }.min(kernel);
+            let hi = if room <= 0 {
+                0
+            } else {
+                (room as usize).min(kernel)
+            };
+            let hi = hi.max(lo);
+            return (lo, hi, (start + lo as isize).max(0) as usize);
+        }
+        // Taps `ceil(n / dil)`.
+        let d = dil as isize;
+        let lo = if start < 0 {
+            ((-start + d - 1) / d) as usize
+        } else {
+            0
+        }
+        .min(kernel);
         let hi = if room <= 0 {
             0
         } else {
-            (taps(room) as usize).min(kernel)
+            (((room + d - 1) / d) as usize).min(kernel)
         };
         let hi = hi.max(lo);
         (lo, hi, (start + lo as isize * d).max(0) as usize)
@@ -1230,8 +1245,10 @@ fn dw_weight(weights: &[i8], wq: &[u32], taps: usize, ch: usize, t: usize) -> i3
 /// consecutive input bytes are four channels of one pixel). DSP: one word load, two `SXTB16`
 /// and four `SMLABB`/`SMLATT` per tap, with pre-widened weights `wq` ([`dw_quads`]; without
 /// them the same words are built from the i8 weights on the fly); portable: four scalar sums.
-/// The channels beyond the last whole quad go one at a time.
+/// The channels beyond the last whole quad go one at a time. Not inlined: its locals then do
+/// not add to the stack frame of the other convolution paths.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn dw_run(
     dsp: bool,
     input: &[i8],
