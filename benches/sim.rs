@@ -2,6 +2,10 @@
 //! GMAC/s (6,558,720 MAC per image). Plain `main` with `std::time`; skips when `../shared` is
 //! missing. Run: `cargo bench --bench sim`. On a busy machine, `SIM_BENCH_REPS=20` (default 5)
 //! and `SIM_BENCH_THREADS=1` (default 2) make comparisons steadier.
+//!
+//! `SIM_BENCH_MODEL=M.nnq.json SIM_BENCH_DATA=D.npy` (uint8 HWC images of the model's input size)
+//! measures that quantized model instead (images/s only), e.g. a depthwise trunk such as
+//! slim-320's: the pixels are centred at 128, as for ARM's model.
 
 use nnquant::caffe::{load_model, LoadOptions};
 use nnquant::fixed::{Formats, Keep, QGraph, SimdPath, Simulator};
@@ -10,6 +14,15 @@ use std::time::Instant;
 const MAC_PER_IMAGE: f64 = 6_558_720.0;
 
 fn main() {
+    if let (Ok(model), Ok(data)) = (
+        std::env::var("SIM_BENCH_MODEL"),
+        std::env::var("SIM_BENCH_DATA"),
+    ) {
+        let q = nnquant::model::NnqModel::read(std::path::Path::new(&model))
+            .expect("SIM_BENCH_MODEL")
+            .graph;
+        return run_all(&q, &centred(std::path::Path::new(&data)), None);
+    }
     let shared = nnquant::shared_dir();
     let m = shared.join("models/arm-cifar10-m4");
     let images = shared.join("data/cifar10/test_1017_u8_hwc.npy");
@@ -33,18 +46,26 @@ fn main() {
         &Formats::from_json_file(&m.join("arm-formats.json")).expect("formats"),
     )
     .expect("quantize");
+    run_all(&q, &centred(&images), Some(MAC_PER_IMAGE));
+}
+
+/// The uint8 images of an .npy file as q7 input. Mean subtraction does not change the cost;
+/// centre the pixels at 128.
+fn centred(images: &std::path::Path) -> Vec<i8> {
     let f = npyz::NpyFile::new(std::io::BufReader::new(
-        std::fs::File::open(&images).expect("images"),
+        std::fs::File::open(images).expect("images"),
     ))
     .expect("npy");
-    // Mean subtraction does not change the cost; centre the pixels at 128.
-    let input: Vec<i8> = f
-        .into_vec::<u8>()
+    f.into_vec::<u8>()
         .expect("u8")
         .into_iter()
         .map(|p| (p as i16 - 128) as i8)
-        .collect();
-    let n = input.len() / 3072;
+        .collect()
+}
+
+/// Every simulator path (or `NNQUANT_SIMD`'s) on `input`; `mac`: MACs per image, when known.
+fn run_all(q: &QGraph, input: &[i8], mac: Option<f64>) {
+    let n = input.len() / q.blob_len(&q.input);
     let env = |k: &str, d: usize| {
         std::env::var(k)
             .ok()
@@ -63,12 +84,12 @@ fn main() {
         _ => SimdPath::supported_paths(),
     };
     for path in paths {
-        let sim = Simulator::with_path(&q, path).expect("simulator");
-        pool.install(|| bench(&sim, &input, n, threads, reps));
+        let sim = Simulator::with_path(q, path).expect("simulator");
+        pool.install(|| bench(&sim, input, n, threads, reps, mac));
     }
 }
 
-fn bench(sim: &Simulator, input: &[i8], n: usize, threads: usize, reps: usize) {
+fn bench(sim: &Simulator, input: &[i8], n: usize, threads: usize, reps: usize, mac: Option<f64>) {
     {
         sim.run(input, n, &Keep::Outputs).expect("warm-up");
         let mut best = f64::INFINITY;
@@ -79,12 +100,12 @@ fn bench(sim: &Simulator, input: &[i8], n: usize, threads: usize, reps: usize) {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let ips = n as f64 / best;
+        let gmac = mac.map_or(String::new(), |m| format!(", {:.1} GMAC/s", ips * m / 1e9));
         println!(
-            "sim path {:<16} ({threads} threads, batch {n}): best of {reps}: {:.1} ms, {:.0} images/s, {:.1} GMAC/s",
+            "sim path {:<16} ({threads} threads, batch {n}): best of {reps}: {:.1} ms, {:.1} images/s{gmac}",
             sim.path().name(),
             best * 1e3,
             ips,
-            ips * MAC_PER_IMAGE / 1e9
         );
     }
 }

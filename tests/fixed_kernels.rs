@@ -84,6 +84,7 @@ fn wrong_lengths_are_refused_not_panicking() {
             D1,
             Pair { h: 0, w: 0 },
             D1,
+            D1,
             2,
             &[0],
             0,
@@ -194,6 +195,7 @@ fn depthwise_conv_uses_its_own_channel() {
         D1,
         Pair { h: 0, w: 0 },
         D1,
+        D1,
         2,
         &[0, 0],
         0,
@@ -224,6 +226,7 @@ mod reference {
         kernel: Pair,
         pad: Pair,
         stride: Pair,
+        dil: Pair,
         groups: usize,
         bias: &[i8],
         bl: i32,
@@ -240,8 +243,8 @@ mod reference {
                     let mut acc = ((bias[o] as i32) << bl).wrapping_add(round_term(or as u32));
                     for ky in 0..kernel.h {
                         for kx in 0..kernel.w {
-                            let iy = (oy * stride.h + ky) as isize - pad.h as isize;
-                            let ix = (ox * stride.w + kx) as isize - pad.w as isize;
+                            let iy = (oy * stride.h + ky * dil.h) as isize - pad.h as isize;
+                            let ix = (ox * stride.w + kx * dil.w) as isize - pad.w as isize;
                             if iy < 0 || ix < 0 || iy >= ind.h as isize || ix >= ind.w as isize {
                                 continue;
                             }
@@ -325,6 +328,7 @@ fn conv_all_paths(
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dil: Pair,
     groups: usize,
     bias: &[i8],
     bl: i32,
@@ -332,24 +336,65 @@ fn conv_all_paths(
     outd: Dims,
 ) -> Result<(), String> {
     let want = reference::conv(
-        input, ind, weights, kernel, pad, stride, groups, bias, bl, or, outd,
+        input, ind, weights, kernel, pad, stride, dil, groups, bias, bl, or, outd,
     );
     let mut got = vec![0i8; outd.len()];
     conv_hwc_q7(
-        input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd,
+        input, ind, weights, kernel, pad, stride, dil, groups, bias, bl, or, &mut got, outd,
     )
     .map_err(|e| format!("{e:?}"))?;
     if got != want {
         return Err("public kernel differs from the reference".into());
     }
+    let ksize = kernel.h * kernel.w * ind.c / groups;
+    let mut wq = vec![0u32; conv_widened_len(ind.c, outd.c, groups, ksize)];
+    widen_conv_weights(weights, ind.c, outd.c, groups, ksize, &mut wq)
+        .map_err(|e| format!("widen: {e:?}"))?;
     for dsp in [false, true] {
         let mut got = vec![0i8; outd.len()];
         variants::conv_hwc_q7(
-            dsp, input, ind, weights, kernel, pad, stride, groups, bias, bl, or, &mut got, outd,
+            dsp, input, ind, weights, kernel, pad, stride, dil, groups, bias, bl, or, &mut got,
+            outd,
         )
         .map_err(|e| format!("{e:?}"))?;
         if got != want {
             return Err(format!("variant dsp={dsp} differs from the reference"));
+        }
+        // The firmware's call: scratch from the caller and, on DSP targets, only the
+        // pre-widened weights (both for dilated layers that are not depthwise: the direct path
+        // reads the i8 weights).
+        let mut scratch = vec![0x5ai8; conv_scratch_len(ksize, dsp)];
+        let i8_too = (dil.h != 1 || dil.w != 1) && !is_depthwise(ind.c, outd.c, groups);
+        let (w8, wqs): (&[i8], &[u32]) = match (dsp, i8_too) {
+            (false, _) => (weights, &[]),
+            (true, false) => (&[], &wq),
+            (true, true) => (weights, &wq),
+        };
+        let mut got = vec![0i8; outd.len()];
+        variants::conv_hwc_q7_scratch(
+            dsp,
+            input,
+            ind,
+            w8,
+            wqs,
+            kernel,
+            pad,
+            stride,
+            dil,
+            groups,
+            bias,
+            bl,
+            or,
+            false,
+            &mut scratch,
+            &mut got,
+            outd,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        if got != want {
+            return Err(format!(
+                "scratch variant dsp={dsp} differs from the reference"
+            ));
         }
     }
     Ok(())
@@ -372,6 +417,7 @@ fn conv_case() -> impl Strategy<
         Pair,
         Pair,
         Pair,
+        Pair,
         usize,
         Vec<i8>,
         Vec<i8>,
@@ -391,12 +437,13 @@ fn conv_case() -> impl Strategy<
             0usize..=1,
             0usize..=1,
         ),
+        prop_oneof![3 => Just((1usize, 1usize)), 1 => (1usize..=3, 1usize..=3)],
     )
         .prop_filter_map(
             "window fits",
-            |((groups, cin_g, cout_g), (kh, kw, h, w), (sh, sw, ph, pw, eh, ew))| {
-                let oh = (h + 2 * ph).checked_sub(kh)? / sh + 1 + eh;
-                let ow = (w + 2 * pw).checked_sub(kw)? / sw + 1 + ew;
+            |((groups, cin_g, cout_g), (kh, kw, h, w), (sh, sw, ph, pw, eh, ew), (dh, dw))| {
+                let oh = (h + 2 * ph).checked_sub(dh * (kh - 1) + 1)? / sh + 1 + eh;
+                let ow = (w + 2 * pw).checked_sub(dw * (kw - 1) + 1)? / sw + 1 + ew;
                 Some((
                     Dims {
                         h,
@@ -411,14 +458,15 @@ fn conv_case() -> impl Strategy<
                     Pair { h: kh, w: kw },
                     Pair { h: ph, w: pw },
                     Pair { h: sh, w: sw },
+                    Pair { h: dh, w: dw },
                     groups,
                     kh * kw * cin_g,
                 ))
             },
         )
-        .prop_flat_map(|(ind, outd, k, p, s, groups, ksize)| {
+        .prop_flat_map(|(ind, outd, k, p, s, d, groups, ksize)| {
             (
-                Just((ind, outd, k, p, s, groups)),
+                Just((ind, outd, k, p, s, d, groups)),
                 bytes(ind.len()),
                 bytes(outd.c * ksize),
                 bytes(outd.c),
@@ -426,8 +474,8 @@ fn conv_case() -> impl Strategy<
                 0i32..=14,
             )
         })
-        .prop_map(|((ind, outd, k, p, s, groups), x, w, b, bl, or)| {
-            (ind, outd, k, p, s, groups, x, w, b, bl, or)
+        .prop_map(|((ind, outd, k, p, s, d, groups), x, w, b, bl, or)| {
+            (ind, outd, k, p, s, d, groups, x, w, b, bl, or)
         })
 }
 
@@ -436,9 +484,9 @@ proptest! {
 
     #[test]
     fn conv_paths_match_the_reference(
-        (ind, outd, k, p, s, groups, x, w, b, bl, or) in conv_case()
+        (ind, outd, k, p, s, d, groups, x, w, b, bl, or) in conv_case()
     ) {
-        let r = conv_all_paths(&x, ind, &w, k, p, s, groups, &b, bl, or, outd);
+        let r = conv_all_paths(&x, ind, &w, k, p, s, d, groups, &b, bl, or, outd);
         prop_assert!(r.is_ok(), "{:?}", r);
     }
 
@@ -535,8 +583,136 @@ fn conv_paths_match_at_the_patch_limit_and_beyond() {
         let kp = Pair { h: k, w: k };
         let pp = Pair { h: pad, w: pad };
         for (bl, or) in [(0, 0), (3, 9), (6, 14)] {
-            conv_all_paths(&x, ind, &w, kp, pp, D1, groups, &b, bl, or, outd)
+            conv_all_paths(&x, ind, &w, kp, pp, D1, D1, groups, &b, bl, or, outd)
                 .unwrap_or_else(|e| panic!("case {i} bl {bl} or {or}: {e}"));
         }
+    }
+}
+
+/// Bytes for the depthwise cases: any, small, or only the extremes -128 / 127.
+fn dw_bytes(len: usize) -> impl Strategy<Value = Vec<i8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<i8>(), len),
+        proptest::collection::vec(-3i8..=3, len),
+        proptest::collection::vec(prop_oneof![Just(-128i8), Just(127i8)], len),
+    ]
+}
+
+/// A depthwise layer (`groups == in_c == out_c`): channel counts across whole quads and tails
+/// of 1–3, rectangular kernels, stride 1–3, padding, dilation 1–3, output sizes up to one beyond
+/// Caffe's rule (windows entirely in the padding), shifts up to 31 so that the `i32` sums wrap.
+#[allow(clippy::type_complexity)]
+fn dw_case() -> impl Strategy<
+    Value = (
+        (Dims, Dims, Pair, Pair, Pair, Pair),
+        Vec<i8>,
+        Vec<i8>,
+        Vec<i8>,
+        i32,
+        i32,
+    ),
+> {
+    (
+        (1usize..=13, 1usize..=9, 1usize..=9),
+        (1usize..=5, 1usize..=5, 1usize..=3, 1usize..=3),
+        (
+            0usize..=3,
+            0usize..=3,
+            1usize..=3,
+            1usize..=3,
+            0usize..=1,
+            0usize..=1,
+        ),
+    )
+        .prop_filter_map(
+            "window fits",
+            |((c, h, w), (kh, kw, sh, sw), (ph, pw, dh, dw, eh, ew))| {
+                let oh = (h + 2 * ph).checked_sub(dh * (kh - 1) + 1)? / sh + 1 + eh;
+                let ow = (w + 2 * pw).checked_sub(dw * (kw - 1) + 1)? / sw + 1 + ew;
+                Some((
+                    Dims { h, w, c },
+                    Dims { h: oh, w: ow, c },
+                    Pair { h: kh, w: kw },
+                    Pair { h: ph, w: pw },
+                    Pair { h: sh, w: sw },
+                    Pair { h: dh, w: dw },
+                ))
+            },
+        )
+        .prop_flat_map(|geo| {
+            let (ind, _, k, ..) = geo;
+            (
+                Just(geo),
+                dw_bytes(ind.len()),
+                dw_bytes(ind.c * k.h * k.w),
+                dw_bytes(ind.c),
+                prop_oneof![0i32..=8, 20i32..=31],
+                prop_oneof![0i32..=14, 24i32..=31],
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// The depthwise path (portable, and the DSP algorithm with the instructions modelled, with
+    /// and without pre-widened weights) equals the textbook grouped convolution byte for byte.
+    #[test]
+    fn depthwise_paths_match_the_reference(
+        ((ind, outd, k, p, s, d), x, w, b, bl, or) in dw_case()
+    ) {
+        prop_assert!(is_depthwise(ind.c, outd.c, ind.c));
+        let r = conv_all_paths(&x, ind, &w, k, p, s, d, ind.c, &b, bl, or, outd);
+        prop_assert!(r.is_ok(), "{:?}", r);
+    }
+}
+
+#[test]
+fn depthwise_widened_weights_are_channel_quads() {
+    // 5 channels, 2 taps: quad 0 holds channels 0..4, quad 1 channel 4 and zeros.
+    let w: Vec<i8> = (0..10).map(|i| i as i8 - 5).collect(); // [c][t]
+    let mut wq = vec![0u32; dw_widened_len(5, 2)];
+    assert_eq!(wq.len(), 8);
+    widen_conv_weights(&w, 5, 5, 5, 2, &mut wq).unwrap();
+    let h = |v: i8| v as i16 as u16 as u32;
+    // quad 0, tap 0: (c0, c2), (c1, c3); tap 1 likewise.
+    assert_eq!(wq[0], h(w[0]) | h(w[4]) << 16);
+    assert_eq!(wq[1], h(w[2]) | h(w[6]) << 16);
+    assert_eq!(wq[3], h(w[3]) | h(w[7]) << 16);
+    // quad 1, tap 1: channel 4 alone.
+    assert_eq!(wq[6], h(w[9]));
+    assert_eq!(wq[7], 0);
+    assert_eq!(
+        widen_conv_weights(&w[..9], 5, 5, 5, 2, &mut wq),
+        Err(KernelError::Length)
+    );
+    // A grouped but not depthwise layer keeps the im2col layout.
+    assert!(!is_depthwise(4, 8, 4));
+    assert_eq!(conv_widened_len(4, 8, 4, 9), widened_weights_len(8, 4, 9));
+}
+
+#[test]
+fn zero_dilation_is_refused() {
+    let d = Dims { h: 3, w: 3, c: 2 };
+    let mut out = [0i8; 18];
+    for groups in [1, 2] {
+        assert_eq!(
+            conv_hwc_q7(
+                &[0; 18],
+                d,
+                &vec![0; 2 * 2 / groups],
+                D1,
+                Pair { h: 0, w: 0 },
+                D1,
+                Pair { h: 1, w: 0 },
+                groups,
+                &[0, 0],
+                0,
+                0,
+                &mut out,
+                d
+            ),
+            Err(KernelError::Geometry)
+        );
     }
 }

@@ -135,6 +135,7 @@ fn conv_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                             kernel: Hw { h: kh, w: kw },
                             pad: Hw { h: ph, w: pw },
                             stride: Hw { h: sh, w: sw },
+                            dilation: Hw { h: 1, w: 1 },
                             groups,
                             weights,
                             bias,
@@ -184,6 +185,7 @@ fn conv_wide_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                         kernel: Hw { h: kh, w: kw },
                         pad: Hw { h: pad, w: pad },
                         stride: Hw { h: s, w: s },
+                        dilation: Hw { h: 1, w: 1 },
                         groups: 1,
                         weights,
                         bias,
@@ -197,8 +199,67 @@ fn conv_wide_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
         })
 }
 
+/// Depthwise layers (`sim/depthwise.rs`) and dilated layers (depthwise or not; the latter run
+/// `kernels.rs` itself): channel tails, rectangular kernels, stride, padding, dilation.
+fn dw_dilated_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
+    (
+        (prop_oneof![1usize..=9, Just(16), Just(32)], any::<bool>()),
+        (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
+        (0usize..=3, 0usize..=3, 1usize..=3, 1usize..=3),
+        (0usize..=6, 0usize..=6, 1usize..=2),
+    )
+        .prop_filter_map(
+            "window fits",
+            |((c, depthwise), (kh, kw, sh, sw), (ph, pw, dh, dw), (eh, ew, n))| {
+                let (h, w) = (dh * (kh - 1) + 1 + eh, dw * (kw - 1) + 1 + ew);
+                let ind = Hwc { h, w, c };
+                let (groups, cout) = if depthwise { (c, c) } else { (1, c % 5 + 1) };
+                let outd = Hwc {
+                    h: nnquant::ir::shape::conv_out(h, kh, sh, ph, dh).ok()?,
+                    w: nnquant::ir::shape::conv_out(w, kw, sw, pw, dw).ok()?,
+                    c: cout,
+                };
+                Some((ind, outd, groups, (kh, kw, sh, sw, ph, pw, dh, dw), n))
+            },
+        )
+        .prop_flat_map(|(ind, outd, groups, geo, n)| {
+            let (kh, kw, ..) = geo;
+            (
+                bytes(outd.c * kh * kw * ind.c / groups),
+                bytes(outd.c),
+                shift(6),
+                shift(12),
+                bytes(n * ind.len()),
+            )
+                .prop_map(move |(weights, bias, bl, or, input)| {
+                    let (kh, kw, sh, sw, ph, pw, dh, dw) = geo;
+                    let c = QConv {
+                        in_dims: ind,
+                        out_dims: outd,
+                        kernel: Hw { h: kh, w: kw },
+                        pad: Hw { h: ph, w: pw },
+                        stride: Hw { h: sh, w: sw },
+                        dilation: Hw { h: dh, w: dw },
+                        groups,
+                        weights,
+                        bias,
+                        weight_frac_bits: 0,
+                        bias_frac_bits: 0,
+                        bias_lshift: bl,
+                        out_rshift: or,
+                    };
+                    (one(QOp::Conv(c), ind, outd), input, n)
+                })
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn depthwise_and_dilated_conv_match_kernels((g, input, n) in dw_dilated_case()) {
+        check(&g, &input, n)?;
+    }
 
     #[test]
     fn conv_matches_kernels((g, input, n) in conv_case()) {
@@ -259,6 +320,7 @@ fn run_from_reuses_cached_blobs() {
         kernel: Hw { h: 1, w: 1 },
         pad: Hw { h: 0, w: 0 },
         stride: Hw { h: 1, w: 1 },
+        dilation: Hw { h: 1, w: 1 },
         groups: 1,
         weights: vec![1, -2, 3, 4],
         bias: vec![1, -1],

@@ -4,8 +4,9 @@
 //! padding, strides, groups, odd sizes and Caffe's ceil-mode clipped last windows.
 
 use nnquant::fixed::kernels::{
-    conv_pool_ring_len, conv_scratch_len, variants, widen_weights, widened_weights_len, Dims,
-    Fused, KernelError, Pair, PoolSpec,
+    conv_pool_ring_len, conv_scratch_len, conv_widened_len, is_depthwise, variants,
+    widen_conv_weights, widen_weights, widened_weights_len, Dims, Fused, KernelError, Pair,
+    PoolSpec,
 };
 use nnquant::ir::{
     shape::{conv_out, pool_out},
@@ -39,6 +40,7 @@ struct Case {
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dilation: Pair,
     pool: PoolSpec,
     relu_conv: bool,
     relu_out: bool,
@@ -74,7 +76,11 @@ fn case() -> impl Strategy<Value = Case> {
             0i32..6,
             0i32..12,
         ),
-        (any::<u64>(), 0usize..4),
+        (
+            any::<u64>(),
+            0usize..4,
+            prop_oneof![3 => Just(1usize), 1 => 1usize..4],
+        ),
     )
         .prop_map(
             |(
@@ -82,7 +88,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (kh, kw, ph, pw, sh, sw),
                 pool,
                 flags,
-                (seed, mis),
+                (seed, mis, dil),
             )| {
                 let (pkh, pkw, pph, ppw, psh, psw) = pool;
                 let (max, relu_conv, relu_out, bl, or) = flags;
@@ -100,6 +106,7 @@ fn case() -> impl Strategy<Value = Case> {
                         w: pw.min(kw - 1),
                     },
                     stride: Pair { h: sh, w: sw },
+                    dilation: Pair { h: dil, w: dil },
                     pool: PoolSpec {
                         kernel: Pair { h: pkh, w: pkw },
                         // Caffe requires pad < kernel.
@@ -124,8 +131,8 @@ fn case() -> impl Strategy<Value = Case> {
 /// Conv output dims, or None when the kernel does not fit.
 fn conv_dims(c: &Case) -> Option<Dims> {
     Some(Dims {
-        h: conv_out(c.in_dims.h, c.kernel.h, c.stride.h, c.pad.h, 1).ok()?,
-        w: conv_out(c.in_dims.w, c.kernel.w, c.stride.w, c.pad.w, 1).ok()?,
+        h: conv_out(c.in_dims.h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h).ok()?,
+        w: conv_out(c.in_dims.w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w).ok()?,
         c: c.cout,
     })
     .filter(|d| d.h > 0 && d.w > 0)
@@ -149,9 +156,17 @@ fn tensors(c: &Case) -> Tensors {
 /// The weights pre-widened for the DSP kernels.
 fn widened(c: &Case, t: &Tensors) -> Vec<u32> {
     let ksize = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
-    let mut wq = vec![0u32; widened_weights_len(c.cout, c.groups, ksize)];
-    widen_weights(&t.weights, c.cout, c.groups, ksize, &mut wq).unwrap();
+    let (ic, oc) = (c.in_dims.c, c.cout);
+    let mut wq = vec![0u32; conv_widened_len(ic, oc, c.groups, ksize)];
+    widen_conv_weights(&t.weights, ic, oc, c.groups, ksize, &mut wq).unwrap();
     wq
+}
+
+/// Dilated layers that are not depthwise read the i8 weights even on DSP targets (the direct
+/// path); the firmware passes both.
+fn i8_needed(c: &Case) -> bool {
+    let dilated = c.dilation.h != 1 || c.dilation.w != 1;
+    dilated && !is_depthwise(c.in_dims.c, c.cout, c.groups)
 }
 
 fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
@@ -164,6 +179,7 @@ fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
         c.kernel,
         c.pad,
         c.stride,
+        c.dilation,
         c.groups,
         &t.bias,
         c.bias_lshift,
@@ -176,7 +192,8 @@ fn unfused_conv(dsp: bool, c: &Case, t: &Tensors, cd: Dims) -> Vec<i8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+    // Dilated kernels overhang small images more often: more rejected cases to allow.
+    #![proptest_config(ProptestConfig { cases: 600, max_global_rejects: 8192, ..ProptestConfig::default() })]
 
     #[test]
     fn conv_with_scratch_and_relu_equals_conv_then_relu(
@@ -195,9 +212,9 @@ proptest! {
         let mut got = vec![0i8; cd.len()];
         // DSP with pre-widened weights (the i8 weights then omitted, as the firmware does).
         let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
-        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
+        let w: &[i8] = if wq.is_empty() || i8_needed(&c) { &t.weights } else { &[] };
         variants::conv_hwc_q7_scratch(
-            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.groups, &t.bias,
+            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.dilation, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, c.relu_conv, &mut scratch[c.misalign..], &mut got, cd,
         )
         .unwrap();
@@ -243,9 +260,9 @@ proptest! {
         let mut got = vec![0i8; od.len()];
         let fuse = Fused { relu_conv: c.relu_conv, pool: p, relu_out: c.relu_out };
         let wq = if dsp && pre_widened { widened(&c, &t) } else { Vec::new() };
-        let w: &[i8] = if wq.is_empty() { &t.weights } else { &[] };
+        let w: &[i8] = if wq.is_empty() || i8_needed(&c) { &t.weights } else { &[] };
         variants::conv_pool_hwc_q7(
-            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.groups, &t.bias,
+            dsp, &t.input, c.in_dims, w, &wq, c.kernel, c.pad, c.stride, c.dilation, c.groups, &t.bias,
             c.bias_lshift, c.out_rshift, cd, fuse, &mut ring, &mut scratch[c.misalign..], &mut got,
             od,
         )
@@ -290,6 +307,7 @@ fn short_ring_or_scratch_is_refused() {
                     k,
                     one,
                     one,
+                    one,
                     1,
                     &bias,
                     0,
@@ -312,6 +330,7 @@ fn short_ring_or_scratch_is_refused() {
             &weights,
             &[],
             k,
+            one,
             one,
             one,
             1,
@@ -353,6 +372,7 @@ fn wrong_widened_weights_are_refused() {
             k,
             one,
             one,
+            one,
             1,
             &bias,
             0,
@@ -374,6 +394,7 @@ fn wrong_widened_weights_are_refused() {
                 &[],
                 &[],
                 k,
+                one,
                 one,
                 one,
                 1,

@@ -335,6 +335,7 @@ fn layer_contexts(
                 param("KERNEL", "Pair", pair(c.kernel));
                 param("PAD", "Pair", pair(c.pad));
                 param("STRIDE", "Pair", pair(c.stride));
+                param("DILATION", "Pair", pair(c.dilation));
                 param("GROUPS", "usize", c.groups.to_string());
                 param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
                 param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
@@ -349,21 +350,28 @@ fn layer_contexts(
                     c.in_dims.c / c.groups,
                     c.weight_frac_bits
                 );
-                if dsp {
-                    // DSP targets get the weights pre-widened to i16 pairs in the patches'
-                    // layout (`kernels::widen_weights`): no SXTB16 in the inner loop.
-                    let ksize = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups.max(1));
-                    let mut wq =
-                        vec![0u32; kernels::widened_weights_len(c.out_dims.c, c.groups, ksize)];
-                    kernels::widen_weights(&c.weights, c.out_dims.c, c.groups, ksize, &mut wq)
+                let depthwise = kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups);
+                // Dilated layers that are not depthwise run the kernels' direct path, which
+                // reads the i8 weights: they keep those (no pre-widened copy).
+                if dsp && widened(c) {
+                    // DSP targets get the weights pre-widened to i16 pairs in the layout of
+                    // their kernel (`kernels::widen_conv_weights`: the patches' layout, or the
+                    // channel quads of the depthwise path): no SXTB16 on weights in the loop.
+                    let (ic, oc) = (c.in_dims.c, c.out_dims.c);
+                    let ksize = c.kernel.h * c.kernel.w * (ic / c.groups.max(1));
+                    let mut wq = vec![0u32; kernels::conv_widened_len(ic, oc, c.groups, ksize)];
+                    kernels::widen_conv_weights(&c.weights, ic, oc, c.groups, ksize, &mut wq)
                         .map_err(|e| {
                             anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
                         })?;
+                    let layout = if depthwise {
+                        "SMLABB/SMLATT (`kernels::widen_conv_weights`, depthwise: per quad of channels and tap, words (c0, c2), (c1, c3) of two i16)"
+                    } else {
+                        "SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)"
+                    };
                     arrays.push(ArrayCtx {
                         name: format!("{p}_WEIGHTS_Q15"),
-                        doc: format!(
-                            "{doc}, pre-widened for SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)."
-                        ),
+                        doc: format!("{doc}, pre-widened for {layout}."),
                         ty: "u32",
                         len: wq.len(),
                         bytes: 4 * wq.len(),
@@ -397,12 +405,18 @@ fn layer_contexts(
                         "conv"
                     },
                     format!(
-                        "{}: convolution {}x{} /{} pad {}{}, {} -> {}",
+                        "{}: {}convolution {}x{} /{} pad {}{}{}, {} -> {}",
                         step.name,
+                        if depthwise { "depthwise " } else { "" },
                         c.kernel.h,
                         c.kernel.w,
                         c.stride.h,
                         c.pad.h,
+                        if c.dilation.h != 1 || c.dilation.w != 1 {
+                            format!(" dilation {}", c.dilation)
+                        } else {
+                            String::new()
+                        },
                         match step.kind {
                             steps::StepKind::Layer => "",
                             steps::StepKind::ConvRelu => " + ReLU",
@@ -646,11 +660,18 @@ fn layer_contexts(
             max,
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
             acc: pl.in_place_input.get(&step.name).copied().unwrap_or(0),
-            wq: dsp && matches!(l.op, QOp::Conv(_)),
+            wq: dsp && matches!(&l.op, QOp::Conv(c) if widened(c)),
             regions,
         });
     }
     Ok(out)
+}
+
+/// Whether a conv's firmware weights are pre-widened on DSP targets (all but dilated layers
+/// that are not depthwise, see `layer_contexts`).
+fn widened(c: &crate::fixed::graph::QConv) -> bool {
+    kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups)
+        || (c.dilation.h == 1 && c.dilation.w == 1)
 }
 
 /// The arena ranges a step borrows (inputs `in0…`, `output`, temporaries by role), sorted by

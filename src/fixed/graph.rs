@@ -138,6 +138,9 @@ pub struct QConv {
     pub kernel: Hw,
     pub pad: Hw,
     pub stride: Hw,
+    /// Kernel dilation; model files written before it existed read as 1 × 1.
+    #[serde(default = "dense_dilation")]
+    pub dilation: Hw,
     pub groups: usize,
     /// `[out_c][kh][kw][in_c / groups]`.
     pub weights: Vec<i8>,
@@ -147,6 +150,11 @@ pub struct QConv {
     pub bias_frac_bits: i32,
     pub bias_lshift: i32,
     pub out_rshift: i32,
+}
+
+/// The dilation of an ordinary convolution (serde default of [`QConv::dilation`]).
+fn dense_dilation() -> Hw {
+    Hw::square(1)
 }
 
 /// Fully connected in kernel layout.
@@ -353,7 +361,6 @@ impl QGraph {
             };
             let (op, frac, layout) = match &n.op {
                 Op::Convolution(c) => {
-                    ensure!(c.dilation == Hw::square(1), "{}: dilated convolution has no q7 kernel", ctx());
                     let out_frac = required()?;
                     let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
                     used_layers.insert(n.name.as_str());
@@ -385,6 +392,7 @@ impl QGraph {
                         kernel: c.kernel,
                         pad: c.pad,
                         stride: c.stride,
+                        dilation: c.dilation,
                         groups: c.group,
                         weights,
                         bias,

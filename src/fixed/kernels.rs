@@ -176,6 +176,84 @@ mod simd {
         }
     }
 
+    /// `SMLABB r, x, y, acc`: `acc + x.lo·y.lo` (signed halfwords), wrapping in `i32` (only the
+    /// sticky Q flag records an overflow).
+    #[inline(always)]
+    pub fn smlabb(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: i32;
+            // SAFETY: register-only instruction, no memory access; it may set the sticky Q
+            // flag, which nothing reads.
+            unsafe {
+                asm!("smlabb {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x,
+                     y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            acc.wrapping_add((x as u16 as i16 as i32) * (y as u16 as i16 as i32))
+        }
+    }
+
+    /// `SMLATT r, x, y, acc`: `acc + x.hi·y.hi` (signed halfwords), wrapping in `i32`.
+    #[inline(always)]
+    pub fn smlatt(x: u32, y: u32, acc: i32) -> i32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: i32;
+            // SAFETY: as `smlabb`.
+            unsafe {
+                asm!("smlatt {r}, {x}, {y}, {a}", r = lateout(reg) r, x = in(reg) x,
+                     y = in(reg) y, a = in(reg) acc, options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            acc.wrapping_add(((x >> 16) as u16 as i16 as i32) * ((y >> 16) as u16 as i16 as i32))
+        }
+    }
+
+    /// `SSAT r, #8, x`: `x` saturated to -128..=127.
+    #[inline(always)]
+    pub fn ssat8(x: i32) -> i32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: i32;
+            // SAFETY: register-only instruction (the sticky Q flag is not read).
+            unsafe {
+                asm!("ssat {r}, #8, {x}", r = lateout(reg) r, x = in(reg) x,
+                     options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            x.clamp(-128, 127)
+        }
+    }
+
+    /// `USAT r, #7, x`: `x` saturated to 0..=127 (a ReLU and the q7 saturation in one).
+    #[inline(always)]
+    pub fn usat7(x: i32) -> i32 {
+        #[cfg(all(dsp, target_arch = "arm"))]
+        {
+            let r: i32;
+            // SAFETY: register-only instruction (the sticky Q flag is not read).
+            unsafe {
+                asm!("usat {r}, #7, {x}", r = lateout(reg) r, x = in(reg) x,
+                     options(pure, nomem, nostack));
+            }
+            r
+        }
+        #[cfg(not(all(dsp, target_arch = "arm")))]
+        {
+            x.clamp(0, 127)
+        }
+    }
+
     /// Lane-wise signed maximum of four bytes: `SSUB8` (sets the GE flags) then `SEL`.
     #[inline(always)]
     pub fn max8(a: u32, b: u32) -> u32 {
@@ -234,6 +312,8 @@ struct ConvGeo {
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    /// Kernel dilation (1 × 1: dense); dilated convolutions run the direct or depthwise path.
+    dil: Pair,
     groups: usize,
     cin_g: usize,
     cout_g: usize,
@@ -250,26 +330,76 @@ impl ConvGeo {
         ((bias as i32) << self.bl).wrapping_add(self.rnd)
     }
 
-    /// The in-bounds kernel range `[lo, hi)` along one axis for output coordinate `o`, and the
-    /// input coordinate of kernel index `lo`.
+    /// The in-bounds kernel range `[lo, hi)` along one axis for output coordinate `o` (taps
+    /// `dil` apart), and the input coordinate of kernel index `lo`; tap `k` of the range reads
+    /// input coordinate `first + (k - lo) · dil`.
     #[inline(always)]
     fn krange(
         o: usize,
         stride: usize,
         pad: usize,
         kernel: usize,
+        dil: usize,
         size: usize,
     ) -> (usize, usize, usize) {
         let start = (o * stride) as isize - pad as isize;
-        let lo = if start < 0 { (-start) as usize } else { 0 }.min(kernel);
         let room = size as isize - start;
+        if dil <= 1 {
+            // The common dense case, without the divisions (no hardware divide on M0).
+            let lo = if start < 0 { (-start) as usize } else { 0 }.min(kernel);
+            let hi = if room <= 0 {
+                0
+            } else {
+                (room as usize).min(kernel)
+            };
+            let hi = hi.max(lo);
+            return (lo, hi, (start + lo as isize).max(0) as usize);
+        }
+        // Taps `ceil(n / dil)`.
+        let d = dil as isize;
+        let lo = if start < 0 {
+            ((-start + d - 1) / d) as usize
+        } else {
+            0
+        }
+        .min(kernel);
         let hi = if room <= 0 {
             0
         } else {
-            (room as usize).min(kernel)
+            (((room + d - 1) / d) as usize).min(kernel)
         };
         let hi = hi.max(lo);
-        (lo, hi, (start + lo as isize).max(0) as usize)
+        (lo, hi, (start + lo as isize * d).max(0) as usize)
+    }
+
+    /// The in-bounds window of output pixel `pixel`: `(ylo, yhi, iy0, xlo, xhi, ix0)` as
+    /// [`Self::krange`] gives them for the two axes.
+    #[inline(always)]
+    fn window(&self, pixel: usize) -> (usize, usize, usize, usize, usize, usize) {
+        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
+        let (ylo, yhi, iy0) = Self::krange(
+            oy,
+            self.stride.h,
+            self.pad.h,
+            self.kernel.h,
+            self.dil.h,
+            self.in_dims.h,
+        );
+        let (xlo, xhi, ix0) = Self::krange(
+            ox,
+            self.stride.w,
+            self.pad.w,
+            self.kernel.w,
+            self.dil.w,
+            self.in_dims.w,
+        );
+        (ylo, yhi, iy0, xlo, xhi, ix0)
+    }
+
+    /// Whether the convolution is dense (dilation 1 × 1): the im2col paths assume it.
+    #[inline(always)]
+    fn dense(&self) -> bool {
+        self.dil.h == 1 && self.dil.w == 1
     }
 
     /// Whether patches can be widened straight from the input words (no i8 patch copy): one
@@ -293,11 +423,7 @@ impl ConvGeo {
 
     fn widen_from_input<const SLOT: usize>(&self, input: &[i8], pixel: usize, q: &mut [i8]) {
         let (iw, cin) = (self.in_dims.w, self.in_dims.c);
-        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
-        let (ylo, yhi, iy0) =
-            Self::krange(oy, self.stride.h, self.pad.h, self.kernel.h, self.in_dims.h);
-        let (xlo, xhi, ix0) =
-            Self::krange(ox, self.stride.w, self.pad.w, self.kernel.w, self.in_dims.w);
+        let (ylo, yhi, iy0, xlo, xhi, ix0) = self.window(pixel);
         let row_groups = self.kernel.w * cin / 4;
         let (lg, mg) = (xlo * cin / 4, (xhi - xlo) * cin / 4);
         for (ky, qrow) in q
@@ -327,11 +453,7 @@ impl ConvGeo {
     /// where the kernel hangs over the padding).
     fn fill_patch(&self, input: &[i8], grp: usize, pixel: usize, dst: &mut [i8]) {
         let (iw, cin, cg) = (self.in_dims.w, self.in_dims.c, self.cin_g);
-        let (oy, ox) = (pixel / self.out_dims.w, pixel % self.out_dims.w);
-        let (ylo, yhi, iy0) =
-            Self::krange(oy, self.stride.h, self.pad.h, self.kernel.h, self.in_dims.h);
-        let (xlo, xhi, ix0) =
-            Self::krange(ox, self.stride.w, self.pad.w, self.kernel.w, self.in_dims.w);
+        let (ylo, yhi, iy0, xlo, xhi, ix0) = self.window(pixel);
         let row_len = self.kernel.w * cg;
         for (ky, drow) in dst.chunks_exact_mut(row_len).enumerate() {
             if ky < ylo || ky >= yhi || xlo == xhi {
@@ -783,6 +905,449 @@ fn mac2x2_wq_asm(q: &[i8], wq: &[u32], s: [i32; 4]) -> [i32; 4] {
     [s0, s1, s2, s3]
 }
 
+/// Whether a convolution is depthwise: one input and one output channel per group
+/// (`groups == in_c == out_c`). Such layers run [`conv_hwc_q7`]'s channel-parallel depthwise
+/// path (no patches), and their pre-widened weights have the layout of [`widen_conv_weights`].
+pub const fn is_depthwise(in_c: usize, out_c: usize, groups: usize) -> bool {
+    groups > 0 && in_c == groups && out_c == groups
+}
+
+/// Words of pre-widened depthwise weights for `c` channels and `taps = kernel.h · kernel.w`:
+/// per quad of channels (the last one zero-filled), per tap, two words.
+pub const fn dw_widened_len(c: usize, taps: usize) -> usize {
+    2 * taps * c.div_ceil(4)
+}
+
+/// Words of pre-widened weights ([`widen_conv_weights`]) of a convolution with `in_c` input and
+/// `out_c` output channels in `groups` groups and `ksize` weights per output channel.
+pub const fn conv_widened_len(in_c: usize, out_c: usize, groups: usize, ksize: usize) -> usize {
+    if is_depthwise(in_c, out_c, groups) {
+        dw_widened_len(out_c, ksize)
+    } else {
+        widened_weights_len(out_c, groups, ksize)
+    }
+}
+
+/// Pre-widen convolution weights (`[out_c][ksize]` i8) for the DSP kernels, once, at code
+/// generation. Depthwise layers ([`is_depthwise`]) get the channel-parallel layout: per quad of
+/// channels `c0..c3`, per tap `t`, the words `[(c0, c2), (c1, c3)]` of two i16 halves (zero for
+/// channels beyond `out_c`), the order in which `SXTB16` / `SXTB16 ROR 8` split four input
+/// bytes, so that `SMLABB` / `SMLATT` pair them with no packing. Other layers get the layout of
+/// [`widen_weights`].
+pub fn widen_conv_weights(
+    weights: &[i8],
+    in_c: usize,
+    out_c: usize,
+    groups: usize,
+    ksize: usize,
+    dst: &mut [u32],
+) -> KResult {
+    if !is_depthwise(in_c, out_c, groups) {
+        return widen_weights(weights, out_c, groups, ksize, dst);
+    }
+    if weights.len() != out_c * ksize || dst.len() != dw_widened_len(out_c, ksize) {
+        return Err(KernelError::Length);
+    }
+    let half = |c: usize, t: usize| -> u32 {
+        if c < out_c {
+            weights[c * ksize + t] as i16 as u16 as u32
+        } else {
+            0
+        }
+    };
+    for (q, quad) in dst.chunks_exact_mut(2 * ksize).enumerate() {
+        let c = 4 * q;
+        for (t, w) in quad.chunks_exact_mut(2).enumerate() {
+            w[0] = half(c, t) | half(c + 2, t) << 16;
+            w[1] = half(c + 1, t) | half(c + 3, t) << 16;
+        }
+    }
+    Ok(())
+}
+
+/// One kernel row of a depthwise channel quad: `n = w.len() / 2` taps, tap `k` reading the four
+/// input bytes at `input[p + k · step..]` (channels `c0..c3` of one pixel) and the weight words
+/// `w[2k], w[2k + 1]` ([`widen_conv_weights`]); `[c0, c1, c2, c3]` sums added to `a`.
+#[inline(always)]
+fn dw_row_wq(input: &[i8], p: usize, step: usize, w: &[u32], a: [i32; 4]) -> [i32; 4] {
+    let [mut a0, mut a1, mut a2, mut a3] = a;
+    for (k, wk) in w.chunks_exact(2).enumerate() {
+        let x = word(&input[p + k * step..]);
+        let (xe, xo) = (simd::sxtb16(x), simd::sxtb16_ror8(x));
+        a0 = simd::smlabb(xe, wk[0], a0);
+        a2 = simd::smlatt(xe, wk[0], a2);
+        a1 = simd::smlabb(xo, wk[1], a1);
+        a3 = simd::smlatt(xo, wk[1], a3);
+    }
+    [a0, a1, a2, a3]
+}
+
+/// The whole channel quads of one depthwise output pixel, with pre-widened weights: quad `q`
+/// starts from its biases, takes the window (`rows` kernel rows of `nx` taps; row `r`, tap `k`
+/// reads the input word at `p + 4q + r · ystep + k · xstep` and the weight words
+/// `w[q · qstride + r · wrow + 2k..][..2]`) and is requantized into `out[4q..4q + 4]`. On DSP
+/// targets, once the window of every quad is checked to lie inside the slices, hand-written
+/// code runs with no further checks ([`dw_win33_asm`] for a whole 3×3 window, else a row at a
+/// time with [`dw_row3_asm`] / [`dw_rown_asm`]); elsewhere (and if the check fails) the
+/// plain-Rust model.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dw_quads(
+    input: &[i8],
+    p: usize,
+    (ystep, xstep): (usize, usize),
+    (rows, nx): (usize, usize),
+    w: &[u32],
+    (qstride, wrow): (usize, usize),
+    bias: &[i8],
+    out: &mut [i8],
+    g: &ConvGeo,
+    lo: i8,
+) {
+    let init = |b: &[i8]| [g.acc0(b[0]), g.acc0(b[1]), g.acc0(b[2]), g.acc0(b[3])];
+    let store = |o: &mut [i8], a: [i32; 4]| {
+        for (o, s) in o.iter_mut().zip(a) {
+            *o = requant_dsp(s, g.or, lo);
+        }
+    };
+    #[cfg(all(dsp, target_arch = "arm"))]
+    let quads = out.len() / 4;
+    let quad_io = out.chunks_exact_mut(4).zip(bias.chunks_exact(4));
+    #[cfg(all(dsp, target_arch = "arm"))]
+    {
+        if quads > 0 && rows > 0 && nx > 0 {
+            let last_in = p + 4 * (quads - 1) + (rows - 1) * ystep + (nx - 1) * xstep + 4;
+            let last_w = (quads - 1) * qstride + (rows - 1) * wrow + 2 * nx;
+            if last_in <= input.len() && last_w <= w.len() {
+                let win33 = rows == 3 && nx == 3 && wrow == 6;
+                let (px0, pw0) = (input.as_ptr().wrapping_add(p), w.as_ptr());
+                for (qi, (o4, b4)) in quad_io.enumerate() {
+                    let mut a = init(b4);
+                    let mut px = px0.wrapping_add(4 * qi);
+                    let mut pw = pw0.wrapping_add(qi * qstride);
+                    if win33 {
+                        // SAFETY: every quad's 3×3 window lies inside `input` and `w`
+                        // (checked above).
+                        a = unsafe { dw_win33_asm(px, pw, xstep, ystep, a) };
+                    } else {
+                        for _ in 0..rows {
+                            // SAFETY: every tap of every row of every quad lies inside `input`
+                            // and `w` (checked above).
+                            a = unsafe {
+                                if nx == 3 {
+                                    dw_row3_asm(px, pw, xstep, a)
+                                } else {
+                                    dw_rown_asm(px, pw, xstep, nx, a)
+                                }
+                            };
+                            px = px.wrapping_add(ystep);
+                            pw = pw.wrapping_add(wrow);
+                        }
+                    }
+                    store(o4, a);
+                }
+                return;
+            }
+        }
+    }
+    for (qi, (o4, b4)) in quad_io.enumerate() {
+        let mut a = init(b4);
+        for r in 0..rows {
+            let wr = &w[qi * qstride + r * wrow..][..2 * nx];
+            a = dw_row_wq(input, p + 4 * qi + r * ystep, xstep, wr, a);
+        }
+        store(o4, a);
+    }
+}
+
+/// A row of 3 taps of [`dw_quads`], unrolled (9 instructions per 4 multiply-accumulates).
+///
+/// # Safety
+/// `px`, `px + xstep`, `px + 2·xstep` must each start 4 readable bytes; `pw` 6 readable words.
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+unsafe fn dw_row3_asm(px: *const i8, pw: *const u32, xstep: usize, a: [i32; 4]) -> [i32; 4] {
+    use core::arch::asm;
+    let [mut a0, mut a1, mut a2, mut a3] = a;
+    // SAFETY: the caller guarantees the reads; writes only registers.
+    unsafe {
+        asm!(
+            "ldr {x}, [{px}]",
+            "sxtb16 {e}, {x}, ror #8",
+            "sxtb16 {x}, {x}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a0}, {x}, {w}, {a0}",
+            "smlatt {a2}, {x}, {w}, {a2}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a1}, {e}, {w}, {a1}",
+            "smlatt {a3}, {e}, {w}, {a3}",
+            "ldr {x}, [{px}, {xs}]",
+            "sxtb16 {e}, {x}, ror #8",
+            "sxtb16 {x}, {x}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a0}, {x}, {w}, {a0}",
+            "smlatt {a2}, {x}, {w}, {a2}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a1}, {e}, {w}, {a1}",
+            "smlatt {a3}, {e}, {w}, {a3}",
+            "ldr {x}, [{px}, {xs}, lsl #1]",
+            "sxtb16 {e}, {x}, ror #8",
+            "sxtb16 {x}, {x}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a0}, {x}, {w}, {a0}",
+            "smlatt {a2}, {x}, {w}, {a2}",
+            "ldr {w}, [{pw}]",
+            "smlabb {a1}, {e}, {w}, {a1}",
+            "smlatt {a3}, {e}, {w}, {a3}",
+            px = in(reg) px,
+            pw = inout(reg) pw => _,
+            xs = in(reg) xstep,
+            a0 = inout(reg) a0,
+            a1 = inout(reg) a1,
+            a2 = inout(reg) a2,
+            a3 = inout(reg) a3,
+            x = out(reg) _,
+            e = out(reg) _,
+            w = out(reg) _,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [a0, a1, a2, a3]
+}
+
+/// A whole 3×3 window of [`dw_quads`] (9 contiguous tap pairs of weights), unrolled: 9
+/// instructions per 4 multiply-accumulates and no loop.
+///
+/// # Safety
+/// `px + r·ystep + k·xstep` must start 4 readable bytes for `r, k < 3`; `pw` 18 readable words.
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+unsafe fn dw_win33_asm(
+    px: *const i8,
+    pw: *const u32,
+    xstep: usize,
+    ystep: usize,
+    a: [i32; 4],
+) -> [i32; 4] {
+    use core::arch::asm;
+    let [mut a0, mut a1, mut a2, mut a3] = a;
+    macro_rules! tap {
+        ($load:literal) => {
+            concat!(
+                $load,
+                "\n",
+                "sxtb16 {e}, {x}, ror #8\n",
+                "sxtb16 {x}, {x}\n",
+                "ldr {w}, [{pw}], #4\n",
+                "smlabb {a0}, {x}, {w}, {a0}\n",
+                "smlatt {a2}, {x}, {w}, {a2}\n",
+                "ldr {w}, [{pw}], #4\n",
+                "smlabb {a1}, {e}, {w}, {a1}\n",
+                "smlatt {a3}, {e}, {w}, {a3}\n",
+            )
+        };
+    }
+    // SAFETY: the caller guarantees the reads; writes only registers.
+    unsafe {
+        asm!(
+            tap!("ldr {x}, [{px}]"),
+            tap!("ldr {x}, [{px}, {xs}]"),
+            tap!("ldr {x}, [{px}, {xs}, lsl #1]"),
+            "add {px}, {px}, {ys}",
+            tap!("ldr {x}, [{px}]"),
+            tap!("ldr {x}, [{px}, {xs}]"),
+            tap!("ldr {x}, [{px}, {xs}, lsl #1]"),
+            "add {px}, {px}, {ys}",
+            tap!("ldr {x}, [{px}]"),
+            tap!("ldr {x}, [{px}, {xs}]"),
+            tap!("ldr {x}, [{px}, {xs}, lsl #1]"),
+            px = inout(reg) px => _,
+            pw = inout(reg) pw => _,
+            xs = in(reg) xstep,
+            ys = in(reg) ystep,
+            a0 = inout(reg) a0,
+            a1 = inout(reg) a1,
+            a2 = inout(reg) a2,
+            a3 = inout(reg) a3,
+            x = out(reg) _,
+            e = out(reg) _,
+            w = out(reg) _,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    [a0, a1, a2, a3]
+}
+
+/// A row of `n ≥ 1` taps of [`dw_quads`] as a loop (12 instructions per 4 multiply-accumulates).
+///
+/// # Safety
+/// `px + k·xstep` must start 4 readable bytes for `k < n`; `pw` `2n` readable words.
+#[cfg(all(dsp, target_arch = "arm"))]
+#[inline(always)]
+unsafe fn dw_rown_asm(
+    px: *const i8,
+    pw: *const u32,
+    xstep: usize,
+    n: usize,
+    a: [i32; 4],
+) -> [i32; 4] {
+    use core::arch::asm;
+    let [mut a0, mut a1, mut a2, mut a3] = a;
+    let end = pw.wrapping_add(2 * n);
+    // SAFETY: the caller guarantees the reads; writes only registers.
+    unsafe {
+        asm!(
+            "2:",
+            "ldr {x}, [{px}]",
+            "add {px}, {px}, {xs}",
+            "sxtb16 {e}, {x}, ror #8",
+            "sxtb16 {x}, {x}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a0}, {x}, {w}, {a0}",
+            "smlatt {a2}, {x}, {w}, {a2}",
+            "ldr {w}, [{pw}], #4",
+            "smlabb {a1}, {e}, {w}, {a1}",
+            "smlatt {a3}, {e}, {w}, {a3}",
+            "cmp {pw}, {end}",
+            "bne 2b",
+            px = inout(reg) px => _,
+            pw = inout(reg) pw => _,
+            xs = in(reg) xstep,
+            end = in(reg) end,
+            a0 = inout(reg) a0,
+            a1 = inout(reg) a1,
+            a2 = inout(reg) a2,
+            a3 = inout(reg) a3,
+            x = out(reg) _,
+            e = out(reg) _,
+            w = out(reg) _,
+            options(nostack, readonly),
+        );
+    }
+    [a0, a1, a2, a3]
+}
+
+/// Weight of channel `ch`, tap `t` of a depthwise convolution: from the i8 weights
+/// (`[c][taps]`), or from the pre-widened words when `wq` is in use.
+#[inline(always)]
+fn dw_weight(weights: &[i8], wq: &[u32], taps: usize, ch: usize, t: usize) -> i32 {
+    if wq.is_empty() {
+        weights[ch * taps + t] as i32
+    } else {
+        let w = wq[2 * ((ch / 4) * taps + t) + (ch & 1)];
+        (if ch & 2 == 0 { w } else { w >> 16 }) as u16 as i16 as i32
+    }
+}
+
+/// Depthwise convolution ([`is_depthwise`]) of the output pixels `pixels` into `output`
+/// (`pixels.len() · c` bytes), any stride, padding and dilation, no scratch. Per output pixel
+/// the in-bounds window is computed once, then the channels go four at a time (HWC: four
+/// consecutive input bytes are four channels of one pixel). DSP: one word load, two `SXTB16`
+/// and four `SMLABB`/`SMLATT` per tap, with pre-widened weights `wq` ([`dw_quads`]; without
+/// them the same words are built from the i8 weights on the fly); portable: four scalar sums.
+/// The channels beyond the last whole quad go one at a time. Not inlined: its locals then do
+/// not add to the stack frame of the other convolution paths.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn dw_run(
+    dsp: bool,
+    input: &[i8],
+    weights: &[i8],
+    wq: &[u32],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+) {
+    let (iw, c, kw) = (g.in_dims.w, g.in_dims.c, g.kernel.w);
+    let taps = g.ksize;
+    let quads = c / 4;
+    // Pre-widened weights are read on DSP targets only (`conv_geo` checks them only there).
+    let wq = if dsp { wq } else { &[] };
+    let (ystep, xstep) = (g.dil.h * iw * c, g.dil.w * c);
+    let q = |acc: i32| requant_lo(acc, g.or, lo);
+    let n = pixels.len() * c;
+    for (i, out) in output[..n].chunks_exact_mut(c).enumerate() {
+        let (ylo, yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
+        let nx = xhi - xlo;
+        let base = (iy0 * iw + ix0) * c;
+        if wq.is_empty() {
+            // The i8 weights: four scalar sums (portable), or each tap's two weight words built
+            // on the fly (DSP without pre-widened weights).
+            let quad_outs = out[..4 * quads].chunks_exact_mut(4);
+            for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
+                let ch = 4 * qi;
+                let mut a = [g.acc0(b4[0]), g.acc0(b4[1]), g.acc0(b4[2]), g.acc0(b4[3])];
+                let wr = &weights[ch * taps..][..4 * taps];
+                let (w0, w1, w2, w3) = (
+                    &wr[..taps],
+                    &wr[taps..2 * taps],
+                    &wr[2 * taps..3 * taps],
+                    &wr[3 * taps..],
+                );
+                for ky in ylo..yhi {
+                    let p = base + (ky - ylo) * ystep + ch;
+                    for k in 0..nx {
+                        let t = ky * kw + xlo + k;
+                        if dsp {
+                            let h = |v: i8| v as i16 as u16 as u32;
+                            let ww = [h(w0[t]) | h(w2[t]) << 16, h(w1[t]) | h(w3[t]) << 16];
+                            a = dw_row_wq(input, p + k * xstep, xstep, &ww, a);
+                        } else {
+                            let x = &input[p + k * xstep..][..4];
+                            a[0] = a[0].wrapping_add(x[0] as i32 * w0[t] as i32);
+                            a[1] = a[1].wrapping_add(x[1] as i32 * w1[t] as i32);
+                            a[2] = a[2].wrapping_add(x[2] as i32 * w2[t] as i32);
+                            a[3] = a[3].wrapping_add(x[3] as i32 * w3[t] as i32);
+                        }
+                    }
+                }
+                for (o, s) in o4.iter_mut().zip(a) {
+                    *o = if dsp { requant_dsp(s, g.or, lo) } else { q(s) };
+                }
+            }
+        } else if quads > 0 {
+            // (A window entirely in the padding has `ylo` or `xlo` at the kernel's end: no
+            // taps, and no weights to point at.)
+            let (rows, taps_in) = if yhi > ylo && nx > 0 {
+                (yhi - ylo, nx)
+            } else {
+                (0, 0)
+            };
+            let w = if rows > 0 {
+                &wq[2 * (ylo * kw + xlo)..]
+            } else {
+                &[]
+            };
+            dw_quads(
+                input,
+                base,
+                (ystep, xstep),
+                (rows, taps_in),
+                w,
+                (2 * taps, 2 * kw),
+                &bias[..4 * quads],
+                &mut out[..4 * quads],
+                g,
+                lo,
+            );
+        }
+        for (ch, o) in out.iter_mut().enumerate().skip(4 * quads) {
+            let mut acc = g.acc0(bias[ch]);
+            for ky in ylo..yhi {
+                let row = base + (ky - ylo) * ystep + ch;
+                let t0 = ky * kw + xlo;
+                for k in 0..nx {
+                    let x = input[row + k * xstep] as i32;
+                    acc = acc.wrapping_add(x * dw_weight(weights, wq, taps, ch, t0 + k));
+                }
+            }
+            *o = q(acc);
+        }
+    }
+}
+
 /// Bytes of scratch [`conv_hwc_q7_scratch`] and [`conv_pool_hwc_q7`] need for a convolution
 /// with `ksize = kernel.h · kernel.w · in_c / groups`: two i8 patches (portable), or an i8
 /// patch and two interleaved q15 patches plus 3 bytes to align them to a word (DSP).
@@ -805,6 +1370,20 @@ fn requant_lo(acc: i32, or: u32, lo: i8) -> i8 {
         lo
     } else {
         v
+    }
+}
+
+/// [`requant_lo`] for `lo` 0 or -128 with one saturating instruction on DSP targets:
+/// `USAT #7` (0..=127: ReLU fused) or `SSAT #8`.
+#[inline(always)]
+fn requant_dsp(acc: i32, or: u32, lo: i8) -> i8 {
+    let v = acc >> or;
+    if lo == 0 {
+        simd::usat7(v) as i8
+    } else if lo == -128 {
+        simd::ssat8(v) as i8
+    } else {
+        requant_lo(acc, or, lo)
     }
 }
 
@@ -884,10 +1463,10 @@ fn conv_pixel_pairs<K: PairKernel>(
     }
 }
 
-/// Run the output pixels `pixels` of a validated convolution into `output` with the patch
-/// buffers carved from `scratch` (at least [`conv_scratch_len`] bytes for `dsp`), or without
-/// scratch by the direct path when `scratch` is `None`. `wq`: pre-widened weights (DSP only;
-/// empty: widen the i8 weights in the loop).
+/// Run the output pixels `pixels` of a validated convolution into `output`: depthwise layers by
+/// [`dw_run`]; dense ones with the patch buffers carved from `scratch` (at least
+/// [`conv_scratch_len`] bytes for `dsp`); dilated ones, and all when `scratch` is `None`, by the
+/// direct path. `wq`: pre-widened weights (DSP only; empty: widen the i8 weights in the loop).
 #[allow(clippy::too_many_arguments)]
 fn conv_run(
     dsp: bool,
@@ -902,8 +1481,11 @@ fn conv_run(
     scratch: Option<&mut [i8]>,
 ) {
     let k = g.ksize;
+    if is_depthwise(g.in_dims.c, g.out_dims.c, g.groups) {
+        return dw_run(dsp, input, weights, wq, bias, output, g, pixels, lo);
+    }
     match scratch {
-        Some(scr) if k > 0 => {
+        Some(scr) if k > 0 && g.dense() => {
             if dsp {
                 // Word-align the q15 buffer (LDRD needs it): skip 0..=3 leading bytes.
                 let skip = (4 - (scr.as_ptr() as usize) % 4) % 4;
@@ -925,8 +1507,9 @@ fn conv_run(
     }
 }
 
-/// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`]: the in-bounds kernel
-/// window is computed once per output pixel, so the inner loops have no bounds tests.
+/// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`] and dilated
+/// convolutions: the in-bounds kernel window is computed once per output pixel, so the inner
+/// loops have no bounds tests.
 fn conv_direct(
     input: &[i8],
     weights: &[i8],
@@ -937,21 +1520,22 @@ fn conv_direct(
     lo: i8,
 ) {
     let (iw, cin, cg) = (g.in_dims.w, g.in_dims.c, g.cin_g);
-    let ow = g.out_dims.w;
     let n = pixels.len() * g.out_dims.c;
     for (i, out) in output[..n].chunks_exact_mut(g.out_dims.c).enumerate() {
-        let pixel = pixels.start + i;
-        let (oy, ox) = (pixel / ow, pixel % ow);
-        let (ylo, yhi, iy0) = ConvGeo::krange(oy, g.stride.h, g.pad.h, g.kernel.h, g.in_dims.h);
-        let (xlo, xhi, ix0) = ConvGeo::krange(ox, g.stride.w, g.pad.w, g.kernel.w, g.in_dims.w);
+        let (ylo, mut yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
+        if xlo == xhi {
+            // The window lies in the padding (`ix0` may then be past the image).
+            yhi = ylo;
+        }
         for (o, y) in out.iter_mut().enumerate() {
             let c0 = (o / g.cout_g) * cg;
             let w = &weights[o * g.ksize..][..g.ksize];
             let mut acc = g.acc0(bias[o]);
             for ky in ylo..yhi {
-                let src = &input[((iy0 + ky - ylo) * iw + ix0) * cin..];
+                let src = &input[((iy0 + (ky - ylo) * g.dil.h) * iw + ix0) * cin..];
                 let wrow = &w[(ky * g.kernel.w + xlo) * cg..][..(xhi - xlo) * cg];
-                for (s, wk) in src.chunks(cin).zip(wrow.chunks_exact(cg)) {
+                // Chunks of `dil.w` pixels: each starts at the pixel of the next tap.
+                for (s, wk) in src.chunks(cin * g.dil.w).zip(wrow.chunks_exact(cg)) {
                     for (x, v) in s[c0..c0 + cg].iter().zip(wk) {
                         acc = acc.wrapping_add((*x as i32) * (*v as i32));
                     }
@@ -962,8 +1546,13 @@ fn conv_direct(
     }
 }
 
-/// Convolution, HWC, zero padding, rectangular kernel/pad/stride, `groups` ≥ 1 (depthwise when
-/// `groups == in_dims.c == out_dims.c`).
+/// Convolution, HWC, zero padding, rectangular kernel/pad/stride/dilation, `groups` ≥ 1
+/// (depthwise when `groups == in_dims.c == out_dims.c`, [`is_depthwise`]: then a
+/// channel-parallel path without patches runs).
+///
+/// Kernel tap `(ky, kx)` of output pixel `(oy, ox)` reads input pixel
+/// `(oy·stride.h + ky·dilation.h - pad.h, ox·stride.w + kx·dilation.w - pad.w)` (Caffe's rule;
+/// dilation `1 × 1` is an ordinary convolution).
 ///
 /// `weights`: `[out_dims.c][kernel.h][kernel.w][in_dims.c / groups]`; `bias`: `out_dims.c` q7
 /// values. Output channel `o` belongs to group `o / (out_dims.c / groups)` and reads input
@@ -979,6 +1568,7 @@ pub fn conv_hwc_q7(
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dilation: Pair,
     groups: usize,
     bias: &[i8],
     bias_lshift: i32,
@@ -994,6 +1584,7 @@ pub fn conv_hwc_q7(
         kernel,
         pad,
         stride,
+        dilation,
         groups,
         bias,
         bias_lshift,
@@ -1015,6 +1606,7 @@ fn conv_geo(
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dilation: Pair,
     groups: usize,
     bias: &[i8],
     bias_lshift: i32,
@@ -1026,6 +1618,8 @@ fn conv_geo(
     if groups == 0
         || stride.h == 0
         || stride.w == 0
+        || dilation.h == 0
+        || dilation.w == 0
         || !in_dims.c.is_multiple_of(groups)
         || !out_dims.c.is_multiple_of(groups)
     {
@@ -1034,11 +1628,15 @@ fn conv_geo(
     let cin_g = in_dims.c / groups;
     let cout_g = out_dims.c / groups;
     let ksize = kernel.h * kernel.w * cin_g;
-    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty.
+    // Pre-widened weights are used on DSP targets only; with them the i8 weights may be empty,
+    // except for dilated layers that are not depthwise: the direct path runs those and reads
+    // the i8 weights.
     let wq_used = dsp && !wq.is_empty();
+    let dense = dilation.h == 1 && dilation.w == 1;
+    let wq_alone = wq_used && (dense || is_depthwise(in_dims.c, out_dims.c, groups));
     if input.len() != in_dims.len()
-        || (weights.len() != out_dims.c * ksize && !(wq_used && weights.is_empty()))
-        || (wq_used && wq.len() != widened_weights_len(out_dims.c, groups, ksize))
+        || (weights.len() != out_dims.c * ksize && !(wq_alone && weights.is_empty()))
+        || (wq_used && wq.len() != conv_widened_len(in_dims.c, out_dims.c, groups, ksize))
         || bias.len() != out_dims.c
     {
         return Err(KernelError::Length);
@@ -1049,6 +1647,7 @@ fn conv_geo(
         kernel,
         pad,
         stride,
+        dil: dilation,
         groups,
         cin_g,
         cout_g,
@@ -1060,7 +1659,8 @@ fn conv_geo(
 }
 
 /// Convolution ([`conv_hwc_q7`], same bytes) with optional pre-widened weights `wq`
-/// ([`widen_weights`]; used on DSP targets, where `weights` may then be empty; ignored
+/// ([`widen_conv_weights`]; used on DSP targets, where `weights` may then be empty unless the
+/// layer is dilated and not depthwise; ignored
 /// elsewhere), caller-provided scratch for the patches
 /// (at least [`conv_scratch_len`] bytes: the firmware places it in its arena for the duration of
 /// the layer instead of on the stack) and, when `relu` is set, a ReLU fused into the
@@ -1074,6 +1674,7 @@ pub fn conv_hwc_q7_scratch(
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dilation: Pair,
     groups: usize,
     bias: &[i8],
     bias_lshift: i32,
@@ -1092,6 +1693,7 @@ pub fn conv_hwc_q7_scratch(
         kernel,
         pad,
         stride,
+        dilation,
         groups,
         bias,
         bias_lshift,
@@ -1153,6 +1755,7 @@ pub fn conv_pool_hwc_q7(
     kernel: Pair,
     pad: Pair,
     stride: Pair,
+    dilation: Pair,
     groups: usize,
     bias: &[i8],
     bias_lshift: i32,
@@ -1173,6 +1776,7 @@ pub fn conv_pool_hwc_q7(
         kernel,
         pad,
         stride,
+        dilation,
         groups,
         bias,
         bias_lshift,
@@ -1443,6 +2047,7 @@ pub mod variants {
         kernel: Pair,
         pad: Pair,
         stride: Pair,
+        dilation: Pair,
         groups: usize,
         bias: &[i8],
         bias_lshift: i32,
@@ -1460,6 +2065,7 @@ pub mod variants {
             kernel,
             pad,
             stride,
+            dilation,
             groups,
             bias,
             bias_lshift,
@@ -1471,7 +2077,18 @@ pub mod variants {
         }
         let npix = out_dims.h * out_dims.w;
         if g.ksize == 0 || g.ksize > PATCH_MAX {
-            conv_direct(input, weights, bias, output, &g, 0..npix, -128);
+            conv_run(
+                dsp,
+                input,
+                weights,
+                wq,
+                bias,
+                output,
+                &g,
+                0..npix,
+                -128,
+                None,
+            );
         } else {
             let mut scratch = [0i8; conv_scratch_len(PATCH_MAX, true)];
             conv_run(
@@ -1501,6 +2118,7 @@ pub mod variants {
         kernel: Pair,
         pad: Pair,
         stride: Pair,
+        dilation: Pair,
         groups: usize,
         bias: &[i8],
         bias_lshift: i32,
@@ -1519,6 +2137,7 @@ pub mod variants {
             kernel,
             pad,
             stride,
+            dilation,
             groups,
             bias,
             bias_lshift,
@@ -1556,6 +2175,7 @@ pub mod variants {
         kernel: Pair,
         pad: Pair,
         stride: Pair,
+        dilation: Pair,
         groups: usize,
         bias: &[i8],
         bias_lshift: i32,
@@ -1576,6 +2196,7 @@ pub mod variants {
             kernel,
             pad,
             stride,
+            dilation,
             groups,
             bias,
             bias_lshift,

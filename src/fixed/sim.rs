@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 
 #[cfg(target_arch = "x86_64")]
 mod avx256;
+mod depthwise;
 mod direct;
 mod elementwise;
 #[cfg(target_arch = "aarch64")]
@@ -150,6 +151,10 @@ enum Prep {
     /// A conv or fc for the aarch64 NEON kernels (SDOT or plain NEON).
     #[cfg(target_arch = "aarch64")]
     Neon(neon::NConv),
+    /// A depthwise conv, channel-parallel on every path (`sim/depthwise.rs`).
+    Dw(depthwise::DwConv),
+    /// A dilated non-depthwise conv: `kernels.rs` itself (no fast path; rare layers).
+    Reference,
     Other,
 }
 
@@ -302,20 +307,42 @@ impl<'g> Simulator<'g> {
                     );
 
                     let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
-                    let spec = direct::ConvSpec {
-                        ind: c.in_dims,
-                        outd: c.out_dims,
-                        kernel: (c.kernel.h, c.kernel.w),
-                        stride: (c.stride.h, c.stride.w),
-                        pad: (c.pad.h, c.pad.w),
-                        groups: c.groups,
-                        weights: &c.weights,
-                        bias: &c.bias,
-                        bias_lshift: c.bias_lshift as u32,
-                        out_rshift: c.out_rshift as u32,
-                    };
-                    let dense = (c.bias_lshift, c.out_rshift, k);
-                    dense_prep(path, &spec, dense, &l.name, Prep::Conv)?
+                    let dilated = c.dilation.h != 1 || c.dilation.w != 1;
+                    if kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups) || dilated {
+                        check_dense(
+                            &c.weights,
+                            c.out_dims.c,
+                            k,
+                            &c.bias,
+                            c.bias_lshift,
+                            c.out_rshift,
+                            &l.name,
+                        )?;
+                        ensure!(
+                            c.dilation.h > 0 && c.dilation.w > 0,
+                            "layer '{}': dilation must be positive",
+                            l.name
+                        );
+                        match depthwise::DwConv::new(c) {
+                            Some(d) => Prep::Dw(d),
+                            None => Prep::Reference,
+                        }
+                    } else {
+                        let spec = direct::ConvSpec {
+                            ind: c.in_dims,
+                            outd: c.out_dims,
+                            kernel: (c.kernel.h, c.kernel.w),
+                            stride: (c.stride.h, c.stride.w),
+                            pad: (c.pad.h, c.pad.w),
+                            groups: c.groups,
+                            weights: &c.weights,
+                            bias: &c.bias,
+                            bias_lshift: c.bias_lshift as u32,
+                            out_rshift: c.out_rshift as u32,
+                        };
+                        let dense = (c.bias_lshift, c.out_rshift, k);
+                        dense_prep(path, &spec, dense, &l.name, Prep::Conv)?
+                    }
                 }
                 QOp::Fc(f) => {
                     let one = |c| graph::Hwc { h: 1, w: 1, c };
@@ -443,6 +470,11 @@ impl<'g> Simulator<'g> {
             let x = get(&l.inputs[0]);
             let mut y = vec![0i8; g.blob_len(&l.output)];
             let r = match (&l.op, &self.prep[li]) {
+                (QOp::Conv(_), Prep::Dw(d)) => {
+                    d.run(x, &mut y, &mut s.sum);
+                    Ok(())
+                }
+                (QOp::Conv(c), Prep::Reference) => conv_reference(x, c, &mut y),
                 (QOp::Conv(c), Prep::Conv(gm)) => {
                     conv_fast(x, c, gm, &mut y, &mut s.col);
                     Ok(())
@@ -657,6 +689,25 @@ fn conv_fast(x: &[i8], c: &super::graph::QConv, gm: &Gemm, y: &mut [i8], col: &m
     }
 }
 
+/// One conv through `kernels.rs` (the reference path, and dilated non-depthwise layers).
+fn conv_reference(x: &[i8], c: &graph::QConv, y: &mut [i8]) -> kernels::KResult {
+    kernels::conv_hwc_q7(
+        x,
+        c.in_dims.dims(),
+        &c.weights,
+        pair(c.kernel),
+        pair(c.pad),
+        pair(c.stride),
+        pair(c.dilation),
+        c.groups,
+        &c.bias,
+        c.bias_lshift,
+        c.out_rshift,
+        y,
+        c.out_dims.dims(),
+    )
+}
+
 /// The reference path: `kernels.rs` image by image, whole graph, every blob kept. Slow; for
 /// tests and for cross-checking the simulator.
 pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> {
@@ -684,20 +735,7 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
             let x = local[l.inputs[0].as_str()].as_slice();
             let mut y = vec![0i8; g.blob_len(&l.output)];
             let r = match &l.op {
-                QOp::Conv(c) => kernels::conv_hwc_q7(
-                    x,
-                    c.in_dims.dims(),
-                    &c.weights,
-                    pair(c.kernel),
-                    pair(c.pad),
-                    pair(c.stride),
-                    c.groups,
-                    &c.bias,
-                    c.bias_lshift,
-                    c.out_rshift,
-                    &mut y,
-                    c.out_dims.dims(),
-                ),
+                QOp::Conv(c) => conv_reference(x, c, &mut y),
                 QOp::Fc(f) => {
                     kernels::fc_q7(x, &f.weights, &f.bias, f.bias_lshift, f.out_rshift, &mut y)
                 }

@@ -168,13 +168,20 @@ fn conv(
         c.stride.h,
         c.stride.w
     );
-    for (axis, i, k, s, p, o) in [
+    ensure!(
+        c.dilation.h > 0 && c.dilation.w > 0,
+        "layer '{layer}': dilation {}×{} must be positive",
+        c.dilation.h,
+        c.dilation.w
+    );
+    for (axis, i, k, s, p, d, o) in [
         (
             "h",
             c.in_dims.h,
             c.kernel.h,
             c.stride.h,
             c.pad.h,
+            c.dilation.h,
             c.out_dims.h,
         ),
         (
@@ -183,14 +190,15 @@ fn conv(
             c.kernel.w,
             c.stride.w,
             c.pad.w,
+            c.dilation.w,
             c.out_dims.w,
         ),
     ] {
-        let want = shape::conv_out(i, k, s, p, 1)
+        let want = shape::conv_out(i, k, s, p, d)
             .with_context(|| format!("layer '{layer}': axis {axis}"))?;
         ensure!(
             o == want,
-            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {p} give {want}"
+            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {p}, dilation {d} give {want}"
         );
     }
     let k = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups);

@@ -704,6 +704,7 @@ mod tests {
             kernel: Hw { h: 1, w: 1 },
             pad: Hw { h: 0, w: 0 },
             stride: Hw { h: 1, w: 1 },
+            dilation: Hw { h: 1, w: 1 },
             groups: 1,
             weights: vec![3, -4],
             bias,

@@ -485,6 +485,7 @@ mod tests {
                 h: c.stride.0,
                 w: c.stride.1,
             },
+            Pair { h: 1, w: 1 },
             c.groups,
             &c.bias,
             c.bias_lshift as i32,
