@@ -304,6 +304,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             formats: rel_opt(&cfg.quantize.formats),
             search,
             screen: crate::search::Screen::Auto,
+            holdout: crate::search::Holdout::Auto,
             output: model_path.clone(),
             report: report_path.clone(),
             timestamps: false,

@@ -1,9 +1,12 @@
 //! Scoring a quantized network's outputs against float outputs and labels.
 
+use super::objective::{deq_logical, Compare, Objective};
 use crate::fixed::graph::QGraph;
 use crate::fixed::sim::Activations;
 use crate::report::Score;
 use anyhow::{ensure, Context, Result};
+use rayon::prelude::*;
+use std::sync::Arc;
 
 /// Index of the largest value, the first one on ties (the firmware's arg-max rule too).
 pub fn argmax<T: PartialOrd + Copy>(v: &[T]) -> usize {
@@ -24,90 +27,159 @@ pub fn softmax(v: &[f32]) -> Vec<f64> {
     e.into_iter().map(|x| x / s).collect()
 }
 
+/// The float blobs a quantized output is compared with, shared between a scorer and its subsets.
+#[derive(Debug)]
+pub struct FloatOutput {
+    /// The blob name (in the float and the quantized graph alike).
+    pub name: String,
+    /// Logical shape without the batch.
+    pub shape: Vec<usize>,
+    /// Values per image.
+    pub len: usize,
+    /// `images × len`, in the float engine's logical order.
+    data: Vec<f32>,
+}
+
+impl FloatOutput {
+    pub fn new(name: String, shape: Vec<usize>, data: Vec<f32>) -> FloatOutput {
+        let len = shape.iter().product();
+        FloatOutput {
+            name,
+            shape,
+            len,
+            data,
+        }
+    }
+
+    fn image(&self, i: usize) -> &[f32] {
+        &self.data[i * self.len..(i + 1) * self.len]
+    }
+}
+
 /// The reference a candidate is scored against: float outputs and, if known, labels.
 #[derive(Debug, Clone)]
 pub struct Scorer {
-    pub classes: usize,
+    pub objective: Objective,
     pub images: usize,
-    /// The float outputs, `images × classes`. Their softmax is recomputed at each score (the
-    /// same f64 arithmetic, so scores are unchanged) instead of being stored: stored as f64
-    /// probabilities they cost twice the memory, which dominates for models with large outputs.
-    float_logits: Vec<f32>,
-    /// Labels, or the float top-1 when the data has none.
+    /// Every output's float values (one copy, shared by the subsets: for a model with large
+    /// outputs they are most of the search's memory). Their softmax is recomputed at each score
+    /// (the same f64 arithmetic, so scores are unchanged) instead of being stored.
+    outputs: Arc<Vec<FloatOutput>>,
+    /// Image `i` of this scorer is image `index[i]` of `outputs`.
+    index: Vec<usize>,
+    /// Per image: its label, else the float top-1 (classifier), else 0 (regression); the
+    /// classifier scores against it and the search's subsets are stratified by it.
     targets: Vec<usize>,
 }
 
 impl Scorer {
-    pub fn new(float_outputs: &[f32], images: usize, labels: Option<&[usize]>) -> Result<Scorer> {
-        ensure!(
-            images > 0 && float_outputs.len().is_multiple_of(images),
-            "float outputs do not divide into {images} images"
-        );
-        let classes = float_outputs.len() / images;
-        let rows: Vec<&[f32]> = float_outputs.chunks(classes).collect();
-        let targets = match labels {
-            Some(l) => {
+    /// `outputs` hold `images` images each; `labels` (if any) one per image.
+    pub fn new(
+        objective: Objective,
+        outputs: Vec<FloatOutput>,
+        images: usize,
+        labels: Option<&[usize]>,
+    ) -> Result<Scorer> {
+        ensure!(images > 0, "no calibration images");
+        ensure!(!outputs.is_empty(), "the model has no output to score");
+        for o in &outputs {
+            ensure!(
+                o.len > 0 && o.data.len() == o.len * images,
+                "float output '{}' has {} values, not {images} images of {}",
+                o.name,
+                o.data.len(),
+                o.len
+            );
+        }
+        let targets = match (labels, objective) {
+            (Some(l), _) => {
                 ensure!(l.len() == images, "{} labels for {images} images", l.len());
                 l.to_vec()
             }
-            None => rows.iter().map(|r| argmax(r)).collect(),
+            (None, Objective::Classifier) => (0..images)
+                .map(|i| argmax(outputs[0].image(i)))
+                .collect(),
+            (None, Objective::Regression) => vec![0; images],
         };
         Ok(Scorer {
-            classes,
+            objective,
             images,
-            float_logits: float_outputs.to_vec(),
+            outputs: Arc::new(outputs),
+            index: (0..images).collect(),
             targets,
         })
     }
 
-    /// Per image, the class it is scored against (its label, or the float top-1).
-    fn float_row(&self, i: usize) -> &[f32] {
-        &self.float_logits[i * self.classes..(i + 1) * self.classes]
+    /// Image `i`'s float values of output `o`.
+    fn float_row(&self, o: usize, i: usize) -> &[f32] {
+        self.outputs[o].image(self.index[i])
     }
 
     pub fn targets(&self) -> &[usize] {
         &self.targets
     }
 
-    /// The scorer of images `idx` (in that order).
+    pub fn outputs(&self) -> impl Iterator<Item = &FloatOutput> {
+        self.outputs.iter()
+    }
+
+    /// The scorer of images `idx` (in that order); shares the float values.
     pub fn subset(&self, idx: &[usize]) -> Scorer {
         Scorer {
-            classes: self.classes,
+            objective: self.objective,
             images: idx.len(),
-            float_logits: idx
-                .iter()
-                .flat_map(|&i| self.float_row(i).iter().copied())
-                .collect(),
+            outputs: Arc::clone(&self.outputs),
+            index: idx.iter().map(|&i| self.index[i]).collect(),
             targets: idx.iter().map(|&i| self.targets[i]).collect(),
         }
     }
 
-    /// Score q7 outputs (the graph's first output blob) of all calibration images.
+    /// Score the q7 outputs of all the scorer's images.
     pub fn score(&self, qg: &QGraph, acts: &Activations) -> Result<Score> {
-        let out = qg
-            .outputs
-            .first()
-            .context("the quantized graph has no output")?;
-        let q = acts
-            .get(out)
-            .with_context(|| format!("output blob '{out}' missing from the run"))?;
         ensure!(
-            q.len() == self.images * self.classes,
-            "output has {} values, expected {} × {}",
-            q.len(),
-            self.images,
-            self.classes
+            qg.outputs.len() == self.outputs.len(),
+            "the quantized graph has {} outputs, the float reference {}",
+            qg.outputs.len(),
+            self.outputs.len()
         );
-        let scale = (-(qg.frac_bits(out).context("output format")? as f64)).exp2();
+        let mut q = Vec::with_capacity(self.outputs.len());
+        for (name, o) in qg.outputs.iter().zip(self.outputs.iter()) {
+            ensure!(
+                *name == o.name,
+                "quantized output '{name}' is compared with float blob '{}'",
+                o.name
+            );
+            let v = acts
+                .get(name)
+                .with_context(|| format!("output blob '{name}' missing from the run"))?;
+            ensure!(
+                v.len() == self.images * o.len,
+                "output '{name}' has {} values, expected {} × {}",
+                v.len(),
+                self.images,
+                o.len
+            );
+            q.push(v);
+        }
+        match self.objective {
+            Objective::Classifier => self.score_classifier(qg, q[0]),
+            Objective::Regression => self.score_regression(qg, &q),
+        }
+    }
+
+    /// Correct top-1, then the mean KL of the quantized softmax from the float softmax.
+    fn score_classifier(&self, qg: &QGraph, q: &[i8]) -> Result<Score> {
+        let out = &self.outputs[0];
+        let scale = (-(qg.frac_bits(&out.name).context("output format")? as f64)).exp2();
         let mut correct = 0;
         let mut kl = 0.0;
-        for (i, row) in q.chunks(self.classes).enumerate() {
+        for (i, row) in q.chunks(out.len).enumerate() {
             if argmax(row) == self.targets[i] {
                 correct += 1;
             }
             let deq: Vec<f32> = row.iter().map(|&x| (x as f64 * scale) as f32).collect();
             let pq = softmax(&deq);
-            kl += softmax(self.float_row(i))
+            kl += softmax(self.float_row(0, i))
                 .iter()
                 .zip(&pq)
                 .filter(|(p, _)| **p > 0.0)
@@ -118,13 +190,84 @@ impl Scorer {
             correct,
             images: self.images,
             kl: kl / self.images as f64,
+            sqnr_db: None,
+            cosine: None,
+        })
+    }
+
+    /// Every output against float, per image (images in parallel, each into its own figures;
+    /// callers sum them in image order, so the f64 sums do not depend on the thread count).
+    fn per_image(&self, qg: &QGraph, q: &[&[i8]]) -> Result<Vec<Vec<Compare>>> {
+        let mut layouts = Vec::with_capacity(q.len());
+        for o in self.outputs.iter() {
+            let b = qg
+                .blobs
+                .get(&o.name)
+                .with_context(|| format!("no format for output '{}'", o.name))?;
+            layouts.push((b.layout, b.frac_bits));
+        }
+        Ok((0..self.images)
+            .into_par_iter()
+            .map_init(Vec::new, |deq, i| {
+                self.outputs
+                    .iter()
+                    .zip(&layouts)
+                    .zip(q)
+                    .enumerate()
+                    .map(|(o, ((out, &(layout, frac)), q))| {
+                        deq_logical(&q[i * out.len..(i + 1) * out.len], layout, frac, deq);
+                        Compare::image(&out.shape, self.float_row(o, i), deq)
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// The lowest output SQNR, then the mean cosine; `correct`: images whose every row of every
+    /// output keeps the float arg-max.
+    fn score_regression(&self, qg: &QGraph, q: &[&[i8]]) -> Result<Score> {
+        let mut total = vec![Compare::default(); self.outputs.len()];
+        let mut correct = 0;
+        for img in &self.per_image(qg, q)? {
+            correct += usize::from(img.iter().all(|c| c.agree == c.rows));
+            for (t, c) in total.iter_mut().zip(img) {
+                t.add(c);
+            }
+        }
+        let sqnr = total
+            .iter()
+            .map(Compare::sqnr_db)
+            .fold(f64::INFINITY, f64::min);
+        let cosine = total.iter().map(Compare::mean_cosine).sum::<f64>() / total.len() as f64;
+        Ok(Score {
+            correct,
+            images: self.images,
+            kl: 0.0,
+            sqnr_db: Some(sqnr),
+            cosine: Some(cosine),
         })
     }
 }
 
-/// The default objective: more correct, then smaller KL (by a margin that ignores noise).
+/// Whether `a` beats `b`. Classifier: more correct, then smaller KL (by a margin that ignores
+/// rounding noise). Regression: a higher lowest-output SQNR, then (equal to rounding, typically
+/// because the change did not touch the worst output) a higher mean cosine.
 pub fn better(a: &Score, b: &Score) -> bool {
-    a.correct > b.correct || (a.correct == b.correct && a.kl < b.kl * (1.0 - 1e-9) - 1e-12)
+    match (a.sqnr_db, b.sqnr_db, a.cosine, b.cosine) {
+        (Some(sa), Some(sb), Some(ca), Some(cb)) => {
+            sa > sb + 1e-9 || ((sa - sb).abs() <= 1e-9 && ca > cb + 1e-12)
+        }
+        _ => a.correct > b.correct || (a.correct == b.correct && a.kl < b.kl * (1.0 - 1e-9) - 1e-12),
+    }
+}
+
+/// A continuous closeness to float, lower is closer (classifier: KL; regression: minus the
+/// lowest SQNR): it ranks screened candidates more reliably than a few correct images.
+pub fn distance(s: &Score) -> f64 {
+    match s.sqnr_db {
+        Some(db) => -db,
+        None => s.kl,
+    }
 }
 
 /// ARM's acceptance: accuracy not lower than the reference by more than 0.001 %.
