@@ -263,6 +263,8 @@ struct Set<'a> {
     scorer: Cow<'a, Scorer>,
     cache: Activations,
     score: Score,
+    /// Per image, whether the accepted formats get it right (for paired comparisons).
+    hits: Vec<bool>,
     /// For the trace, the timing and the counts.
     part: Part,
 }
@@ -270,13 +272,41 @@ struct Set<'a> {
 impl Set<'_> {
     /// Make `acts`, the blobs of layers `k..` (all blobs when `k == 0`) of accepted formats
     /// scoring `score`, part of the cache.
-    fn accept(&mut self, k: usize, score: Score, acts: Activations) {
+    fn accept(&mut self, k: usize, s: Scored, acts: Activations) {
         if k == 0 {
             self.cache = acts;
         } else {
             self.cache.blobs.extend(acts.blobs);
         }
-        self.score = score;
+        self.score = s.score;
+        self.hits = s.hits;
+    }
+
+    /// The accepted formats' score with its per-image hits.
+    fn scored(&self) -> Scored {
+        Scored {
+            score: self.score,
+            hits: self.hits.clone(),
+        }
+    }
+}
+
+/// A score with, per image, whether the image counts as correct.
+#[derive(Debug, Clone)]
+struct Scored {
+    score: Score,
+    hits: Vec<bool>,
+}
+
+impl Scored {
+    /// Whether this beats `other` on the same images: the guarded search compares pairs of
+    /// per-image results ([`score::beats`]), the unguarded one as earlier versions did.
+    fn beats(&self, other: &Scored, paired: bool) -> bool {
+        if paired {
+            score::beats(&self.score, &self.hits, &other.score, &other.hits)
+        } else {
+            score::better(&self.score, &other.score)
+        }
     }
 }
 
@@ -307,7 +337,7 @@ impl Evaluator<'_> {
         k: usize,
         set: &Set,
         keep: bool,
-    ) -> Result<(Score, Activations)> {
+    ) -> Result<(Scored, Activations)> {
         let t = Instant::now();
         let sim = Simulator::new(qg)?;
         let acts = if k == 0 {
@@ -337,7 +367,8 @@ impl Evaluator<'_> {
             };
             sim.run_from(k, &set.cache, &keep)?
         };
-        let s = set.scorer.score(qg, &acts)?;
+        let (score, hits) = set.scorer.score_with_hits(qg, &acts)?;
+        let s = Scored { score, hits };
         let secs = t.elapsed().as_secs_f64();
         match set.part {
             Part::Screen => {
@@ -375,6 +406,7 @@ impl Evaluator<'_> {
                 sqnr_db: None,
                 cosine: None,
             },
+            hits: Vec::new(),
             part,
         };
         let (score, acts) = self.eval(&self.quantize(f)?, 0, &set, true)?;
@@ -476,11 +508,11 @@ fn pick_pixels(pixels: &[u8], len: usize, idx: &[usize]) -> Vec<u8> {
 
 /// The overfitting guard: whether the change to `qg` (layers `k..` differ from the accepted
 /// formats), which the search part accepted, may be kept. The rule: the held-out part must not
-/// get *worse* by the search's own objective (for a classifier: not fewer correct images, and
-/// with as many, not a larger KL to float). A held-out fifth is too small for a change to have
-/// to *win* there (most real gains are a few images or a small KL step that noise can hide),
-/// but a change that fits the search part while the held-out part moves away from float is what
-/// overfitting looks like, and is refused. Without a held-out part every change is kept.
+/// get *worse* by the guarded comparison ([`score::beats`]: significantly fewer correct images,
+/// or else a larger KL to float). A held-out fifth is too small for a change to have to *win*
+/// there (most real gains are a small KL step that noise can hide), but a change that fits the
+/// search part while the held-out part moves away from float is what overfitting looks like,
+/// and is refused. Without a held-out part every change is kept.
 fn guard(
     ev: &mut Evaluator,
     held: Option<&mut Set>,
@@ -492,8 +524,8 @@ fn guard(
 ) -> Result<bool> {
     let Some(held) = held else { return Ok(true) };
     let (s, acts) = ev.eval(qg, k, held, true)?;
-    let ok = !score::better(&held.score, &s);
-    trace.push(step(s, ok));
+    let ok = !held.scored().beats(&s, true);
+    trace.push(step(s.score, ok));
     if ok {
         held.accept(k, s, acts);
     } else {
@@ -575,6 +607,9 @@ pub fn search(
     let mut held = held.transpose()?;
     let start_score = full.score;
     let held_start = held.as_ref().map(|h| h.score);
+    // The paired comparison goes with the held-out guard (both belong to the guarded search);
+    // without a held-out part the search compares as earlier versions did.
+    let paired = held.is_some();
     let mut held_rejected = 0;
     let mut best = start.clone();
     let mut trace = Vec::new();
@@ -705,22 +740,24 @@ pub fn search(
                 // a subset it ranks candidates far more reliably than a difference of a few
                 // correct images. The first one the search part (and the held-out part) accepts
                 // ends the coordinate (the others were screened against the formats it replaced).
-                let mut ahead: Vec<(Formats, QGraph, Score, Activations)> = Vec::new();
+                let mut ahead: Vec<(Formats, QGraph, Scored, Activations)> = Vec::new();
                 for (f, q) in candidates {
                     let (s, acts) = ev.eval(&q, k, scr, true)?;
-                    let promising = score::better(&s, &scr.score)
-                        || score::distance(&s) < score::distance(&scr.score);
-                    trace.push(step_of(&f, Part::Screen)(s, promising));
+                    let promising = score::better(&s.score, &scr.score)
+                        || score::distance(&s.score) < score::distance(&scr.score);
+                    trace.push(step_of(&f, Part::Screen)(s.score, promising));
                     if promising {
                         ahead.push((f, q, s, acts));
                     }
                 }
-                ahead.sort_by(|a, b| score::distance(&a.2).total_cmp(&score::distance(&b.2)));
+                ahead.sort_by(|a, b| {
+                    score::distance(&a.2.score).total_cmp(&score::distance(&b.2.score))
+                });
                 ahead.truncate(CONFIRM);
                 for (f, q, s_screen, acts_screen) in ahead {
                     let (s, acts) = ev.eval(&q, k, &full, true)?;
-                    let accept = score::better(&s, &full.score);
-                    trace.push(step_of(&f, Part::Search)(s, accept));
+                    let accept = s.beats(&full.scored(), paired);
+                    trace.push(step_of(&f, Part::Search)(s.score, accept));
                     if accept
                         && guard(
                             &mut ev,
@@ -739,15 +776,15 @@ pub fn search(
                     }
                 }
             } else {
-                let mut best_score = full.score;
+                let mut best_score = full.scored();
                 let mut arm_ref = full.score;
                 for (f, q) in candidates {
                     let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
-                        Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
-                        _ => score::better(&s, &best_score),
+                        Strategy::Arm => score::arm_not_worse(&s.score, &arm_ref),
+                        _ => s.beats(&best_score, paired),
                     };
-                    trace.push(step_of(&f, Part::Search)(s, accept));
+                    trace.push(step_of(&f, Part::Search)(s.score, accept));
                     let accept = accept
                         && guard(
                             &mut ev,
@@ -760,8 +797,8 @@ pub fn search(
                         )?;
                     if accept {
                         best = f;
+                        arm_ref = s.score;
                         best_score = s;
-                        arm_ref = s;
                     } else if strategy == Strategy::Arm {
                         break; // ARM stops at the first candidate that loses accuracy.
                     }

@@ -136,6 +136,12 @@ impl Scorer {
 
     /// Score the q7 outputs of all the scorer's images.
     pub fn score(&self, qg: &QGraph, acts: &Activations) -> Result<Score> {
+        Ok(self.score_with_hits(qg, acts)?.0)
+    }
+
+    /// The score, and per image whether it counts as correct (classifier: top-1 equals its
+    /// target; regression: every output row keeps the float arg-max), for paired comparisons.
+    pub fn score_with_hits(&self, qg: &QGraph, acts: &Activations) -> Result<(Score, Vec<bool>)> {
         ensure!(
             qg.outputs.len() == self.outputs.len(),
             "the quantized graph has {} outputs, the float reference {}",
@@ -168,13 +174,16 @@ impl Scorer {
     }
 
     /// Correct top-1, then the mean KL of the quantized softmax from the float softmax.
-    fn score_classifier(&self, qg: &QGraph, q: &[i8]) -> Result<Score> {
+    fn score_classifier(&self, qg: &QGraph, q: &[i8]) -> Result<(Score, Vec<bool>)> {
         let out = &self.outputs[0];
         let scale = (-(qg.frac_bits(&out.name).context("output format")? as f64)).exp2();
         let mut correct = 0;
+        let mut hits = Vec::with_capacity(self.images);
         let mut kl = 0.0;
         for (i, row) in q.chunks(out.len).enumerate() {
-            if argmax(row) == self.targets[i] {
+            let hit = argmax(row) == self.targets[i];
+            hits.push(hit);
+            if hit {
                 correct += 1;
             }
             let deq: Vec<f32> = row.iter().map(|&x| (x as f64 * scale) as f32).collect();
@@ -186,13 +195,16 @@ impl Scorer {
                 .map(|(p, q)| p * (p / q.max(1e-300)).ln())
                 .sum::<f64>();
         }
-        Ok(Score {
-            correct,
-            images: self.images,
-            kl: kl / self.images as f64,
-            sqnr_db: None,
-            cosine: None,
-        })
+        Ok((
+            Score {
+                correct,
+                images: self.images,
+                kl: kl / self.images as f64,
+                sqnr_db: None,
+                cosine: None,
+            },
+            hits,
+        ))
     }
 
     /// Every output against float, per image (images in parallel, each into its own figures;
@@ -225,11 +237,14 @@ impl Scorer {
 
     /// The lowest output SQNR, then the mean cosine; `correct`: images whose every row of every
     /// output keeps the float arg-max.
-    fn score_regression(&self, qg: &QGraph, q: &[&[i8]]) -> Result<Score> {
+    fn score_regression(&self, qg: &QGraph, q: &[&[i8]]) -> Result<(Score, Vec<bool>)> {
         let mut total = vec![Compare::default(); self.outputs.len()];
         let mut correct = 0;
+        let mut hits = Vec::with_capacity(self.images);
         for img in &self.per_image(qg, q)? {
-            correct += usize::from(img.iter().all(|c| c.agree == c.rows));
+            let hit = img.iter().all(|c| c.agree == c.rows);
+            hits.push(hit);
+            correct += usize::from(hit);
             for (t, c) in total.iter_mut().zip(img) {
                 t.add(c);
             }
@@ -239,13 +254,16 @@ impl Scorer {
             .map(Compare::sqnr_db)
             .fold(f64::INFINITY, f64::min);
         let cosine = total.iter().map(Compare::mean_cosine).sum::<f64>() / total.len() as f64;
-        Ok(Score {
-            correct,
-            images: self.images,
-            kl: 0.0,
-            sqnr_db: Some(sqnr),
-            cosine: Some(cosine),
-        })
+        Ok((
+            Score {
+                correct,
+                images: self.images,
+                kl: 0.0,
+                sqnr_db: Some(sqnr),
+                cosine: Some(cosine),
+            },
+            hits,
+        ))
     }
 }
 
@@ -261,6 +279,35 @@ pub fn better(a: &Score, b: &Score) -> bool {
     }
 }
 
+/// z² of a two-sided 95 % test.
+const Z2_95: f64 = 1.96 * 1.96;
+
+/// The guarded search's comparison of `a` with `b` on the same images (`*_hits`: per image
+/// correct or not). The classifier's "more correct first" judges a change by a difference of a
+/// few images, which on a calibration set is mostly chance: the images a change fixes and those
+/// it breaks are counted (McNemar's paired test), and only a difference significant at 95 %
+/// (`(gain − loss)² > 1.96² · (gain + loss)`) decides by top-1; otherwise the KL to float,
+/// which moves smoothly and generalises, decides. The regression objective is continuous
+/// already and compares as [`better`].
+pub fn beats(a: &Score, a_hits: &[bool], b: &Score, b_hits: &[bool]) -> bool {
+    if a.sqnr_db.is_some() || a_hits.len() != b_hits.len() {
+        return better(a, b);
+    }
+    let (mut gain, mut loss) = (0usize, 0usize);
+    for (&x, &y) in a_hits.iter().zip(b_hits) {
+        match (x, y) {
+            (true, false) => gain += 1,
+            (false, true) => loss += 1,
+            _ => {}
+        }
+    }
+    let d = gain as f64 - loss as f64;
+    if d * d > Z2_95 * (gain + loss) as f64 {
+        return gain > loss;
+    }
+    a.kl < b.kl * (1.0 - 1e-9) - 1e-12
+}
+
 /// A continuous closeness to float, lower is closer (classifier: KL; regression: minus the
 /// lowest SQNR): it ranks screened candidates more reliably than a few correct images.
 pub fn distance(s: &Score) -> f64 {
@@ -274,4 +321,44 @@ pub fn distance(s: &Score) -> f64 {
 pub fn arm_not_worse(a: &Score, reference: &Score) -> bool {
     let acc = |s: &Score| s.correct as f64 / s.images.max(1) as f64 * 100.0;
     acc(a) >= acc(reference) - 0.001
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sc(correct: usize, kl: f64) -> Score {
+        Score {
+            correct,
+            images: 100,
+            kl,
+            sqnr_db: None,
+            cosine: None,
+        }
+    }
+
+    #[test]
+    fn paired_comparison_needs_a_significant_top1_difference() {
+        let base = vec![true; 50].into_iter().chain(vec![false; 50]).collect::<Vec<_>>();
+        // Fixes 3 images, breaks none: not significant (9 < 3.84 · 3), so KL decides.
+        let mut a = base.clone();
+        a[50..53].iter_mut().for_each(|h| *h = true);
+        assert!(!beats(&sc(53, 0.2), &a, &sc(50, 0.1), &base));
+        assert!(beats(&sc(53, 0.05), &a, &sc(50, 0.1), &base));
+        assert!(better(&sc(53, 0.2), &sc(50, 0.1)), "the plain objective counts images");
+        // Fixes 10, breaks none: significant, wins whatever the KL.
+        let mut b = base.clone();
+        b[50..60].iter_mut().for_each(|h| *h = true);
+        assert!(beats(&sc(60, 0.5), &b, &sc(50, 0.1), &base));
+        assert!(!beats(&sc(50, 0.01), &base, &sc(60, 0.5), &b));
+        // Regression scores compare as before.
+        let r = |db: f64, cos: f64| Score {
+            sqnr_db: Some(db),
+            cosine: Some(cos),
+            ..sc(0, 0.0)
+        };
+        assert!(beats(&r(21.0, 0.9), &[], &r(20.0, 0.99), &[]));
+        assert!(beats(&r(20.0, 0.99), &[], &r(20.0, 0.98), &[]));
+        assert!(!beats(&r(19.0, 1.0), &[], &r(20.0, 0.5), &[]));
+    }
 }
