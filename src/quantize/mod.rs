@@ -53,10 +53,12 @@ pub struct DataSet<'a> {
 pub fn output_blobs(g: &Graph) -> Vec<String> {
     g.outputs
         .iter()
-        .map(|out| match g.nodes.iter().find(|n| n.outputs.first() == Some(out)) {
-            Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
-            _ => out.clone(),
-        })
+        .map(
+            |out| match g.nodes.iter().find(|n| n.outputs.first() == Some(out)) {
+                Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
+                _ => out.clone(),
+            },
+        )
         .collect()
 }
 
@@ -235,7 +237,9 @@ pub fn evaluate(
     let sim = Simulator::new(qg)?;
     let in_frac = qg.frac_bits(&qg.input).context("input format")?;
     let pb = crate::progress::bar(total as u64, "evaluate", quiet);
-    let (mut fa, mut qa) = (Accumulator::new(classes), Accumulator::new(classes));
+    // Labelled top-1/top-5 only for the classifier objective's single output.
+    let acc_classes = if classifier { classes } else { 0 };
+    let (mut fa, mut qa) = (Accumulator::new(acc_classes), Accumulator::new(acc_classes));
     let mut labelled = true;
     let mut agree = 0usize;
     let mut blobs: BTreeMap<String, BlobAcc> = qg
@@ -423,12 +427,7 @@ pub fn run(
         .zip(std::mem::take(&mut cal.float_outs))
         .map(|(b, v)| FloatOutput::new(b.clone(), g.shape(&b).to_vec(), v))
         .collect();
-    let scorer = Scorer::new(
-        objective,
-        float_outputs,
-        cal.images,
-        cal.labels.as_deref(),
-    )?;
+    let scorer = Scorer::new(objective, float_outputs, cal.images, cal.labels.as_deref())?;
     let calibration = Calibration {
         pixels_hwc: &cal.pixels_hwc,
         images: cal.images,
@@ -628,11 +627,23 @@ fn quality_warnings(r: &Report) -> Vec<String> {
         }
         if o.agreement < COLLAPSED_AGREEMENT {
             let what = if o.rows_per_image > 1 {
-                format!("on only {:.1} % of the rows of output '{}' ({} per image)", o.agreement * 100.0, o.name, o.rows_per_image)
+                format!(
+                    "on only {:.1} % of the rows of output '{}' ({} per image)",
+                    o.agreement * 100.0,
+                    o.name,
+                    o.rows_per_image
+                )
             } else if several {
-                format!("on only {:.1} % of the evaluation images for output '{}'", o.agreement * 100.0, o.name)
+                format!(
+                    "on only {:.1} % of the evaluation images for output '{}'",
+                    o.agreement * 100.0,
+                    o.name
+                )
             } else {
-                format!("on only {:.1} % of the evaluation images", o.agreement * 100.0)
+                format!(
+                    "on only {:.1} % of the evaluation images",
+                    o.agreement * 100.0
+                )
             };
             w.push(format!(
                 "float and quantized top-1 agree {what} (< {:.0} %)",

@@ -212,7 +212,9 @@ mod tests {
 
     #[test]
     fn the_objective_follows_the_outputs() {
-        let c = |s: &[&[usize]], l| Objective::choose(&s.iter().map(|s| s.to_vec()).collect::<Vec<_>>(), l).0;
+        let c = |s: &[&[usize]], l| {
+            Objective::choose(&s.iter().map(|s| s.to_vec()).collect::<Vec<_>>(), l).0
+        };
         assert_eq!(c(&[&[10]], false), Objective::Classifier);
         assert_eq!(c(&[&[10, 1, 1]], false), Objective::Classifier);
         assert_eq!(c(&[&[1, 1, 10]], true), Objective::Classifier);
@@ -226,7 +228,12 @@ mod tests {
     fn stored_hwc_becomes_logical_chw() {
         // 2 channels × 1 × 3 positions, stored HWC: (p0c0 p0c1 p1c0 p1c1 p2c0 p2c1).
         let mut out = Vec::new();
-        deq_logical(&[1, 10, 2, 20, 3, 30], Hwc { h: 1, w: 3, c: 2 }, 1, &mut out);
+        deq_logical(
+            &[1, 10, 2, 20, 3, 30],
+            Hwc { h: 1, w: 3, c: 2 },
+            1,
+            &mut out,
+        );
         assert_eq!(out, vec![0.5, 1.0, 1.5, 5.0, 10.0, 15.0]);
         deq_logical(&[1, 2, 3], Hwc { h: 1, w: 1, c: 3 }, -1, &mut out);
         assert_eq!(out, vec![2.0, 4.0, 6.0]);
@@ -235,24 +242,42 @@ mod tests {
     #[test]
     fn rows_agree_per_position_or_per_last_axis() {
         // [2 anchors, 2 scores]: the first row agrees, the second does not.
-        assert_eq!(row_agreement(&[2, 2], &[0.1, 0.9, 0.8, 0.2], &[0.0, 1.0, 0.0, 1.0]), (1, 2));
+        assert_eq!(
+            row_agreement(&[2, 2], &[0.1, 0.9, 0.8, 0.2], &[0.0, 1.0, 0.0, 1.0]),
+            (1, 2)
+        );
         // [2 channels, 1, 2 positions] in CHW: position 0 channel 1, position 1 channel 0.
-        assert_eq!(row_agreement(&[2, 1, 2], &[0.0, 5.0, 1.0, 0.0], &[0.0, 5.0, 1.0, 0.0]), (2, 2));
-        assert_eq!(row_agreement(&[2, 1, 2], &[0.0, 5.0, 1.0, 0.0], &[1.0, 5.0, 0.0, 0.0]), (1, 2));
+        assert_eq!(
+            row_agreement(&[2, 1, 2], &[0.0, 5.0, 1.0, 0.0], &[0.0, 5.0, 1.0, 0.0]),
+            (2, 2)
+        );
+        assert_eq!(
+            row_agreement(&[2, 1, 2], &[0.0, 5.0, 1.0, 0.0], &[1.0, 5.0, 0.0, 0.0]),
+            (1, 2)
+        );
         // A vector is one row.
-        assert_eq!(row_agreement(&[3], &[0.0, 2.0, 1.0], &[0.0, 2.0, 1.0]), (1, 1));
+        assert_eq!(
+            row_agreement(&[3], &[0.0, 2.0, 1.0], &[0.0, 2.0, 1.0]),
+            (1, 1)
+        );
     }
 
     #[test]
     fn compare_measures_noise_and_direction() {
         let c = Compare::image(&[2], &[3.0, 4.0], &[3.0, 4.0]);
-        assert_eq!((c.signal, c.noise, c.cosine_sum, c.agree), (25.0, 0.0, 1.0, 1));
+        assert_eq!(
+            (c.signal, c.noise, c.cosine_sum, c.agree),
+            (25.0, 0.0, 1.0, 1)
+        );
         let mut d = Compare::image(&[2], &[3.0, 4.0], &[4.0, 3.0]);
         assert!((d.sqnr_db() - 10.0 * (25.0f64 / 2.0).log10()).abs() < 1e-12);
         assert!((d.mean_cosine() - 24.0 / 25.0).abs() < 1e-12);
         assert_eq!(d.agreement(), 0.0);
         d.add(&c);
         assert_eq!((d.images, d.rows, d.agree), (2, 2, 1));
-        assert_eq!(Compare::image(&[2], &[0.0, 0.0], &[1.0, 0.0]).cosine_sum, 0.0);
+        assert_eq!(
+            Compare::image(&[2], &[0.0, 0.0], &[1.0, 0.0]).cosine_sum,
+            0.0
+        );
     }
 }

@@ -96,9 +96,9 @@ impl Scorer {
                 ensure!(l.len() == images, "{} labels for {images} images", l.len());
                 l.to_vec()
             }
-            (None, Objective::Classifier) => (0..images)
-                .map(|i| argmax(outputs[0].image(i)))
-                .collect(),
+            (None, Objective::Classifier) => {
+                (0..images).map(|i| argmax(outputs[0].image(i))).collect()
+            }
             (None, Objective::Regression) => vec![0; images],
         };
         Ok(Scorer {
@@ -275,7 +275,9 @@ pub fn better(a: &Score, b: &Score) -> bool {
         (Some(sa), Some(sb), Some(ca), Some(cb)) => {
             sa > sb + 1e-9 || ((sa - sb).abs() <= 1e-9 && ca > cb + 1e-12)
         }
-        _ => a.correct > b.correct || (a.correct == b.correct && a.kl < b.kl * (1.0 - 1e-9) - 1e-12),
+        _ => {
+            a.correct > b.correct || (a.correct == b.correct && a.kl < b.kl * (1.0 - 1e-9) - 1e-12)
+        }
     }
 }
 
@@ -339,13 +341,19 @@ mod tests {
 
     #[test]
     fn paired_comparison_needs_a_significant_top1_difference() {
-        let base = vec![true; 50].into_iter().chain(vec![false; 50]).collect::<Vec<_>>();
+        let base = vec![true; 50]
+            .into_iter()
+            .chain(vec![false; 50])
+            .collect::<Vec<_>>();
         // Fixes 3 images, breaks none: not significant (9 < 3.84 · 3), so KL decides.
         let mut a = base.clone();
         a[50..53].iter_mut().for_each(|h| *h = true);
         assert!(!beats(&sc(53, 0.2), &a, &sc(50, 0.1), &base));
         assert!(beats(&sc(53, 0.05), &a, &sc(50, 0.1), &base));
-        assert!(better(&sc(53, 0.2), &sc(50, 0.1)), "the plain objective counts images");
+        assert!(
+            better(&sc(53, 0.2), &sc(50, 0.1)),
+            "the plain objective counts images"
+        );
         // Fixes 10, breaks none: significant, wins whatever the KL.
         let mut b = base.clone();
         b[50..60].iter_mut().for_each(|h| *h = true);
