@@ -13,7 +13,7 @@
 //!    lowest SQNR over all outputs against float, then the mean cosine.
 //! 4. **Guard** against overfitting: a class-stratified fifth of the calibration set is held out
 //!    (`--holdout`); the search runs on the rest, and a change it accepts is kept only if the
-//!    held-out part does not get worse by the same objective.
+//!    held-out part does not get worse (see [`guard`]: a paired test on top-1, else KL).
 //!
 //! `--search arm` reproduces ARM's `nn_quantizer.py` order and tolerance instead: per layer
 //! weights → activations → biases, moving to more fraction bits while accuracy stays within
@@ -299,14 +299,9 @@ struct Scored {
 }
 
 impl Scored {
-    /// Whether this beats `other` on the same images: the guarded search compares pairs of
-    /// per-image results ([`score::beats`]), the unguarded one as earlier versions did.
-    fn beats(&self, other: &Scored, paired: bool) -> bool {
-        if paired {
-            score::beats(&self.score, &self.hits, &other.score, &other.hits)
-        } else {
-            score::better(&self.score, &other.score)
-        }
+    /// Whether this beats `other` on the same images by the guard's paired comparison.
+    fn beats(&self, other: &Scored) -> bool {
+        score::beats(&self.score, &self.hits, &other.score, &other.hits)
     }
 }
 
@@ -508,11 +503,14 @@ fn pick_pixels(pixels: &[u8], len: usize, idx: &[usize]) -> Vec<u8> {
 
 /// The overfitting guard: whether the change to `qg` (layers `k..` differ from the accepted
 /// formats), which the search part accepted, may be kept. The rule: the held-out part must not
-/// get *worse* by the guarded comparison ([`score::beats`]: significantly fewer correct images,
-/// or else a larger KL to float). A held-out fifth is too small for a change to have to *win*
-/// there (most real gains are a small KL step that noise can hide), but a change that fits the
-/// search part while the held-out part moves away from float is what overfitting looks like,
-/// and is refused. Without a held-out part every change is kept.
+/// get *worse* by a paired comparison ([`score::beats`]): a classifier change is refused when it
+/// breaks significantly more held-out images than it fixes (McNemar at 95 %), or, when the
+/// top-1 difference is within chance, when it moves the held-out outputs away from float (a
+/// larger KL); a regression change when the lowest SQNR (then the cosine) drops. A held-out
+/// fifth is too small for a change to have to *win* there (most real gains are a few images or
+/// a small KL step that noise can hide, and a plain "not fewer correct" would refuse good changes
+/// for one unlucky image), but a change that fits the search part while the held-out part moves
+/// away from float is what overfitting looks like. Without a held-out part every change is kept.
 fn guard(
     ev: &mut Evaluator,
     held: Option<&mut Set>,
@@ -524,7 +522,7 @@ fn guard(
 ) -> Result<bool> {
     let Some(held) = held else { return Ok(true) };
     let (s, acts) = ev.eval(qg, k, held, true)?;
-    let ok = !held.scored().beats(&s, true);
+    let ok = !held.scored().beats(&s);
     trace.push(step(s.score, ok));
     if ok {
         held.accept(k, s, acts);
@@ -607,9 +605,6 @@ pub fn search(
     let mut held = held.transpose()?;
     let start_score = full.score;
     let held_start = held.as_ref().map(|h| h.score);
-    // The paired comparison goes with the held-out guard (both belong to the guarded search);
-    // without a held-out part the search compares as earlier versions did.
-    let paired = held.is_some();
     let mut held_rejected = 0;
     let mut best = start.clone();
     let mut trace = Vec::new();
@@ -756,7 +751,7 @@ pub fn search(
                 ahead.truncate(CONFIRM);
                 for (f, q, s_screen, acts_screen) in ahead {
                     let (s, acts) = ev.eval(&q, k, &full, true)?;
-                    let accept = s.beats(&full.scored(), paired);
+                    let accept = score::better(&s.score, &full.score);
                     trace.push(step_of(&f, Part::Search)(s.score, accept));
                     if accept
                         && guard(
@@ -776,13 +771,13 @@ pub fn search(
                     }
                 }
             } else {
-                let mut best_score = full.scored();
+                let mut best_score = full.score;
                 let mut arm_ref = full.score;
                 for (f, q) in candidates {
                     let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
                         Strategy::Arm => score::arm_not_worse(&s.score, &arm_ref),
-                        _ => s.beats(&best_score, paired),
+                        _ => score::better(&s.score, &best_score),
                     };
                     trace.push(step_of(&f, Part::Search)(s.score, accept));
                     let accept = accept
@@ -798,7 +793,7 @@ pub fn search(
                     if accept {
                         best = f;
                         arm_ref = s.score;
-                        best_score = s;
+                        best_score = s.score;
                     } else if strategy == Strategy::Arm {
                         break; // ARM stops at the first candidate that loses accuracy.
                     }

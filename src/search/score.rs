@@ -284,13 +284,12 @@ pub fn better(a: &Score, b: &Score) -> bool {
 /// z² of a two-sided 95 % test.
 const Z2_95: f64 = 1.96 * 1.96;
 
-/// The guarded search's comparison of `a` with `b` on the same images (`*_hits`: per image
-/// correct or not). The classifier's "more correct first" judges a change by a difference of a
-/// few images, which on a calibration set is mostly chance: the images a change fixes and those
-/// it breaks are counted (McNemar's paired test), and only a difference significant at 95 %
-/// (`(gain − loss)² > 1.96² · (gain + loss)`) decides by top-1; otherwise the KL to float,
-/// which moves smoothly and generalises, decides. The regression objective is continuous
-/// already and compares as [`better`].
+/// The held-out guard's comparison of `a` with `b` on the same images (`*_hits`: per image
+/// correct or not). On a held-out fifth a difference of a few correct images is mostly chance:
+/// the images a change fixes and those it breaks are counted (McNemar's paired test), and only a
+/// difference significant at 95 % (`(gain − loss)² > 1.96² · (gain + loss)`) decides by top-1;
+/// otherwise the KL to float, which moves smoothly, decides. The regression objective is
+/// continuous already and compares as [`better`].
 pub fn beats(a: &Score, a_hits: &[bool], b: &Score, b_hits: &[bool]) -> bool {
     if a.sqnr_db.is_some() || a_hits.len() != b_hits.len() {
         return better(a, b);
