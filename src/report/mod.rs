@@ -204,7 +204,8 @@ pub struct HoldoutReport {
     pub final_score: Score,
     /// Changes the search part accepted but the held-out part rejected.
     pub rejected: usize,
-    /// Simulator runs on the held-out part.
+    /// Simulator runs on the held-out part (its start, then one per change the search part
+    /// accepted).
     pub evaluations: usize,
 }
 
