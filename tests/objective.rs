@@ -383,6 +383,13 @@ fn a_two_head_model_is_searched_and_evaluated_on_both_outputs() {
     let names: Vec<&str> = ev.outputs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["map", "vec"]);
     for (name, c) in &ev.outputs {
+        println!(
+            "{name}: SQNR {:.2} dB, cosine {:.5}, agreement {:.2} % of {} rows",
+            c.sqnr_db(),
+            c.mean_cosine(),
+            c.agreement() * 100.0,
+            c.rows
+        );
         assert_eq!(c.images, 40);
         assert!(c.sqnr_db() > 20.0, "{name}: {c:?}");
         assert!(c.mean_cosine() > 0.99, "{name}: {c:?}");
