@@ -410,15 +410,49 @@ impl Evaluator<'_> {
     }
 }
 
+/// A SHA-256 over a stream of integers: the arithmetic key's digest, so that remembering the
+/// keys of a coordinate's candidates costs 32 bytes each instead of 8 bytes per weight (an fc
+/// layer with a 300k-value output has tens of millions of weights).
+struct KeyHasher {
+    h: sha2::Sha256,
+    buf: Vec<u8>,
+}
+
+impl KeyHasher {
+    fn push(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        if self.buf.len() >= 1 << 16 {
+            sha2::Digest::update(&mut self.h, &self.buf);
+            self.buf.clear();
+        }
+    }
+
+    fn extend(&mut self, it: impl IntoIterator<Item = i64>) {
+        for v in it {
+            self.push(v);
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        sha2::Digest::update(&mut self.h, &self.buf);
+        sha2::Digest::finalize(self.h).into()
+    }
+}
+
 /// Everything a quantized graph's simulated outputs and their score depend on: the input and
 /// output formats, and per layer the weights, the shifted biases `bias << bias_lshift` and the
-/// shifts (pooling, ReLU and reshapes have no format-dependent parameters).
-fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
-    let mut key: Vec<i64> = std::iter::once(&qg.input)
-        .chain(&qg.outputs)
-        .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from))
-        .collect();
-    let dense = |key: &mut Vec<i64>, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
+/// shifts (pooling, ReLU and reshapes have no format-dependent parameters); as a digest.
+fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
+    let mut key = KeyHasher {
+        h: <sha2::Sha256 as sha2::Digest>::new(),
+        buf: Vec::with_capacity(1 << 16),
+    };
+    key.extend(
+        std::iter::once(&qg.input)
+            .chain(&qg.outputs)
+            .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from)),
+    );
+    let dense = |key: &mut KeyHasher, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
         key.push(rshift.into());
         key.extend(w.iter().map(|&v| i64::from(v)));
         key.extend(
@@ -439,7 +473,7 @@ fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
             QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape => {}
         }
     }
-    key
+    key.finish()
 }
 
 /// The blobs a prefix cache must hold so that any conv/fc layer `k` can be re-run from it: those
