@@ -739,10 +739,13 @@ pub fn search(
             // ARM tries only more fraction bits (more precision, saturating the largest values).
             // The default also tries fewer (more headroom), which pays off where values beyond
             // the calibration maximum are expected, or where shifts limit the next layer.
-            // Each candidate is quantized once; one needing a negative shift is invalid by
-            // construction and skipped.
+            // A candidate needing a negative shift is invalid by construction and skipped. Only
+            // the candidates' formats are kept (each is quantized again when it is scored): for
+            // a layer with tens of millions of weights, holding five quantized graphs at once
+            // would cost more than the rest of the search.
             let mut seen = vec![arithmetic_key(&qg)];
-            let candidates: Vec<(Formats, QGraph)> = match strategy {
+            drop(qg);
+            let candidates: Vec<Formats> = match strategy {
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
                 _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
             }
@@ -754,7 +757,7 @@ pub fn search(
                 let key = arithmetic_key(&q);
                 let new = !seen.contains(&key);
                 seen.push(key);
-                new.then_some((f, q))
+                new.then_some(f)
             })
             .collect();
             let value = |f: &Formats| get(f, layer, out, *param).expect("format set above");
@@ -769,21 +772,22 @@ pub fn search(
                 // a subset it ranks candidates far more reliably than a difference of a few
                 // correct images. The first one the search part (and the held-out part) accepts
                 // ends the coordinate (the others were screened against the formats it replaced).
-                let mut ahead: Vec<(Formats, QGraph, Scored, Activations)> = Vec::new();
-                for (f, q) in candidates {
-                    let (s, acts) = ev.eval(&q, k, scr, true)?;
+                let mut ahead: Vec<(Formats, Scored, Activations)> = Vec::new();
+                for f in candidates {
+                    let (s, acts) = ev.eval(&ev.quantize(&f)?, k, scr, true)?;
                     let promising = score::better(&s.score, &scr.score)
                         || score::distance(&s.score) < score::distance(&scr.score);
                     trace.push(step_of(&f, Part::Screen)(s.score, promising));
                     if promising {
-                        ahead.push((f, q, s, acts));
+                        ahead.push((f, s, acts));
                     }
                 }
                 ahead.sort_by(|a, b| {
-                    score::distance(&a.2.score).total_cmp(&score::distance(&b.2.score))
+                    score::distance(&a.1.score).total_cmp(&score::distance(&b.1.score))
                 });
                 ahead.truncate(CONFIRM);
-                for (f, q, s_screen, acts_screen) in ahead {
+                for (f, s_screen, acts_screen) in ahead {
+                    let q = ev.quantize(&f)?;
                     let (s, acts) = ev.eval(&q, k, &full, true)?;
                     let accept = score::better(&s.score, &full.score);
                     trace.push(step_of(&f, Part::Search)(s.score, accept));
@@ -807,7 +811,8 @@ pub fn search(
             } else {
                 let mut best_score = full.score;
                 let mut arm_ref = full.score;
-                for (f, q) in candidates {
+                for f in candidates {
+                    let q = ev.quantize(&f)?;
                     let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
                         Strategy::Arm => score::arm_not_worse(&s.score, &arm_ref),
