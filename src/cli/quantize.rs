@@ -6,7 +6,7 @@ use crate::data::{subset, ChannelOrder, Layout};
 use crate::fixed::graph::Formats;
 use crate::quantize::{self, DataSet};
 use crate::report::markdown;
-use crate::search::{Screen, Strategy};
+use crate::search::{Holdout, Screen, Strategy};
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +72,12 @@ pub struct Args {
     /// model is unchanged). Not with --formats (the weights change).
     #[arg(long, conflicts_with = "formats")]
     pub equalize: bool,
+    /// Hold out a class-stratified part of the calibration set that the default search does not
+    /// optimise on: a change is kept only if it does not make that part worse (a guard against
+    /// overfitting). `auto` (a fifth, on sets of 250 images or more), `off`, or a number of
+    /// images.
+    #[arg(long, default_value = "auto", value_parser = Holdout::parse)]
+    pub holdout: Holdout,
     /// Quantized model file to write (.nnq.json).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -183,6 +189,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let opts = quantize::Options {
         strategy: a.search,
         screen: a.screen,
+        holdout: a.holdout,
         formats,
         quiet: a.quiet,
         timing: a.timestamps,

@@ -12,8 +12,13 @@ use crate::float::{self, Engine};
 use crate::ir::{self, Graph, Op};
 use crate::metrics::{argmax, Accumulator};
 use crate::model::{InputSpec, NnqModel, SourceInfo, SCHEMA as MODEL_SCHEMA};
-use crate::report::{self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, Report, Timing};
-use crate::search::{self, Calibration, InputPrep, Scorer, Screen, Strategy};
+use crate::report::{
+    self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, OutputReport, Report, Timing,
+};
+use crate::search::objective::{deq_logical, Compare};
+use crate::search::{
+    self, Calibration, FloatOutput, Holdout, InputPrep, Objective, Scorer, Screen, Strategy,
+};
 use anyhow::{bail, ensure, Context, Result};
 use input::IntegerInput;
 use std::collections::BTreeMap;
@@ -26,6 +31,8 @@ pub struct Options {
     pub strategy: Strategy,
     /// The search's screening subset.
     pub screen: Screen,
+    /// The search's held-out part.
+    pub holdout: Holdout,
     /// Formats pinned by the user (`--formats`): no search.
     pub formats: Option<Formats>,
     pub quiet: bool,
@@ -40,13 +47,36 @@ pub struct DataSet<'a> {
     pub name: String,
 }
 
-/// The blob the firmware outputs: the graph output, or the input of a trailing Softmax (which
-/// the q7 graph drops: it does not change the arg-max).
-pub fn logits_blob(g: &Graph) -> String {
-    let out = &g.outputs[0];
-    match g.nodes.iter().find(|n| &n.outputs[0] == out) {
-        Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
-        _ => out.clone(),
+/// The blobs the firmware outputs, one per graph output: the output itself, or the input of a
+/// trailing Softmax (which the q7 graph drops: it does not change the arg-max). The quantized
+/// graph's outputs have these names, and each is compared with the float blob of that name.
+pub fn output_blobs(g: &Graph) -> Vec<String> {
+    g.outputs
+        .iter()
+        .map(
+            |out| match g.nodes.iter().find(|n| n.outputs.first() == Some(out)) {
+                Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
+                _ => out.clone(),
+            },
+        )
+        .collect()
+}
+
+/// The search's and the report's objective for this graph's outputs (see `search::objective`).
+pub fn objective(g: &Graph, labelled: bool) -> (Objective, String) {
+    let shapes: Vec<Vec<usize>> = output_blobs(g)
+        .iter()
+        .map(|b| g.shape(b).to_vec())
+        .collect();
+    Objective::choose(&shapes, labelled)
+}
+
+/// The number of classes labels must index: the single output's size (several outputs: labels
+/// are only used to stratify the search's subsets and are not checked).
+fn label_classes(g: &Graph) -> usize {
+    match output_blobs(g).as_slice() {
+        [b] => g.shape(b).iter().product(),
+        _ => usize::MAX,
     }
 }
 
@@ -56,8 +86,8 @@ pub struct Collected {
     /// HWC uint8 pixels as the firmware receives them (cropped).
     pub pixels_hwc: Vec<u8>,
     pub labels: Option<Vec<usize>>,
-    /// Float logits (the firmware's output blob), `images × classes`.
-    pub float_out: Vec<f32>,
+    /// Per output blob ([`output_blobs`]): its float values, `images × len`, logical order.
+    pub float_outs: Vec<Vec<f32>>,
     /// Max |x| over the set for every blob (only when asked).
     pub max_abs: BTreeMap<String, f32>,
     /// Content hash of the images and labels ([`datahash`]).
@@ -88,8 +118,8 @@ pub fn collect(
     quiet: bool,
 ) -> Result<Collected> {
     let g = engine.graph();
-    let out_blob = logits_blob(g);
-    let classes: usize = g.shape(&out_blob).iter().product();
+    let out_blobs = output_blobs(g);
+    let classes = label_classes(g);
     let total = ds.source.len();
     ensure!(total > 0, "{}: the data set is empty", ds.name);
     let pb = crate::progress::bar(total as u64, "float", quiet);
@@ -97,7 +127,7 @@ pub fn collect(
         images: 0,
         pixels_hwc: Vec::with_capacity(total * int_in.len()),
         labels: Some(vec![]),
-        float_out: vec![],
+        float_outs: vec![vec![]; out_blobs.len()],
         max_abs: BTreeMap::new(),
         data_sha256: String::new(),
     };
@@ -139,11 +169,13 @@ pub fn collect(
                 *e = e.max(m);
             }
         }
-        c.float_out.extend_from_slice(
-            acts.blobs
-                .get(&out_blob)
-                .with_context(|| format!("float output '{out_blob}' missing"))?,
-        );
+        for (b, v) in out_blobs.iter().zip(c.float_outs.iter_mut()) {
+            v.extend_from_slice(
+                acts.blobs
+                    .get(b)
+                    .with_context(|| format!("float output '{b}' missing"))?,
+            );
+        }
         c.images += samples.len();
         pb.set_position(end as u64);
         start = end;
@@ -165,24 +197,22 @@ struct BlobAcc {
 
 /// Results of running final formats on the evaluation set.
 pub struct Evaluation {
+    /// Labelled top-1/top-5 of the classifier objective's output.
     pub float: Option<crate::metrics::Metrics>,
     pub quant: Option<crate::metrics::Metrics>,
+    /// Classifier: images whose float and quantized top-1 agree; regression: the lowest row
+    /// agreement over the outputs.
     pub agreement: f64,
+    /// Every output ([`output_blobs`] order) against float.
+    pub outputs: Vec<(String, Compare)>,
     pub images: usize,
     /// Content hash of the images and labels ([`datahash`]).
     pub data_sha256: String,
     blobs: BTreeMap<String, BlobAcc>,
 }
 
-/// Dequantize one image of a q7 blob into the float engine's (logical, NCHW) order; the layout
-/// says how (HWC feature maps and flattened ones are transposed, flat blobs are not).
-fn hwc_to_chw_deq(q: &[i8], blob: &crate::fixed::graph::QBlob, out: &mut Vec<f64>) {
-    out.clear();
-    let s = (-(blob.frac_bits as f64)).exp2();
-    out.extend(blob.logical_order(q).map(|v| v as f64 * s));
-}
-
 /// Run float and simulator side by side over a data set.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     ds: &mut DataSet,
     engine: &Engine,
@@ -190,17 +220,26 @@ pub fn evaluate(
     int_in: &IntegerInput,
     qg: &QGraph,
     prep: &InputPrep,
+    objective: Objective,
     quiet: bool,
 ) -> Result<Evaluation> {
     let g = engine.graph();
-    let out_blob = logits_blob(g);
-    let classes: usize = g.shape(&out_blob).iter().product();
+    let out_blobs = output_blobs(g);
+    let out_blob = &out_blobs[0];
+    let classes = label_classes(g);
+    let classifier = objective == Objective::Classifier;
+    let mut outs: Vec<(String, Compare)> = out_blobs
+        .iter()
+        .map(|b| (b.clone(), Compare::default()))
+        .collect();
     let total = ds.source.len();
     ensure!(total > 0, "{}: the data set is empty", ds.name);
     let sim = Simulator::new(qg)?;
     let in_frac = qg.frac_bits(&qg.input).context("input format")?;
     let pb = crate::progress::bar(total as u64, "evaluate", quiet);
-    let (mut fa, mut qa) = (Accumulator::new(classes), Accumulator::new(classes));
+    // Labelled top-1/top-5 only for the classifier objective's single output.
+    let acc_classes = if classifier { classes } else { 0 };
+    let (mut fa, mut qa) = (Accumulator::new(acc_classes), Accumulator::new(acc_classes));
     let mut labelled = true;
     let mut agree = 0usize;
     let mut blobs: BTreeMap<String, BlobAcc> = qg
@@ -228,22 +267,29 @@ pub fn evaluate(
         let facts = engine.forward(&batch.data, n, float::Keep::All)?;
         let qacts = sim.run(&q_in, n, &sim::Keep::All)?;
         for (i, sample) in samples.iter().enumerate() {
-            let f = facts.image(&out_blob, i).context("float output")?;
-            let q = qacts.image(&qg.outputs[0], i).context("quantized output")?;
+            let f = facts.image(out_blob, i).context("float output")?;
+            let q = qacts.image(out_blob, i).context("quantized output")?;
             agree += usize::from(argmax(f) == argmax(q));
             match label_of(sample, start + i, classes)? {
-                Some(l) => {
+                Some(l) if classifier => {
                     fa.add(f, l);
                     qa.add(q, l);
                 }
-                None => labelled = false,
+                _ => labelled = false,
+            }
+            for (b, cmp) in outs.iter_mut() {
+                let fv = facts.image(b, i).context("float output")?;
+                let qv = qacts.image(b, i).context("quantized output")?;
+                let qb = qg.blobs.get(b).context("quantized output format")?;
+                deq_logical(qv, qb.layout, qb.frac_bits, &mut deq);
+                cmp.add(&Compare::image(g.shape(b), fv, &deq));
             }
             for (b, acc) in blobs.iter_mut() {
                 let (Some(fv), Some(qv)) = (facts.image(b, i), qacts.image(b, i)) else {
                     continue;
                 };
                 let qb = &qg.blobs[b];
-                hwc_to_chw_deq(qv, qb, &mut deq);
+                deq_logical(qv, qb.layout, qb.frac_bits, &mut deq);
                 for (x, y) in fv.iter().zip(&deq) {
                     let x = *x as f64;
                     acc.signal += x * x;
@@ -258,10 +304,18 @@ pub fn evaluate(
         start = end;
     }
     pb.finish_and_clear();
+    let agreement = if classifier {
+        agree as f64 / total as f64
+    } else {
+        outs.iter()
+            .map(|(_, c)| c.agreement())
+            .fold(f64::INFINITY, f64::min)
+    };
     Ok(Evaluation {
-        float: labelled.then(|| fa.finish()),
-        quant: labelled.then(|| qa.finish()),
-        agreement: agree as f64 / total as f64,
+        float: (labelled && classifier).then(|| fa.finish()),
+        quant: (labelled && classifier).then(|| qa.finish()),
+        agreement,
+        outputs: outs,
         images: total,
         data_sha256: hasher.finish(),
         blobs,
@@ -362,17 +416,25 @@ pub fn run(
     };
 
     let t0 = Instant::now();
-    let cal = collect(calib, &engine, inp.float_pre, &int_in, true, opts.quiet)?;
+    let mut cal = collect(calib, &engine, inp.float_pre, &int_in, true, opts.quiet)?;
     let float_seconds = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let scorer = Scorer::new(&cal.float_out, cal.images, cal.labels.as_deref())?;
+    let (objective, objective_reason) = objective(g, cal.labels.is_some());
+    // The float outputs move into the scorer (one copy: for large outputs they dominate).
+    let float_outputs = output_blobs(g)
+        .into_iter()
+        .zip(std::mem::take(&mut cal.float_outs))
+        .map(|(b, v)| FloatOutput::new(b.clone(), g.shape(&b).to_vec(), v))
+        .collect();
+    let scorer = Scorer::new(objective, float_outputs, cal.images, cal.labels.as_deref())?;
     let calibration = Calibration {
         pixels_hwc: &cal.pixels_hwc,
         images: cal.images,
         prep: &prep,
         scorer: &scorer,
         screen: opts.screen,
+        holdout: opts.holdout,
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
@@ -384,8 +446,10 @@ pub fn run(
         pb.set_position(step as u64);
         pb.set_message(msg.to_string());
     };
-    let (formats, search_report, search_times) =
+    let (formats, mut search_report, search_times) =
         search::search(g, start, strategy, &calibration, &progress)?;
+    search_report.objective_reason = objective_reason;
+    drop(scorer);
     pb.finish_and_clear();
     let search_seconds = t1.elapsed().as_secs_f64();
     let qg = QGraph::quantize(g, &formats)?;
@@ -398,6 +462,7 @@ pub fn run(
         &int_in,
         &qg,
         &prep,
+        objective,
         opts.quiet,
     )?;
     let eval_seconds = t2.elapsed().as_secs_f64();
@@ -437,7 +502,27 @@ pub fn run(
         .validate()
         .context("internal error: the quantized model fails its own validation")?;
     let summary = ir::summary::summarize(g);
-    let out_acc = ev.blobs.get(&out_blob);
+    // Per output: SQNR as the per-blob table computes it (CHW order, the same sums as before),
+    // cosine and row agreement.
+    let outputs: Vec<OutputReport> = ev
+        .outputs
+        .iter()
+        .map(|(b, c)| OutputReport {
+            name: b.clone(),
+            shape: g.shape(b).to_vec(),
+            sqnr_db: ev
+                .blobs
+                .get(b)
+                .map_or(c.sqnr_db(), |a| report::sqnr_db(a.signal, a.noise)),
+            cosine: c.mean_cosine(),
+            agreement: c.agreement(),
+            rows_per_image: c.rows / c.images.max(1),
+        })
+        .collect();
+    let worst_sqnr = outputs
+        .iter()
+        .map(|o| o.sqnr_db)
+        .fold(f64::INFINITY, f64::min);
     let mut report = Report {
         schema: report::SCHEMA.into(),
         model: ModelInfo {
@@ -469,7 +554,7 @@ pub fn run(
             float_correct: ev.float.as_ref().map(|m| m.top1_correct),
             quant_correct: ev.quant.as_ref().map(|m| m.top1_correct),
             top1_agreement: ev.agreement,
-            output_sqnr_db: out_acc.map_or(0.0, |a| report::sqnr_db(a.signal, a.noise)),
+            output_sqnr_db: worst_sqnr,
         },
         layers: layer_reports(&qg, g, &heads),
         blobs: qg
@@ -497,15 +582,17 @@ pub fn run(
             search_seconds,
             search_screen_seconds: search_times.screen_seconds,
             search_full_seconds: search_times.full_seconds,
+            search_holdout_seconds: search_times.holdout_seconds,
             eval_seconds,
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),
         preprocessing: Some(preprocessing),
         quality_warnings: vec![],
         equalization: None,
+        outputs,
         firmware: None,
     };
-    report.quality_warnings = quality_warnings(&report, &qg);
+    report.quality_warnings = quality_warnings(&report);
     if !opts.quiet {
         for w in &report.preprocessing.as_ref().expect("set above").warnings {
             eprintln!("warning: {w}");
@@ -527,42 +614,43 @@ pub const COLLAPSED_SQNR_DB: f64 = 10.0;
 /// Below this float/quantized top-1 agreement the outputs' arg-max is not to be trusted.
 pub const COLLAPSED_AGREEMENT: f64 = 0.5;
 
-/// Warnings a user must see: the quantized output collapsed (low SQNR or agreement), or the
-/// model has outputs that the search and the accuracy figures do not look at.
-fn quality_warnings(r: &Report, qg: &QGraph) -> Vec<String> {
-    let a = &r.accuracy;
-    let out = qg.outputs.first().map_or("?", String::as_str);
+/// Warnings a user must see: an output of the quantized model collapsed (low SQNR, or low
+/// agreement of its arg-max with float), each output named.
+fn quality_warnings(r: &Report) -> Vec<String> {
     let mut w = Vec::new();
-    if a.output_sqnr_db < COLLAPSED_SQNR_DB {
-        w.push(format!(
-            "the quantized output '{out}' has an SQNR of {:.1} dB against float (< {COLLAPSED_SQNR_DB} dB): the quantized model barely follows the float one; check the per-blob SQNR and saturation below",
-            a.output_sqnr_db
-        ));
-    }
-    if a.top1_agreement < COLLAPSED_AGREEMENT {
-        w.push(format!(
-            "float and quantized top-1 agree on only {:.1} % of the evaluation images (< {:.0} %)",
-            a.top1_agreement * 100.0,
-            COLLAPSED_AGREEMENT * 100.0
-        ));
-    }
-    if qg.outputs.len() > 1 {
-        let others: Vec<String> = qg.outputs[1..]
-            .iter()
-            .map(|o| {
-                let sqnr = r
-                    .blobs
-                    .iter()
-                    .find(|b| &b.name == o)
-                    .map_or("n/a".to_string(), |b| format!("{:.1} dB", b.sqnr_db));
-                format!("'{o}' ({sqnr})")
-            })
-            .collect();
-        w.push(format!(
-            "the model has {} outputs; the search and the accuracy figures score only the first ('{out}'); the others are not optimised: {}",
-            qg.outputs.len(),
-            others.join(", ")
-        ));
+    let several = r.outputs.len() > 1;
+    for o in &r.outputs {
+        if o.sqnr_db < COLLAPSED_SQNR_DB {
+            w.push(format!(
+                "the quantized output '{}' has an SQNR of {:.1} dB against float (< {COLLAPSED_SQNR_DB} dB): the quantized model barely follows the float one; check the per-blob SQNR and saturation below",
+                o.name, o.sqnr_db
+            ));
+        }
+        if o.agreement < COLLAPSED_AGREEMENT {
+            let what = if o.rows_per_image > 1 {
+                format!(
+                    "on only {:.1} % of the rows of output '{}' ({} per image)",
+                    o.agreement * 100.0,
+                    o.name,
+                    o.rows_per_image
+                )
+            } else if several {
+                format!(
+                    "on only {:.1} % of the evaluation images for output '{}'",
+                    o.agreement * 100.0,
+                    o.name
+                )
+            } else {
+                format!(
+                    "on only {:.1} % of the evaluation images",
+                    o.agreement * 100.0
+                )
+            };
+            w.push(format!(
+                "float and quantized top-1 agree {what} (< {:.0} %)",
+                COLLAPSED_AGREEMENT * 100.0
+            ));
+        }
     }
     w
 }

@@ -7,6 +7,21 @@ fn pct(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{:.2} %", v * 100.0))
 }
 
+fn dims(s: &[usize]) -> String {
+    s.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("×")
+}
+
+/// A score as the search's objective reads it.
+fn score(s: &super::Score) -> String {
+    match (s.sqnr_db, s.cosine) {
+        (Some(db), Some(c)) => format!("lowest SQNR {db:.3} dB, cosine {c:.5}"),
+        _ => format!("{}/{} correct, KL {:.5}", s.correct, s.images, s.kl),
+    }
+}
+
 fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
@@ -59,7 +74,16 @@ pub fn render(r: &Report) -> String {
         "| top-1 agreement with float | {:.2} % |",
         a.top1_agreement * 100.0
     );
-    let _ = writeln!(md, "| output SQNR | {:.2} dB |", a.output_sqnr_db);
+    let _ = writeln!(
+        md,
+        "| output SQNR | {:.2} dB{} |",
+        a.output_sqnr_db,
+        if r.outputs.len() > 1 {
+            " (lowest output)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(md, "| MACs per image | {} |", r.model.macs_per_image);
     let _ = writeln!(
         md,
@@ -75,6 +99,21 @@ pub fn render(r: &Report) -> String {
     if let Some(p) = &r.preprocessing {
         for w in &p.warnings {
             let _ = writeln!(md, "\n> **Warning:** {w}");
+        }
+    }
+    if !r.outputs.is_empty() {
+        let _ = writeln!(md, "\n## Outputs (evaluation set, against the float blob of the same name)\n\nAgreement: rows whose arg-max equals float's (a vector is one row, a C×H×W map one row per position, otherwise one per last-axis slice).\n\n| output | shape | SQNR dB | cosine | agreement | rows per image |\n|---|---|---|---|---|---|");
+        for o in &r.outputs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} | {:.5} | {:.2} % | {} |",
+                o.name,
+                dims(&o.shape),
+                o.sqnr_db,
+                o.cosine,
+                o.agreement * 100.0,
+                o.rows_per_image
+            );
         }
     }
     let _ = writeln!(md, "\n## Layers\n\nAccumulator headroom: bits the worst-case i32 accumulator over all int8 inputs stays below the i32 limit (the overflow proof).\n\n| layer | op | in frac | out frac | weight frac | bias frac | bias_lshift | out_rshift | saturated params | acc headroom (bits) |\n|---|---|---|---|---|---|---|---|---|---|");
@@ -101,11 +140,7 @@ pub fn render(r: &Report) -> String {
             md,
             "| {} | {} | {} | {:.4} | {:.2} | {} / {} |",
             b.name,
-            b.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("×"),
+            dims(&b.shape),
             b.frac_bits,
             b.float_max_abs,
             b.sqnr_db,
@@ -116,30 +151,55 @@ pub fn render(r: &Report) -> String {
     let s = &r.search;
     let screened = match s.screen_images {
         Some(n) => format!(
-            "; {} evaluations on the whole calibration set, {} on a class-stratified screening subset of {n} images (each change is confirmed on the whole set)",
+            "; {} evaluations on the whole search part, {} on a class-stratified screening subset of {n} images (each change is confirmed on the whole search part)",
             s.evaluations, s.screen_evaluations
+        ),
+        None => String::new(),
+    };
+    let objective = if s.objective.is_empty() {
+        String::new()
+    } else {
+        format!("objective: {} ({})\n\n", s.objective, s.objective_reason)
+    };
+    let holdout = match &s.holdout {
+        Some(h) => format!(
+            "\n\nheld-out part ({} images, not searched on; a change is kept only if it does not make this part worse): start {}; final {}; {} change(s) refused, {} evaluations",
+            h.images,
+            score(&h.start_score),
+            score(&h.final_score),
+            h.rejected,
+            h.evaluations
         ),
         None => String::new(),
     };
     let _ = writeln!(
         md,
-        "\n## Search ({})\n\nstart: {}/{} correct, KL {:.5}; final: {}/{} correct, KL {:.5}{screened}\n\n| layer | param | frac bits | scored on | correct | KL | accepted |\n|---|---|---|---|---|---|---|",
-        s.strategy, s.start_score.correct, s.start_score.images, s.start_score.kl, s.final_score.correct, s.final_score.images, s.final_score.kl
+        "\n## Search ({})\n\n{objective}search part ({} images): start {}; final {}{screened}{holdout}\n\n| layer | param | frac bits | scored on | score | accepted |\n|---|---|---|---|---|---|",
+        s.strategy,
+        s.final_score.images,
+        score(&s.start_score),
+        score(&s.final_score)
     );
     for t in &s.trace {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {}/{} | {:.5} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             t.layer,
             t.param,
             t.frac_bits,
-            if t.screen { "screen" } else { "all" },
-            t.score.correct,
-            t.score.images,
-            t.score.kl,
-            match (t.accepted, t.screen) {
-                (true, true) => "best on screen",
-                (true, false) => "yes",
+            if t.screen {
+                "screen"
+            } else if t.holdout {
+                "held-out"
+            } else {
+                "search part"
+            },
+            score(&t.score),
+            match (t.accepted, t.screen, t.holdout) {
+                (true, true, _) => "best on screen",
+                (true, false, true) => "not worse",
+                (false, false, true) => "refused",
+                (true, false, false) => "yes",
                 _ => "",
             }
         );
@@ -186,11 +246,12 @@ pub fn render(r: &Report) -> String {
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,
-            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (simulator: screening {:.2} s, whole set {:.2} s; path {}), evaluation {:.2} s",
+            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (simulator: screening {:.2} s, search part {:.2} s, held-out part {:.2} s; path {}), evaluation {:.2} s",
             t.float_seconds,
             t.search_seconds,
             t.search_screen_seconds,
             t.search_full_seconds,
+            t.search_holdout_seconds,
             t.simd_path,
             t.eval_seconds
         );

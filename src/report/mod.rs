@@ -35,6 +35,9 @@ pub struct Report {
     /// Cross-layer equalization (`quantize --equalize`): what it scaled, pair by pair.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub equalization: Option<crate::ir::equalize::Equalization>,
+    /// Every output against float (absent in reports of older versions).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub outputs: Vec<OutputReport>,
     /// The firmware's memory (and, after `verify --report`, measured) figures, added by
     /// `codegen --report` / `verify --report` / `build`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -110,9 +113,10 @@ pub struct Accuracy {
     pub quant_top1: Option<f64>,
     pub float_correct: Option<usize>,
     pub quant_correct: Option<usize>,
-    /// Fraction of images where the quantized and float top-1 classes agree.
+    /// Fraction of images where the quantized and float top-1 classes agree (several outputs or
+    /// a regression objective: the lowest row agreement over the outputs, see `outputs`).
     pub top1_agreement: f64,
-    /// SQNR of the final output against float, in dB.
+    /// SQNR of the output against float, in dB (several outputs: the lowest).
     pub output_sqnr_db: f64,
 }
 
@@ -177,19 +181,68 @@ pub struct SearchReport {
     /// Simulator runs on the screening subset.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub screen_evaluations: usize,
+    /// The objective (`classifier` or `regression`, see `search::objective`) and why it was
+    /// chosen. Absent in reports of older versions (which always used the classifier's).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub objective: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub objective_reason: String,
+    /// Scores on the part of the calibration set the search ran on (all of it without a
+    /// held-out part).
     pub start_score: Score,
     pub final_score: Score,
+    /// The held-out part of the calibration set that guards the search against overfitting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutReport>,
     pub trace: Vec<TraceStep>,
 }
 
-/// What the search maximises on the calibration set: correct top-1 (or agreement with float
-/// when there are no labels), then the smaller divergence from float as a tie-breaker.
+/// The overfitting guard: a class-stratified part of the calibration set the search never
+/// optimises on; a change the search part accepts is kept only if it does not make this part
+/// worse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HoldoutReport {
+    pub images: usize,
+    pub start_score: Score,
+    pub final_score: Score,
+    /// Changes the search part accepted but the held-out part rejected.
+    pub rejected: usize,
+    /// Simulator runs on the held-out part (its start, then one per change the search part
+    /// accepted).
+    pub evaluations: usize,
+}
+
+/// One output of the quantized model against the float blob of the same name (evaluation set).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub sqnr_db: f64,
+    /// Mean over images of the cosine similarity of the quantized output to float.
+    pub cosine: f64,
+    /// Fraction of rows whose arg-max agrees with float: the whole output for a vector, each
+    /// position's channels for a `[C, H, W]` map, each last-axis row otherwise.
+    pub agreement: f64,
+    pub rows_per_image: usize,
+}
+
+/// What the search maximises on the calibration set. Classifier objective: correct top-1 (or
+/// agreement with float when there are no labels), then the smaller divergence from float as a
+/// tie-breaker. Regression objective (`search.objective`): the lowest output SQNR, then the mean
+/// cosine; `correct` then counts the images whose every output row keeps the float arg-max.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     pub correct: usize,
     pub images: usize,
-    /// Mean KL divergence of the softmax of quantized outputs from float (nats).
+    /// Mean KL divergence of the softmax of quantized outputs from float (nats); classifier
+    /// objective only (0 otherwise).
     pub kl: f64,
+    /// Regression objective: the lowest SQNR (dB) over the outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqnr_db: Option<f64>,
+    /// Regression objective: the mean over outputs of the mean per-image cosine similarity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +256,9 @@ pub struct TraceStep {
     /// Scored on the screening subset (`accepted` then means "best on the subset so far").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub screen: bool,
+    /// Scored on the held-out part (`accepted`: it did not get worse there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holdout: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -218,6 +274,9 @@ pub struct Timing {
     pub search_screen_seconds: f64,
     #[serde(default)]
     pub search_full_seconds: f64,
+    /// The search's simulator time on the held-out part.
+    #[serde(default)]
+    pub search_holdout_seconds: f64,
     pub eval_seconds: f64,
     /// The simulator's conv/fc code path (`avx512-vnni`, `avx2`, …).
     #[serde(default)]

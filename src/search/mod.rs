@@ -6,15 +6,21 @@
 //!    Convolution/InnerProduct of weights, output activations and biases, scoring each candidate
 //!    with the simulator on the calibration set (re-running only the layers from the changed one
 //!    on, thanks to a cache of the earlier blobs).
-//! 3. **Score**: correct top-1 (against labels, or against the float top-1 when there are none),
-//!    then the mean KL divergence of the quantized softmax from the float softmax — a continuous
-//!    tie-breaker so that a small calibration set does not decide by noise.
+//! 3. **Score** ([`objective`]): for a classifier, correct top-1 (against labels, or against the
+//!    float top-1 when there are none), then the mean KL divergence of the quantized softmax from
+//!    the float softmax — a continuous tie-breaker so that a small calibration set does not
+//!    decide by noise; for any other model (several outputs, feature maps, detector heads), the
+//!    lowest SQNR over all outputs against float, then the mean cosine.
+//! 4. **Guard** against overfitting: a class-stratified fifth of the calibration set is held out
+//!    (`--holdout`); the search runs on the rest, and a change it accepts is kept only if the
+//!    held-out part does not get worse (see [`guard`]: a paired test on top-1, else KL).
 //!
 //! `--search arm` reproduces ARM's `nn_quantizer.py` order and tolerance instead: per layer
 //! weights → activations → biases, moving to more fraction bits while accuracy stays within
 //! 0.001 % of the best so far, judged on accuracy alone.
 
 pub mod headroom;
+pub mod objective;
 pub mod score;
 pub mod subset;
 
@@ -30,14 +36,15 @@ use crate::fixed::kernels;
 use crate::fixed::qformat::{self, InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
-use crate::report::{Score, SearchReport, TraceStep};
+use crate::report::{HoldoutReport, Score, SearchReport, TraceStep};
 use anyhow::{bail, ensure, Context, Result};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-pub use score::Scorer;
-pub use subset::Screen;
+pub use objective::Objective;
+pub use score::{FloatOutput, Scorer};
+pub use subset::{Holdout, Screen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategy {
@@ -227,6 +234,8 @@ pub struct Calibration<'a> {
     pub scorer: &'a Scorer,
     /// Screening subset for the default strategy.
     pub screen: Screen,
+    /// Held-out part for the default strategy.
+    pub holdout: Holdout,
 }
 
 /// Wall time of the search's phases (reported only with `--timestamps`).
@@ -234,8 +243,21 @@ pub struct Calibration<'a> {
 pub struct SearchTimes {
     /// Scoring candidates on the screening subset.
     pub screen_seconds: f64,
-    /// Scoring on the whole calibration set (the start, confirmations, cache refreshes).
+    /// Scoring on the whole search part (the start, confirmations, cache refreshes).
     pub full_seconds: f64,
+    /// Scoring on the held-out part (its start and the check of every accepted change).
+    pub holdout_seconds: f64,
+}
+
+/// Which part of the calibration set a [`Set`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The images the search optimises on (the whole set without a held-out part).
+    Search,
+    /// The screening subset of the search part.
+    Screen,
+    /// The held-out part.
+    Held,
 }
 
 /// Images the search scores on, the blobs the accepted formats produce on them (the prefix
@@ -245,20 +267,45 @@ struct Set<'a> {
     scorer: Cow<'a, Scorer>,
     cache: Activations,
     score: Score,
-    /// Whether this is the screening subset (for the trace and the timing).
-    screen: bool,
+    /// Per image, whether the accepted formats get it right (for paired comparisons).
+    hits: Vec<bool>,
+    /// For the trace, the timing and the counts.
+    part: Part,
 }
 
 impl Set<'_> {
     /// Make `acts`, the blobs of layers `k..` (all blobs when `k == 0`) of accepted formats
     /// scoring `score`, part of the cache.
-    fn accept(&mut self, k: usize, score: Score, acts: Activations) {
+    fn accept(&mut self, k: usize, s: Scored, acts: Activations) {
         if k == 0 {
             self.cache = acts;
         } else {
             self.cache.blobs.extend(acts.blobs);
         }
-        self.score = score;
+        self.score = s.score;
+        self.hits = s.hits;
+    }
+
+    /// The accepted formats' score with its per-image hits.
+    fn scored(&self) -> Scored {
+        Scored {
+            score: self.score,
+            hits: self.hits.clone(),
+        }
+    }
+}
+
+/// A score with, per image, whether the image counts as correct.
+#[derive(Debug, Clone)]
+struct Scored {
+    score: Score,
+    hits: Vec<bool>,
+}
+
+impl Scored {
+    /// Whether this beats `other` on the same images by the guard's paired comparison.
+    fn beats(&self, other: &Scored) -> bool {
+        score::beats(&self.score, &self.hits, &other.score, &other.hits)
     }
 }
 
@@ -270,6 +317,7 @@ struct Evaluator<'a> {
     cached: Vec<String>,
     evaluations: usize,
     screen_evaluations: usize,
+    holdout_evaluations: usize,
     times: SearchTimes,
 }
 
@@ -288,7 +336,7 @@ impl Evaluator<'_> {
         k: usize,
         set: &Set,
         keep: bool,
-    ) -> Result<(Score, Activations)> {
+    ) -> Result<(Scored, Activations)> {
         let t = Instant::now();
         let sim = Simulator::new(qg)?;
         let acts = if k == 0 {
@@ -318,14 +366,22 @@ impl Evaluator<'_> {
             };
             sim.run_from(k, &set.cache, &keep)?
         };
-        let s = set.scorer.score(qg, &acts)?;
+        let (score, hits) = set.scorer.score_with_hits(qg, &acts)?;
+        let s = Scored { score, hits };
         let secs = t.elapsed().as_secs_f64();
-        if set.screen {
-            self.screen_evaluations += 1;
-            self.times.screen_seconds += secs;
-        } else {
-            self.evaluations += 1;
-            self.times.full_seconds += secs;
+        match set.part {
+            Part::Screen => {
+                self.screen_evaluations += 1;
+                self.times.screen_seconds += secs;
+            }
+            Part::Search => {
+                self.evaluations += 1;
+                self.times.full_seconds += secs;
+            }
+            Part::Held => {
+                self.holdout_evaluations += 1;
+                self.times.holdout_seconds += secs;
+            }
         }
         Ok((s, acts))
     }
@@ -336,7 +392,7 @@ impl Evaluator<'_> {
         f: &Formats,
         pixels: Cow<'s, [u8]>,
         scorer: Cow<'s, Scorer>,
-        screen: bool,
+        part: Part,
     ) -> Result<Set<'s>> {
         let mut set = Set {
             pixels,
@@ -346,8 +402,11 @@ impl Evaluator<'_> {
                 correct: 0,
                 images: 0,
                 kl: 0.0,
+                sqnr_db: None,
+                cosine: None,
             },
-            screen,
+            hits: Vec::new(),
+            part,
         };
         let (score, acts) = self.eval(&self.quantize(f)?, 0, &set, true)?;
         set.accept(0, score, acts);
@@ -355,15 +414,49 @@ impl Evaluator<'_> {
     }
 }
 
+/// A SHA-256 over a stream of integers: the arithmetic key's digest, so that remembering the
+/// keys of a coordinate's candidates costs 32 bytes each instead of 8 bytes per weight (an fc
+/// layer with a 300k-value output has tens of millions of weights).
+struct KeyHasher {
+    h: sha2::Sha256,
+    buf: Vec<u8>,
+}
+
+impl KeyHasher {
+    fn push(&mut self, v: i64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        if self.buf.len() >= 1 << 16 {
+            sha2::Digest::update(&mut self.h, &self.buf);
+            self.buf.clear();
+        }
+    }
+
+    fn extend(&mut self, it: impl IntoIterator<Item = i64>) {
+        for v in it {
+            self.push(v);
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        sha2::Digest::update(&mut self.h, &self.buf);
+        sha2::Digest::finalize(self.h).into()
+    }
+}
+
 /// Everything a quantized graph's simulated outputs and their score depend on: the input and
 /// output formats, and per layer the weights, the shifted biases `bias << bias_lshift` and the
-/// shifts (pooling, ReLU and reshapes have no format-dependent parameters).
-fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
-    let mut key: Vec<i64> = std::iter::once(&qg.input)
-        .chain(&qg.outputs)
-        .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from))
-        .collect();
-    let dense = |key: &mut Vec<i64>, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
+/// shifts (pooling, ReLU and reshapes have no format-dependent parameters); as a digest.
+fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
+    let mut key = KeyHasher {
+        h: <sha2::Sha256 as sha2::Digest>::new(),
+        buf: Vec::with_capacity(1 << 16),
+    };
+    key.extend(
+        std::iter::once(&qg.input)
+            .chain(&qg.outputs)
+            .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from)),
+    );
+    let dense = |key: &mut KeyHasher, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
         key.push(rshift.into());
         key.extend(w.iter().map(|&v| i64::from(v)));
         key.extend(
@@ -398,7 +491,7 @@ fn arithmetic_key(qg: &QGraph) -> Vec<i64> {
             QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape | QOp::Permute { .. } => {}
         }
     }
-    key
+    key.finish()
 }
 
 /// The blobs a prefix cache must hold so that any conv/fc layer `k` can be re-run from it: those
@@ -439,7 +532,7 @@ fn trace_step(
     c: i32,
     s: Score,
     accepted: bool,
-    screen: bool,
+    part: Part,
 ) -> TraceStep {
     TraceStep {
         layer: if layer.is_empty() { out } else { layer }.to_string(),
@@ -447,8 +540,48 @@ fn trace_step(
         frac_bits: c,
         score: s,
         accepted,
-        screen,
+        screen: part == Part::Screen,
+        holdout: part == Part::Held,
     }
+}
+
+/// The pixels of images `idx` (HWC uint8, `len` bytes each).
+fn pick_pixels(pixels: &[u8], len: usize, idx: &[usize]) -> Vec<u8> {
+    idx.iter()
+        .flat_map(|&i| &pixels[i * len..(i + 1) * len])
+        .copied()
+        .collect()
+}
+
+/// The overfitting guard: whether the change to `qg` (layers `k..` differ from the accepted
+/// formats), which the search part accepted, may be kept. The rule: the held-out part must not
+/// get *worse* by a paired comparison ([`score::beats`]): a classifier change is refused when it
+/// breaks significantly more held-out images than it fixes (McNemar at 95 %), or, when the
+/// top-1 difference is within chance, when it moves the held-out outputs away from float (a
+/// larger KL); a regression change when the lowest SQNR (then the cosine) drops. A held-out
+/// fifth is too small for a change to have to *win* there (most real gains are a few images or
+/// a small KL step that noise can hide, and a plain "not fewer correct" would refuse good changes
+/// for one unlucky image), but a change that fits the search part while the held-out part moves
+/// away from float is what overfitting looks like. Without a held-out part every change is kept.
+fn guard(
+    ev: &mut Evaluator,
+    held: Option<&mut Set>,
+    qg: &QGraph,
+    k: usize,
+    rejected: &mut usize,
+    step: impl FnOnce(Score, bool) -> TraceStep,
+    trace: &mut Vec<TraceStep>,
+) -> Result<bool> {
+    let Some(held) = held else { return Ok(true) };
+    let (s, acts) = ev.eval(qg, k, held, true)?;
+    let ok = !held.scored().beats(&s);
+    trace.push(step(s.score, ok));
+    if ok {
+        held.accept(k, s, acts);
+    } else {
+        *rejected += 1;
+    }
+    Ok(ok)
 }
 
 /// Run the search. Returns the chosen formats, the search report and the phases' wall time.
@@ -475,60 +608,97 @@ pub fn search(
         ),
         evaluations: 0,
         screen_evaluations: 0,
+        holdout_evaluations: 0,
         times: SearchTimes::default(),
     };
     ensure!(
-        cal.pixels_hwc.len().is_multiple_of(cal.images.max(1)),
+        cal.images > 0 && cal.pixels_hwc.len().is_multiple_of(cal.images),
         "calibration pixels do not divide into {} images",
         cal.images
     );
-    let mut full = ev
-        .set(
-            &start,
-            Cow::Borrowed(cal.pixels_hwc),
-            Cow::Borrowed(cal.scorer),
-            false,
-        )
-        .context("the starting formats do not quantize")?;
+    let image_len = cal.pixels_hwc.len() / cal.images;
+    // The held-out part (default strategy only: ARM's search is reproduced as it was) and the
+    // search part, the rest.
+    let held_idx = match strategy {
+        Strategy::Default => cal
+            .holdout
+            .size(cal.images)
+            .map(|n| subset::stratified(cal.scorer.targets(), n)),
+        _ => None,
+    };
+    let (full, held) = match &held_idx {
+        Some(h) => {
+            let rest = subset::complement(h, cal.images);
+            let full = ev.set(
+                &start,
+                Cow::Owned(pick_pixels(cal.pixels_hwc, image_len, &rest)),
+                Cow::Owned(cal.scorer.subset(&rest)),
+                Part::Search,
+            );
+            let held = ev.set(
+                &start,
+                Cow::Owned(pick_pixels(cal.pixels_hwc, image_len, h)),
+                Cow::Owned(cal.scorer.subset(h)),
+                Part::Held,
+            );
+            (full, Some(held))
+        }
+        None => (
+            ev.set(
+                &start,
+                Cow::Borrowed(cal.pixels_hwc),
+                Cow::Borrowed(cal.scorer),
+                Part::Search,
+            ),
+            None,
+        ),
+    };
+    let mut full = full.context("the starting formats do not quantize")?;
+    let mut held = held.transpose()?;
     let start_score = full.score;
+    let held_start = held.as_ref().map(|h| h.score);
+    let mut held_rejected = 0;
     let mut best = start.clone();
     let mut trace = Vec::new();
     let screen_size = match strategy {
-        Strategy::Default => cal.screen.size(cal.images),
+        Strategy::Default => cal.screen.size(full.scorer.images),
         _ => None,
     };
     let mut screen = match screen_size {
         Some(size) => {
-            let idx = subset::stratified(cal.scorer.targets(), size);
-            let len = cal.pixels_hwc.len() / cal.images;
-            let pixels: Vec<u8> = idx
-                .iter()
-                .flat_map(|&i| &cal.pixels_hwc[i * len..(i + 1) * len])
-                .copied()
-                .collect();
-            Some(ev.set(
-                &start,
-                Cow::Owned(pixels),
-                Cow::Owned(cal.scorer.subset(&idx)),
-                true,
-            )?)
+            let idx = subset::stratified(full.scorer.targets(), size);
+            let pixels = pick_pixels(&full.pixels, image_len, &idx);
+            let scorer = full.scorer.subset(&idx);
+            Some(ev.set(&start, Cow::Owned(pixels), Cow::Owned(scorer), Part::Screen)?)
         }
         None => None,
     };
+    let report = |ev: &Evaluator,
+                  full: &Set,
+                  held: &Option<Set>,
+                  held_rejected: usize,
+                  trace: Vec<TraceStep>,
+                  screen: &Option<Set>| SearchReport {
+        strategy: strategy.name().into(),
+        evaluations: ev.evaluations,
+        screen_images: screen.as_ref().map(|s| s.scorer.images),
+        screen_evaluations: ev.screen_evaluations,
+        objective: cal.scorer.objective.name().into(),
+        objective_reason: String::new(),
+        start_score,
+        final_score: full.score,
+        holdout: held.as_ref().zip(held_start).map(|(h, s)| HoldoutReport {
+            images: h.scorer.images,
+            start_score: s,
+            final_score: h.score,
+            rejected: held_rejected,
+            evaluations: ev.holdout_evaluations,
+        }),
+        trace,
+    };
     if strategy == Strategy::None {
-        return Ok((
-            best,
-            SearchReport {
-                strategy: strategy.name().into(),
-                evaluations: ev.evaluations,
-                screen_images: None,
-                screen_evaluations: 0,
-                start_score,
-                final_score: full.score,
-                trace,
-            },
-            ev.times,
-        ));
+        let r = report(&ev, &full, &held, 0, trace, &None);
+        return Ok((best, r, ev.times));
     }
     // The coordinates in topological order.
     let mut coords: Vec<(String, String, Param)> =
@@ -587,10 +757,13 @@ pub fn search(
             // ARM tries only more fraction bits (more precision, saturating the largest values).
             // The default also tries fewer (more headroom), which pays off where values beyond
             // the calibration maximum are expected, or where shifts limit the next layer.
-            // Each candidate is quantized once; one needing a negative shift is invalid by
-            // construction and skipped.
+            // A candidate needing a negative shift is invalid by construction and skipped. Only
+            // the candidates' formats are kept (each is quantized again when it is scored): for
+            // a layer with tens of millions of weights, holding five quantized graphs at once
+            // would cost more than the rest of the search.
             let mut seen = vec![arithmetic_key(&qg)];
-            let candidates: Vec<(Formats, QGraph)> = match strategy {
+            drop(qg);
+            let candidates: Vec<Formats> = match strategy {
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
                 _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
             }
@@ -602,41 +775,51 @@ pub fn search(
                 let key = arithmetic_key(&q);
                 let new = !seen.contains(&key);
                 seen.push(key);
-                new.then_some((f, q))
+                new.then_some(f)
             })
             .collect();
             let value = |f: &Formats| get(f, layer, out, *param).expect("format set above");
+            let step_of = |f: &Formats, part: Part| {
+                let v = value(f);
+                move |s: Score, ok: bool| trace_step(layer, out, *param, v, s, ok, part)
+            };
             if let Some(scr) = screen.as_mut() {
-                // Screen every candidate on the subset; confirm on the whole calibration set the
+                // Screen every candidate on the subset; confirm on the whole search part the
                 // (at most CONFIRM) candidates that beat the current formats there, most similar
-                // to float (lowest KL) first: KL is continuous, so on a subset it ranks
-                // candidates far more reliably than a difference of a few correct images. The
-                // first one the whole set accepts ends the coordinate (the others were screened
-                // against the formats it replaced).
-                let mut ahead: Vec<(Formats, QGraph, Score, Activations)> = Vec::new();
-                for (f, q) in candidates {
-                    let (s, acts) = ev.eval(&q, k, scr, true)?;
-                    let promising = score::better(&s, &scr.score) || s.kl < scr.score.kl;
-                    trace.push(trace_step(
-                        layer,
-                        out,
-                        *param,
-                        value(&f),
-                        s,
-                        promising,
-                        true,
-                    ));
+                // to float (lowest KL, or highest SQNR) first: that figure is continuous, so on
+                // a subset it ranks candidates far more reliably than a difference of a few
+                // correct images. The first one the search part (and the held-out part) accepts
+                // ends the coordinate (the others were screened against the formats it replaced).
+                let mut ahead: Vec<(Formats, Scored, Activations)> = Vec::new();
+                for f in candidates {
+                    let (s, acts) = ev.eval(&ev.quantize(&f)?, k, scr, true)?;
+                    let promising = score::better(&s.score, &scr.score)
+                        || score::distance(&s.score) < score::distance(&scr.score);
+                    trace.push(step_of(&f, Part::Screen)(s.score, promising));
                     if promising {
-                        ahead.push((f, q, s, acts));
+                        ahead.push((f, s, acts));
                     }
                 }
-                ahead.sort_by(|a, b| a.2.kl.total_cmp(&b.2.kl));
+                ahead.sort_by(|a, b| {
+                    score::distance(&a.1.score).total_cmp(&score::distance(&b.1.score))
+                });
                 ahead.truncate(CONFIRM);
-                for (f, q, s_screen, acts_screen) in ahead {
+                for (f, s_screen, acts_screen) in ahead {
+                    let q = ev.quantize(&f)?;
                     let (s, acts) = ev.eval(&q, k, &full, true)?;
-                    let accept = score::better(&s, &full.score);
-                    trace.push(trace_step(layer, out, *param, value(&f), s, accept, false));
-                    if accept {
+                    let accept = score::better(&s.score, &full.score);
+                    trace.push(step_of(&f, Part::Search)(s.score, accept));
+                    if accept
+                        && guard(
+                            &mut ev,
+                            held.as_mut(),
+                            &q,
+                            k,
+                            &mut held_rejected,
+                            step_of(&f, Part::Held),
+                            &mut trace,
+                        )?
+                    {
                         full.accept(k, s, acts);
                         scr.accept(k, s_screen, acts_screen);
                         best = f;
@@ -646,17 +829,28 @@ pub fn search(
             } else {
                 let mut best_score = full.score;
                 let mut arm_ref = full.score;
-                for (f, q) in candidates {
+                for f in candidates {
+                    let q = ev.quantize(&f)?;
                     let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
-                        Strategy::Arm => score::arm_not_worse(&s, &arm_ref),
-                        _ => score::better(&s, &best_score),
+                        Strategy::Arm => score::arm_not_worse(&s.score, &arm_ref),
+                        _ => score::better(&s.score, &best_score),
                     };
-                    trace.push(trace_step(layer, out, *param, value(&f), s, accept, false));
+                    trace.push(step_of(&f, Part::Search)(s.score, accept));
+                    let accept = accept
+                        && guard(
+                            &mut ev,
+                            held.as_mut(),
+                            &q,
+                            k,
+                            &mut held_rejected,
+                            step_of(&f, Part::Held),
+                            &mut trace,
+                        )?;
                     if accept {
                         best = f;
-                        best_score = s;
-                        arm_ref = s;
+                        arm_ref = s.score;
+                        best_score = s.score;
                     } else if strategy == Strategy::Arm {
                         break; // ARM stops at the first candidate that loses accuracy.
                     }
@@ -676,19 +870,8 @@ pub fn search(
     if ev.quantize(&best).is_err() {
         bail!("internal error: the search ended on formats that do not quantize");
     }
-    Ok((
-        best,
-        SearchReport {
-            strategy: strategy.name().into(),
-            evaluations: ev.evaluations,
-            screen_images: screen.as_ref().map(|s| s.scorer.images),
-            screen_evaluations: ev.screen_evaluations,
-            start_score,
-            final_score: full.score,
-            trace,
-        },
-        ev.times,
-    ))
+    let r = report(&ev, &full, &held, held_rejected, trace, &screen);
+    Ok((best, r, ev.times))
 }
 
 #[cfg(test)]

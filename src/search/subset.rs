@@ -1,5 +1,6 @@
-//! The screening subset of the calibration set: a deterministic, class-stratified sample that
-//! the search scores every candidate on before it confirms the best one on the whole set.
+//! Deterministic, class-stratified parts of the calibration set: the held-out part that guards
+//! the search against overfitting, and the screening subset that the search scores every
+//! candidate on before it confirms the best one on the whole search part.
 
 /// Calibration sets smaller than this are searched whole (screening would save little and its
 /// noise would cost accuracy).
@@ -42,6 +43,62 @@ impl Screen {
     }
 }
 
+/// Calibration sets smaller than this are searched whole: a held-out fifth of fewer than 50
+/// images judges a change by a handful of images, too few to tell overfitting from noise.
+pub const MIN_HELD_OUT: usize = 250;
+
+/// How much of the calibration set the default search holds out (`--holdout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Holdout {
+    /// A fifth, on sets of [`MIN_HELD_OUT`] images or more.
+    #[default]
+    Auto,
+    /// Search on the whole set (the search of earlier versions).
+    Off,
+    /// This many images.
+    Images(usize),
+}
+
+impl Holdout {
+    /// `auto`, `off` or a number of images (clap's value parser).
+    pub fn parse(s: &str) -> Result<Holdout, String> {
+        match s {
+            "auto" => Ok(Holdout::Auto),
+            "off" => Ok(Holdout::Off),
+            n => match n.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(Holdout::Images(n)),
+                _ => Err(format!(
+                    "'{s}' is not auto, off or a positive number of images"
+                )),
+            },
+        }
+    }
+
+    /// The held-out part's size for `n` calibration images (`None`: none). At least one image
+    /// stays in the search part.
+    pub fn size(self, n: usize) -> Option<usize> {
+        match self {
+            Holdout::Auto => (n >= MIN_HELD_OUT).then_some(n / 5),
+            Holdout::Off => None,
+            Holdout::Images(k) => (k < n).then_some(k),
+        }
+    }
+}
+
+/// The complement of sorted indices `idx` in `0..n`.
+pub fn complement(idx: &[usize], n: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(n - idx.len().min(n));
+    let mut it = idx.iter().peekable();
+    for i in 0..n {
+        if it.peek() == Some(&&i) {
+            it.next();
+        } else {
+            out.push(i);
+        }
+    }
+    out
+}
+
 /// `size` indices of `targets` (one class per image), every class represented in proportion:
 /// the images sorted by (class, index) are taken at evenly spaced positions. Sorted ascending.
 pub fn stratified(targets: &[usize], size: usize) -> Vec<usize> {
@@ -75,6 +132,20 @@ mod tests {
         assert_eq!((count(0), count(1), count(2)), (60, 30, 10));
         assert_eq!(idx, stratified(&targets, 100));
         assert_eq!(stratified(&targets, 5000).len(), 1000);
+    }
+
+    #[test]
+    fn holdout_sizes_and_complement() {
+        assert_eq!(Holdout::Auto.size(200), None);
+        assert_eq!(Holdout::Auto.size(5085), Some(1017));
+        assert_eq!(Holdout::Off.size(5085), None);
+        assert_eq!(Holdout::Images(40).size(200), Some(40));
+        assert_eq!(Holdout::Images(200).size(200), None);
+        assert_eq!(Holdout::parse("off"), Ok(Holdout::Off));
+        assert_eq!(Holdout::parse("40"), Ok(Holdout::Images(40)));
+        assert!(Holdout::parse("-1").is_err() && Holdout::parse("0").is_err());
+        assert_eq!(complement(&[1, 3], 5), vec![0, 2, 4]);
+        assert_eq!(complement(&[], 2), vec![0, 1]);
     }
 
     #[test]

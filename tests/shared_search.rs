@@ -1,0 +1,98 @@
+//! The search's guard against overfitting on ARM's real CIFAR-10 model (../shared): the default
+//! search holds out a class-stratified fifth of the 5,085 calibration images, reports both parts
+//! before and after, and never leaves the held-out part worse; `--holdout off` searches the whole
+//! set as earlier versions did.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn shared(p: &str) -> PathBuf {
+    nnquant::shared_dir().join(p)
+}
+
+fn quantize(out: &Path, extra: &[&str]) -> Value {
+    let m = |p: &str| shared(&format!("models/arm-cifar10-m4/{p}"));
+    let d = |p: &str| shared(&format!("data/cifar10/{p}"));
+    let (model, report) = (out.join("m.nnq.json"), out.join("r.json"));
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
+    let (p, w, mean) = (
+        m("cifar10_m4_train_test.prototxt"),
+        m("cifar10_m4_iter_70000.caffemodel.h5"),
+        m("mean.binaryproto"),
+    );
+    let (c, cl, e, el) = (
+        d("train_5085_u8_hwc.npy"),
+        d("train_5085_labels.npy"),
+        d("test_1017_u8_hwc.npy"),
+        d("test_1017_labels.npy"),
+    );
+    args.extend([
+        &"quantize" as &dyn AsRef<std::ffi::OsStr>,
+        &"--model",
+        &p,
+        &"--weights",
+        &w,
+        &"--mean-file",
+        &mean,
+        &"--calib",
+        &c,
+        &"--calib-labels",
+        &cl,
+        &"--eval",
+        &e,
+        &"--eval-labels",
+        &el,
+        &"-o",
+        &model,
+        &"--report",
+        &report,
+        &"--quiet",
+    ]);
+    for x in extra {
+        args.push(x);
+    }
+    let o = nnquant(&args);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap()
+}
+
+fn correct(s: &Value) -> u64 {
+    s["correct"].as_u64().unwrap()
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn the_default_search_is_guarded_by_a_held_out_fifth() {
+    let f = Fixture::new();
+    let r = quantize(&f.path("guarded"), &[]);
+    let s = &r["search"];
+    assert_eq!(s["objective"], "classifier");
+    let h = &s["holdout"];
+    assert_eq!(h["images"], 1017);
+    assert_eq!(s["final_score"]["images"], 4068);
+    // The held-out part got better and was never made worse by an accepted change.
+    assert!(
+        correct(&h["final_score"]) > correct(&h["start_score"]),
+        "{h}"
+    );
+    assert!(h["final_score"]["kl"].as_f64() < h["start_score"]["kl"].as_f64());
+    let trace = s["trace"].as_array().unwrap();
+    let checks: Vec<&Value> = trace.iter().filter(|t| t["holdout"] == true).collect();
+    // One evaluation scores the start, one checks each change the search part accepted.
+    assert_eq!(checks.len() as u64 + 1, h["evaluations"].as_u64().unwrap());
+    let refused = checks.iter().filter(|t| t["accepted"] == false).count();
+    assert_eq!(refused as u64, h["rejected"].as_u64().unwrap());
+    // Above ARM's own formats (808/1017) on the test set, and close to float.
+    assert!(
+        r["accuracy"]["quant_correct"].as_u64().unwrap() >= 808,
+        "{}",
+        r["accuracy"]
+    );
+    assert!(r["accuracy"]["top1_agreement"].as_f64().unwrap() > 0.95);
+
+    let off = quantize(&f.path("off"), &["--holdout", "off"]);
+    assert!(off["search"].get("holdout").is_none());
+    assert_eq!(off["search"]["final_score"]["images"], 5085);
+}
