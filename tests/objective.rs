@@ -1,8 +1,7 @@
 //! The search's objective for models that are not one-output classifiers. A conv trunk with two
 //! heads (a feature map and a vector) is searched and evaluated on both outputs, each against the
-//! float blob of the same name, with the held-out guard on (library level: the model file of a
-//! multi-output graph is refused by `NnqModel::validate` for now, see the ignored CLI test); a
-//! one-head feature-map model goes through `nnquant quantize` and its report.
+//! float blob of the same name, with the held-out guard on, at library level and through
+//! `nnquant quantize`; a one-head feature-map model goes through `nnquant quantize` and its report.
 
 mod common;
 use common::*;
