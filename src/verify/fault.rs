@@ -24,7 +24,7 @@ fn file<'a>(files: &'a mut BTreeMap<String, String>, name: &str) -> Result<&'a m
 }
 
 pub fn apply(fault: &str, files: &mut BTreeMap<String, String>) -> Result<()> {
-    const RUN_ALL: &str = "fn run_all(arena: &mut Arena) -> i32 {";
+    const RUN_ALL: &str = "fn run_all(arena: &mut Arena, out: &mut [i8; OUTPUT_LEN]) -> i32 {";
     match fault {
         "panic" | "hang" => {
             let main = file(files, "examples/demo/main.rs")?;
