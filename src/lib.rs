@@ -3,6 +3,7 @@
 //! The crate is a library with a thin CLI (`src/main.rs`, `src/cli/`). See ARCHITECTURE.md for
 //! the map of modules.
 
+pub mod allocator;
 pub mod caffe;
 pub mod cli;
 pub mod codegen;

@@ -45,6 +45,7 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    crate::allocator::tune();
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => eval::run(a),
