@@ -354,6 +354,7 @@ fn a_two_head_model_is_searched_and_evaluated_on_both_outputs() {
         scorer: &scorer,
         screen: Screen::Auto,
         holdout: Holdout::Auto,
+        local: None,
     };
     let (formats, rep, _) =
         search::search(&g, start, Strategy::Default, &calibration, &|_, _, _| {}).unwrap();

@@ -343,3 +343,68 @@ fn a_collapsed_output_is_a_warning_in_the_report() {
         serde_json::from_str(&std::fs::read_to_string(good.join("r.json")).unwrap()).unwrap();
     assert!(r.get("quality_warnings").is_none(), "{r}");
 }
+
+/// The layer-local pass (`--search local`): one step per coordinate (the input, then weight,
+/// activation and bias of every conv/fc in order), each never worse than the layer's SQNR before
+/// (a candidate is taken only when it lowers the layer's error); the proposal is checked end to
+/// end (a trace step) and the report says whether it was kept; deterministic; timed with
+/// `--timestamps`.
+#[test]
+fn the_local_pass_reports_each_layer_and_is_deterministic() {
+    let f = Fixture::new();
+    let (a, b) = (f.path("a"), f.path("b"));
+    let o = quantize(&a, &["--search", "local", "--timestamps"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(quantize(&b, &["--search", "local"]).code, 0);
+    assert_eq!(
+        std::fs::read(a.join("m.nnq.json")).unwrap(),
+        std::fs::read(b.join("m.nnq.json")).unwrap(),
+        "the model differs between runs"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("r.json")).unwrap()).unwrap();
+    let s = &r["search"];
+    assert_eq!(s["strategy"], "local");
+    let local = &s["local"];
+    assert!(local["images"].as_u64().unwrap() > 0);
+    let steps = local["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["param"], "input");
+    let convs: Vec<&str> = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("weight_frac_bits").is_some_and(|w| !w.is_null()))
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert!(!convs.is_empty());
+    for c in &convs {
+        let params: Vec<&str> = steps
+            .iter()
+            .filter(|s| s["layer"] == *c)
+            .map(|s| s["param"].as_str().unwrap())
+            .collect();
+        assert!(
+            params.starts_with(&["weight", "activation"]),
+            "{c}: {params:?}"
+        );
+    }
+    for st in steps {
+        let (before, after) = (
+            st["sqnr_before_db"].as_f64().unwrap(),
+            st["sqnr_after_db"].as_f64().unwrap(),
+        );
+        assert!(after >= before - 1e-9, "{st}");
+    }
+    let trace = s["trace"].as_array().unwrap();
+    let checked = trace.iter().any(|t| t["layer"] == "(local pass)");
+    let changed = steps.iter().any(|s| s["frac_bits"] != s["start_frac_bits"]);
+    assert_eq!(checked, changed, "a changed proposal is checked end to end");
+    if local["accepted"] == true {
+        let key =
+            |v: &serde_json::Value| (v["correct"].as_u64().unwrap(), -v["kl"].as_f64().unwrap());
+        assert!(key(&s["final_score"]) >= key(&s["start_score"]));
+    }
+    assert!(r["timing"]["search_local_seconds"].as_f64().unwrap() > 0.0);
+    // No descent after a local pass: every trace step is the proposal's check.
+    assert!(trace.iter().all(|t| t["layer"] == "(local pass)"));
+}

@@ -96,3 +96,73 @@ fn the_default_search_is_guarded_by_a_held_out_fifth() {
     assert!(off["search"].get("holdout").is_none());
     assert_eq!(off["search"]["final_score"]["images"], 5085);
 }
+
+/// ResNet-56 (../shared, 58 conv/fc layers, BN folded, residual adds), 500 calibration images:
+/// the default search is the layer-local pass alone on a graph this deep (no descent), and the
+/// quantized model stays within 0.3 percentage points of float top-1 on test_1017.
+#[test]
+#[ignore = "needs ../shared"]
+fn resnet56_default_search_stays_within_0_3_pp_of_float() {
+    let f = Fixture::new();
+    let r = shared("models/resnet56-cifar10");
+    let d = |p: &str| shared(&format!("data/cifar10/{p}"));
+    let (model, report) = (f.path("r56.nnq.json"), f.path("r56.json"));
+    let (p, w, mean) = (
+        r.join("res56_cifar_train_test.prototxt"),
+        r.join("ResNet_56.caffemodel"),
+        shared("models/arm-cifar10-m4/mean.binaryproto"),
+    );
+    let (c, cl, e, el) = (
+        d("train_5085_u8_hwc.npy"),
+        d("train_5085_labels.npy"),
+        d("test_1017_u8_hwc.npy"),
+        d("test_1017_labels.npy"),
+    );
+    let o = nnquant(&[
+        &"quantize" as &dyn AsRef<std::ffi::OsStr>,
+        &"--model",
+        &p,
+        &"--weights",
+        &w,
+        &"--mean-file",
+        &mean,
+        &"--calib",
+        &c,
+        &"--calib-labels",
+        &cl,
+        &"--calib-limit",
+        &"500",
+        &"--eval",
+        &e,
+        &"--eval-labels",
+        &el,
+        &"-o",
+        &model,
+        &"--report",
+        &report,
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let s = &r["search"];
+    assert_eq!(s["strategy"], "default");
+    assert!(s["local"]["steps"].as_array().unwrap().len() > 100);
+    assert!(
+        s["trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["layer"] == "(local pass)"),
+        "no coordinate descent on a 58-layer graph"
+    );
+    let a = &r["accuracy"];
+    let (fc, qc) = (
+        a["float_correct"].as_u64().unwrap() as f64,
+        a["quant_correct"].as_u64().unwrap() as f64,
+    );
+    assert_eq!(a["float_correct"], 946, "float ResNet-56: 93.02 %");
+    assert!(
+        (fc - qc) / 1017.0 * 100.0 <= 0.3,
+        "quantized {qc}/1017 is more than 0.3 pp below float {fc}/1017"
+    );
+}

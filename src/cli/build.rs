@@ -234,9 +234,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let search: Strategy = match cfg.quantize.search.as_deref().unwrap_or("default") {
         "default" => Strategy::Default,
         "arm" => Strategy::Arm,
+        "local" => Strategy::Local,
+        "descent" => Strategy::Descent,
         "none" => Strategy::None,
         o => anyhow::bail!(
-            "{}: quantize.search '{o}' is not one of default, arm, none",
+            "{}: quantize.search '{o}' is not one of default, descent, local, arm, none",
             a.config.display()
         ),
     };

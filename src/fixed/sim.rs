@@ -391,16 +391,30 @@ impl<'g> Simulator<'g> {
     /// earlier layer (or the input) produced — typically the `Keep::All` result of an earlier
     /// run. The format search uses this to re-evaluate a candidate for layer `k` cheaply.
     pub fn run_from(&self, k: usize, cache: &Activations, keep: &Keep) -> Result<Activations> {
+        self.run_range(k..self.g.layers.len(), cache, keep)
+    }
+
+    /// Run layers `range` only, like [`Simulator::run_from`]; the search's layer-local scoring
+    /// runs one layer at a time. Kept blobs that the range does not produce come from `cache`;
+    /// [`Keep::Blobs`] returns exactly the blobs it names when the range ends before the last
+    /// layer (the graph's outputs are not computed then).
+    pub fn run_range(
+        &self,
+        range: std::ops::Range<usize>,
+        cache: &Activations,
+        keep: &Keep,
+    ) -> Result<Activations> {
         let g = self.g;
+        let (k, end) = (range.start, range.end);
         ensure!(
-            k <= g.layers.len(),
-            "run_from({k}): the graph has {} layers",
+            k <= end && end <= g.layers.len(),
+            "run_from({k}..{end}): the graph has {} layers",
             g.layers.len()
         );
         let n = cache.n;
         let produced_later: std::collections::BTreeSet<&str> =
-            g.layers[k..].iter().map(|l| l.output.as_str()).collect();
-        for l in &g.layers[k..] {
+            g.layers[k..end].iter().map(|l| l.output.as_str()).collect();
+        for l in &g.layers[k..end] {
             for b in &l.inputs {
                 if !produced_later.contains(b.as_str()) {
                     let v = cache.get(b).with_context(|| {
@@ -416,10 +430,12 @@ impl<'g> Simulator<'g> {
                 }
             }
         }
+        let whole = end == g.layers.len();
         let mut kept: Vec<String> = match keep {
             Keep::Outputs => g.outputs.clone(),
             Keep::All => g.blobs.keys().cloned().collect(),
-            Keep::Blobs(b) => b.iter().chain(&g.outputs).cloned().collect(),
+            Keep::Blobs(b) if whole => b.iter().chain(&g.outputs).cloned().collect(),
+            Keep::Blobs(b) => b.clone(),
         };
         kept.sort();
         kept.dedup();
@@ -428,7 +444,9 @@ impl<'g> Simulator<'g> {
         }
         let per_image: Vec<Result<Vec<Vec<i8>>>> = (0..n)
             .into_par_iter()
-            .map_init(Scratch::default, |s, i| self.image(k, cache, i, &kept, s))
+            .map_init(Scratch::default, |s, i| {
+                self.image(k..end, cache, i, &kept, s)
+            })
             .collect();
         let mut out = Activations {
             n,
@@ -449,10 +467,10 @@ impl<'g> Simulator<'g> {
         Ok(out)
     }
 
-    /// One image through layers `k..`; returns the kept blobs in `kept` order.
+    /// One image through layers `range`; returns the kept blobs in `kept` order.
     fn image(
         &self,
-        k: usize,
+        range: std::ops::Range<usize>,
         cache: &Activations,
         i: usize,
         kept: &[String],
@@ -460,7 +478,13 @@ impl<'g> Simulator<'g> {
     ) -> Result<Vec<Vec<i8>>> {
         let g = self.g;
         let mut local: BTreeMap<&str, Vec<i8>> = BTreeMap::new();
-        for (li, l) in g.layers.iter().enumerate().skip(k) {
+        for (li, l) in g
+            .layers
+            .iter()
+            .enumerate()
+            .take(range.end)
+            .skip(range.start)
+        {
             let get = |b: &str| -> &[i8] {
                 match local.get(b) {
                     Some(v) => v.as_slice(),

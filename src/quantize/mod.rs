@@ -15,6 +15,7 @@ use crate::model::{InputSpec, NnqModel, SourceInfo, SCHEMA as MODEL_SCHEMA};
 use crate::report::{
     self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, OutputReport, Report, Timing,
 };
+use crate::search::local::LocalRefs;
 use crate::search::objective::{deq_logical, Compare};
 use crate::search::{
     self, Calibration, FloatOutput, Holdout, InputPrep, Objective, Scorer, Screen, Strategy,
@@ -191,6 +192,38 @@ pub fn collect(
     pb.finish_and_clear();
     c.data_sha256 = hasher.finish();
     Ok(c)
+}
+
+/// The float blobs the search's layer-local pass compares with ([`LocalRefs`]): `blobs` of
+/// calibration images `images`, read again from the data set (a second float pass over a small
+/// subset, so that the first pass need not keep every blob of every image).
+pub fn local_refs(
+    ds: &mut DataSet,
+    engine: &Engine,
+    pre: &Preprocessor,
+    images: &[usize],
+    blobs: &[String],
+) -> Result<LocalRefs> {
+    let mut refs = LocalRefs {
+        images: images.to_vec(),
+        blobs: blobs.iter().map(|b| (b.clone(), Vec::new())).collect(),
+    };
+    for chunk in images.chunks(ALL_BLOBS_BATCH) {
+        let mut samples = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            samples.push(ds.source.read(i).with_context(|| ds.name.clone())?);
+        }
+        let batch = pre.batch(&samples).with_context(|| ds.name.clone())?;
+        let acts = engine.forward(&batch.data, samples.len(), float::Keep::All)?;
+        for (b, v) in refs.blobs.iter_mut() {
+            v.extend_from_slice(
+                acts.blobs
+                    .get(b)
+                    .with_context(|| format!("float blob '{b}' missing"))?,
+            );
+        }
+    }
+    Ok(refs)
 }
 
 /// Per-blob comparison of the simulator against float on one data set.
@@ -442,6 +475,18 @@ pub fn run(
         .map(|(b, v)| FloatOutput::new(b.clone(), g.shape(&b).to_vec(), v))
         .collect();
     let scorer = Scorer::new(objective, float_outputs, cal.images, cal.labels.as_deref())?;
+    let t_local = Instant::now();
+    let local = match (&opts.formats, opts.strategy) {
+        (None, Strategy::Default | Strategy::Descent | Strategy::Local) => Some(local_refs(
+            calib,
+            &engine,
+            inp.float_pre,
+            &search::local::local_images(scorer.targets(), opts.holdout),
+            &search::local::reference_blobs(g),
+        )?),
+        _ => None,
+    };
+    let local_seconds = t_local.elapsed().as_secs_f64();
     let calibration = Calibration {
         pixels_hwc: &cal.pixels_hwc,
         images: cal.images,
@@ -449,6 +494,7 @@ pub fn run(
         scorer: &scorer,
         screen: opts.screen,
         holdout: opts.holdout,
+        local: local.as_ref(),
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
@@ -597,6 +643,7 @@ pub fn run(
             search_screen_seconds: search_times.screen_seconds,
             search_full_seconds: search_times.full_seconds,
             search_holdout_seconds: search_times.holdout_seconds,
+            search_local_seconds: search_times.local_seconds + local_seconds,
             eval_seconds,
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
         }),

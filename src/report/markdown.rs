@@ -172,6 +172,27 @@ pub fn render(r: &Report) -> String {
         ),
         None => String::new(),
     };
+    if let Some(l) = &s.local {
+        let _ = writeln!(
+            md,
+            "\n## Layer-local pass\n\nEach format chosen against the float blob of the layer's output on {} images of the search part ({} single-layer runs); proposal {}. SQNR of the layer's output (after its ReLU where only a ReLU reads it) with the layer's formats before the pass reached it, and after each coordinate.\n\n| layer | param | start frac | chosen frac | SQNR before dB | SQNR after dB |\n|---|---|---|---|---|---|",
+            l.images,
+            l.evaluations,
+            if l.accepted { "kept" } else { "not kept (the end-to-end objective or the held-out part refused it)" }
+        );
+        for st in &l.steps {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.2} | {:.2} |",
+                st.layer,
+                st.param,
+                st.start_frac_bits,
+                st.frac_bits,
+                st.sqnr_before_db,
+                st.sqnr_after_db
+            );
+        }
+    }
     let _ = writeln!(
         md,
         "\n## Search ({})\n\n{objective}search part ({} images): start {}; final {}{screened}{holdout}\n\n| layer | param | frac bits | scored on | score | accepted |\n|---|---|---|---|---|---|",
@@ -246,9 +267,10 @@ pub fn render(r: &Report) -> String {
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,
-            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (simulator: screening {:.2} s, search part {:.2} s, held-out part {:.2} s; path {}), evaluation {:.2} s",
+            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (local pass {:.2} s; simulator: screening {:.2} s, search part {:.2} s, held-out part {:.2} s; path {}), evaluation {:.2} s",
             t.float_seconds,
             t.search_seconds,
+            t.search_local_seconds,
             t.search_screen_seconds,
             t.search_full_seconds,
             t.search_holdout_seconds,

@@ -194,7 +194,40 @@ pub struct SearchReport {
     /// The held-out part of the calibration set that guards the search against overfitting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout: Option<HoldoutReport>,
+    /// The layer-local pass (`search::local`): per coordinate, the format it chose and the
+    /// layer's output SQNR against float on its images before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalReport>,
     pub trace: Vec<TraceStep>,
+}
+
+/// What the layer-local pass did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalReport {
+    /// Calibration images (from the search part) it compared on.
+    pub images: usize,
+    /// Single-layer simulator runs.
+    pub evaluations: usize,
+    /// Whether the search kept its formats (the end-to-end objective on the search part
+    /// preferred them and the held-out part did not get worse).
+    pub accepted: bool,
+    pub steps: Vec<LocalStep>,
+}
+
+/// One coordinate of the layer-local pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalStep {
+    /// The conv/fc layer (the input blob for the input format).
+    pub layer: String,
+    /// "input", "weight", "activation" or "bias".
+    pub param: String,
+    pub start_frac_bits: i32,
+    pub frac_bits: i32,
+    /// SQNR of the layer's output (after its ReLU, where only a ReLU reads it) against float,
+    /// with the layer's formats as they were before the pass reached it, and after this
+    /// coordinate.
+    pub sqnr_before_db: f64,
+    pub sqnr_after_db: f64,
 }
 
 /// The overfitting guard: a class-stratified part of the calibration set the search never
@@ -277,6 +310,9 @@ pub struct Timing {
     /// The search's simulator time on the held-out part.
     #[serde(default)]
     pub search_holdout_seconds: f64,
+    /// The layer-local pass: its float reference pass and its single-layer runs.
+    #[serde(default)]
+    pub search_local_seconds: f64,
     pub eval_seconds: f64,
     /// The simulator's conv/fc code path (`avx512-vnni`, `avx2`, …).
     #[serde(default)]

@@ -20,6 +20,7 @@
 //! 0.001 % of the best so far, judged on accuracy alone.
 
 pub mod headroom;
+pub mod local;
 pub mod objective;
 pub mod score;
 pub mod subset;
@@ -36,7 +37,7 @@ use crate::fixed::kernels;
 use crate::fixed::qformat::{self, InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
-use crate::report::{HoldoutReport, Score, SearchReport, TraceStep};
+use crate::report::{HoldoutReport, LocalReport, Score, SearchReport, TraceStep};
 use anyhow::{bail, ensure, Context, Result};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,12 +47,22 @@ pub use objective::Objective;
 pub use score::{FloatOutput, Scorer};
 pub use subset::{Holdout, Screen};
 
+/// Graphs with more conv/fc layers than this get only the local pass by default: a descent
+/// sweep re-runs about half the network per candidate (ResNet-56, 58 layers: tens of minutes).
+pub const DESCENT_MAX_LAYERS: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategy {
-    /// Greedy coordinate search with the accuracy + KL objective (the default).
+    /// The layer-local pass, then (on graphs of at most [`DESCENT_MAX_LAYERS`] conv/fc layers)
+    /// a coordinate descent that refines every format by ±1 fraction bit, scored end to end.
     Default,
+    /// The layer-local pass, then the full coordinate descent (candidates −2..+3 fraction bits,
+    /// up to three sweeps) whatever the depth: the slowest and most thorough.
+    Descent,
     /// ARM nn_quantizer's order and tolerance, for comparison.
     Arm,
+    /// The layer-local pass only (see [`local`]): fast on deep nets, no coordinate descent.
+    Local,
     /// The max-abs starting point, no search.
     None,
 }
@@ -60,7 +71,9 @@ impl Strategy {
     pub fn name(self) -> &'static str {
         match self {
             Strategy::Default => "default",
+            Strategy::Descent => "descent",
             Strategy::Arm => "arm",
+            Strategy::Local => "local",
             Strategy::None => "none",
         }
     }
@@ -236,6 +249,9 @@ pub struct Calibration<'a> {
     pub screen: Screen,
     /// Held-out part for the default strategy.
     pub holdout: Holdout,
+    /// Float blobs for the layer-local pass (default and local strategies; without them the
+    /// pass is skipped).
+    pub local: Option<&'a local::LocalRefs>,
 }
 
 /// Wall time of the search's phases (reported only with `--timestamps`).
@@ -247,6 +263,9 @@ pub struct SearchTimes {
     pub full_seconds: f64,
     /// Scoring on the held-out part (its start and the check of every accepted change).
     pub holdout_seconds: f64,
+    /// The layer-local pass (its single-layer runs; the check of its proposal end to end is
+    /// counted under the parts it ran on).
+    pub local_seconds: f64,
 }
 
 /// Which part of the calibration set a [`Set`] is.
@@ -318,6 +337,8 @@ struct Evaluator<'a> {
     evaluations: usize,
     screen_evaluations: usize,
     holdout_evaluations: usize,
+    /// Single-layer runs of the local pass.
+    local_evaluations: usize,
     times: SearchTimes,
 }
 
@@ -609,6 +630,7 @@ pub fn search(
         evaluations: 0,
         screen_evaluations: 0,
         holdout_evaluations: 0,
+        local_evaluations: 0,
         times: SearchTimes::default(),
     };
     ensure!(
@@ -620,7 +642,7 @@ pub fn search(
     // The held-out part (default strategy only: ARM's search is reproduced as it was) and the
     // search part, the rest.
     let held_idx = match strategy {
-        Strategy::Default => cal
+        Strategy::Default | Strategy::Descent | Strategy::Local => cal
             .holdout
             .size(cal.images)
             .map(|n| subset::stratified(cal.scorer.targets(), n)),
@@ -661,7 +683,7 @@ pub fn search(
     let mut best = start.clone();
     let mut trace = Vec::new();
     let screen_size = match strategy {
-        Strategy::Default => cal.screen.size(full.scorer.images),
+        Strategy::Default | Strategy::Descent => cal.screen.size(full.scorer.images),
         _ => None,
     };
     let mut screen = match screen_size {
@@ -673,6 +695,59 @@ pub fn search(
         }
         None => None,
     };
+    // The layer-local pass: a proposal the end-to-end objective and the guard must accept.
+    let mut local_report = None;
+    if let (Strategy::Default | Strategy::Descent | Strategy::Local, Some(refs)) =
+        (strategy, cal.local)
+    {
+        progress(0, 1, "local pass");
+        let t = Instant::now();
+        let (f, steps) = local::local_pass(&mut ev, g, &best, refs, cal.pixels_hwc, image_len)?;
+        ev.times.local_seconds += t.elapsed().as_secs_f64();
+        let mut accepted = false;
+        if f != best {
+            let q = ev.quantize(&f)?;
+            let (s, acts) = ev.eval(&q, 0, &full, true)?;
+            let better = s.beats(&full.scored());
+            let local_step = |part: Part| {
+                move |s: Score, ok: bool| TraceStep {
+                    layer: "(local pass)".into(),
+                    param: "all".into(),
+                    frac_bits: 0,
+                    score: s,
+                    accepted: ok,
+                    screen: part == Part::Screen,
+                    holdout: part == Part::Held,
+                }
+            };
+            trace.push(local_step(Part::Search)(s.score, better));
+            if better
+                && guard(
+                    &mut ev,
+                    held.as_mut(),
+                    &q,
+                    0,
+                    &mut held_rejected,
+                    local_step(Part::Held),
+                    &mut trace,
+                )?
+            {
+                full.accept(0, s, acts);
+                if let Some(scr) = screen.as_mut() {
+                    let (s, acts) = ev.eval(&q, 0, scr, true)?;
+                    scr.accept(0, s, acts);
+                }
+                best = f;
+                accepted = true;
+            }
+        }
+        local_report = Some(LocalReport {
+            images: refs.images.len(),
+            evaluations: ev.local_evaluations,
+            accepted,
+            steps,
+        });
+    }
     let report = |ev: &Evaluator,
                   full: &Set,
                   held: &Option<Set>,
@@ -694,10 +769,13 @@ pub fn search(
             rejected: held_rejected,
             evaluations: ev.holdout_evaluations,
         }),
+        local: local_report.clone(),
         trace,
     };
-    if strategy == Strategy::None {
-        let r = report(&ev, &full, &held, 0, trace, &None);
+    let layers = format_layers(g).len();
+    let skip_descent = strategy == Strategy::Default && layers > DESCENT_MAX_LAYERS;
+    if matches!(strategy, Strategy::None | Strategy::Local) || skip_descent {
+        let r = report(&ev, &full, &held, held_rejected, trace, &screen);
         return Ok((best, r, ev.times));
     }
     // The coordinates in topological order.
@@ -765,6 +843,8 @@ pub fn search(
             drop(qg);
             let candidates: Vec<Formats> = match strategy {
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
+                // After the local pass the formats are near their best: the default refines.
+                Strategy::Default if cal.local.is_some() => vec![base - 1, base + 1],
                 _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
             }
             .into_iter()

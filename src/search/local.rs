@@ -1,0 +1,277 @@
+//! The layer-local pass: formats chosen layer by layer against the float blobs.
+//!
+//! The coordinate descent scores every candidate end to end: a candidate for layer `k` re-runs
+//! layers `k..` over the calibration images, so on a deep net one sweep costs about half a
+//! network run per candidate (ResNet-56: tens of minutes). The local pass instead walks the
+//! conv/fc layers in order and, for each of the input, weight, output and bias formats, keeps
+//! the candidate whose output is closest to the float blob of the same name (least squared error
+//! over a class-stratified subset of the search part, [`LOCAL_IMAGES`] images): a candidate runs
+//! **one** layer, from the blobs the formats already chosen upstream produce. Because the inputs
+//! are the quantized ones, each layer's choice also absorbs the error upstream. Where every
+//! reader of a layer's output is a ReLU, the error is measured after the ReLU (negative values the
+//! ReLU clips do not matter). Ties keep the current format.
+//!
+//! The pass costs a few network runs whatever the depth. Its result is a proposal: the search
+//! keeps it only if the end-to-end objective on the search part prefers it and the held-out
+//! part does not get worse (see `search`).
+
+use super::objective::deq_logical;
+use super::subset::{self, Holdout};
+use super::{format_layers, get, pick_pixels, qlayer_index, set, Evaluator, Param};
+use crate::fixed::graph::{Formats, QGraph, QOp};
+use crate::fixed::sim::{Activations, Keep, Simulator};
+use crate::ir::Graph;
+use crate::report::LocalStep;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+
+/// Images the local pass compares on (class-stratified, from the search part).
+pub const LOCAL_IMAGES: usize = 128;
+
+/// Float blobs of the images the local pass compares on.
+#[derive(Debug, Clone, Default)]
+pub struct LocalRefs {
+    /// Indices into the calibration set, ascending.
+    pub images: Vec<usize>,
+    /// Per blob ([`reference_blobs`]): `images × len` float values in NCHW order.
+    pub blobs: BTreeMap<String, Vec<f32>>,
+}
+
+/// The calibration images of the local pass: a class-stratified subset of the part the search
+/// optimises on (never the held-out part the guard judges on). `targets`: one class per
+/// calibration image (the scorer's targets), `holdout` as the search will apply it.
+pub fn local_images(targets: &[usize], holdout: Holdout) -> Vec<usize> {
+    let n = targets.len();
+    let rest: Vec<usize> = match holdout.size(n) {
+        Some(h) => subset::complement(&subset::stratified(targets, h), n),
+        None => (0..n).collect(),
+    };
+    let rest_targets: Vec<usize> = rest.iter().map(|&i| targets[i]).collect();
+    subset::stratified(&rest_targets, LOCAL_IMAGES)
+        .into_iter()
+        .map(|i| rest[i])
+        .collect()
+}
+
+/// The float blobs the local pass compares with: the input and every conv/fc output.
+pub fn reference_blobs(g: &Graph) -> Vec<String> {
+    std::iter::once(g.input.blob.clone())
+        .chain(format_layers(g).into_iter().map(|(_, out)| out))
+        .collect()
+}
+
+/// Squared error of q7 `q` (HWC layout of `blob`) against float `f` (NCHW) over all images, and
+/// the float signal energy; with `relu`, both after a ReLU.
+fn error(qg: &QGraph, blob: &str, q: &[i8], f: &[f32], relu: bool) -> Result<(f64, f64)> {
+    let qb = qg.blobs.get(blob).context("blob format")?;
+    let len = qg.blob_len(blob);
+    anyhow::ensure!(
+        len > 0 && q.len() == f.len() && q.len().is_multiple_of(len),
+        "local pass: blob '{blob}' has {} q7 and {} float values",
+        q.len(),
+        f.len()
+    );
+    let mut deq = Vec::with_capacity(len);
+    let (mut noise, mut signal) = (0f64, 0f64);
+    for (qi, fi) in q.chunks_exact(len).zip(f.chunks_exact(len)) {
+        deq_logical(qi, qb.layout, qb.frac_bits, &mut deq);
+        for (&x, &y) in fi.iter().zip(&deq) {
+            let (x, y) = if relu {
+                ((x as f64).max(0.0), y.max(0.0))
+            } else {
+                (x as f64, y)
+            };
+            noise += (x - y) * (x - y);
+            signal += x * x;
+        }
+    }
+    Ok((noise, signal))
+}
+
+fn sqnr_db(noise: f64, signal: f64) -> f64 {
+    crate::report::sqnr_db(signal, noise)
+}
+
+/// Whether every layer that reads `blob` is a ReLU (then only its positive part matters).
+fn only_relu_reads(qg: &QGraph, blob: &str) -> bool {
+    let mut readers = qg
+        .layers
+        .iter()
+        .filter(|l| l.inputs.iter().any(|b| b == blob))
+        .peekable();
+    readers.peek().is_some() && readers.all(|l| matches!(l.op, QOp::Relu))
+}
+
+/// Everything the arithmetic of layer `k`'s output depends on, for skipping candidates whose
+/// arithmetic equals one already scored.
+fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
+    let l = &qg.layers[k];
+    let mut key = vec![i64::from(qg.frac_bits(&l.output).unwrap_or(i32::MIN))];
+    let (w, b, lshift, rshift) = match &l.op {
+        QOp::Conv(c) => (&c.weights, &c.bias, c.bias_lshift, c.out_rshift),
+        QOp::Fc(f) => (&f.weights, &f.bias, f.bias_lshift, f.out_rshift),
+        _ => return key,
+    };
+    key.push(rshift.into());
+    key.extend(w.iter().map(|&v| i64::from(v)));
+    key.extend(
+        b.iter()
+            .map(|&v| i64::from((v as i32).wrapping_shl(lshift as u32))),
+    );
+    key
+}
+
+/// Run the local pass from `start` on the images of `refs` (`pixels_hwc`: the whole calibration
+/// set's pixels, `image_len` bytes each). Returns the proposed formats and, per coordinate, what
+/// it chose.
+pub(super) fn local_pass(
+    ev: &mut Evaluator,
+    g: &Graph,
+    start: &Formats,
+    refs: &LocalRefs,
+    pixels_hwc: &[u8],
+    image_len: usize,
+) -> Result<(Formats, Vec<LocalStep>)> {
+    let n = refs.images.len();
+    let pixels = pick_pixels(pixels_hwc, image_len, &refs.images);
+    let mut best = start.clone();
+    let mut steps = Vec::new();
+    let reference = |b: &str| {
+        refs.blobs
+            .get(b)
+            .with_context(|| format!("local pass: no float reference for blob '{b}'"))
+    };
+    // The input format: the quantized input against the float input.
+    let input = g.input.blob.clone();
+    let input_error = |f: &Formats| -> Result<(f64, f64, Vec<i8>)> {
+        let qg = ev.quantize(f)?;
+        let frac = qg.frac_bits(&qg.input).context("input format")?;
+        let q = ev.prep.quantize(&pixels, qg.blob_len(&qg.input), frac)?;
+        let (noise, signal) = error(&qg, &input, &q, reference(&input)?, false)?;
+        Ok((noise, signal, q))
+    };
+    let base = get(&best, "", &input, Param::Input).context("input format missing")?;
+    let (mut noise, signal, mut q_in) = input_error(&best)?;
+    let before = sqnr_db(noise, signal);
+    for c in [base - 2, base - 1, base + 1, base + 2, base + 3] {
+        let mut f = best.clone();
+        set(&mut f, "", &input, Param::Input, c);
+        if let Ok((e, _, q)) = input_error(&f) {
+            if e < noise {
+                (noise, q_in, best) = (e, q, f);
+            }
+        }
+    }
+    steps.push(LocalStep {
+        layer: input.clone(),
+        param: Param::Input.name().into(),
+        start_frac_bits: base,
+        frac_bits: get(&best, "", &input, Param::Input).context("input format")?,
+        sqnr_before_db: before,
+        sqnr_after_db: sqnr_db(noise, signal),
+    });
+    let mut cache = Activations {
+        n,
+        blobs: BTreeMap::from([(input.clone(), q_in)]),
+    };
+    // The layers between the last conv/fc handled and the next one (pooling, ReLU, adds…) run
+    // with the formats chosen so far, so that the cache holds what the next layer reads.
+    let mut done = 0usize;
+    for (layer, out) in format_layers(g) {
+        let qg = ev.quantize(&best)?;
+        let k = qlayer_index(&qg, &layer);
+        if k > done {
+            let later: Vec<String> = qg.layers[done..k]
+                .iter()
+                .map(|l| l.output.clone())
+                .collect();
+            let acts = Simulator::new(&qg)?.run_range(done..k, &cache, &Keep::Blobs(later))?;
+            cache.blobs.extend(acts.blobs);
+        }
+        let relu = only_relu_reads(&qg, &out);
+        let f_out = reference(&out)?;
+        let layer_error = |ev: &Evaluator, f: &Formats| -> Result<(f64, f64, Vec<i64>, Vec<i8>)> {
+            let qg = ev.quantize(f)?;
+            let key = layer_key(&qg, k);
+            let acts = Simulator::new(&qg)?.run_range(
+                k..k + 1,
+                &cache,
+                &Keep::Blobs(vec![out.clone()]),
+            )?;
+            let q = acts.blobs.get(&out).context("layer output")?;
+            let (noise, signal) = error(&qg, &out, q, f_out, relu)?;
+            Ok((
+                noise,
+                signal,
+                key,
+                acts.blobs.into_values().next().unwrap_or_default(),
+            ))
+        };
+        let (mut noise, signal, key, mut q_out) = layer_error(ev, &best)?;
+        ev.local_evaluations += 1;
+        let mut seen = vec![key];
+        let before = sqnr_db(noise, signal);
+        let has_bias = best
+            .layers
+            .get(&layer)
+            .is_some_and(|l| l.bias_frac_bits.is_some());
+        let params: &[Param] = if has_bias {
+            &[Param::Weight, Param::Activation, Param::Bias]
+        } else {
+            &[Param::Weight, Param::Activation]
+        };
+        for &p in params {
+            let base = get(&best, &layer, &out, p).context("format missing")?;
+            for c in [base - 2, base - 1, base + 1, base + 2, base + 3] {
+                let mut f = best.clone();
+                set(&mut f, &layer, &out, p, c);
+                // Candidates that do not quantize (a negative shift, a wrapping accumulator)
+                // are invalid by construction.
+                let Ok(qg) = ev.quantize(&f) else { continue };
+                let key = layer_key(&qg, k);
+                if seen.contains(&key) {
+                    continue;
+                }
+                seen.push(key);
+                drop(qg);
+                let Ok((e, _, _, q)) = layer_error(ev, &f) else {
+                    continue;
+                };
+                ev.local_evaluations += 1;
+                if e < noise {
+                    (noise, q_out, best) = (e, q, f);
+                }
+            }
+            steps.push(LocalStep {
+                layer: layer.clone(),
+                param: p.name().into(),
+                start_frac_bits: get(start, &layer, &out, p).context("format missing")?,
+                frac_bits: get(&best, &layer, &out, p).context("format missing")?,
+                sqnr_before_db: before,
+                sqnr_after_db: sqnr_db(noise, signal),
+            });
+        }
+        cache.blobs.insert(out.clone(), q_out);
+        done = k + 1;
+    }
+    Ok((best, steps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_images_avoid_the_held_out_part() {
+        let targets: Vec<usize> = (0..2000).map(|i| i % 10).collect();
+        let held = subset::stratified(&targets, Holdout::Auto.size(2000).unwrap());
+        let local = local_images(&targets, Holdout::Auto);
+        assert_eq!(local.len(), LOCAL_IMAGES);
+        assert!(local.iter().all(|i| !held.contains(i)));
+        assert!(local.windows(2).all(|w| w[0] < w[1]));
+        // Every class is represented.
+        for c in 0..10 {
+            assert!(local.iter().any(|&i| targets[i] == c), "class {c}");
+        }
+    }
+}
