@@ -256,6 +256,8 @@ pub struct Simulator<'g> {
     g: &'g QGraph,
     prep: Vec<Prep>,
     path: SimdPath,
+    /// The layers prepared to run (all but for [`Simulator::for_layers`]).
+    prepared: std::ops::Range<usize>,
 }
 
 /// Per-thread scratch.
@@ -287,7 +289,19 @@ impl<'g> Simulator<'g> {
             path.supported(),
             "simulator path {path} is not supported by this CPU"
         );
-        Self::build(g, path)
+        Self::build(g, path, 0..g.layers.len())
+    }
+
+    /// A simulator that can run only layers `range` (`run_range` within it): the search's
+    /// layer-local pass runs one layer per candidate, and preparing (checking, packing) every
+    /// layer of a deep net each time would cost more than the run.
+    pub fn for_layers(g: &'g QGraph, range: std::ops::Range<usize>) -> Result<Simulator<'g>> {
+        ensure!(
+            range.start <= range.end && range.end <= g.layers.len(),
+            "layers {range:?}: the graph has {} layers",
+            g.layers.len()
+        );
+        Self::build(g, SimdPath::selected()?, range)
     }
 
     /// The code path this simulator's conv/fc layers run on.
@@ -295,9 +309,17 @@ impl<'g> Simulator<'g> {
         self.path
     }
 
-    fn build(g: &'g QGraph, path: SimdPath) -> Result<Simulator<'g>> {
+    fn build(
+        g: &'g QGraph,
+        path: SimdPath,
+        prepared: std::ops::Range<usize>,
+    ) -> Result<Simulator<'g>> {
         let mut prep = Vec::new();
-        for l in &g.layers {
+        for (i, l) in g.layers.iter().enumerate() {
+            if !prepared.contains(&i) {
+                prep.push(Prep::Other);
+                continue;
+            }
             prep.push(match &l.op {
                 QOp::Conv(c) => {
                     ensure!(
@@ -364,7 +386,12 @@ impl<'g> Simulator<'g> {
                 _ => Prep::Other,
             });
         }
-        Ok(Simulator { g, prep, path })
+        Ok(Simulator {
+            g,
+            prep,
+            path,
+            prepared,
+        })
     }
 
     pub fn graph(&self) -> &QGraph {
@@ -410,6 +437,11 @@ impl<'g> Simulator<'g> {
             k <= end && end <= g.layers.len(),
             "run_from({k}..{end}): the graph has {} layers",
             g.layers.len()
+        );
+        ensure!(
+            k == end || (self.prepared.start <= k && end <= self.prepared.end),
+            "run_from({k}..{end}): only layers {:?} were prepared",
+            self.prepared
         );
         let n = cache.n;
         let produced_later: std::collections::BTreeSet<&str> =

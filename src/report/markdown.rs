@@ -180,6 +180,9 @@ pub fn render(r: &Report) -> String {
             l.evaluations,
             if l.accepted { "kept" } else { "not kept (the end-to-end objective or the held-out part refused it)" }
         );
+        if let Some(why) = &s.descent_skipped {
+            let _ = writeln!(md, "\nNo coordinate descent: {why}.\n");
+        }
         for st in &l.steps {
             let _ = writeln!(
                 md,

@@ -198,6 +198,10 @@ pub struct SearchReport {
     /// layer's output SQNR against float on its images before and after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalReport>,
+    /// Why the default search ran no coordinate descent after the local pass (its estimated
+    /// cost), when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descent_skipped: Option<String>,
     pub trace: Vec<TraceStep>,
 }
 

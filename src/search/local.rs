@@ -185,29 +185,29 @@ pub(super) fn local_pass(
                 .iter()
                 .map(|l| l.output.clone())
                 .collect();
-            let acts = Simulator::new(&qg)?.run_range(done..k, &cache, &Keep::Blobs(later))?;
+            let acts = Simulator::for_layers(&qg, done..k)?.run_range(
+                done..k,
+                &cache,
+                &Keep::Blobs(later),
+            )?;
             cache.blobs.extend(acts.blobs);
         }
         let relu = only_relu_reads(&qg, &out);
         let f_out = reference(&out)?;
-        let layer_error = |ev: &Evaluator, f: &Formats| -> Result<(f64, f64, Vec<i64>, Vec<i8>)> {
-            let qg = ev.quantize(f)?;
-            let key = layer_key(&qg, k);
-            let acts = Simulator::new(&qg)?.run_range(
+        // One layer run of quantized formats `qg`: the squared error, the signal, the output.
+        let layer_error = |qg: &QGraph| -> Result<(f64, f64, Vec<i8>)> {
+            let mut acts = Simulator::for_layers(qg, k..k + 1)?.run_range(
                 k..k + 1,
                 &cache,
                 &Keep::Blobs(vec![out.clone()]),
             )?;
-            let q = acts.blobs.get(&out).context("layer output")?;
-            let (noise, signal) = error(&qg, &out, q, f_out, relu)?;
-            Ok((
-                noise,
-                signal,
-                key,
-                acts.blobs.into_values().next().unwrap_or_default(),
-            ))
+            let q = acts.blobs.remove(&out).context("layer output")?;
+            let (noise, signal) = error(qg, &out, &q, f_out, relu)?;
+            Ok((noise, signal, q))
         };
-        let (mut noise, signal, key, mut q_out) = layer_error(ev, &best)?;
+        let (mut noise, signal, mut q_out) = layer_error(&qg)?;
+        let key = layer_key(&qg, k);
+        drop(qg);
         ev.local_evaluations += 1;
         let mut seen = vec![key];
         let before = sqnr_db(noise, signal);
@@ -233,8 +233,7 @@ pub(super) fn local_pass(
                     continue;
                 }
                 seen.push(key);
-                drop(qg);
-                let Ok((e, _, _, q)) = layer_error(ev, &f) else {
+                let Ok((e, _, q)) = layer_error(&qg) else {
                     continue;
                 };
                 ev.local_evaluations += 1;

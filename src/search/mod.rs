@@ -47,14 +47,36 @@ pub use objective::Objective;
 pub use score::{FloatOutput, Scorer};
 pub use subset::{Holdout, Screen};
 
-/// Graphs with more conv/fc layers than this get only the local pass by default: a descent
-/// sweep re-runs about half the network per candidate (ResNet-56, 58 layers: tens of minutes).
-pub const DESCENT_MAX_LAYERS: usize = 16;
+/// The default runs its descent only when one sweep is estimated below this many
+/// multiply-accumulates (about a minute of simulator time on two AVX2 cores): a sweep re-runs
+/// the network from each coordinate's layer for every candidate, which on a deep net over
+/// hundreds of images is tens of minutes (ResNet-56, 500 images: ~9·10¹² MACs).
+pub const DESCENT_BUDGET_MACS: f64 = 4e12;
+
+/// Estimated multiply-accumulates of one default descent sweep on `images` images (the screening
+/// subset's size when candidates are screened): per conv/fc layer, its coordinates (weights,
+/// activations, biases) × 2 candidates × the MACs of the network from that layer on.
+pub fn descent_sweep_macs(g: &Graph, images: usize) -> f64 {
+    let costs: Vec<u64> = g
+        .nodes
+        .iter()
+        .map(|n| crate::ir::layer_cost(g, n).macs)
+        .collect();
+    let mut after: u64 = costs.iter().sum();
+    let mut total = 0f64;
+    for (n, c) in g.nodes.iter().zip(&costs) {
+        if matches!(n.op, Op::Convolution(_) | Op::InnerProduct(_)) {
+            total += 3.0 * 2.0 * after as f64 * images as f64;
+        }
+        after -= c;
+    }
+    total
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Strategy {
-    /// The layer-local pass, then (on graphs of at most [`DESCENT_MAX_LAYERS`] conv/fc layers)
-    /// a coordinate descent that refines every format by ±1 fraction bit, scored end to end.
+    /// The layer-local pass, then (when a sweep is estimated below [`DESCENT_BUDGET_MACS`]) a
+    /// coordinate descent that refines every format by ±1 fraction bit, scored end to end.
     Default,
     /// The layer-local pass, then the full coordinate descent (candidates −2..+3 fraction bits,
     /// up to three sweeps) whatever the depth: the slowest and most thorough.
@@ -770,12 +792,26 @@ pub fn search(
             evaluations: ev.holdout_evaluations,
         }),
         local: local_report.clone(),
+        descent_skipped: None,
         trace,
     };
-    let layers = format_layers(g).len();
-    let skip_descent = strategy == Strategy::Default && layers > DESCENT_MAX_LAYERS;
-    if matches!(strategy, Strategy::None | Strategy::Local) || skip_descent {
-        let r = report(&ev, &full, &held, held_rejected, trace, &screen);
+    let sweep = descent_sweep_macs(
+        g,
+        screen
+            .as_ref()
+            .map_or(full.scorer.images, |s| s.scorer.images),
+    );
+    let descent_skipped = (strategy == Strategy::Default
+        && cal.local.is_some()
+        && sweep > DESCENT_BUDGET_MACS)
+        .then(|| {
+            format!(
+                "one descent sweep would cost about {sweep:.2e} multiply-accumulates (budget {DESCENT_BUDGET_MACS:.0e}): the local pass alone decides; `--search descent` runs it anyway"
+            )
+        });
+    if matches!(strategy, Strategy::None | Strategy::Local) || descent_skipped.is_some() {
+        let mut r = report(&ev, &full, &held, held_rejected, trace, &screen);
+        r.descent_skipped = descent_skipped;
         return Ok((best, r, ev.times));
     }
     // The coordinates in topological order.
