@@ -355,6 +355,7 @@ fn a_two_head_model_is_searched_and_evaluated_on_both_outputs() {
         screen: Screen::Auto,
         holdout: Holdout::Auto,
         local: None,
+        bias_correction: false,
     };
     let (formats, rep, _) =
         search::search(&g, start, Strategy::Default, &calibration, &|_, _, _| {}).unwrap();

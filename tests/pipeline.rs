@@ -407,4 +407,87 @@ fn the_local_pass_reports_each_layer_and_is_deterministic() {
     assert!(r["timing"]["search_local_seconds"].as_f64().unwrap() > 0.0);
     // No descent after a local pass: every trace step is the proposal's check.
     assert!(trace.iter().all(|t| t["layer"] == "(local pass)"));
+
+    // Bias correction (on by default): a step per layer with a bias; where it was kept the
+    // model's formats carry the per-channel corrections, one per output channel.
+    let corrections: Vec<&serde_json::Value> = steps
+        .iter()
+        .filter(|s| s["param"] == "bias correction")
+        .collect();
+    assert_eq!(corrections.len(), convs.len(), "{steps:?}");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("m.nnq.json")).unwrap()).unwrap();
+    let with_correction: Vec<(&String, usize)> = m["formats"]["layers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter_map(|(l, f)| Some((l, f.get("bias_correction")?.as_array()?.len())))
+        .collect();
+    if local["accepted"] == true {
+        assert!(!with_correction.is_empty(), "{}", m["formats"]);
+    }
+    for (l, n) in &with_correction {
+        let layer = m["graph"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == **l)
+            .unwrap();
+        let op = &layer["op"];
+        let bias = op.as_object().unwrap().values().next().unwrap()["bias"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(*n, bias, "{l}: one correction per output channel");
+    }
+    // Off: no correction steps, none in the formats.
+    let c = f.path("c");
+    assert_eq!(
+        quantize(&c, &["--search", "local", "--bias-correction", "off"]).code,
+        0
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.join("r.json")).unwrap()).unwrap();
+    assert!(r["search"]["local"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["param"] != "bias correction"));
+    let m = std::fs::read_to_string(c.join("m.nnq.json")).unwrap();
+    assert!(!m.contains("bias_correction"));
+}
+
+/// A formats file whose bias correction does not fit the layer (wrong channel count, not a
+/// number) is refused with the reason and exit code 2, before anything is written.
+#[test]
+fn a_bad_bias_correction_in_a_formats_file_is_refused() {
+    let f = Fixture::new();
+    let a = f.path("a");
+    assert_eq!(quantize(&a, &["--search", "none"]).code, 0);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(a.join("m.nnq.json")).unwrap()).unwrap();
+    let formats = &m["formats"];
+    let (layer, _) = formats["layers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, lf)| lf.get("bias_frac_bits").is_some())
+        .expect("a layer with a bias");
+    for (bad, says) in [
+        (
+            serde_json::json!([0.5, -0.25]),
+            "bias_correction has 2 values",
+        ),
+        (serde_json::json!("x"), "parsing a formats JSON"),
+    ] {
+        let mut fm = formats.clone();
+        fm["layers"][layer]["bias_correction"] = bad;
+        let path = f.path("formats.json");
+        std::fs::write(&path, fm.to_string()).unwrap();
+        let out = f.path("b");
+        let o = quantize(&out, &["--formats", path.to_str().unwrap()]);
+        assert_eq!(o.code, 2, "{}", o.stderr);
+        assert!(o.stderr.contains(says), "{}", o.stderr);
+        assert!(!out.join("m.nnq.json").exists());
+    }
 }

@@ -309,6 +309,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             search,
             screen: crate::search::Screen::Auto,
             equalize: cfg.quantize.equalize.unwrap_or(false),
+            bias_correction: super::quantize::OnOff::On,
             holdout: crate::search::Holdout::Auto,
             output: model_path.clone(),
             report: report_path.clone(),

@@ -72,6 +72,12 @@ pub struct Args {
     /// model is unchanged). Not with --formats (the weights change).
     #[arg(long, conflicts_with = "formats")]
     pub equalize: bool,
+    /// Bias correction in the search's layer-local pass: after a conv/fc layer's formats are
+    /// chosen, its bias is shifted per output channel by the mean quantization error its output
+    /// showed against float, kept where it lowers the layer's error (`on`, the default, or
+    /// `off`). Recorded in the model's formats (`layers.<name>.bias_correction`).
+    #[arg(long, value_enum, default_value = "on")]
+    pub bias_correction: OnOff,
     /// Hold out a class-stratified part of the calibration set that the default search does not
     /// optimise on: a change is kept only if it does not make that part worse (a guard against
     /// overfitting). `auto` (a fifth, on sets of 250 images or more), `off`, or a number of
@@ -190,6 +196,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         strategy: a.search,
         screen: a.screen,
         holdout: a.holdout,
+        bias_correction: a.bias_correction == OnOff::On,
         formats,
         quiet: a.quiet,
         timing: a.timestamps,
@@ -234,4 +241,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }

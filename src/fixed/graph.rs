@@ -35,6 +35,11 @@ pub struct LayerFormat {
     /// Optional expectation, checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_rshift: Option<i32>,
+    /// Bias correction (`search::local`): per output channel, a float value added to the bias
+    /// before it is quantized, cancelling the mean quantization error the layer's output showed
+    /// on the calibration images. Only for layers with a bias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_correction: Option<Vec<f32>>,
 }
 
 impl Formats {
@@ -56,6 +61,12 @@ impl Formats {
             check_frac(&format!("layers.{l}.weight_frac_bits"), lf.weight_frac_bits)?;
             if let Some(v) = lf.bias_frac_bits {
                 check_frac(&format!("layers.{l}.bias_frac_bits"), v)?;
+            }
+            if let Some(c) = &lf.bias_correction {
+                ensure!(
+                    c.iter().all(|v| v.is_finite()),
+                    "layers.{l}.bias_correction holds a value that is not a finite number"
+                );
             }
             for (what, v) in [
                 ("bias_lshift", lf.bias_lshift),
@@ -678,9 +689,30 @@ fn shifts(
                     n.name
                 )
             })?;
-            (QFormat::new(bf).quantize_slice(&b.data), bf)
+            let q = QFormat::new(bf);
+            match &lf.bias_correction {
+                Some(c) => {
+                    ensure!(
+                        c.len() == b.data.len(),
+                        "layer '{}': bias_correction has {} values for {} output channels",
+                        n.name,
+                        c.len(),
+                        b.data.len()
+                    );
+                    let corrected: Vec<f32> = b.data.iter().zip(c).map(|(b, c)| b + c).collect();
+                    (q.quantize_slice(&corrected), bf)
+                }
+                None => (q.quantize_slice(&b.data), bf),
+            }
         }
-        None => (vec![0; out_n], lf.bias_frac_bits.unwrap_or(acc_frac)),
+        None => {
+            ensure!(
+                lf.bias_correction.is_none(),
+                "layer '{}' has no bias, so it cannot take a bias_correction",
+                n.name
+            );
+            (vec![0; out_n], lf.bias_frac_bits.unwrap_or(acc_frac))
+        }
     };
     let bias_lshift = acc_frac - bf;
     let out_rshift = acc_frac - out_frac;

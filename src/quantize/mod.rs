@@ -41,6 +41,8 @@ pub struct Options {
     pub screen: Screen,
     /// The search's held-out part.
     pub holdout: Holdout,
+    /// Bias correction in the search's local pass.
+    pub bias_correction: bool,
     /// Formats pinned by the user (`--formats`): no search.
     pub formats: Option<Formats>,
     pub quiet: bool,
@@ -495,6 +497,7 @@ pub fn run(
         screen: opts.screen,
         holdout: opts.holdout,
         local: local.as_ref(),
+        bias_correction: opts.bias_correction,
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),

@@ -17,10 +17,10 @@
 
 use super::objective::deq_logical;
 use super::subset::{self, Holdout};
-use super::{format_layers, get, pick_pixels, qlayer_index, set, Evaluator, Param};
+use super::{format_layers, get, pick_pixels, set, Evaluator, Param};
 use crate::fixed::graph::{Formats, QGraph, QOp};
 use crate::fixed::sim::{Activations, Keep, Simulator};
-use crate::ir::Graph;
+use crate::ir::{Graph, Op};
 use crate::report::LocalStep;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
@@ -53,10 +53,32 @@ pub fn local_images(targets: &[usize], holdout: Holdout) -> Vec<usize> {
         .collect()
 }
 
-/// The float blobs the local pass compares with: the input and every conv/fc output.
+/// The layers the local pass chooses formats for, in order: (name, output blob, whether it is a
+/// conv/fc with weights). Eltwise and Concat have an output format of their own (residual sums:
+/// the start's max-abs format of a sum is often coarser than it needs to be).
+fn tuned_layers(g: &Graph) -> Vec<(String, String, bool)> {
+    let dense: std::collections::BTreeSet<String> =
+        format_layers(g).into_iter().map(|(l, _)| l).collect();
+    g.nodes
+        .iter()
+        .filter(|n| {
+            dense.contains(&n.name) || matches!(n.op, Op::Eltwise { .. } | Op::Concat { .. })
+        })
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.outputs[0].clone(),
+                dense.contains(&n.name),
+            )
+        })
+        .collect()
+}
+
+/// The float blobs the local pass compares with: the input and the output of every layer it
+/// chooses formats for.
 pub fn reference_blobs(g: &Graph) -> Vec<String> {
     std::iter::once(g.input.blob.clone())
-        .chain(format_layers(g).into_iter().map(|(_, out)| out))
+        .chain(tuned_layers(g).into_iter().map(|(_, out, _)| out))
         .collect()
 }
 
@@ -86,6 +108,45 @@ fn error(qg: &QGraph, blob: &str, q: &[i8], f: &[f32], relu: bool) -> Result<(f6
         }
     }
     Ok((noise, signal))
+}
+
+/// Per output channel (the first axis of the blob's logical shape), the mean of quantized minus
+/// float over all images and positions, leaving out values at the int8 limits.
+fn channel_mean_error(
+    qg: &QGraph,
+    blob: &str,
+    q: &[i8],
+    f: &[f32],
+    channels: usize,
+) -> Result<Vec<f64>> {
+    let qb = qg.blobs.get(blob).context("blob format")?;
+    let len = qg.blob_len(blob);
+    anyhow::ensure!(
+        len > 0
+            && len.is_multiple_of(channels)
+            && q.len() == f.len()
+            && q.len().is_multiple_of(len),
+        "local pass: blob '{blob}' does not split into {channels} channels"
+    );
+    let per = len / channels;
+    let step = (-(qb.frac_bits as f64)).exp2();
+    let (hi, lo) = (127.0 * step, -128.0 * step);
+    let (mut sum, mut count) = (vec![0f64; channels], vec![0u64; channels]);
+    let mut deq = Vec::with_capacity(len);
+    for (qi, fi) in q.chunks_exact(len).zip(f.chunks_exact(len)) {
+        deq_logical(qi, qb.layout, qb.frac_bits, &mut deq);
+        for (i, (&x, &y)) in fi.iter().zip(&deq).enumerate() {
+            if y < hi && y > lo {
+                sum[i / per] += y - x as f64;
+                count[i / per] += 1;
+            }
+        }
+    }
+    Ok(sum
+        .iter()
+        .zip(&count)
+        .map(|(&s, &c)| if c == 0 { 0.0 } else { s / c as f64 })
+        .collect())
 }
 
 fn sqnr_db(noise: f64, signal: f64) -> f64 {
@@ -129,8 +190,8 @@ pub(super) fn local_pass(
     g: &Graph,
     start: &Formats,
     refs: &LocalRefs,
-    pixels_hwc: &[u8],
-    image_len: usize,
+    (pixels_hwc, image_len): (&[u8], usize),
+    bias_correction: bool,
 ) -> Result<(Formats, Vec<LocalStep>)> {
     let n = refs.images.len();
     let pixels = pick_pixels(pixels_hwc, image_len, &refs.images);
@@ -177,9 +238,11 @@ pub(super) fn local_pass(
     // The layers between the last conv/fc handled and the next one (pooling, ReLU, adds…) run
     // with the formats chosen so far, so that the cache holds what the next layer reads.
     let mut done = 0usize;
-    for (layer, out) in format_layers(g) {
+    for (layer, out, dense) in tuned_layers(g) {
         let qg = ev.quantize(&best)?;
-        let k = qlayer_index(&qg, &layer);
+        let Some(k) = qg.layers.iter().position(|l| l.output == out) else {
+            continue; // folded away or not quantized: nothing to choose
+        };
         if k > done {
             let later: Vec<String> = qg.layers[done..k]
                 .iter()
@@ -211,14 +274,15 @@ pub(super) fn local_pass(
         ev.local_evaluations += 1;
         let mut seen = vec![key];
         let before = sqnr_db(noise, signal);
-        let has_bias = best
-            .layers
-            .get(&layer)
-            .is_some_and(|l| l.bias_frac_bits.is_some());
-        let params: &[Param] = if has_bias {
-            &[Param::Weight, Param::Activation, Param::Bias]
-        } else {
-            &[Param::Weight, Param::Activation]
+        let has_bias = dense
+            && best
+                .layers
+                .get(&layer)
+                .is_some_and(|l| l.bias_frac_bits.is_some());
+        let params: &[Param] = match (dense, has_bias) {
+            (false, _) => &[Param::Activation],
+            (true, true) => &[Param::Weight, Param::Activation, Param::Bias],
+            (true, false) => &[Param::Weight, Param::Activation],
         };
         for &p in params {
             let base = get(&best, &layer, &out, p).context("format missing")?;
@@ -246,6 +310,48 @@ pub(super) fn local_pass(
                 param: p.name().into(),
                 start_frac_bits: get(start, &layer, &out, p).context("format missing")?,
                 frac_bits: get(&best, &layer, &out, p).context("format missing")?,
+                sqnr_before_db: before,
+                sqnr_after_db: sqnr_db(noise, signal),
+            });
+        }
+        // Bias correction: cancel the mean error per output channel (over the images and
+        // positions, values at the int8 limits left out: their error is clipping, not a bias).
+        let channels = g.shape(&out).first().copied().unwrap_or(0);
+        let bias_len = g
+            .nodes
+            .iter()
+            .find(|n| n.name == layer)
+            .and_then(|n| n.weights.get(1))
+            .map_or(0, |b| b.data.len());
+        if bias_correction && has_bias && channels > 0 && channels == bias_len {
+            let qg = ev.quantize(&best)?;
+            let mean = channel_mean_error(&qg, &out, &q_out, f_out, channels)?;
+            let mut f = best.clone();
+            let lf = f.layers.get_mut(&layer).context("layer format")?;
+            let prev = lf
+                .bias_correction
+                .clone()
+                .unwrap_or_else(|| vec![0.0; channels]);
+            lf.bias_correction = Some(
+                prev.iter()
+                    .zip(&mean)
+                    .map(|(&p, &e)| p - e as f32)
+                    .collect(),
+            );
+            let bf = get(&best, &layer, &out, Param::Bias).context("bias format")?;
+            if let Ok(qg) = ev.quantize(&f) {
+                if let Ok((e, _, q)) = layer_error(&qg) {
+                    ev.local_evaluations += 1;
+                    if e < noise {
+                        (noise, q_out, best) = (e, q, f);
+                    }
+                }
+            }
+            steps.push(LocalStep {
+                layer: layer.clone(),
+                param: "bias correction".into(),
+                start_frac_bits: bf,
+                frac_bits: bf,
                 sqnr_before_db: before,
                 sqnr_after_db: sqnr_db(noise, signal),
             });

@@ -274,6 +274,8 @@ pub struct Calibration<'a> {
     /// Float blobs for the layer-local pass (default and local strategies; without them the
     /// pass is skipped).
     pub local: Option<&'a local::LocalRefs>,
+    /// Bias correction in the local pass.
+    pub bias_correction: bool,
 }
 
 /// Wall time of the search's phases (reported only with `--timestamps`).
@@ -724,7 +726,14 @@ pub fn search(
     {
         progress(0, 1, "local pass");
         let t = Instant::now();
-        let (f, steps) = local::local_pass(&mut ev, g, &best, refs, cal.pixels_hwc, image_len)?;
+        let (f, steps) = local::local_pass(
+            &mut ev,
+            g,
+            &best,
+            refs,
+            (cal.pixels_hwc, image_len),
+            cal.bias_correction,
+        )?;
         ev.times.local_seconds += t.elapsed().as_secs_f64();
         let mut accepted = false;
         if f != best {
