@@ -308,6 +308,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             screen: crate::search::Screen::Auto,
             equalize: cfg.quantize.equalize.unwrap_or(false),
             holdout: crate::search::Holdout::Auto,
+            softmax: super::quantize::SoftmaxRule::Drop,
             output: model_path.clone(),
             report: report_path.clone(),
             timestamps: false,

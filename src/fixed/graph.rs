@@ -231,6 +231,36 @@ pub enum QOp {
         row: usize,
         exp_table: Vec<u16>,
     },
+    /// Caffe's Deconvolution (`kernels::deconv_hwc_q7`): geometry, formats and shifts as for a
+    /// convolution; `weights` are `[out_c][kh][kw][in_c / groups]` ([`deconv_weights`]).
+    Deconv(QConv),
+    /// LRN (`kernels::lrn_q7`): `table` holds `(k + α/n · s · 2^(-2·in_frac))^-β · 2^table_frac`
+    /// at `s = j << index_shift` (`n` = `size` across channels; within a channel `size²`, and
+    /// `k` = 1 as Caffe builds it); `out_rshift = table_frac + in_frac - out_frac`.
+    Lrn {
+        size: usize,
+        across: bool,
+        index_shift: i32,
+        table: Vec<u16>,
+        table_frac: i32,
+        out_rshift: i32,
+    },
+    /// Eltwise PROD of two inputs (`kernels::mul_q7`): `out_rshift = a_frac + b_frac - out_frac`.
+    Mul {
+        out_rshift: i32,
+    },
+    /// A Scale/Bias that could not be folded into a convolution (after a ReLU or pooling, say):
+    /// per innermost channel (`kernels::scale_q7`), `scales` with `scale_frac` fraction bits,
+    /// `bias` with `bias_frac`; `bias_lshift = in_frac + scale_frac - bias_frac`,
+    /// `out_rshift = in_frac + scale_frac - out_frac`.
+    ScaleBias {
+        scales: Vec<i8>,
+        scale_frac: i32,
+        bias: Vec<i8>,
+        bias_frac: i32,
+        bias_lshift: i32,
+        out_rshift: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,7 +282,9 @@ pub struct QGraph {
     pub layers: Vec<QLayer>,
     /// The network's results. A trailing Softmax is dropped (its input becomes the output):
     /// it is monotonic, so the firmware's arg-max is unchanged, and q7 logits are what CMSIS's
-    /// examples report too.
+    /// examples report too; unless the float graph says to keep it
+    /// (`Graph::keep_output_softmax`, `quantize --softmax keep`): then the q7 probabilities are
+    /// the output.
     pub outputs: Vec<String>,
 }
 
@@ -330,7 +362,10 @@ impl QGraph {
                 ctx()
             );
             let out = &n.outputs[0];
-            if matches!(n.op, Op::Softmax { .. }) && !consumers.contains_key(out.as_str()) {
+            if matches!(n.op, Op::Softmax { .. })
+                && !consumers.contains_key(out.as_str())
+                && !g.keep_output_softmax
+            {
                 for o in outputs.iter_mut().filter(|o| *o == out) {
                     *o = n.inputs[0].clone();
                 }
@@ -473,8 +508,15 @@ impl QGraph {
                     };
                     (QOp::Permute { order: order.clone() }, forced("a permute")?, layout)
                 }
+                Op::Eltwise { op: EltwiseOp::Prod, .. } => {
+                    ensure!(ins.len() == 2, "{}: q7 Eltwise PROD takes exactly 2 inputs, got {} (chain two-input PROD layers instead)", ctx(), ins.len());
+                    ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
+                    let out_frac = required()?;
+                    let out_rshift = ins[0].frac_bits + ins[1].frac_bits - out_frac;
+                    check_shift(&n.name, "out_rshift", out_rshift, &format!("input_frac {} + input_frac {} - output_frac {out_frac}", ins[0].frac_bits, ins[1].frac_bits))?;
+                    (QOp::Mul { out_rshift }, out_frac, in0.layout)
+                }
                 Op::Eltwise { op, coeffs } => {
-                    ensure!(*op != EltwiseOp::Prod, "{}: Eltwise PROD has no q7 kernel (SUM and MAX have)", ctx());
                     ensure!(ins.len() == 2, "{}: q7 Eltwise {op:?} takes exactly 2 inputs, got {}", ctx(), ins.len());
                     ensure!(coeffs.iter().all(|&c| c == 1.0), "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)", ctx());
                     let out_frac = required()?;
@@ -546,15 +588,62 @@ impl QGraph {
                     let exp_table = (0..256).map(|d| ((-(d as f64) * (-(in0.frac_bits as f64)).exp2()).exp() * 32768.0).round() as u16).collect();
                     (QOp::Softmax { row, exp_table }, out_frac, l)
                 }
-                Op::BatchNorm { .. } | Op::Scale { .. } | Op::Bias { .. } => bail!(
+                Op::Deconvolution(c) => {
+                    let out_frac = required()?;
+                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
+                    used_layers.insert(n.name.as_str());
+                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: deconvolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
+                    let out_dims = hwc_of(&out_shape).context("deconvolution output is not C×H×W")?;
+                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
+                    let weights = deconv_weights(w, in0.layout.c, c.num_output, c.group, c.kernel, QFormat::new(lf.weight_frac_bits))
+                        .with_context(|| format!("{}: {} weights do not match its shape", ctx(), w.len()))?;
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    // Each output sums a subset of its weights: the bound over all of them holds.
+                    super::headroom::dense(&n.name, &weights, c.num_output, &bias, bias_lshift, out_rshift)?;
+                    let op = QOp::Deconv(QConv {
+                        in_dims: in0.layout,
+                        out_dims,
+                        kernel: c.kernel,
+                        pad: c.pad,
+                        stride: c.stride,
+                        dilation: c.dilation,
+                        groups: c.group,
+                        weights,
+                        bias,
+                        weight_frac_bits: lf.weight_frac_bits,
+                        bias_frac_bits,
+                        bias_lshift,
+                        out_rshift,
+                    });
+                    (op, out_frac, out_dims)
+                }
+                Op::Lrn(p) => {
+                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: LRN needs a C×H×W feature map as input; '{}' is {:?}", ctx(), n.inputs[0], in0.shape);
+                    let out_frac = given.unwrap_or(in0.frac_bits);
+                    let l = lrn_table(p, in0.frac_bits, out_frac).with_context(ctx)?;
+                    (l, out_frac, in0.layout)
+                }
+                Op::Scale { axis, .. } | Op::Bias { axis } => {
+                    ensure!(*axis == 1, "{}: a q7 {} scales channels (axis 1) only, got axis {axis}", ctx(), n.op.type_name());
+                    let l = in0.layout;
+                    // Caffe's channels (axis 1) must be the innermost bytes, as for PReLU.
+                    let innermost = hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
+                    ensure!(innermost, "{}: {} over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), n.op.type_name(), in0.shape, l.h, l.w, l.c);
+                    let (s, b): (Vec<f32>, Option<&[f32]>) = match &n.op {
+                        Op::Scale { bias_term, .. } => (
+                            n.weights.first().with_context(|| format!("{}: no scale attached", ctx()))?.data.clone(),
+                            if *bias_term { Some(&n.weights.get(1).with_context(|| format!("{}: no bias attached", ctx()))?.data) } else { None },
+                        ),
+                        _ => (vec![1.0; l.c], Some(&n.weights.first().with_context(|| format!("{}: no bias attached", ctx()))?.data)),
+                    };
+                    ensure!(s.len() == l.c && b.is_none_or(|b| b.len() == l.c), "{}: {} scales/biases for {} channels", ctx(), s.len(), l.c);
+                    let out_frac = given.unwrap_or(in0.frac_bits);
+                    (scale_bias(&n.name, &s, b, in0.frac_bits, out_frac)?, out_frac, l)
+                }
+                Op::BatchNorm { .. } => bail!(
                     "{}: no q7 kernel for {}; fold BatchNorm/Scale/Bias into the preceding layer first (ir::passes::fold_batchnorm)",
                     ctx(),
                     n.op.type_name()
-                ),
-                other => bail!(
-                    "{}: {} runs in float (nnquant eval) but has no q7 kernel yet, so the model cannot be quantized",
-                    ctx(),
-                    other.type_name()
                 ),
             };
             blobs.insert(
@@ -658,6 +747,146 @@ pub fn lut_table(in_frac: i32, out_frac: i32, f: fn(f64) -> f64) -> Vec<i8> {
             }
         })
         .collect()
+}
+
+/// Caffe's Deconvolution weights `[in][out/g][kh][kw]` quantized into the kernels' layout
+/// `[out][kh][kw][in/g]`; `None` when their number does not match the geometry.
+pub fn deconv_weights(
+    w: &[f32],
+    in_c: usize,
+    out_c: usize,
+    groups: usize,
+    kernel: Hw,
+    q: QFormat,
+) -> Option<Vec<i8>> {
+    let (kh, kw) = (kernel.h, kernel.w);
+    if groups == 0 || in_c % groups != 0 || out_c % groups != 0 {
+        return None;
+    }
+    let (cin_g, cout_g) = (in_c / groups, out_c / groups);
+    if w.len() != in_c * cout_g * kh * kw {
+        return None;
+    }
+    let mut out = vec![0i8; w.len()];
+    for i in 0..in_c {
+        let (grp, ii) = (i / cin_g, i % cin_g);
+        for oo in 0..cout_g {
+            let o = grp * cout_g + oo;
+            for y in 0..kh {
+                for x in 0..kw {
+                    let src = ((i * cout_g + oo) * kh + y) * kw + x;
+                    out[((o * kh + y) * kw + x) * cin_g + ii] = q.quantize(w[src]);
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The q7 LRN of a layer: the factor table for these formats (see [`QOp::Lrn`]). The index
+/// shift makes the largest possible sum of squares (`window · 128²`) land on the table's last
+/// entry; the table takes as many fraction bits as its largest factor allows in a `u16`
+/// (at most 31 - in_frac + out_frac, so that the output shift stays in range).
+pub fn lrn_table(p: &crate::ir::LrnParams, in_frac: i32, out_frac: i32) -> Result<QOp> {
+    use super::kernels::LRN_TABLE_LEN;
+    let size = p.local_size;
+    ensure!(
+        size % 2 == 1 && size <= 255,
+        "LRN local_size {size} is not an odd number up to 255"
+    );
+    let (across, window, k) = match p.region {
+        crate::ir::NormRegion::AcrossChannels => (true, size, f64::from(p.k)),
+        // Caffe builds WITHIN_CHANNEL from a Power layer with shift 1: `k` is not used.
+        crate::ir::NormRegion::WithinChannel => (false, size * size, 1.0),
+    };
+    let max_s = window as u64 * 128 * 128;
+    let segments = (LRN_TABLE_LEN - 1) as u64;
+    let index_shift = (0..32).find(|&s| max_s >> s <= segments).unwrap_or(31);
+    let a = f64::from(p.alpha) / window as f64 * (-2.0 * f64::from(in_frac)).exp2();
+    let beta = f64::from(p.beta);
+    let factors: Vec<f64> = (0..LRN_TABLE_LEN)
+        .map(|j| (k + a * ((j as u64) << index_shift) as f64).powf(-beta))
+        .collect();
+    ensure!(
+        factors.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "LRN with k {k}, alpha {}, beta {beta}: k + alpha/n·Σx² must stay positive for a q7 table",
+        p.alpha
+    );
+    let max = factors
+        .iter()
+        .cloned()
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let table_frac = ((65535.0 / max).log2().floor() as i32).min(31 - in_frac + out_frac);
+    let out_rshift = table_frac + in_frac - out_frac;
+    ensure!(
+        (0..=31).contains(&out_rshift),
+        "LRN output format {out_frac} is too fine for input format {in_frac} and the factor table (shift {out_rshift})"
+    );
+    ensure!(
+        table_frac >= 0,
+        "LRN factors up to {max} do not fit a table with a right shift of at most 31"
+    );
+    let table = factors
+        .iter()
+        .map(|v| (v * f64::from(table_frac).exp2()).round().min(65535.0) as u16)
+        .collect();
+    Ok(QOp::Lrn {
+        size,
+        across,
+        index_shift: index_shift as i32,
+        table,
+        table_frac,
+        out_rshift,
+    })
+}
+
+/// A standalone Scale/Bias in q7: scales with as many fraction bits as their largest value
+/// allows (0 to 15), biases at their own max-abs format, coarsened so that `bias_lshift` stays
+/// within [`super::kernels::SCALE_MAX_BIAS_LSHIFT`] and never above the accumulator's format.
+fn scale_bias(
+    layer: &str,
+    s: &[f32],
+    b: Option<&[f32]>,
+    in_frac: i32,
+    out_frac: i32,
+) -> Result<QOp> {
+    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let scale_frac = QFormat::from_max_abs(max_abs(s))?.frac_bits.clamp(0, 15);
+    let scales = QFormat::new(scale_frac).quantize_slice(s);
+    let acc_frac = in_frac + scale_frac;
+    let (bias, bias_frac) = match b {
+        Some(b) => {
+            let bf = QFormat::from_max_abs(max_abs(b))?
+                .frac_bits
+                .min(acc_frac)
+                .max(acc_frac - super::kernels::SCALE_MAX_BIAS_LSHIFT);
+            (QFormat::new(bf).quantize_slice(b), bf)
+        }
+        None => (vec![0; s.len()], acc_frac),
+    };
+    let bias_lshift = acc_frac - bias_frac;
+    let out_rshift = acc_frac - out_frac;
+    check_shift(
+        layer,
+        "bias_lshift",
+        bias_lshift,
+        &format!("input_frac {in_frac} + scale_frac {scale_frac} - bias_frac {bias_frac}"),
+    )?;
+    check_shift(
+        layer,
+        "out_rshift",
+        out_rshift,
+        &format!("input_frac {in_frac} + scale_frac {scale_frac} - output_frac {out_frac}"),
+    )?;
+    Ok(QOp::ScaleBias {
+        scales,
+        scale_frac,
+        bias,
+        bias_frac,
+        bias_lshift,
+        out_rshift,
+    })
 }
 
 /// Quantized bias and shifts of a conv/fc layer, with every check.

@@ -244,6 +244,7 @@ mod tests {
             nodes,
             outputs: vec!["bn2".into()],
             shapes: Default::default(),
+            keep_output_softmax: false,
         };
         crate::ir::shape::infer(&mut g).unwrap();
         g

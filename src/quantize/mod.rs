@@ -48,14 +48,17 @@ pub struct DataSet<'a> {
 }
 
 /// The blobs the firmware outputs, one per graph output: the output itself, or the input of a
-/// trailing Softmax (which the q7 graph drops: it does not change the arg-max). The quantized
-/// graph's outputs have these names, and each is compared with the float blob of that name.
+/// trailing Softmax (which the q7 graph drops unless `g.keep_output_softmax`: it does not change
+/// the arg-max). The quantized graph's outputs have these names, and each is compared with the
+/// float blob of that name.
 pub fn output_blobs(g: &Graph) -> Vec<String> {
     g.outputs
         .iter()
         .map(
             |out| match g.nodes.iter().find(|n| n.outputs.first() == Some(out)) {
-                Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
+                Some(n) if matches!(n.op, Op::Softmax { .. }) && !g.keep_output_softmax => {
+                    n.inputs[0].clone()
+                }
                 _ => out.clone(),
             },
         )
