@@ -675,7 +675,7 @@ fn layer_reports(
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
             let (w, b, bl, or, sat) = match &l.op {
-                QOp::Conv(c) => (
+                QOp::Conv(c) | QOp::Deconv(c) => (
                     Some(c.weight_frac_bits),
                     Some(c.bias_frac_bits),
                     Some(c.bias_lshift as u32),
