@@ -230,14 +230,14 @@ fn new_kernels_refuse_bad_arguments() {
     )
     .is_err());
     assert!(
-        lrn_q7(&x, d, 2, true, 0, &[1; 257], 0, &mut y).is_err(),
+        lrn_q7(&x, d, 2, true, 0, &[1; 1025], 0, &mut y).is_err(),
         "even size"
     );
     assert!(
         lrn_q7(&x, d, 3, true, 0, &[1; 256], 0, &mut y).is_err(),
         "short table"
     );
-    assert!(lrn_q7(&x, d, 3, true, 32, &[1; 257], 0, &mut y).is_err());
+    assert!(lrn_q7(&x, d, 3, true, 32, &[1; 1025], 0, &mut y).is_err());
     assert!(mul_q7(&x, &x[..11], 0, &mut y).is_err());
     assert!(mul_q7(&x, &x, 32, &mut y).is_err());
     assert!(
@@ -430,4 +430,79 @@ fn qemu_opsnet_on_cortex_m4() {
         "{}",
         o.stdout
     );
+}
+
+/// The LRN's own error: q7 against f64 on the same q7 inputs (cifar10_full's across-channel
+/// parameters and a within-channel window), as SQNR.
+#[test]
+fn lrn_alone_sqnr() {
+    let dims = Dims { h: 6, w: 6, c: 16 };
+    let x: Vec<i8> = (0..dims.len())
+        .map(|i| ((i as u32).wrapping_mul(2654435761) >> 24) as i8 / 2)
+        .collect();
+    for (region, size, alpha, beta, k) in [
+        (NormRegion::AcrossChannels, 3, 5e-5f32, 0.75f32, 1.0f32),
+        (NormRegion::AcrossChannels, 5, 1.0, 0.75, 1.0),
+        (NormRegion::WithinChannel, 3, 1.0, 0.75, 1.0),
+    ] {
+        let (in_frac, out_frac) = (5, 6);
+        let p = LrnParams {
+            local_size: size,
+            alpha,
+            beta,
+            k,
+            region,
+        };
+        let across = region == NormRegion::AcrossChannels;
+        let QOp::Lrn {
+            index_shift,
+            table,
+            out_rshift,
+            ..
+        } = lrn_table(&p, in_frac, out_frac).unwrap()
+        else {
+            panic!("not an LRN");
+        };
+        let mut y = vec![0i8; x.len()];
+        lrn_q7(
+            &x,
+            dims,
+            size,
+            across,
+            index_shift,
+            &table,
+            out_rshift,
+            &mut y,
+        )
+        .unwrap();
+        let v = |i: usize| f64::from(x[i]) / 32.0;
+        let half = size / 2;
+        let mut want = vec![0.0; x.len()];
+        for py in 0..dims.h {
+            for px in 0..dims.w {
+                for c in 0..dims.c {
+                    let i = (py * dims.w + px) * dims.c + c;
+                    let (s, n, kk) = if across {
+                        let s: f64 = (c.saturating_sub(half)..(c + half + 1).min(dims.c))
+                            .map(|cc| v((py * dims.w + px) * dims.c + cc).powi(2))
+                            .sum();
+                        (s, size as f64, f64::from(k))
+                    } else {
+                        let mut s = 0.0;
+                        for wy in py.saturating_sub(half)..(py + half + 1).min(dims.h) {
+                            for wx in px.saturating_sub(half)..(px + half + 1).min(dims.w) {
+                                s += v((wy * dims.w + wx) * dims.c + c).powi(2);
+                            }
+                        }
+                        (s, (size * size) as f64, 1.0)
+                    };
+                    want[i] = v(i) * (kk + f64::from(alpha) / n * s).powf(-f64::from(beta));
+                }
+            }
+        }
+        let got: Vec<f64> = y.iter().map(|&q| f64::from(q) / 64.0).collect();
+        let db = sqnr_db(&want, &got);
+        println!("LRN {region:?} size {size} alpha {alpha}: q7 vs f64 SQNR {db:.1} dB");
+        assert!(db > 35.0, "{db:.1} dB");
+    }
 }

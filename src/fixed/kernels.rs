@@ -2747,36 +2747,58 @@ pub fn deconv_hwc_q7(
         let t = (o + pad).checked_sub(k * dil)?;
         (t.is_multiple_of(stride) && t / stride < n).then_some(t / stride)
     };
+    // Outputs are summed in blocks of up to DECONV_BLOCK channels of one group on the stack, so
+    // that each tap's input position is found once per block rather than once per channel.
+    let mut acc = [0i32; DECONV_BLOCK];
     for oy in 0..out_dims.h {
         for ox in 0..out_dims.w {
             let out_px = &mut output[(oy * out_dims.w + ox) * out_dims.c..][..out_dims.c];
-            for (o, y) in out_px.iter_mut().enumerate() {
-                let grp = o / cout_g;
-                let mut acc = ((bias[o] as i32) << bl).wrapping_add(rnd);
-                for ky in 0..kernel.h {
-                    let Some(iy) = src(oy, ky, pad.h, stride.h, dilation.h, in_dims.h) else {
-                        continue;
-                    };
-                    for kx in 0..kernel.w {
-                        let Some(ix) = src(ox, kx, pad.w, stride.w, dilation.w, in_dims.w) else {
+            for grp in 0..groups {
+                let x0 = grp * cin_g;
+                let mut o0 = grp * cout_g;
+                while o0 < (grp + 1) * cout_g {
+                    let nb = ((grp + 1) * cout_g - o0).min(DECONV_BLOCK);
+                    for (a, b) in acc[..nb].iter_mut().zip(&bias[o0..o0 + nb]) {
+                        *a = ((*b as i32) << bl).wrapping_add(rnd);
+                    }
+                    for ky in 0..kernel.h {
+                        let Some(iy) = src(oy, ky, pad.h, stride.h, dilation.h, in_dims.h) else {
                             continue;
                         };
-                        let x = &input[(iy * in_dims.w + ix) * in_dims.c + grp * cin_g..][..cin_g];
-                        let w = &weights[(o * taps + ky * kernel.w + kx) * cin_g..][..cin_g];
-                        for (a, b) in x.iter().zip(w) {
-                            acc = acc.wrapping_add(*a as i32 * *b as i32);
+                        for kx in 0..kernel.w {
+                            let Some(ix) = src(ox, kx, pad.w, stride.w, dilation.w, in_dims.w)
+                            else {
+                                continue;
+                            };
+                            let x = &input[(iy * in_dims.w + ix) * in_dims.c + x0..][..cin_g];
+                            let tap = ky * kernel.w + kx;
+                            for (j, a) in acc[..nb].iter_mut().enumerate() {
+                                let w = &weights[((o0 + j) * taps + tap) * cin_g..][..cin_g];
+                                let mut s = 0i32;
+                                for (p, q) in x.iter().zip(w) {
+                                    s = s.wrapping_add(*p as i32 * *q as i32);
+                                }
+                                *a = a.wrapping_add(s);
+                            }
                         }
                     }
+                    for (y, a) in out_px[o0..o0 + nb].iter_mut().zip(&acc[..nb]) {
+                        *y = requant(*a, or);
+                    }
+                    o0 += nb;
                 }
-                *y = requant(acc, or);
             }
         }
     }
     Ok(())
 }
 
-/// Entries of an LRN scale table: 256 segments and their end point.
-pub const LRN_TABLE_LEN: usize = 257;
+/// Output channels [`deconv_hwc_q7`] sums at once (an `i32` array on the stack: 128 B).
+const DECONV_BLOCK: usize = 32;
+
+/// Entries of an LRN scale table: 1,024 segments and their end point (2 KB of flash per layer;
+/// 256 segments left the factor's curvature a whole output step off for coarse input formats).
+pub const LRN_TABLE_LEN: usize = 1025;
 
 /// Local response normalisation, `y = x · (k + α/n · Σx²)^-β`, in integers. `s` = the sum of
 /// the squared q7 codes over the window (ACROSS_CHANNELS: `size` channels centred on the
