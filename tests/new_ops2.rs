@@ -506,3 +506,107 @@ fn lrn_alone_sqnr() {
         assert!(db > 35.0, "{db:.1} dB");
     }
 }
+
+/// BatchNorm and Scale after a ReLU cannot be folded into the convolution: each becomes a
+/// standalone per-channel q7 multiply-add, close to float and byte-identical in firmware.
+#[test]
+fn unfoldable_batchnorm_and_scale_run_in_q7() {
+    use common::tensor;
+    let f = Fixture::new();
+    let proto = r#"name: "bnnet"
+layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 16 dim: 16 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 6 kernel_size: 3 pad: 1 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "bn1" }
+layer { name: "sc1" type: "Scale" bottom: "bn1" top: "sc1" scale_param { bias_term: true } }
+layer { name: "conv2" type: "Convolution" bottom: "sc1" top: "conv2"
+  convolution_param { num_output: 4 kernel_size: 3 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip" inner_product_param { num_output: 5 } }
+"#;
+    let mut var = tensor(&[6], 21);
+    var.data.iter_mut().for_each(|v| *v = 0.2 + v.abs());
+    let mut mean = tensor(&[6], 22);
+    mean.data.iter_mut().for_each(|v| *v = v.abs() * 0.5);
+    let mut gamma = tensor(&[6], 23);
+    gamma.data.iter_mut().for_each(|v| *v = 0.5 + v.abs());
+    let w = vec![
+        (
+            "conv1".to_string(),
+            "Convolution".to_string(),
+            vec![tensor(&[6, 3, 3, 3], 1), tensor(&[6], 2)],
+        ),
+        (
+            "bn1".into(),
+            "BatchNorm".into(),
+            vec![mean, var, nnquant::ir::Tensor::new(vec![1], vec![1.0])],
+        ),
+        ("sc1".into(), "Scale".into(), vec![gamma, tensor(&[6], 24)]),
+        (
+            "conv2".into(),
+            "Convolution".into(),
+            vec![tensor(&[4, 6, 3, 3], 3), tensor(&[4], 4)],
+        ),
+        (
+            "ip".into(),
+            "InnerProduct".into(),
+            vec![tensor(&[5, 4 * 7 * 7], 5), tensor(&[5], 6)],
+        ),
+    ];
+    let p = f.write("bn.prototxt", proto);
+    let wts = f.write(
+        "bn.caffemodel",
+        nnquant::caffe::write::encode_caffemodel("bnnet", &w),
+    );
+    let (m, r) = (f.path("m.nnq.json"), f.path("r.json"));
+    let o = nnquant(&[
+        &"quantize",
+        &"--model",
+        &p,
+        &"--weights",
+        &wts,
+        &"--calib",
+        &opsnet("calib_u8_hwc.npy"),
+        &"--eval",
+        &opsnet("test_u8_hwc.npy"),
+        &"--mean-value",
+        &"128",
+        &"--scale",
+        &"0.0078125",
+        &"--search",
+        &"none",
+        &"-o",
+        &m,
+        &"--report",
+        &r,
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let model = std::fs::read_to_string(&m).unwrap();
+    assert_eq!(model.matches("\"ScaleBias\"").count(), 2, "bn1 and sc1");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
+    for b in ["bn1", "sc1", "ip"] {
+        let db = blob_sqnr(&r, b);
+        println!("{b}: q7 vs float SQNR {db:.1} dB");
+        assert!(db > 20.0, "{b}: {db:.1} dB");
+    }
+    let o = nnquant(&[
+        &"verify",
+        &m,
+        &"--data",
+        &opsnet("test_u8_hwc.npy"),
+        &"--target",
+        &"host",
+        &"--count",
+        &"20",
+        &"--work-dir",
+        &f.path("fw"),
+        &"--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("20/20 images byte-identical"),
+        "{}",
+        o.stdout
+    );
+}

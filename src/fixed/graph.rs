@@ -5,7 +5,7 @@
 use super::kernels::{Dims, Pair};
 use super::qformat::QFormat;
 use crate::ir::{EltwiseOp, Graph, Hw, Node, Op, PoolMethod};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -404,7 +404,11 @@ impl QGraph {
                     let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
                     let cin_g = in_dims.c / c.group;
                     let (kh, kw) = (c.kernel.h, c.kernel.w);
-                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
+                    let w = &n
+                        .weights
+                        .first()
+                        .with_context(|| format!("{}: no weights attached", ctx()))?
+                        .data;
                     let wq = QFormat::new(lf.weight_frac_bits);
                     let mut weights = vec![0i8; w.len()];
                     // Caffe [O][I/g][KH][KW] -> kernels [O][KH][KW][I/g].
@@ -419,8 +423,16 @@ impl QGraph {
                             }
                         }
                     }
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
-                    super::headroom::dense(&n.name, &weights, c.num_output, &bias, bias_lshift, out_rshift)?;
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
+                        shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    super::headroom::dense(
+                        &n.name,
+                        &weights,
+                        c.num_output,
+                        &bias,
+                        bias_lshift,
+                        out_rshift,
+                    )?;
                     let op = QOp::Conv(QConv {
                         in_dims,
                         out_dims,
@@ -439,14 +451,23 @@ impl QGraph {
                     (op, out_frac, out_dims)
                 }
                 Op::InnerProduct(p) => {
-                    ensure!(p.axis == 1, "{}: inner product over axis {} (only axis 1) has no q7 kernel", ctx(), p.axis);
+                    ensure!(
+                        p.axis == 1,
+                        "{}: inner product over axis {} (only axis 1) has no q7 kernel",
+                        ctx(),
+                        p.axis
+                    );
                     let out_frac = required()?;
                     let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
                     used_layers.insert(n.name.as_str());
                     let l = in0.layout;
                     let k = l.len();
                     let no = p.num_output;
-                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
+                    let w = &n
+                        .weights
+                        .first()
+                        .with_context(|| format!("{}: no weights attached", ctx()))?
+                        .data;
                     let wq = QFormat::new(lf.weight_frac_bits);
                     let mut weights = vec![0i8; w.len()];
                     // Caffe flattens C-major (c, y, x); the q7 input is HWC (y, x, c).
@@ -456,13 +477,18 @@ impl QGraph {
                                 for x in 0..l.w {
                                     let logical = (ch * l.h + y) * l.w + x;
                                     let phys = (y * l.w + x) * l.c + ch;
-                                    let src = if p.transpose { logical * no + o } else { o * k + logical };
+                                    let src = if p.transpose {
+                                        logical * no + o
+                                    } else {
+                                        o * k + logical
+                                    };
                                     weights[o * k + phys] = wq.quantize(w[src]);
                                 }
                             }
                         }
                     }
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, no)?;
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
+                        shifts(n, lf, in0.frac_bits, out_frac, no)?;
                     super::headroom::dense(&n.name, &weights, no, &bias, bias_lshift, out_rshift)?;
                     let op = QOp::Fc(QFc {
                         in_len: k,
@@ -479,15 +505,26 @@ impl QGraph {
                 Op::Pooling(p) => {
                     ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: pooling needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                     let out_dims = hwc_of(&out_shape).context("pool output is not C×H×W")?;
-                    let (k, s, pad) = crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
-                    let q = QPool { in_dims: in0.layout, out_dims, kernel: k, pad, stride: s };
+                    let (k, s, pad) =
+                        crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
+                    let q = QPool {
+                        in_dims: in0.layout,
+                        out_dims,
+                        kernel: k,
+                        pad,
+                        stride: s,
+                    };
                     match p.method {
                         PoolMethod::Max => (QOp::MaxPool(q), forced("max pooling")?, out_dims),
                         PoolMethod::Ave => (QOp::AvePool(q), forced("average pooling")?, out_dims),
                     }
                 }
                 Op::ReLU { negative_slope } => {
-                    ensure!(*negative_slope == 0.0, "{}: leaky ReLU (negative_slope {negative_slope}) has no q7 kernel", ctx());
+                    ensure!(
+                        *negative_slope == 0.0,
+                        "{}: leaky ReLU (negative_slope {negative_slope}) has no q7 kernel",
+                        ctx()
+                    );
                     (QOp::Relu, forced("ReLU")?, in0.layout)
                 }
                 Op::Flatten { .. } | Op::Reshape { .. } => {
@@ -496,9 +533,15 @@ impl QGraph {
                     (QOp::Reshape, forced("a reshape")?, in0.layout)
                 }
                 Op::Permute { order } => {
-                    let flat = Hwc { h: 1, w: 1, c: in0.layout.len() };
+                    let flat = Hwc {
+                        h: 1,
+                        w: 1,
+                        c: in0.layout.len(),
+                    };
                     let identity = order.iter().enumerate().all(|(i, &a)| i == a);
-                    let to_nhwc = order == &[0, 2, 3, 1] && in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout);
+                    let to_nhwc = order == &[0, 2, 3, 1]
+                        && in0.shape.len() == 3
+                        && hwc_of(&in0.shape) == Some(in0.layout);
                     let layout = if identity {
                         in0.layout
                     } else {
@@ -506,44 +549,111 @@ impl QGraph {
                             "{}: Permute order {order:?} of {:?} (stored {}×{}×{}) would reorder bytes; q7 supports the identity and NCHW → NHWC (0, 2, 3, 1) of a feature map, which is free in nnquant's HWC layout", ctx(), in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                         flat
                     };
-                    (QOp::Permute { order: order.clone() }, forced("a permute")?, layout)
+                    (
+                        QOp::Permute {
+                            order: order.clone(),
+                        },
+                        forced("a permute")?,
+                        layout,
+                    )
                 }
-                Op::Eltwise { op: EltwiseOp::Prod, .. } => {
+                Op::Eltwise {
+                    op: EltwiseOp::Prod,
+                    ..
+                } => {
                     ensure!(ins.len() == 2, "{}: q7 Eltwise PROD takes exactly 2 inputs, got {} (chain two-input PROD layers instead)", ctx(), ins.len());
-                    ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
+                    ensure!(
+                        ins[1].layout == in0.layout,
+                        "{}: Eltwise inputs differ in layout",
+                        ctx()
+                    );
                     let out_frac = required()?;
                     let out_rshift = ins[0].frac_bits + ins[1].frac_bits - out_frac;
-                    check_shift(&n.name, "out_rshift", out_rshift, &format!("input_frac {} + input_frac {} - output_frac {out_frac}", ins[0].frac_bits, ins[1].frac_bits))?;
+                    check_shift(
+                        &n.name,
+                        "out_rshift",
+                        out_rshift,
+                        &format!(
+                            "input_frac {} + input_frac {} - output_frac {out_frac}",
+                            ins[0].frac_bits, ins[1].frac_bits
+                        ),
+                    )?;
                     (QOp::Mul { out_rshift }, out_frac, in0.layout)
                 }
                 Op::Eltwise { op, coeffs } => {
-                    ensure!(ins.len() == 2, "{}: q7 Eltwise {op:?} takes exactly 2 inputs, got {}", ctx(), ins.len());
-                    ensure!(coeffs.iter().all(|&c| c == 1.0), "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)", ctx());
+                    ensure!(
+                        ins.len() == 2,
+                        "{}: q7 Eltwise {op:?} takes exactly 2 inputs, got {}",
+                        ctx(),
+                        ins.len()
+                    );
+                    ensure!(
+                        coeffs.iter().all(|&c| c == 1.0),
+                        "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)",
+                        ctx()
+                    );
                     let out_frac = required()?;
                     let (fa, fb) = (ins[0].frac_bits, ins[1].frac_bits);
                     let common = fa.max(fb).max(out_frac);
-                    let (a_lshift, b_lshift, out_rshift) = (common - fa, common - fb, common - out_frac);
+                    let (a_lshift, b_lshift, out_rshift) =
+                        (common - fa, common - fb, common - out_frac);
                     ensure!(a_lshift <= 23 && b_lshift <= 23 && out_rshift <= 31, "{}: input formats {fa}, {fb} and output format {out_frac} are too far apart for an i32 sum", ctx());
-                    ensure!(ins[1].layout == in0.layout, "{}: Eltwise inputs differ in layout", ctx());
+                    ensure!(
+                        ins[1].layout == in0.layout,
+                        "{}: Eltwise inputs differ in layout",
+                        ctx()
+                    );
                     if *op == EltwiseOp::Max {
-                        (QOp::Max { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                        (
+                            QOp::Max {
+                                a_lshift,
+                                b_lshift,
+                                out_rshift,
+                            },
+                            out_frac,
+                            in0.layout,
+                        )
                     } else {
                         super::headroom::add(&n.name, a_lshift, b_lshift, out_rshift)?;
-                        (QOp::Add { a_lshift, b_lshift, out_rshift }, out_frac, in0.layout)
+                        (
+                            QOp::Add {
+                                a_lshift,
+                                b_lshift,
+                                out_rshift,
+                            },
+                            out_frac,
+                            in0.layout,
+                        )
                     }
                 }
                 Op::Concat { axis } => {
-                    ensure!(*axis == 1, "{}: q7 Concat joins channels (axis 1) only, got axis {axis}", ctx());
+                    ensure!(
+                        *axis == 1,
+                        "{}: q7 Concat joins channels (axis 1) only, got axis {axis}",
+                        ctx()
+                    );
                     let out_frac = required()?;
                     let mut shifts = Vec::new();
                     for b in &ins {
-                        ensure!(b.layout.h == in0.layout.h && b.layout.w == in0.layout.w, "{}: inputs differ in H×W", ctx());
+                        ensure!(
+                            b.layout.h == in0.layout.h && b.layout.w == in0.layout.w,
+                            "{}: inputs differ in H×W",
+                            ctx()
+                        );
                         let s = out_frac - b.frac_bits;
                         ensure!(super::validate::RESCALE_SHIFTS.contains(&s), "{}: format change {s} (output frac_bits {out_frac} - input frac_bits {}) is outside {:?}: larger left shifts wrap in i32", ctx(), b.frac_bits, super::validate::RESCALE_SHIFTS);
                         shifts.push(s);
                     }
                     let c = ins.iter().map(|b| b.layout.c).sum();
-                    (QOp::Concat { shifts }, out_frac, Hwc { h: in0.layout.h, w: in0.layout.w, c })
+                    (
+                        QOp::Concat { shifts },
+                        out_frac,
+                        Hwc {
+                            h: in0.layout.h,
+                            w: in0.layout.w,
+                            c,
+                        },
+                    )
                 }
                 Op::Sigmoid | Op::TanH => {
                     let out_frac = required()?;
@@ -552,17 +662,29 @@ impl QGraph {
                         _ => ("tanh", f64::tanh),
                     };
                     let table = lut_table(in0.frac_bits, out_frac, f);
-                    (QOp::Lut { function: function.into(), table }, out_frac, in0.layout)
+                    (
+                        QOp::Lut {
+                            function: function.into(),
+                            table,
+                        },
+                        out_frac,
+                        in0.layout,
+                    )
                 }
                 Op::PReLU { channel_shared } => {
-                    let s = &n.weights.first().with_context(|| format!("{}: no slopes attached", ctx()))?.data;
+                    let s = &n
+                        .weights
+                        .first()
+                        .with_context(|| format!("{}: no slopes attached", ctx()))?
+                        .data;
                     let l = in0.layout;
                     let slopes_f: Vec<f32> = if *channel_shared {
                         vec![*s.first().with_context(|| format!("{}: no slope", ctx()))?; l.c]
                     } else {
                         // Caffe's channels (axis 1) must be the innermost bytes: the C of an HWC
                         // feature map, or every value of a 1-D blob in logical order.
-                        let innermost = hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
+                        let innermost = hwc_of(&in0.shape) == Some(l)
+                            && (in0.shape.len() == 3 || l.h * l.w == 1);
                         ensure!(innermost && s.len() == l.c, "{}: per-channel PReLU over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), in0.shape, l.h, l.w, l.c);
                         s.clone()
                     };
@@ -578,14 +700,23 @@ impl QGraph {
                     // The softmax axis must be contiguous in memory: channels of an HWC feature
                     // map, the last axis of a flat blob, or all values of a 1-D blob.
                     let row = if in0.shape.len() == 1 || in0.shape.len() == *axis {
-                        if l.h * l.w == 1 || in0.shape.len() == 1 { *in0.shape.last().unwrap_or(&1) } else { 0 }
+                        if l.h * l.w == 1 || in0.shape.len() == 1 {
+                            *in0.shape.last().unwrap_or(&1)
+                        } else {
+                            0
+                        }
                     } else if *axis == 1 && in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(l) {
                         l.c
                     } else {
                         0
                     };
                     ensure!(row > 0, "{}: Softmax over axis {axis} of {:?} (stored {}×{}×{}) is not over contiguous values; q7 Softmax takes the channels of a feature map or the last axis", ctx(), in0.shape, l.h, l.w, l.c);
-                    let exp_table = (0..256).map(|d| ((-(d as f64) * (-(in0.frac_bits as f64)).exp2()).exp() * 32768.0).round() as u16).collect();
+                    let exp_table = (0..256)
+                        .map(|d| {
+                            ((-(d as f64) * (-(in0.frac_bits as f64)).exp2()).exp() * 32768.0)
+                                .round() as u16
+                        })
+                        .collect();
                     (QOp::Softmax { row, exp_table }, out_frac, l)
                 }
                 Op::Deconvolution(c) => {
@@ -593,13 +724,35 @@ impl QGraph {
                     let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
                     used_layers.insert(n.name.as_str());
                     ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: deconvolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims = hwc_of(&out_shape).context("deconvolution output is not C×H×W")?;
-                    let w = &n.weights.first().with_context(|| format!("{}: no weights attached", ctx()))?.data;
-                    let weights = deconv_weights(w, in0.layout.c, c.num_output, c.group, c.kernel, QFormat::new(lf.weight_frac_bits))
-                        .with_context(|| format!("{}: {} weights do not match its shape", ctx(), w.len()))?;
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    let out_dims =
+                        hwc_of(&out_shape).context("deconvolution output is not C×H×W")?;
+                    let w = &n
+                        .weights
+                        .first()
+                        .with_context(|| format!("{}: no weights attached", ctx()))?
+                        .data;
+                    let weights = deconv_weights(
+                        w,
+                        in0.layout.c,
+                        c.num_output,
+                        c.group,
+                        c.kernel,
+                        QFormat::new(lf.weight_frac_bits),
+                    )
+                    .with_context(|| {
+                        format!("{}: {} weights do not match its shape", ctx(), w.len())
+                    })?;
+                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
+                        shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
                     // Each output sums a subset of its weights: the bound over all of them holds.
-                    super::headroom::dense(&n.name, &weights, c.num_output, &bias, bias_lshift, out_rshift)?;
+                    super::headroom::dense(
+                        &n.name,
+                        &weights,
+                        c.num_output,
+                        &bias,
+                        bias_lshift,
+                        out_rshift,
+                    )?;
                     let op = QOp::Deconv(QConv {
                         in_dims: in0.layout,
                         out_dims,
@@ -618,33 +771,35 @@ impl QGraph {
                     (op, out_frac, out_dims)
                 }
                 Op::Lrn(p) => {
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: LRN needs a C×H×W feature map as input; '{}' is {:?}", ctx(), n.inputs[0], in0.shape);
+                    ensure!(
+                        in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout),
+                        "{}: LRN needs a C×H×W feature map as input; '{}' is {:?}",
+                        ctx(),
+                        n.inputs[0],
+                        in0.shape
+                    );
                     let out_frac = given.unwrap_or(in0.frac_bits);
                     let l = lrn_table(p, in0.frac_bits, out_frac).with_context(ctx)?;
                     (l, out_frac, in0.layout)
                 }
-                Op::Scale { axis, .. } | Op::Bias { axis } => {
-                    ensure!(*axis == 1, "{}: a q7 {} scales channels (axis 1) only, got axis {axis}", ctx(), n.op.type_name());
+                // What `ir::passes::fold_batchnorm` could not fold (after a ReLU or a pooling, a
+                // second reader): a per-channel multiply-add of its own.
+                Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => {
                     let l = in0.layout;
                     // Caffe's channels (axis 1) must be the innermost bytes, as for PReLU.
-                    let innermost = hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
+                    let innermost =
+                        hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
                     ensure!(innermost, "{}: {} over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), n.op.type_name(), in0.shape, l.h, l.w, l.c);
-                    let (s, b): (Vec<f32>, Option<&[f32]>) = match &n.op {
-                        Op::Scale { bias_term, .. } => (
-                            n.weights.first().with_context(|| format!("{}: no scale attached", ctx()))?.data.clone(),
-                            if *bias_term { Some(&n.weights.get(1).with_context(|| format!("{}: no bias attached", ctx()))?.data) } else { None },
-                        ),
-                        _ => (vec![1.0; l.c], Some(&n.weights.first().with_context(|| format!("{}: no bias attached", ctx()))?.data)),
-                    };
-                    ensure!(s.len() == l.c && b.is_none_or(|b| b.len() == l.c), "{}: {} scales/biases for {} channels", ctx(), s.len(), l.c);
+                    let (s, b) = crate::ir::passes::channel_affine(&n.op, &n.weights, l.c)
+                        .with_context(ctx)?
+                        .with_context(|| format!("{}: a q7 {} scales the channels (axis 1, one value per channel) only", ctx(), n.op.type_name()))?;
                     let out_frac = given.unwrap_or(in0.frac_bits);
-                    (scale_bias(&n.name, &s, b, in0.frac_bits, out_frac)?, out_frac, l)
+                    (
+                        scale_bias(&n.name, &s, &b, in0.frac_bits, out_frac)?,
+                        out_frac,
+                        l,
+                    )
                 }
-                Op::BatchNorm { .. } => bail!(
-                    "{}: no q7 kernel for {}; fold BatchNorm/Scale/Bias into the preceding layer first (ir::passes::fold_batchnorm)",
-                    ctx(),
-                    n.op.type_name()
-                ),
             };
             blobs.insert(
                 out.clone(),
@@ -841,30 +996,20 @@ pub fn lrn_table(p: &crate::ir::LrnParams, in_frac: i32, out_frac: i32) -> Resul
     })
 }
 
-/// A standalone Scale/Bias in q7: scales with as many fraction bits as their largest value
-/// allows (0 to 15), biases at their own max-abs format, coarsened so that `bias_lshift` stays
-/// within [`super::kernels::SCALE_MAX_BIAS_LSHIFT`] and never above the accumulator's format.
-fn scale_bias(
-    layer: &str,
-    s: &[f32],
-    b: Option<&[f32]>,
-    in_frac: i32,
-    out_frac: i32,
-) -> Result<QOp> {
+/// A standalone Scale/Bias/BatchNorm in q7 (`y = s·x + b` per channel): scales with as many
+/// fraction bits as their largest value allows (0 to 15), biases at their own max-abs format,
+/// coarsened so that `bias_lshift` stays within [`super::kernels::SCALE_MAX_BIAS_LSHIFT`] and
+/// never above the accumulator's format.
+fn scale_bias(layer: &str, s: &[f32], b: &[f32], in_frac: i32, out_frac: i32) -> Result<QOp> {
     let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
     let scale_frac = QFormat::from_max_abs(max_abs(s))?.frac_bits.clamp(0, 15);
     let scales = QFormat::new(scale_frac).quantize_slice(s);
     let acc_frac = in_frac + scale_frac;
-    let (bias, bias_frac) = match b {
-        Some(b) => {
-            let bf = QFormat::from_max_abs(max_abs(b))?
-                .frac_bits
-                .min(acc_frac)
-                .max(acc_frac - super::kernels::SCALE_MAX_BIAS_LSHIFT);
-            (QFormat::new(bf).quantize_slice(b), bf)
-        }
-        None => (vec![0; s.len()], acc_frac),
-    };
+    let bias_frac = QFormat::from_max_abs(max_abs(b))?
+        .frac_bits
+        .min(acc_frac)
+        .max(acc_frac - super::kernels::SCALE_MAX_BIAS_LSHIFT);
+    let bias = QFormat::new(bias_frac).quantize_slice(b);
     let bias_lshift = acc_frac - bias_frac;
     let out_rshift = acc_frac - out_frac;
     check_shift(

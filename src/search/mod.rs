@@ -171,7 +171,8 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
             | Op::Softmax { .. }
             | Op::Lrn(_)
             | Op::Scale { .. }
-            | Op::Bias { .. } => {
+            | Op::Bias { .. }
+            | Op::BatchNorm { .. } => {
                 let o = act(out)?;
                 f.activations_frac_bits.insert(out.clone(), o);
                 o
