@@ -915,7 +915,7 @@ pub fn deconv_weights(
     q: QFormat,
 ) -> Option<Vec<i8>> {
     let (kh, kw) = (kernel.h, kernel.w);
-    if groups == 0 || in_c % groups != 0 || out_c % groups != 0 {
+    if groups == 0 || !in_c.is_multiple_of(groups) || !out_c.is_multiple_of(groups) {
         return None;
     }
     let (cin_g, cout_g) = (in_c / groups, out_c / groups);
@@ -989,7 +989,7 @@ pub fn lrn_table(p: &crate::ir::LrnParams, in_frac: i32, out_frac: i32) -> Resul
     Ok(QOp::Lrn {
         size,
         across,
-        index_shift: index_shift as i32,
+        index_shift,
         table,
         table_frac,
         out_rshift,
