@@ -610,3 +610,78 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip" inner_product_
         o.stdout
     );
 }
+
+/// Model files whose new-op fields were corrupted are refused by `NnqModel::from_json` with an
+/// error, or (harmless changes) run through the simulator, `kernels.rs` and codegen the same;
+/// none panics.
+#[test]
+fn corrupted_new_op_fields_never_panic() {
+    use nnquant::fixed::{run_reference, Keep, Simulator};
+    use nnquant::model::NnqModel;
+    use serde_json::{json, Value};
+    let f = Fixture::new();
+    let (m, _) = quantized(&f, "keep");
+    let text = std::fs::read_to_string(&m).unwrap();
+    let base: Value = serde_json::from_str(&text).unwrap();
+    let layer = |v: &Value, op: &str| {
+        v["graph"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|l| l["op"].get(op).is_some())
+            .unwrap_or_else(|| panic!("no {op}"))
+    };
+    // (op, field, new value): out of range, inconsistent or truncated.
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("Lrn", "size", json!(4)),
+        ("Lrn", "size", json!(1001)),
+        ("Lrn", "index_shift", json!(40)),
+        ("Lrn", "out_rshift", json!(-1)),
+        ("Lrn", "table_frac", json!(3)),
+        ("Lrn", "table", json!([1, 2, 3])),
+        ("Lrn", "across", json!(false)),
+        ("Deconv", "stride", json!({"h": 0, "w": 2})),
+        ("Deconv", "dilation", json!({"h": 0, "w": 0})),
+        ("Deconv", "groups", json!(3)),
+        ("Deconv", "groups", json!(0)),
+        ("Deconv", "out_dims", json!({"h": 17, "w": 16, "c": 8})),
+        ("Deconv", "weights", json!([1, 2])),
+        ("Deconv", "bias_lshift", json!(40)),
+        ("Deconv", "pad", json!({"h": 9, "w": 9})),
+        ("Mul", "out_rshift", json!(40)),
+        ("Mul", "out_rshift", json!(3)),
+        ("ScaleBias", "scales", json!([1])),
+        ("ScaleBias", "bias_lshift", json!(23)),
+        ("ScaleBias", "out_rshift", json!(31)),
+        ("Softmax", "row", json!(0)),
+    ];
+    let mut refused = 0;
+    for (op, field, value) in &cases {
+        let mut v = base.clone();
+        let i = layer(&v, op);
+        v["graph"]["layers"][i]["op"][op][field] = value.clone();
+        let t = serde_json::to_string(&v).unwrap();
+        let Ok(model) = NnqModel::from_json(&t) else {
+            refused += 1;
+            continue;
+        };
+        let g = &model.graph;
+        let n = 2;
+        let input: Vec<i8> = (0..n * model.input.len()).map(|i| (i * 7) as i8).collect();
+        let fast = Simulator::new(g).and_then(|s| s.run(&input, n, &Keep::Outputs));
+        let slow = run_reference(g, &input, n);
+        if let (Ok(a), Ok(b)) = (&fast, &slow) {
+            assert_eq!(a.get(&g.outputs[0]), b.get(&g.outputs[0]), "{op}.{field}");
+        }
+    }
+    assert!(
+        refused >= cases.len() - 2,
+        "only {refused} of {} refused",
+        cases.len()
+    );
+    // A Mul layer with one input is refused too.
+    let mut v = base.clone();
+    let i = layer(&v, "Mul");
+    v["graph"]["layers"][i]["inputs"] = json!(["sig1"]);
+    assert!(NnqModel::from_json(&serde_json::to_string(&v).unwrap()).is_err());
+}
