@@ -15,6 +15,19 @@ use nnquant::ir::{LrnParams, NormRegion};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
+/// `nnquant verify` builds every firmware of a target into one shared cargo target directory
+/// (`verify::cache_dir`) under one crate name, so two verifications at once can run each other's
+/// binary: the tests of this file take turns.
+static VERIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `nnquant verify` with the arguments, one at a time (see [`VERIFY`]).
+fn verify(args: &[&dyn AsRef<std::ffi::OsStr>]) -> common::Outcome {
+    let _turn = VERIFY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"verify"];
+    all.extend_from_slice(args);
+    nnquant(&all)
+}
+
 fn opsnet(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata/opsnet")
@@ -371,8 +384,7 @@ fn opsnet_follows_float_per_op_and_runs_byte_identical() {
     let agreement = r["accuracy"]["top1_agreement"].as_f64().unwrap();
     assert!(agreement > 0.85, "top-1 agreement with float {agreement}");
 
-    let o = nnquant(&[
-        &"verify",
+    let o = verify(&[
         &m,
         &"--data",
         &opsnet("test_u8_hwc.npy"),
@@ -409,8 +421,7 @@ fn softmax_drop_is_the_default_rule() {
 fn qemu_opsnet_on_cortex_m4() {
     let f = Fixture::new();
     let (m, _) = quantized(&f, "keep");
-    let o = nnquant(&[
-        &"verify",
+    let o = verify(&[
         &m,
         &"--data",
         &opsnet("test_u8_hwc.npy"),
@@ -590,8 +601,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip" inner_product_
         println!("{b}: q7 vs float SQNR {db:.1} dB");
         assert!(db > 20.0, "{b}: {db:.1} dB");
     }
-    let o = nnquant(&[
-        &"verify",
+    let o = verify(&[
         &m,
         &"--data",
         &opsnet("test_u8_hwc.npy"),
