@@ -2724,6 +2724,79 @@ pub fn deconv_hwc_q7(
     output: &mut [i8],
     out_dims: Dims,
 ) -> KResult {
+    deconv_run(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+/// [`deconv_hwc_q7`] with the implementation chosen by `dsp` (two outputs per `SMLAD` pair, the
+/// instructions modelled in plain Rust off-target), so host tests can hold both to the definition.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_hwc_q7_variant(
+    dsp: bool,
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    deconv_run(
+        dsp,
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deconv_run(
+    dsp: bool,
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
     let bl = check_shift(bias_lshift)?;
     let or = check_shift(out_rshift)?;
     if stride.h == 0 || stride.w == 0 || dilation.h == 0 || dilation.w == 0 || groups == 0 {
@@ -2772,13 +2845,23 @@ pub fn deconv_hwc_q7(
                             };
                             let x = &input[(iy * in_dims.w + ix) * in_dims.c + x0..][..cin_g];
                             let tap = ky * kernel.w + kx;
-                            for (j, a) in acc[..nb].iter_mut().enumerate() {
-                                let w = &weights[((o0 + j) * taps + tap) * cin_g..][..cin_g];
-                                let mut s = 0i32;
-                                for (p, q) in x.iter().zip(w) {
-                                    s = s.wrapping_add(*p as i32 * *q as i32);
-                                }
-                                *a = a.wrapping_add(s);
+                            let row =
+                                |j: usize| &weights[((o0 + j) * taps + tap) * cin_g..][..cin_g];
+                            // Two output channels per pass (one input load feeds both).
+                            let mut j = 0;
+                            while j + 1 < nb {
+                                let s = [acc[j], acc[j + 1]];
+                                let s = if dsp {
+                                    dot1x2_dsp(x, row(j), row(j + 1), s)
+                                } else {
+                                    dot1x2(x, row(j), row(j + 1), s)
+                                };
+                                acc[j] = s[0];
+                                acc[j + 1] = s[1];
+                                j += 2;
+                            }
+                            if j < nb {
+                                acc[j] = dot1x2(x, row(j), row(j), [acc[j], 0])[0];
                             }
                         }
                     }
