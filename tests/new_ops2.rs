@@ -373,6 +373,13 @@ fn opsnet_follows_float_per_op_and_runs_byte_identical() {
         assert!(ops.iter().any(|o| o == want), "{want} missing from {ops:?}");
     }
     assert_eq!(model["graph"]["outputs"], serde_json::json!(["prob"]));
+    let prob_frac = model["graph"]["blobs"]["prob"]["frac_bits"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        prob_frac <= 7,
+        "probabilities up to 127/128 fit: {prob_frac} fraction bits"
+    );
     for (b, min) in [
         ("prelu1", 25.0),
         ("lrn1", 25.0),

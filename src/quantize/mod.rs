@@ -65,6 +65,25 @@ pub fn output_blobs(g: &Graph) -> Vec<String> {
         .collect()
 }
 
+/// A trailing Softmax the q7 graph keeps (`--softmax keep`) outputs probabilities with at most 7
+/// fraction bits (steps of 1/128, up to 127/128): the calibration maximum alone (say 0.33, 8 bits)
+/// would saturate every larger probability other images produce at 127/256.
+fn cap_output_probabilities(g: &Graph, f: &mut Formats) {
+    if !g.keep_output_softmax {
+        return;
+    }
+    for out in &g.outputs {
+        let Some(n) = g.nodes.iter().find(|n| n.outputs.first() == Some(out)) else {
+            continue;
+        };
+        if matches!(n.op, Op::Softmax { .. }) {
+            if let Some(v) = f.activations_frac_bits.get_mut(out) {
+                *v = (*v).min(7);
+            }
+        }
+    }
+}
+
 /// The search's and the report's objective for this graph's outputs (see `search::objective`).
 pub fn objective(g: &Graph, labelled: bool) -> (Objective, String) {
     let shapes: Vec<Vec<usize>> = output_blobs(g)
@@ -441,7 +460,11 @@ pub fn run(
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
-        None => (search::start_formats(g, &cal.max_abs)?, opts.strategy),
+        None => {
+            let mut f = search::start_formats(g, &cal.max_abs)?;
+            cap_output_probabilities(g, &mut f);
+            (f, opts.strategy)
+        }
     };
     let pb = crate::progress::bar(0, "search", opts.quiet);
     let progress = |step: usize, total: usize, msg: &str| {
