@@ -78,6 +78,7 @@ fn tiny() -> Graph {
         nodes: vec![conv, relu, pool, ip],
         outputs: vec!["ip1".into()],
         shapes: Default::default(),
+        keep_output_softmax: false,
     };
     ir::shape::infer(&mut g).unwrap();
     g

@@ -204,6 +204,10 @@ fn the_fixture_is_valid_and_runs_everywhere() {
             nnquant::fixed::QOp::PRelu { .. } => "prelu",
             nnquant::fixed::QOp::Max { .. } => "max_eltwise",
             nnquant::fixed::QOp::Softmax { .. } => "softmax",
+            nnquant::fixed::QOp::Deconv(_) => "deconv",
+            nnquant::fixed::QOp::Lrn { .. } => "lrn",
+            nnquant::fixed::QOp::Mul { .. } => "mul",
+            nnquant::fixed::QOp::ScaleBias { .. } => "scale",
         })
         .collect();
     for op in [

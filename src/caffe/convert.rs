@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Layer types that nnquant lowers into ops.
 pub const COMPUTE_TYPES: &[&str] = &[
     "Convolution",
+    "Deconvolution",
     "InnerProduct",
     "Pooling",
     "ReLU",
@@ -293,6 +294,7 @@ fn lower_op(l: &LayerParameter) -> Result<Op> {
     let ty = l.r#type();
     Ok(match ty {
         "Convolution" => Op::Convolution(conv_params(l)?),
+        "Deconvolution" => Op::Deconvolution(conv_params(l)?),
         "InnerProduct" => {
             let p = l.inner_product_param.clone().unwrap_or_default();
             Op::InnerProduct(InnerProductParams {
@@ -669,6 +671,7 @@ pub fn lower(net: &NetParameter) -> Result<Graph> {
         nodes,
         outputs,
         shapes: BTreeMap::new(),
+        keep_output_softmax: false,
     })
 }
 

@@ -311,6 +311,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             equalize: cfg.quantize.equalize.unwrap_or(false),
             bias_correction: super::quantize::OnOff::On,
             holdout: crate::search::Holdout::Auto,
+            softmax: super::quantize::SoftmaxRule::Drop,
             output: model_path.clone(),
             report: report_path.clone(),
             timestamps: false,

@@ -197,6 +197,7 @@ pub fn open_data_for_quantized(opts: &DataOpts) -> Result<Box<dyn Source>> {
         nodes: vec![],
         outputs: vec![],
         shapes: Default::default(),
+        keep_output_softmax: false,
     };
     open_data(opts, &g)
 }

@@ -84,6 +84,12 @@ pub struct Args {
     /// images.
     #[arg(long, default_value = "auto", value_parser = Holdout::parse)]
     pub holdout: Holdout,
+    /// A Softmax at the end of the network (nobody reads its output): `drop` it from the q7
+    /// graph (the q7 logits are the output: the arg-max is the same, classifiers keep their
+    /// figures), or `keep` it (q7 Softmax: the output is the probabilities, 0 to 15 fraction
+    /// bits, for models whose output is used as probabilities).
+    #[arg(long, value_enum, default_value = "drop")]
+    pub softmax: SoftmaxRule,
     /// Quantized model file to write (.nnq.json).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -98,6 +104,16 @@ pub struct Args {
     pub json: bool,
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// What `quantize` does with a trailing Softmax (`--softmax`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SoftmaxRule {
+    /// Dropped: the output is the q7 logits (the arg-max is unchanged).
+    #[default]
+    Drop,
+    /// Kept: the output is the q7 probabilities.
+    Keep,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -138,6 +154,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         data_args::load_model_and_data(&m, &[&calib_o])?
     };
+    g.keep_output_softmax = a.softmax == SoftmaxRule::Keep;
     ensure!(
         !(a.equalize && a.formats.is_some()),
         "--equalize changes the weights, so formats chosen for the original weights (--formats / quantize.formats) would not fit them; use one or the other"

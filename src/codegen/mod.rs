@@ -604,6 +604,131 @@ fn layer_contexts(
                     ),
                 )
             }
+            QOp::Deconv(c) => {
+                param("IN", "Dims", dims(c.in_dims));
+                param("OUT", "Dims", dims(c.out_dims));
+                param("KERNEL", "Pair", pair(c.kernel));
+                param("PAD", "Pair", pair(c.pad));
+                param("STRIDE", "Pair", pair(c.stride));
+                param("DILATION", "Pair", pair(c.dilation));
+                param("GROUPS", "usize", c.groups.to_string());
+                param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_WEIGHTS"),
+                    format!(
+                        "`{}` deconvolution weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
+                        l.name,
+                        c.out_dims.c,
+                        c.kernel.h,
+                        c.kernel.w,
+                        c.in_dims.c / c.groups.max(1),
+                        c.weight_frac_bits
+                    ),
+                    &c.weights,
+                ));
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
+                        "`{}` biases [{}], {} fraction bits.",
+                        l.name,
+                        c.bias.len(),
+                        c.bias_frac_bits
+                    ),
+                    &c.bias,
+                ));
+                (
+                    "deconv",
+                    format!(
+                        "{}: deconvolution {}x{} x{} pad {}, {} -> {}",
+                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
+                    ),
+                )
+            }
+            QOp::Lrn {
+                size,
+                across,
+                index_shift,
+                table,
+                table_frac,
+                out_rshift,
+            } => {
+                param("DIMS", "Dims", dims(g.blobs[&l.inputs[0]].layout));
+                param("SIZE", "usize", size.to_string());
+                param("ACROSS", "bool", across.to_string());
+                param("INDEX_SHIFT", "i32", index_shift.to_string());
+                param("OUT_RSHIFT", "i32", out_rshift.to_string());
+                arrays.push(ArrayCtx::u16(
+                    format!("{p}_TABLE"),
+                    format!(
+                        "`{}`: the LRN factor at Σx² = j << {index_shift}, {table_frac} fraction bits.",
+                        l.name
+                    ),
+                    table,
+                ));
+                (
+                    "lrn",
+                    format!(
+                        "{}: LRN {} size {size}, {} -> {}",
+                        l.name,
+                        if *across {
+                            "across channels"
+                        } else {
+                            "within channel"
+                        },
+                        l.inputs[0],
+                        l.output
+                    ),
+                )
+            }
+            QOp::Mul { out_rshift } => {
+                param("OUT_RSHIFT", "i32", out_rshift.to_string());
+                (
+                    "mul",
+                    format!(
+                        "{}: product {} · {} -> {}",
+                        l.name, l.inputs[0], l.inputs[1], l.output
+                    ),
+                )
+            }
+            QOp::ScaleBias {
+                scales,
+                scale_frac,
+                bias,
+                bias_frac,
+                bias_lshift,
+                out_rshift,
+            } => {
+                param("BIAS_LSHIFT", "i32", bias_lshift.to_string());
+                param("OUT_RSHIFT", "i32", out_rshift.to_string());
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_SCALES"),
+                    format!(
+                        "`{}` scales [{}], {scale_frac} fraction bits.",
+                        l.name,
+                        scales.len()
+                    ),
+                    scales,
+                ));
+                arrays.push(ArrayCtx::i8(
+                    format!("{p}_BIAS"),
+                    format!(
+                        "`{}` biases [{}], {bias_frac} fraction bits.",
+                        l.name,
+                        bias.len()
+                    ),
+                    bias,
+                ));
+                (
+                    "scale",
+                    format!(
+                        "{}: per-channel scale/bias {} -> {}",
+                        l.name, l.inputs[0], l.output
+                    ),
+                )
+            }
             QOp::Concat { .. } => (
                 "concat",
                 format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),

@@ -2700,3 +2700,298 @@ pub fn softmax_q7(data: &mut [i8], row: usize, exp_table: &[u16], out_frac: i32)
     }
     Ok(())
 }
+
+/// Transposed convolution (Caffe's `Deconvolution`) in gather form: every output pixel sums the
+/// input pixels that scatter into it. Weight `[o][ky][kx][i]` (the conv layout; `i` within the
+/// group) carries input pixel `(iy, ix)` to output pixel `(iy·stride + ky·dilation - pad, …)`,
+/// so output `(oy, ox)` reads input `iy = (oy + pad - ky·dilation) / stride` when that division
+/// is exact and in range. `acc = (bias << bias_lshift) + round + Σ in·w` in wrapping `i32`,
+/// `out = sat_i8(acc >> out_rshift)`, as for [`conv_hwc_q7`]; the output size is the caller's
+/// (Caffe: `stride·(in - 1) + dilation·(k - 1) + 1 - 2·pad`).
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_hwc_q7(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    deconv_run(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+/// [`deconv_hwc_q7`] with the implementation chosen by `dsp` (two outputs per `SMLAD` pair, the
+/// instructions modelled in plain Rust off-target), so host tests can hold both to the definition.
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn deconv_hwc_q7_variant(
+    dsp: bool,
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    deconv_run(
+        dsp,
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deconv_run(
+    dsp: bool,
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    let bl = check_shift(bias_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if stride.h == 0 || stride.w == 0 || dilation.h == 0 || dilation.w == 0 || groups == 0 {
+        return Err(KernelError::Geometry);
+    }
+    if !in_dims.c.is_multiple_of(groups) || !out_dims.c.is_multiple_of(groups) {
+        return Err(KernelError::Geometry);
+    }
+    let (cin_g, cout_g) = (in_dims.c / groups, out_dims.c / groups);
+    let taps = kernel.h * kernel.w;
+    if input.len() != in_dims.len()
+        || output.len() != out_dims.len()
+        || bias.len() != out_dims.c
+        || weights.len() != out_dims.c * taps * cin_g
+    {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(or);
+    // The input coordinate output coordinate `o` reads through tap `k`, if any.
+    let src = |o: usize, k: usize, pad: usize, stride: usize, dil: usize, n: usize| {
+        let t = (o + pad).checked_sub(k * dil)?;
+        (t.is_multiple_of(stride) && t / stride < n).then_some(t / stride)
+    };
+    // Outputs are summed in blocks of up to DECONV_BLOCK channels of one group on the stack, so
+    // that each tap's input position is found once per block rather than once per channel.
+    let mut acc = [0i32; DECONV_BLOCK];
+    for oy in 0..out_dims.h {
+        for ox in 0..out_dims.w {
+            let out_px = &mut output[(oy * out_dims.w + ox) * out_dims.c..][..out_dims.c];
+            for grp in 0..groups {
+                let x0 = grp * cin_g;
+                let mut o0 = grp * cout_g;
+                while o0 < (grp + 1) * cout_g {
+                    let nb = ((grp + 1) * cout_g - o0).min(DECONV_BLOCK);
+                    for (a, b) in acc[..nb].iter_mut().zip(&bias[o0..o0 + nb]) {
+                        *a = ((*b as i32) << bl).wrapping_add(rnd);
+                    }
+                    for ky in 0..kernel.h {
+                        let Some(iy) = src(oy, ky, pad.h, stride.h, dilation.h, in_dims.h) else {
+                            continue;
+                        };
+                        for kx in 0..kernel.w {
+                            let Some(ix) = src(ox, kx, pad.w, stride.w, dilation.w, in_dims.w)
+                            else {
+                                continue;
+                            };
+                            let x = &input[(iy * in_dims.w + ix) * in_dims.c + x0..][..cin_g];
+                            let tap = ky * kernel.w + kx;
+                            let row =
+                                |j: usize| &weights[((o0 + j) * taps + tap) * cin_g..][..cin_g];
+                            // Two output channels per pass (one input load feeds both).
+                            let mut j = 0;
+                            while j + 1 < nb {
+                                let s = [acc[j], acc[j + 1]];
+                                let s = if dsp {
+                                    dot1x2_dsp(x, row(j), row(j + 1), s)
+                                } else {
+                                    dot1x2(x, row(j), row(j + 1), s)
+                                };
+                                acc[j] = s[0];
+                                acc[j + 1] = s[1];
+                                j += 2;
+                            }
+                            if j < nb {
+                                acc[j] = dot1x2(x, row(j), row(j), [acc[j], 0])[0];
+                            }
+                        }
+                    }
+                    for (y, a) in out_px[o0..o0 + nb].iter_mut().zip(&acc[..nb]) {
+                        *y = requant(*a, or);
+                    }
+                    o0 += nb;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Output channels [`deconv_hwc_q7`] sums at once (an `i32` array on the stack: 128 B).
+const DECONV_BLOCK: usize = 32;
+
+/// Entries of an LRN scale table: 1,024 segments and their end point (2 KB of flash per layer;
+/// 256 segments left the factor's curvature a whole output step off for coarse input formats).
+pub const LRN_TABLE_LEN: usize = 1025;
+
+/// Local response normalisation, `y = x · (k + α/n · Σx²)^-β`, in integers. `s` = the sum of
+/// the squared q7 codes over the window (ACROSS_CHANNELS: `size` channels centred on the
+/// value's, clipped; otherwise WITHIN_CHANNEL: the `size × size` window of its channel centred
+/// on the pixel, clipped), at most `size²·16384` in `i32`. The factor is `table` interpolated
+/// linearly at `s / 2^index_shift` (`table[j]` = the factor at `s = j << index_shift`, the last
+/// entry also for anything beyond, scaled by the quantizer's power of two), and
+/// `y = sat_i8((x · factor + round) >> out_rshift)`.
+#[allow(clippy::too_many_arguments)]
+pub fn lrn_q7(
+    input: &[i8],
+    dims: Dims,
+    size: usize,
+    across: bool,
+    index_shift: i32,
+    table: &[u16],
+    out_rshift: i32,
+    output: &mut [i8],
+) -> KResult {
+    let sh = check_shift(index_shift)?;
+    let or = check_shift(out_rshift)?;
+    if size == 0 || size.is_multiple_of(2) || size > 255 || table.len() != LRN_TABLE_LEN {
+        return Err(KernelError::Geometry);
+    }
+    if input.len() != dims.len() || output.len() != dims.len() {
+        return Err(KernelError::Length);
+    }
+    let half = size / 2;
+    let rnd = round_term(or);
+    let mask = (1u32 << sh).wrapping_sub(1);
+    for y in 0..dims.h {
+        for x in 0..dims.w {
+            let px = (y * dims.w + x) * dims.c;
+            for c in 0..dims.c {
+                let mut s: u32 = 0;
+                if across {
+                    let hi = (c + half + 1).min(dims.c);
+                    for v in &input[px + c.saturating_sub(half)..px + hi] {
+                        s += (*v as i32 * *v as i32) as u32;
+                    }
+                } else {
+                    for wy in y.saturating_sub(half)..(y + half + 1).min(dims.h) {
+                        for wx in x.saturating_sub(half)..(x + half + 1).min(dims.w) {
+                            let v = input[(wy * dims.w + wx) * dims.c + c] as i32;
+                            s += (v * v) as u32;
+                        }
+                    }
+                }
+                let j = (s >> sh) as usize;
+                let f = if j >= LRN_TABLE_LEN - 1 {
+                    table[LRN_TABLE_LEN - 1] as i64
+                } else {
+                    let (a, b) = (table[j] as i64, table[j + 1] as i64);
+                    // Floor division by 2^sh (arithmetic shift of a possibly negative step).
+                    a + (((b - a) * (s & mask) as i64) >> sh)
+                };
+                let acc = input[px + c] as i64 * f + rnd as i64;
+                output[px + c] = sat_i8((acc >> or).clamp(i32::MIN as i64, i32::MAX as i64) as i32);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Eltwise PROD of two q7 tensors: `out = sat_i8((a·b + round) >> out_rshift)` with
+/// `out_rshift = a_frac + b_frac - out_frac` (the product has `a_frac + b_frac` fraction bits;
+/// `|a·b| ≤ 16384` cannot wrap).
+pub fn mul_q7(a: &[i8], b: &[i8], out_rshift: i32, output: &mut [i8]) -> KResult {
+    let or = check_shift(out_rshift)?;
+    if a.len() != output.len() || b.len() != output.len() {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(or);
+    for ((o, x), y) in output.iter_mut().zip(a).zip(b) {
+        *o = sat_i8((*x as i32 * *y as i32 + rnd) >> or);
+    }
+    Ok(())
+}
+
+/// Largest `bias_lshift` of [`scale_q7`]: `|bias << 22| + |x·s| + round < 2^31`.
+pub const SCALE_MAX_BIAS_LSHIFT: i32 = 22;
+
+/// A standalone per-channel Scale/Bias over values whose innermost axis has `scales.len()`
+/// channels: `acc = x·scale[c] + (bias[c] << bias_lshift) + round`,
+/// `out = sat_i8(acc >> out_rshift)` (scale with `sf` fraction bits: `out_rshift = in_frac + sf
+/// - out_frac`, `bias_lshift = in_frac + sf - bias_frac` ≤ [`SCALE_MAX_BIAS_LSHIFT`], so the
+/// `i32` sum cannot wrap).
+pub fn scale_q7(
+    input: &[i8],
+    scales: &[i8],
+    bias: &[i8],
+    bias_lshift: i32,
+    out_rshift: i32,
+    output: &mut [i8],
+) -> KResult {
+    let bl = check_shift(bias_lshift)?;
+    let or = check_shift(out_rshift)?;
+    if bias_lshift > SCALE_MAX_BIAS_LSHIFT {
+        return Err(KernelError::Shift);
+    }
+    let c = scales.len();
+    if c == 0 || bias.len() != c || input.len() != output.len() || !input.len().is_multiple_of(c) {
+        return Err(KernelError::Length);
+    }
+    let rnd = round_term(or);
+    for (xs, ys) in input.chunks_exact(c).zip(output.chunks_exact_mut(c)) {
+        for (((y, x), s), b) in ys.iter_mut().zip(xs).zip(scales).zip(bias) {
+            let acc = *x as i32 * *s as i32 + ((*b as i32) << bl) + rnd;
+            *y = sat_i8(acc >> or);
+        }
+    }
+    Ok(())
+}

@@ -621,6 +621,15 @@ impl<'g> Simulator<'g> {
                     }
                     r
                 }
+                (QOp::Deconv(_) | QOp::Lrn { .. } | QOp::Mul { .. } | QOp::ScaleBias { .. }, _) => {
+                    spatial_or_binary(
+                        &l.op,
+                        x,
+                        l.inputs.get(1).map(|b| get(b)),
+                        g.blobs[&l.inputs[0]].layout,
+                        &mut y,
+                    )
+                }
                 _ => bail!("layer '{}': internal error, unprepared op", l.name),
             };
             if let Err(e) = r {
@@ -831,6 +840,15 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
                         &mut y,
                     )
                 }
+                QOp::Deconv(_) | QOp::Lrn { .. } | QOp::Mul { .. } | QOp::ScaleBias { .. } => {
+                    spatial_or_binary(
+                        &l.op,
+                        x,
+                        l.inputs.get(1).map(|b| local[b.as_str()].as_slice()),
+                        g.blobs[&l.inputs[0]].layout,
+                        &mut y,
+                    )
+                }
                 QOp::Add {
                     a_lshift,
                     b_lshift,
@@ -914,6 +932,66 @@ fn pointwise(
             y.copy_from_slice(x);
             kernels::softmax_q7(y, *row, exp_table, out_frac)
         }
+        _ => Err(kernels::KernelError::Geometry),
+    }
+}
+
+/// Deconvolution, LRN, Eltwise PROD and a standalone Scale/Bias of one image, straight from
+/// `kernels.rs` (no faster simulator path: they are rare, and small next to the convolutions).
+/// `other` is the second input of an Eltwise PROD; `in_layout` the first input's layout.
+fn spatial_or_binary(
+    op: &QOp,
+    x: &[i8],
+    other: Option<&[i8]>,
+    in_layout: graph::Hwc,
+    y: &mut [i8],
+) -> Result<(), kernels::KernelError> {
+    match op {
+        QOp::Deconv(c) => kernels::deconv_hwc_q7(
+            x,
+            c.in_dims.dims(),
+            &c.weights,
+            pair(c.kernel),
+            pair(c.pad),
+            pair(c.stride),
+            pair(c.dilation),
+            c.groups,
+            &c.bias,
+            c.bias_lshift,
+            c.out_rshift,
+            y,
+            c.out_dims.dims(),
+        ),
+        QOp::Lrn {
+            size,
+            across,
+            index_shift,
+            table,
+            out_rshift,
+            ..
+        } => kernels::lrn_q7(
+            x,
+            in_layout.dims(),
+            *size,
+            *across,
+            *index_shift,
+            table,
+            *out_rshift,
+            y,
+        ),
+        QOp::Mul { out_rshift } => kernels::mul_q7(
+            x,
+            other.ok_or(kernels::KernelError::Length)?,
+            *out_rshift,
+            y,
+        ),
+        QOp::ScaleBias {
+            scales,
+            bias,
+            bias_lshift,
+            out_rshift,
+            ..
+        } => kernels::scale_q7(x, scales, bias, *bias_lshift, *out_rshift, y),
         _ => Err(kernels::KernelError::Geometry),
     }
 }

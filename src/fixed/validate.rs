@@ -241,6 +241,102 @@ fn conv(
     )
 }
 
+/// A Deconvolution: the convolution's checks with Caffe's transposed size rule (kept apart
+/// from [`conv`] so that each rule reads on its own).
+fn deconv(
+    layer: &str,
+    c: &QConv,
+    input: &QBlob,
+    output: &QBlob,
+    in_name: &str,
+    out_name: &str,
+) -> Result<Headroom> {
+    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
+    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
+    ensure!(
+        input.shape.len() == 3,
+        "layer '{layer}': a deconvolution needs a C×H×W input, '{in_name}' is {:?}",
+        input.shape
+    );
+    ensure!(
+        c.groups > 0
+            && c.in_dims.c.is_multiple_of(c.groups)
+            && c.out_dims.c.is_multiple_of(c.groups),
+        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
+        c.groups,
+        c.in_dims.c,
+        c.out_dims.c
+    );
+    ensure!(
+        c.kernel.h > 0
+            && c.kernel.w > 0
+            && c.stride.h > 0
+            && c.stride.w > 0
+            && c.dilation.h > 0
+            && c.dilation.w > 0,
+        "layer '{layer}': kernel, stride and dilation must be positive"
+    );
+    for (axis, i, k, s, p, d, o) in [
+        (
+            "h",
+            c.in_dims.h,
+            c.kernel.h,
+            c.stride.h,
+            c.pad.h,
+            c.dilation.h,
+            c.out_dims.h,
+        ),
+        (
+            "w",
+            c.in_dims.w,
+            c.kernel.w,
+            c.stride.w,
+            c.pad.w,
+            c.dilation.w,
+            c.out_dims.w,
+        ),
+    ] {
+        let want = shape::deconv_out(i, k, s, p, d)
+            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
+        ensure!(
+            o == want,
+            "layer '{layer}': out_dims.{axis} is {o}, but a deconvolution of input {i} with kernel {k}, stride {s}, pad {p}, dilation {d} gives {want}"
+        );
+    }
+    let want = (c.kernel.h * c.kernel.w)
+        .checked_mul(c.in_dims.c / c.groups)
+        .and_then(|k| k.checked_mul(c.out_dims.c))
+        .context("weights size overflows")?;
+    ensure!(
+        c.weights.len() == want && c.bias.len() == c.out_dims.c,
+        "layer '{layer}': {} weights and {} biases, but out_c {} × kernel {}×{} × in_c/groups {} = {want} and {} biases",
+        c.weights.len(),
+        c.bias.len(),
+        c.out_dims.c,
+        c.kernel.h,
+        c.kernel.w,
+        c.in_dims.c / c.groups,
+        c.out_dims.c
+    );
+    check_dense_shifts(
+        layer,
+        c.weight_frac_bits,
+        c.bias_frac_bits,
+        c.bias_lshift,
+        c.out_rshift,
+        input.frac_bits,
+        output.frac_bits,
+    )?;
+    headroom::dense(
+        layer,
+        &c.weights,
+        c.out_dims.c,
+        &c.bias,
+        c.bias_lshift,
+        c.out_rshift,
+    )
+}
+
 fn fc(
     layer: &str,
     f: &QFc,
@@ -403,6 +499,88 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 heads.insert(
                     l.name.clone(),
                     conv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
+                );
+            }
+            QOp::Deconv(c) => {
+                arity(1)?;
+                heads.insert(
+                    l.name.clone(),
+                    deconv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
+                );
+            }
+            QOp::Lrn {
+                size,
+                across: _,
+                index_shift,
+                table,
+                table_frac,
+                out_rshift,
+            } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(
+                    inp.shape.len() == 3 && size % 2 == 1 && *size <= 255,
+                    "layer '{name}': LRN needs a C×H×W input and an odd size up to 255"
+                );
+                ensure!(
+                    table.len() == super::kernels::LRN_TABLE_LEN,
+                    "layer '{name}': the LRN table has {} entries, not {}",
+                    table.len(),
+                    super::kernels::LRN_TABLE_LEN
+                );
+                check_shift(name, "index_shift", *index_shift)?;
+                check_shift(name, "out_rshift", *out_rshift)?;
+                ensure!(
+                    *out_rshift == table_frac + inp.frac_bits - out.frac_bits,
+                    "layer '{name}': out_rshift {out_rshift} is not table_frac {table_frac} + input frac_bits {} - output frac_bits {}",
+                    inp.frac_bits,
+                    out.frac_bits
+                );
+            }
+            QOp::Mul { out_rshift } => {
+                arity(2)?;
+                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
+                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
+                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
+                check_shift(name, "out_rshift", *out_rshift)?;
+                ensure!(
+                    *out_rshift == a.frac_bits + b.frac_bits - out.frac_bits,
+                    "layer '{name}': out_rshift {out_rshift} is not the input formats {} + {} - the output format {}",
+                    a.frac_bits,
+                    b.frac_bits,
+                    out.frac_bits
+                );
+            }
+            QOp::ScaleBias {
+                scales,
+                scale_frac,
+                bias,
+                bias_frac,
+                bias_lshift,
+                out_rshift,
+            } => {
+                arity(1)?;
+                let inp = blob(in0_name)?;
+                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
+                ensure!(
+                    scales.len() == inp.layout.c && bias.len() == inp.layout.c,
+                    "layer '{name}': {} scales and {} biases for {} channels",
+                    scales.len(),
+                    bias.len(),
+                    inp.layout.c
+                );
+                check_shift(name, "bias_lshift", *bias_lshift)?;
+                check_shift(name, "out_rshift", *out_rshift)?;
+                let acc = inp.frac_bits + scale_frac;
+                ensure!(
+                    *bias_lshift <= super::kernels::SCALE_MAX_BIAS_LSHIFT
+                        && *bias_lshift == acc - bias_frac
+                        && *out_rshift == acc - out.frac_bits,
+                    "layer '{name}': shifts bias_lshift {bias_lshift} (at most {}) and out_rshift {out_rshift} do not follow from the formats (input {}, scale {scale_frac}, bias {bias_frac}, output {})",
+                    super::kernels::SCALE_MAX_BIAS_LSHIFT,
+                    inp.frac_bits,
+                    out.frac_bits
                 );
             }
             QOp::Fc(f) => {

@@ -78,6 +78,7 @@ fn graph(nodes: Vec<Node>, input: Vec<usize>) -> Graph {
         nodes,
         outputs: vec![out],
         shapes: Default::default(),
+        keep_output_softmax: false,
     };
     crate::ir::shape::infer(&mut g).unwrap();
     g

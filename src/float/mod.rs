@@ -18,6 +18,7 @@ mod chain;
 #[cfg(test)]
 mod chain_tests;
 mod conv;
+mod deconv;
 mod dense;
 mod direct;
 mod elementwise;
@@ -64,6 +65,7 @@ impl Activations {
 /// One node ready to run: its kernel with borrowed weights and precomputed geometry.
 enum Kernel<'g> {
     Conv(conv::Conv<'g>),
+    Deconv(deconv::Deconv<'g>),
     Dense(dense::Dense<'g>),
     Pool(pool::Pool),
     Relu(f32),
@@ -315,6 +317,7 @@ impl<'g> Engine<'g> {
         let x = ins[0];
         match kernel {
             Kernel::Conv(k) => k.run(x, n, out),
+            Kernel::Deconv(k) => k.run(x, n, out),
             Kernel::Dense(k) => k.run(x, n, out),
             Kernel::Pool(k) => k.run(x, n, out),
             Kernel::Relu(slope) => elementwise::relu(x, *slope, out),
@@ -371,6 +374,7 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
     }
     Ok(match &node.op {
         Op::Convolution(p) => Kernel::Conv(conv::Conv::new(p, input, output, w)?),
+        Op::Deconvolution(p) => Kernel::Deconv(deconv::Deconv::new(p, input, output, w)?),
         Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
         Op::Pooling(p) => Kernel::Pool(pool::Pool::new(p, input, output)?),
         Op::ReLU { negative_slope } => Kernel::Relu(*negative_slope),

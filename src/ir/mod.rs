@@ -137,6 +137,9 @@ pub enum Op {
     Convolution(ConvParams),
     /// weights: `[N, K]` (or `[K, N]` when transposed) (+ bias `[N]`).
     InnerProduct(InnerProductParams),
+    /// Caffe's Deconvolution (transposed convolution); weights: `[I, O/group, KH, KW]`
+    /// (+ bias `[O]`); output size `stride·(in - 1) + dilation·(k - 1) + 1 - 2·pad`.
+    Deconvolution(ConvParams),
     Pooling(PoolParams),
     ReLU {
         negative_slope: f32,
@@ -196,6 +199,7 @@ impl Op {
         match self {
             Op::Convolution(_) => "Convolution",
             Op::InnerProduct(_) => "InnerProduct",
+            Op::Deconvolution(_) => "Deconvolution",
             Op::Pooling(_) => "Pooling",
             Op::ReLU { .. } => "ReLU",
             Op::PReLU { .. } => "PReLU",
@@ -217,7 +221,7 @@ impl Op {
     /// A short human description of the parameters (for `inspect`).
     pub fn summary(&self) -> String {
         match self {
-            Op::Convolution(c) => {
+            Op::Convolution(c) | Op::Deconvolution(c) => {
                 let mut s = format!("{} k{} s{} p{}", c.num_output, c.kernel, c.stride, c.pad);
                 if c.group != 1 {
                     s += &format!(" g{}", c.group);
@@ -337,6 +341,11 @@ pub struct Graph {
     pub outputs: Vec<String>,
     /// Shape (without batch axis) of every blob, filled by [`shape::infer`].
     pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Whether a trailing Softmax (one whose output nobody reads) stays in the q7 graph, so the
+    /// model outputs q7 probabilities (`quantize --softmax keep`), or is dropped (the default:
+    /// it is monotonic, so the arg-max is unchanged, and the q7 logits are the output).
+    #[serde(default)]
+    pub keep_output_softmax: bool,
 }
 
 impl Graph {
@@ -399,6 +408,18 @@ pub fn expected_weight_shapes(op: &Op, input: &[usize]) -> Vec<Vec<usize>> {
             }
             v
         }
+        Op::Deconvolution(c) => {
+            let mut v = vec![vec![
+                channels,
+                c.num_output / c.group.max(1),
+                c.kernel.h,
+                c.kernel.w,
+            ]];
+            if c.bias_term {
+                v.push(vec![c.num_output]);
+            }
+            v
+        }
         Op::InnerProduct(p) => {
             let k: usize = input
                 .get(p.axis.saturating_sub(1)..)
@@ -440,13 +461,18 @@ pub fn layer_cost(g: &Graph, n: &Node) -> LayerCost {
     let shapes = expected_weight_shapes(&n.op, g.shape(&n.inputs[0]));
     let count = |i: usize| shapes.get(i).map_or(0, |s| s.iter().product::<usize>());
     let (weights, biases) = match &n.op {
-        Op::Convolution(_) | Op::InnerProduct(_) => (count(0), count(1)),
+        Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_) => (count(0), count(1)),
         _ => (0, 0),
     };
     let macs = match &n.op {
         Op::Convolution(c) => {
             let in_c = g.shape(&n.inputs[0])[0] / c.group;
             out_elems * (in_c * c.kernel.h * c.kernel.w) as u64
+        }
+        // Every input value meets every weight of its group once (the scatter form).
+        Op::Deconvolution(c) => {
+            let in_elems: u64 = g.shape(&n.inputs[0]).iter().product::<usize>() as u64;
+            in_elems * (c.num_output / c.group.max(1) * c.kernel.h * c.kernel.w) as u64
         }
         Op::InnerProduct(p) => weights as u64 / p.num_output.max(1) as u64 * out_elems,
         _ => 0,

@@ -6,7 +6,7 @@ use anyhow::{ensure, Context, Result};
 
 /// Per-channel affine map `y = a·x + b` described by a BatchNorm, Scale or Bias node, if the node
 /// acts per channel (axis 1) with learned parameters.
-fn channel_affine(
+pub fn channel_affine(
     op: &Op,
     weights: &[Tensor],
     channels: usize,
@@ -244,6 +244,7 @@ mod tests {
             nodes,
             outputs: vec!["bn2".into()],
             shapes: Default::default(),
+            keep_output_softmax: false,
         };
         crate::ir::shape::infer(&mut g).unwrap();
         g

@@ -22,6 +22,30 @@ pub fn checked_count(shape: &[usize]) -> Result<usize> {
 }
 
 /// Output size of a convolution along one axis (Caffe: floor).
+/// Caffe's Deconvolution output size: `stride·(in - 1) + dilation·(kernel - 1) + 1 - 2·pad`
+/// (checked: an absurd prototxt is an error, not an overflow).
+pub fn deconv_out(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Result<usize> {
+    ensure!(input > 0, "deconvolution of an empty input");
+    ensure!(kernel > 0, "kernel_size must be positive");
+    let full = stride
+        .checked_mul(input - 1)
+        .and_then(|v| v.checked_add(dilation.checked_mul(kernel - 1)?))
+        .and_then(|v| v.checked_add(1))
+        .context("deconvolution output size overflows")?;
+    let cut = pad.checked_mul(2).context("pad overflows")?;
+    ensure!(
+        full > cut,
+        "deconvolution output {full} minus twice the pad {pad} leaves nothing"
+    );
+    Ok(full - cut)
+}
+
 pub fn conv_out(
     input: usize,
     kernel: usize,
@@ -128,6 +152,22 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
                 c.num_output,
                 conv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
                 conv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
+            ]
+        }
+        Op::Deconvolution(c) => {
+            let (ch, h, w) = expect_chw(node, first)?;
+            ensure!(
+                c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
+                "group {} must divide both the input channels {} and num_output {}",
+                c.group,
+                ch,
+                c.num_output
+            );
+            ensure!(c.num_output > 0, "num_output must be positive");
+            vec![
+                c.num_output,
+                deconv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
+                deconv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
             ]
         }
         Op::Pooling(p) => {

@@ -58,18 +58,40 @@ pub struct DataSet<'a> {
 }
 
 /// The blobs the firmware outputs, one per graph output: the output itself, or the input of a
-/// trailing Softmax (which the q7 graph drops: it does not change the arg-max). The quantized
-/// graph's outputs have these names, and each is compared with the float blob of that name.
+/// trailing Softmax (which the q7 graph drops unless `g.keep_output_softmax`: it does not change
+/// the arg-max). The quantized graph's outputs have these names, and each is compared with the
+/// float blob of that name.
 pub fn output_blobs(g: &Graph) -> Vec<String> {
     g.outputs
         .iter()
         .map(
             |out| match g.nodes.iter().find(|n| n.outputs.first() == Some(out)) {
-                Some(n) if matches!(n.op, Op::Softmax { .. }) => n.inputs[0].clone(),
+                Some(n) if matches!(n.op, Op::Softmax { .. }) && !g.keep_output_softmax => {
+                    n.inputs[0].clone()
+                }
                 _ => out.clone(),
             },
         )
         .collect()
+}
+
+/// A trailing Softmax the q7 graph keeps (`--softmax keep`) outputs probabilities with at most 7
+/// fraction bits (steps of 1/128, up to 127/128): the calibration maximum alone (say 0.33, 8 bits)
+/// would saturate every larger probability other images produce at 127/256.
+fn cap_output_probabilities(g: &Graph, f: &mut Formats) {
+    if !g.keep_output_softmax {
+        return;
+    }
+    for out in &g.outputs {
+        let Some(n) = g.nodes.iter().find(|n| n.outputs.first() == Some(out)) else {
+            continue;
+        };
+        if matches!(n.op, Op::Softmax { .. }) {
+            if let Some(v) = f.activations_frac_bits.get_mut(out) {
+                *v = (*v).min(7);
+            }
+        }
+    }
 }
 
 /// The search's and the report's objective for this graph's outputs (see `search::objective`).
@@ -501,7 +523,11 @@ pub fn run(
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
-        None => (search::start_formats(g, &cal.max_abs)?, opts.strategy),
+        None => {
+            let mut f = search::start_formats(g, &cal.max_abs)?;
+            cap_output_probabilities(g, &mut f);
+            (f, opts.strategy)
+        }
     };
     let pb = crate::progress::bar(0, "search", opts.quiet);
     let progress = |step: usize, total: usize, msg: &str| {
@@ -736,7 +762,7 @@ fn layer_reports(
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
             let (w, b, bl, or, sat) = match &l.op {
-                QOp::Conv(c) => (
+                QOp::Conv(c) | QOp::Deconv(c) => (
                     Some(c.weight_frac_bits),
                     Some(c.bias_frac_bits),
                     Some(c.bias_lshift as u32),

@@ -17,6 +17,13 @@ fn rows(n: &Node, wf: i32) -> Option<(Vec<i8>, usize)> {
     let q = QFormat::new(wf);
     match &n.op {
         Op::Convolution(c) => Some((q.quantize_slice(w), c.num_output)),
+        // The shape was checked when the graph was built; a mismatch is QGraph::quantize's to report.
+        Op::Deconvolution(c) => {
+            let in_c = w.len() / (c.num_output / c.group.max(1) * c.kernel.h * c.kernel.w).max(1);
+            let wq =
+                crate::fixed::graph::deconv_weights(w, in_c, c.num_output, c.group, c.kernel, q)?;
+            Some((wq, c.num_output))
+        }
         Op::InnerProduct(p) => {
             let no = p.num_output;
             if no == 0 || !w.len().is_multiple_of(no) {

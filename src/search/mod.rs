@@ -135,7 +135,12 @@ impl InputPrep {
 pub fn format_layers(g: &Graph) -> Vec<(String, String)> {
     g.nodes
         .iter()
-        .filter(|n| matches!(n.op, Op::Convolution(_) | Op::InnerProduct(_)))
+        .filter(|n| {
+            matches!(
+                n.op,
+                Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_)
+            )
+        })
         .map(|n| (n.name.clone(), n.outputs[0].clone()))
         .collect()
 }
@@ -164,7 +169,7 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
             .with_context(|| format!("no format for blob '{}'", n.inputs[0]))?;
         let out = &n.outputs[0];
         let out_frac = match &n.op {
-            Op::Convolution(_) | Op::InnerProduct(_) => {
+            Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_) => {
                 let w0 = QFormat::from_max_abs(max_abs(&n.weights[0].data))?.frac_bits;
                 let bias_frac = match n.weights.get(1) {
                     Some(b) => Some(QFormat::from_max_abs(max_abs(&b.data))?.frac_bits),
@@ -198,7 +203,11 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
             | Op::Concat { .. }
             | Op::Sigmoid
             | Op::TanH
-            | Op::Softmax { .. } => {
+            | Op::Softmax { .. }
+            | Op::Lrn(_)
+            | Op::Scale { .. }
+            | Op::Bias { .. }
+            | Op::BatchNorm { .. } => {
                 let o = act(out)?;
                 f.activations_frac_bits.insert(out.clone(), o);
                 o
@@ -511,7 +520,26 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
     };
     for l in &qg.layers {
         match &l.op {
-            QOp::Conv(c) => dense(&mut key, &c.weights, &c.bias, c.bias_lshift, c.out_rshift),
+            QOp::Conv(c) | QOp::Deconv(c) => {
+                dense(&mut key, &c.weights, &c.bias, c.bias_lshift, c.out_rshift)
+            }
+            QOp::Lrn {
+                index_shift,
+                table,
+                out_rshift,
+                ..
+            } => {
+                key.extend([*index_shift, *out_rshift].map(i64::from));
+                key.extend(table.iter().map(|&v| i64::from(v)));
+            }
+            QOp::Mul { out_rshift } => key.push(i64::from(*out_rshift)),
+            QOp::ScaleBias {
+                scales,
+                bias,
+                bias_lshift,
+                out_rshift,
+                ..
+            } => dense(&mut key, scales, bias, *bias_lshift, *out_rshift),
             QOp::Fc(f) => dense(&mut key, &f.weights, &f.bias, f.bias_lshift, f.out_rshift),
             QOp::Add {
                 a_lshift,
@@ -546,7 +574,7 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
 fn cached_blobs(qg: &QGraph) -> Vec<String> {
     let mut keep = BTreeSet::new();
     for (k, l) in qg.layers.iter().enumerate() {
-        if !matches!(l.op, QOp::Conv(_) | QOp::Fc(_)) {
+        if !matches!(l.op, QOp::Conv(_) | QOp::Deconv(_) | QOp::Fc(_)) {
             continue;
         }
         let later: BTreeSet<&str> = qg.layers[k..].iter().map(|l| l.output.as_str()).collect();
