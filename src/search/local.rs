@@ -169,7 +169,7 @@ fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
     let l = &qg.layers[k];
     let mut key = vec![i64::from(qg.frac_bits(&l.output).unwrap_or(i32::MIN))];
     let (w, b, lshift, rshift) = match &l.op {
-        QOp::Conv(c) => (&c.weights, &c.bias, c.bias_lshift, c.out_rshift),
+        QOp::Conv(c) | QOp::Deconv(c) => (&c.weights, &c.bias, c.bias_lshift, c.out_rshift),
         QOp::Fc(f) => (&f.weights, &f.bias, f.bias_lshift, f.out_rshift),
         _ => return key,
     };

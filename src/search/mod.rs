@@ -65,7 +65,10 @@ pub fn descent_sweep_macs(g: &Graph, images: usize) -> f64 {
     let mut after: u64 = costs.iter().sum();
     let mut total = 0f64;
     for (n, c) in g.nodes.iter().zip(&costs) {
-        if matches!(n.op, Op::Convolution(_) | Op::InnerProduct(_)) {
+        if matches!(
+            n.op,
+            Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_)
+        ) {
             total += 3.0 * 2.0 * after as f64 * images as f64;
         }
         after -= c;
