@@ -142,7 +142,10 @@ impl Formats {
         }
         for (l, lf) in &self.layers {
             for (c, v) in lf.weight_frac_bits.values().iter().enumerate() {
-                check_frac(&frac_name(l, "weight_frac_bits", &lf.weight_frac_bits, c), *v)?;
+                check_frac(
+                    &frac_name(l, "weight_frac_bits", &lf.weight_frac_bits, c),
+                    *v,
+                )?;
             }
             if let Some(b) = &lf.bias_frac_bits {
                 for (c, v) in b.values().iter().enumerate() {
@@ -862,7 +865,9 @@ fn shifts(
                 *b = QFormat::new(bf).quantize(bv.data[c]);
                 bf
             }
-            (Some(_), None) => bail!("layer '{name}' has a bias but the formats give no bias_frac_bits"),
+            (Some(_), None) => {
+                bail!("layer '{name}' has a bias but the formats give no bias_frac_bits")
+            }
             (None, bf) => bf.as_ref().map_or(acc_frac, |f| f.channel(c)),
         };
         let (bias_lshift, out_rshift) = (acc_frac - bf, acc_frac - out_frac);
@@ -870,13 +875,19 @@ fn shifts(
             name,
             "bias_lshift",
             bias_lshift,
-            &format!("weight_frac {wf} + input_frac {in_frac} - bias_frac {bf}{}", at(c)),
+            &format!(
+                "weight_frac {wf} + input_frac {in_frac} - bias_frac {bf}{}",
+                at(c)
+            ),
         )?;
         check_shift(
             name,
             "out_rshift",
             out_rshift,
-            &format!("weight_frac {wf} + input_frac {in_frac} - output_frac {out_frac}{}", at(c)),
+            &format!(
+                "weight_frac {wf} + input_frac {in_frac} - output_frac {out_frac}{}",
+                at(c)
+            ),
         )?;
         pc.weight_frac_bits.push(wf);
         pc.bias_frac_bits.push(bf);

@@ -35,6 +35,8 @@ pub struct Options {
     pub holdout: Holdout,
     /// Formats pinned by the user (`--formats`): no search.
     pub formats: Option<Formats>,
+    /// Per-channel weight/bias start formats (`--per-layer` turns it off).
+    pub per_channel: bool,
     pub quiet: bool,
     pub timing: bool,
     /// "rgb" or "bgr" as fed to the network.
@@ -438,7 +440,10 @@ pub fn run(
     };
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
-        None => (search::start_formats(g, &cal.max_abs)?, opts.strategy),
+        None => (
+            search::start_formats_with(g, &cal.max_abs, opts.per_channel)?,
+            opts.strategy,
+        ),
     };
     let pb = crate::progress::bar(0, "search", opts.quiet);
     let progress = |step: usize, total: usize, msg: &str| {

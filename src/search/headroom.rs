@@ -38,7 +38,12 @@ fn rows(n: &Node, wf: &Frac) -> Option<(Vec<i8>, usize)> {
 /// Per output of a conv/fc with these formats, whether its accumulator provably cannot wrap
 /// (`None` for layers it cannot judge: `QGraph::quantize` reports their real problem; outputs
 /// whose shifts are out of range count as fitting for the same reason).
-pub fn fits_per_output(n: &Node, lf: &LayerFormat, in_frac: i32, out_frac: i32) -> Option<Vec<bool>> {
+pub fn fits_per_output(
+    n: &Node,
+    lf: &LayerFormat,
+    in_frac: i32,
+    out_frac: i32,
+) -> Option<Vec<bool>> {
     let (w, rows) = rows(n, &lf.weight_frac_bits)?;
     let k = w.len() / rows;
     let bias = n.weights.get(1).map(|b| &b.data);

@@ -215,7 +215,11 @@ fn channel_start(n: &crate::ir::Node, in_frac: i32, out_max: i32) -> Result<(Lay
     let k = w.len() / no;
     let ch_max = |o: usize| {
         (0..k).fold(0f32, |m, i| {
-            let v = if transpose { w[i * no + o] } else { w[o * k + i] };
+            let v = if transpose {
+                w[i * no + o]
+            } else {
+                w[o * k + i]
+            };
             m.max(v.abs())
         })
     };
@@ -233,7 +237,12 @@ fn channel_start(n: &crate::ir::Node, in_frac: i32, out_max: i32) -> Result<(Lay
     };
     let formats_with = |w: &[i32]| {
         let bias = b0.as_ref().map(|b| {
-            Frac::Channels(b.iter().zip(w).map(|(bf, wf)| (*bf).min(wf + in_frac)).collect())
+            Frac::Channels(
+                b.iter()
+                    .zip(w)
+                    .map(|(bf, wf)| (*bf).min(wf + in_frac))
+                    .collect(),
+            )
         });
         let lf = LayerFormat {
             weight_frac_bits: Frac::Channels(w.to_vec()),
@@ -987,6 +996,7 @@ mod tests {
             bias_frac_bits: 0,
             bias_lshift,
             out_rshift: 1,
+            per_channel: None,
         })
     }
 
