@@ -328,22 +328,25 @@ struct ConvGeo<'s> {
 }
 
 impl ConvGeo<'_> {
-    /// The accumulator's start value for the bias of output channel `ch`.
+    /// The accumulator's start value for the bias of output channel `ch`. `PC`: the layer has
+    /// per-channel shifts (a compile-time choice, so that the per-layer loops stay as they were).
     #[inline(always)]
-    fn acc0(&self, bias: i8, ch: usize) -> i32 {
-        let (bl, rnd) = if self.ors.is_empty() {
+    fn acc0<const PC: bool>(&self, bias: i8, ch: usize) -> i32 {
+        let (bl, rnd) = if !PC {
             (self.bl, self.rnd)
         } else {
+            // `round_term` without its branch: `(1 << or) >> 1` in u32 is 0 for `or == 0` and
+            // `2^(or - 1)` up to `or == 31` (shifts were validated).
             let or = self.ors[ch] as u32;
-            (self.bls[ch] as u32, round_term(or))
+            (self.bls[ch] as u32, ((1u32 << or) >> 1) as i32)
         };
         ((bias as i32) << bl).wrapping_add(rnd)
     }
 
-    /// The output shift of channel `ch`.
+    /// The output shift of channel `ch` (`PC` as for [`Self::acc0`]).
     #[inline(always)]
-    fn or_of(&self, ch: usize) -> u32 {
-        if self.ors.is_empty() {
+    fn or_of<const PC: bool>(&self, ch: usize) -> u32 {
+        if !PC {
             self.or
         } else {
             self.ors[ch] as u32
@@ -1012,7 +1015,7 @@ fn dw_row_wq(input: &[i8], p: usize, step: usize, w: &[u32], a: [i32; 4]) -> [i3
 /// plain-Rust model.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dw_quads(
+fn dw_quads<const PC: bool>(
     input: &[i8],
     p: usize,
     (ystep, xstep): (usize, usize),
@@ -1027,15 +1030,15 @@ fn dw_quads(
     let init = |b: &[i8], qi: usize| {
         let ch = 4 * qi;
         [
-            g.acc0(b[0], ch),
-            g.acc0(b[1], ch + 1),
-            g.acc0(b[2], ch + 2),
-            g.acc0(b[3], ch + 3),
+            g.acc0::<PC>(b[0], ch),
+            g.acc0::<PC>(b[1], ch + 1),
+            g.acc0::<PC>(b[2], ch + 2),
+            g.acc0::<PC>(b[3], ch + 3),
         ]
     };
     let store = |o: &mut [i8], a: [i32; 4], qi: usize| {
         for (k, (o, s)) in o.iter_mut().zip(a).enumerate() {
-            *o = requant_dsp(s, g.or_of(4 * qi + k), lo);
+            *o = requant_dsp(s, g.or_of::<PC>(4 * qi + k), lo);
         }
     };
     #[cfg(all(dsp, target_arch = "arm"))]
@@ -1277,7 +1280,7 @@ fn dw_weight(weights: &[i8], wq: &[u32], taps: usize, ch: usize, t: usize) -> i3
 /// not add to the stack frame of the other convolution paths.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn dw_run(
+fn dw_run<const PC: bool>(
     dsp: bool,
     input: &[i8],
     weights: &[i8],
@@ -1294,7 +1297,7 @@ fn dw_run(
     // Pre-widened weights are read on DSP targets only (`conv_geo` checks them only there).
     let wq = if dsp { wq } else { &[] };
     let (ystep, xstep) = (g.dil.h * iw * c, g.dil.w * c);
-    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of(ch), lo);
+    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of::<PC>(ch), lo);
     let n = pixels.len() * c;
     for (i, out) in output[..n].chunks_exact_mut(c).enumerate() {
         let (ylo, yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
@@ -1307,10 +1310,10 @@ fn dw_run(
             for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
                 let ch = 4 * qi;
                 let mut a = [
-                    g.acc0(b4[0], ch),
-                    g.acc0(b4[1], ch + 1),
-                    g.acc0(b4[2], ch + 2),
-                    g.acc0(b4[3], ch + 3),
+                    g.acc0::<PC>(b4[0], ch),
+                    g.acc0::<PC>(b4[1], ch + 1),
+                    g.acc0::<PC>(b4[2], ch + 2),
+                    g.acc0::<PC>(b4[3], ch + 3),
                 ];
                 let wr = &weights[ch * taps..][..4 * taps];
                 let (w0, w1, w2, w3) = (
@@ -1338,7 +1341,7 @@ fn dw_run(
                 }
                 for (k, (o, s)) in o4.iter_mut().zip(a).enumerate() {
                     *o = if dsp {
-                        requant_dsp(s, g.or_of(ch + k), lo)
+                        requant_dsp(s, g.or_of::<PC>(ch + k), lo)
                     } else {
                         q(s, ch + k)
                     };
@@ -1357,7 +1360,7 @@ fn dw_run(
             } else {
                 &[]
             };
-            dw_quads(
+            dw_quads::<PC>(
                 input,
                 base,
                 (ystep, xstep),
@@ -1371,7 +1374,7 @@ fn dw_run(
             );
         }
         for (ch, o) in out.iter_mut().enumerate().skip(4 * quads) {
-            let mut acc = g.acc0(bias[ch], ch);
+            let mut acc = g.acc0::<PC>(bias[ch], ch);
             for ky in ylo..yhi {
                 let row = base + (ky - ylo) * ystep + ch;
                 let t0 = ky * kw + xlo;
@@ -1430,7 +1433,7 @@ fn requant_dsp(acc: i32, or: u32, lo: i8) -> i8 {
 /// last channel with itself when odd). Every output is independent of the pairing, so any range
 /// gives the bytes of the whole-image call.
 #[allow(clippy::too_many_arguments)]
-fn conv_pixel_pairs<K: PairKernel>(
+fn conv_pixel_pairs<K: PairKernel, const PC: bool>(
     input: &[i8],
     weights: &[i8],
     bias: &[i8],
@@ -1441,7 +1444,7 @@ fn conv_pixel_pairs<K: PairKernel>(
     lo: i8,
 ) {
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
-    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of(ch), lo);
+    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of::<PC>(ch), lo);
     for grp in 0..g.groups {
         // From the group's first row to the end of all weights (see `PairKernel::dot`); empty
         // when the DSP kernel runs on pre-widened weights only.
@@ -1468,7 +1471,7 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let ch = c0 + 2 * j;
-                    let (b0, b1) = (g.acc0(b2[0], ch), g.acc0(b2[1], ch + 1));
+                    let (b0, b1) = (g.acc0::<PC>(b2[0], ch), g.acc0::<PC>(b2[1], ch + 1));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
                     a2[0] = q(s[0], ch);
                     a2[1] = q(s[1], ch + 1);
@@ -1476,7 +1479,7 @@ fn conv_pixel_pairs<K: PairKernel>(
                     c2[1] = q(s[3], ch + 1);
                 }
                 if even < cg {
-                    let b0 = g.acc0(bg[even], c0 + even);
+                    let b0 = g.acc0::<PC>(bg[even], c0 + even);
                     let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
                     oa[even] = q(s[0], c0 + even);
                     ob[even] = q(s[2], c0 + even);
@@ -1488,13 +1491,13 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .enumerate()
                 {
                     let ch = c0 + 2 * j;
-                    let (b0, b1) = (g.acc0(b2[0], ch), g.acc0(b2[1], ch + 1));
+                    let (b0, b1) = (g.acc0::<PC>(b2[0], ch), g.acc0::<PC>(b2[1], ch + 1));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
                     a2[0] = q(s[0], ch);
                     a2[1] = q(s[1], ch + 1);
                 }
                 if even < cg {
-                    let b0 = g.acc0(bg[even], c0 + even);
+                    let b0 = g.acc0::<PC>(bg[even], c0 + even);
                     let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
                     oa[even] = q(s[0], c0 + even);
                 }
@@ -1521,9 +1524,34 @@ fn conv_run(
     lo: i8,
     scratch: Option<&mut [i8]>,
 ) {
+    if g.ors.is_empty() {
+        conv_run_with::<false>(
+            dsp, input, weights, wq, bias, output, g, pixels, lo, scratch,
+        )
+    } else {
+        conv_run_with::<true>(
+            dsp, input, weights, wq, bias, output, g, pixels, lo, scratch,
+        )
+    }
+}
+
+/// [`conv_run`] for per-layer (`PC = false`) or per-channel shifts.
+#[allow(clippy::too_many_arguments)]
+fn conv_run_with<const PC: bool>(
+    dsp: bool,
+    input: &[i8],
+    weights: &[i8],
+    wq: &[u32],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+    scratch: Option<&mut [i8]>,
+) {
     let k = g.ksize;
     if is_depthwise(g.in_dims.c, g.out_dims.c, g.groups) {
-        return dw_run(dsp, input, weights, wq, bias, output, g, pixels, lo);
+        return dw_run::<PC>(dsp, input, weights, wq, bias, output, g, pixels, lo);
     }
     match scratch {
         Some(scr) if k > 0 && g.dense() => {
@@ -1537,21 +1565,21 @@ fn conv_run(
                     wq,
                     direct: g.direct_widen(),
                 };
-                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+                conv_pixel_pairs::<_, PC>(input, weights, bias, output, g, &mut kern, pixels, lo);
             } else {
                 let (a, b) = scr.split_at_mut(k);
                 let mut kern = Portable { a, b: &mut b[..k] };
-                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+                conv_pixel_pairs::<_, PC>(input, weights, bias, output, g, &mut kern, pixels, lo);
             }
         }
-        _ => conv_direct(input, weights, bias, output, g, pixels, lo),
+        _ => conv_direct::<PC>(input, weights, bias, output, g, pixels, lo),
     }
 }
 
 /// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`] and dilated
 /// convolutions: the in-bounds kernel window is computed once per output pixel, so the inner
 /// loops have no bounds tests.
-fn conv_direct(
+fn conv_direct<const PC: bool>(
     input: &[i8],
     weights: &[i8],
     bias: &[i8],
@@ -1571,7 +1599,7 @@ fn conv_direct(
         for (o, y) in out.iter_mut().enumerate() {
             let c0 = (o / g.cout_g) * cg;
             let w = &weights[o * g.ksize..][..g.ksize];
-            let mut acc = g.acc0(bias[o], o);
+            let mut acc = g.acc0::<PC>(bias[o], o);
             for ky in ylo..yhi {
                 let src = &input[((iy0 + (ky - ylo) * g.dil.h) * iw + ix0) * cin..];
                 let wrow = &w[(ky * g.kernel.w + xlo) * cg..][..(xhi - xlo) * cg];
@@ -1582,7 +1610,7 @@ fn conv_direct(
                     }
                 }
             }
-            *y = requant_lo(acc, g.or_of(o), lo);
+            *y = requant_lo(acc, g.or_of::<PC>(o), lo);
         }
     }
 }

@@ -676,6 +676,12 @@ fn layer_reports(
         .map(|l| {
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
+            let per_channel = match &l.op {
+                QOp::Conv(c) => c.per_channel.as_ref(),
+                QOp::Fc(f) => f.per_channel.as_ref(),
+                _ => None,
+            }
+            .map(crate::report::ChannelRanges::of);
             let (w, b, bl, or, sat) = match &l.op {
                 QOp::Conv(c) => (
                     Some(c.weight_frac_bits),
@@ -708,6 +714,7 @@ fn layer_reports(
                 saturated_params: sat,
                 acc_worst_abs: heads.get(&l.name).map(|h| h.worst_abs),
                 acc_headroom_bits: heads.get(&l.name).map(|h| h.bits),
+                per_channel,
             }
         })
         .collect()
