@@ -443,3 +443,125 @@ fn model_files_without_per_channel_read_as_per_layer() {
     // And per-layer convs are written without the field.
     assert!(!serde_json::to_string(&c).unwrap().contains("per_channel"));
 }
+
+mod common;
+
+/// `quantize` of the depthwise test model with these extra arguments; returns the outcome and
+/// the model file's JSON (when written).
+fn quantize_dwnet(
+    f: &common::Fixture,
+    name: &str,
+    extra: &[&str],
+) -> (common::Outcome, Option<serde_json::Value>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/dwnet");
+    let (proto, weights) = (dir.join("dwnet.prototxt"), dir.join("dwnet.caffemodel"));
+    let (calib, model) = (
+        dir.join("calib_u8_hwc.npy"),
+        f.path(&format!("{name}.nnq.json")),
+    );
+    let eval = dir.join("test_u8_hwc.npy");
+    let report = f.path(&format!("{name}.json"));
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"quantize",
+        &"--model",
+        &proto,
+        &"--weights",
+        &weights,
+        &"--calib",
+        &calib,
+        &"--eval",
+        &eval,
+        &"--mean-value",
+        &"128",
+        &"--scale",
+        &"0.0078125",
+        &"--search",
+        &"none",
+        &"-o",
+        &model,
+        &"--report",
+        &report,
+        &"--quiet",
+    ];
+    for e in extra {
+        args.push(e);
+    }
+    let o = common::nnquant(&args);
+    let m = std::fs::read_to_string(&model)
+        .ok()
+        .map(|s| serde_json::from_str(&s).unwrap());
+    (o, m)
+}
+
+/// Per-channel is the default and `--per-layer` gives per-layer formats; a formats file with
+/// per-channel lists reproduces the model; bad lists are refused with exit code 2 and a message
+/// that names the layer.
+#[test]
+fn cli_per_channel_default_per_layer_flag_and_formats_files() {
+    let f = common::Fixture::new();
+    let (o, pc) = quantize_dwnet(&f, "pc", &[]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let pc = pc.unwrap();
+    let layers = pc["graph"]["layers"].as_array().unwrap();
+    let conv1 = &layers[0]["op"]["Conv"];
+    assert!(
+        conv1["per_channel"]["out_rshift"].as_array().unwrap().len() == 16,
+        "{conv1}"
+    );
+    assert!(pc["formats"]["layers"]["conv1"]["weight_frac_bits"].is_array());
+    let (o, pl) = quantize_dwnet(&f, "pl", &["--per-layer"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let pl = pl.unwrap();
+    assert!(!pl["graph"].to_string().contains("per_channel"));
+    assert!(pl["formats"]["layers"]["conv1"]["weight_frac_bits"].is_number());
+
+    // The per-channel formats as a formats file give the same graph.
+    let formats = f.path("formats.json");
+    std::fs::write(&formats, pc["formats"].to_string()).unwrap();
+    let fs = formats.to_str().unwrap();
+    let (o, again) = quantize_dwnet(&f, "again", &["--formats", fs]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(again.unwrap()["graph"], pc["graph"]);
+
+    // Bad per-channel lists: wrong channel count, fraction bits out of range.
+    let bad = |name: &str, edit: &dyn Fn(&mut serde_json::Value), want: &str| {
+        let mut fm = pc["formats"].clone();
+        edit(&mut fm);
+        let p = f.path(&format!("{name}.formats.json"));
+        std::fs::write(&p, fm.to_string()).unwrap();
+        let (o, _) = quantize_dwnet(&f, name, &["--formats", p.to_str().unwrap()]);
+        assert_eq!(o.code, 2, "{name}: {}", o.stderr);
+        assert!(o.stderr.contains(want), "{name}: {}", o.stderr);
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+    };
+    bad(
+        "short",
+        &|fm| {
+            fm["layers"]["conv1"]["weight_frac_bits"]
+                .as_array_mut()
+                .unwrap()
+                .pop();
+        },
+        "layers.conv1.weight_frac_bits lists 15 per-channel fraction bits, but the layer has 16 output channels",
+    );
+    bad(
+        "bias_long",
+        &|fm| {
+            fm["layers"]["dw1"]["bias_frac_bits"]
+                .as_array_mut()
+                .unwrap()
+                .push(3.into());
+        },
+        "layers.dw1.bias_frac_bits lists 17",
+    );
+    bad(
+        "range",
+        &|fm| fm["layers"]["pw1"]["weight_frac_bits"][2] = 65.into(),
+        "layers.pw1.weight_frac_bits[2] = 65 fraction bits is outside -64..=64",
+    );
+    bad(
+        "shift",
+        &|fm| fm["layers"]["pw1"]["weight_frac_bits"][3] = (-40).into(),
+        "(output channel 3)",
+    );
+}
