@@ -1027,18 +1027,32 @@ fn dw_quads<const PC: bool>(
     g: &ConvGeo,
     lo: i8,
 ) {
+    // Per-channel shifts: the quad's four, with one bounds check per slice (`conv_geo`
+    // validated their lengths, so the fallback never happens).
+    let quad = |v: &[i32], qi: usize| -> [u32; 4] {
+        match v.get(4 * qi..4 * qi + 4) {
+            Some(s) => [s[0] as u32, s[1] as u32, s[2] as u32, s[3] as u32],
+            None => [0; 4],
+        }
+    };
     let init = |b: &[i8], qi: usize| {
-        let ch = 4 * qi;
-        [
-            g.acc0::<PC>(b[0], ch),
-            g.acc0::<PC>(b[1], ch + 1),
-            g.acc0::<PC>(b[2], ch + 2),
-            g.acc0::<PC>(b[3], ch + 3),
-        ]
+        if PC {
+            let (bl, or) = (quad(g.bls, qi), quad(g.ors, qi));
+            let a = |k: usize| ((b[k] as i32) << bl[k]).wrapping_add(((1u32 << or[k]) >> 1) as i32);
+            [a(0), a(1), a(2), a(3)]
+        } else {
+            [
+                g.acc0::<PC>(b[0], 0),
+                g.acc0::<PC>(b[1], 0),
+                g.acc0::<PC>(b[2], 0),
+                g.acc0::<PC>(b[3], 0),
+            ]
+        }
     };
     let store = |o: &mut [i8], a: [i32; 4], qi: usize| {
-        for (k, (o, s)) in o.iter_mut().zip(a).enumerate() {
-            *o = requant_dsp(s, g.or_of::<PC>(4 * qi + k), lo);
+        let or = if PC { quad(g.ors, qi) } else { [g.or; 4] };
+        for ((o, s), r) in o.iter_mut().zip(a).zip(or) {
+            *o = requant_dsp(s, r, lo);
         }
     };
     #[cfg(all(dsp, target_arch = "arm"))]
