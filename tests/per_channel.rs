@@ -132,6 +132,8 @@ impl Case {
     fn ksize(&self) -> usize {
         self.kernel.h * self.kernel.w * self.in_dims.c / self.groups
     }
+    /// Input, weights, bias, bias shifts and output shifts.
+    #[allow(clippy::type_complexity)]
     fn data(&self) -> (Vec<i8>, Vec<i8>, Vec<i8>, Vec<i32>, Vec<i32>) {
         let input = bytes(self.in_dims.len(), self.seed);
         let weights = bytes(self.cout * self.ksize(), self.seed ^ 0x55);
