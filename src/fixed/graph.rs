@@ -152,12 +152,6 @@ impl Formats {
                     check_frac(&frac_name(l, "bias_frac_bits", b, c), *v)?;
                 }
             }
-            if lf.per_channel() {
-                ensure!(
-                    lf.bias_lshift.is_none() && lf.out_rshift.is_none(),
-                    "layers.{l}: bias_lshift/out_rshift expectations are per layer, but its fraction bits are per channel; leave them out"
-                );
-            }
             for (what, v) in [
                 ("bias_lshift", lf.bias_lshift),
                 ("out_rshift", lf.out_rshift),
@@ -168,6 +162,12 @@ impl Formats {
                         "layers.{l}.{what} = {v} is outside 0..=31, the shifts the q7 kernels take"
                     );
                 }
+            }
+            if lf.per_channel() {
+                ensure!(
+                    lf.bias_lshift.is_none() && lf.out_rshift.is_none(),
+                    "layers.{l}: bias_lshift/out_rshift expectations are per layer, but its fraction bits are per channel; leave them out"
+                );
             }
         }
         Ok(())
