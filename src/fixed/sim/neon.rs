@@ -401,8 +401,9 @@ mod tests {
         groups: usize,
         weights: Vec<i8>,
         bias: Vec<i8>,
-        bias_lshift: u32,
-        out_rshift: u32,
+        /// One shift for every channel, or one per output channel (per-channel formats).
+        bias_lshift: Vec<i32>,
+        out_rshift: Vec<i32>,
         x: Vec<i8>,
     }
 
@@ -445,6 +446,16 @@ mod tests {
                     c: cout_g * groups,
                 };
                 let wlen = outd.c * kh * kw * (cin / groups);
+                // Odd seeds: per-channel shifts (spread over 0..=31 from the drawn one).
+                let per = |s: u32, k: usize| -> Vec<i32> {
+                    if seed & 1 == 0 {
+                        vec![s as i32]
+                    } else {
+                        (0..outd.c)
+                            .map(|c| ((s as usize + c * k) % 32) as i32)
+                            .collect()
+                    }
+                };
                 Case {
                     ind,
                     outd,
@@ -454,8 +465,8 @@ mod tests {
                     groups,
                     weights: bytes(wlen, seed, rw),
                     bias: bytes(outd.c, seed ^ 1, rw),
-                    bias_lshift: bl,
-                    out_rshift: or,
+                    bias_lshift: per(bl, 5),
+                    out_rshift: per(or, 3),
                     x: bytes(ind.len(), seed ^ 2, rx),
                 }
             })
@@ -469,10 +480,10 @@ mod tests {
         }
     }
 
-    /// `kernels::conv_hwc_q7` on the case.
+    /// `kernels::conv_hwc_q7_pc` on the case.
     fn reference(c: &Case) -> Vec<i8> {
         let mut y = vec![0i8; c.outd.len()];
-        kernels::conv_hwc_q7(
+        kernels::conv_hwc_q7_pc(
             &c.x,
             dims(c.ind),
             &c.weights,
@@ -491,8 +502,8 @@ mod tests {
             Pair { h: 1, w: 1 },
             c.groups,
             &c.bias,
-            c.bias_lshift as i32,
-            c.out_rshift as i32,
+            &c.bias_lshift,
+            &c.out_rshift,
             &mut y,
             dims(c.outd),
         )
@@ -511,8 +522,8 @@ mod tests {
             groups: c.groups,
             weights: &c.weights,
             bias: &c.bias,
-            bias_lshift: c.bias_lshift,
-            out_rshift: c.out_rshift,
+            bias_lshift: &c.bias_lshift,
+            out_rshift: &c.out_rshift,
         })
         .with_dotprod(dotprod);
         assert_eq!(nc.uses_dotprod(), dotprod);
@@ -562,8 +573,8 @@ mod tests {
                 groups: 1,
                 weights: bytes(o * k, seed, rw),
                 bias: bytes(o, seed ^ 1, rw),
-                bias_lshift: bl,
-                out_rshift: or,
+                bias_lshift: vec![bl as i32],
+                out_rshift: vec![or as i32],
                 x: bytes(k, seed ^ 2, rx),
             };
             let mut want = vec![0i8; o];
@@ -620,8 +631,8 @@ mod tests {
                     groups: 1,
                     weights: bytes(wlen, 11, regime),
                     bias: bytes(cout, 12, regime),
-                    bias_lshift: 30,
-                    out_rshift: rshift,
+                    bias_lshift: vec![30],
+                    out_rshift: vec![rshift as i32],
                     x: bytes(ind.len(), 13, regime),
                 };
                 if regime == 2 {
