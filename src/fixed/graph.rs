@@ -78,16 +78,6 @@ impl Frac {
         }
     }
 
-    /// `"n"` or `"lo..hi"` (the range over channels), for reports.
-    pub fn describe(&self) -> String {
-        let v = self.values();
-        let (lo, hi) = (v.iter().min(), v.iter().max());
-        match (self, lo, hi) {
-            (Frac::Channels(_), Some(lo), Some(hi)) => format!("{lo}..{hi} per channel"),
-            _ => self.first().to_string(),
-        }
-    }
-
     /// Check the channel count: per-channel lists must have one count per output channel.
     fn check_len(&self, what: &str, out_c: usize) -> Result<()> {
         if let Frac::Channels(v) = self {
