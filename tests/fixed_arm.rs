@@ -210,7 +210,7 @@ fn weights_land_on_arms_quantized_grid() {
     // And ARM's grid values are exactly representable: q / 2^n reproduces them.
     for n in g.nodes.iter().filter(|n| !n.weights.is_empty()) {
         let lf = &formats.layers[&n.name];
-        let s = (lf.weight_frac_bits as f64).exp2();
+        let s = (lf.weight_frac_bits.first() as f64).exp2();
         assert!(
             n.weights[0]
                 .data

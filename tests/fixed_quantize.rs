@@ -123,7 +123,7 @@ fn quantizes_with_arm_schema_and_inherited_formats() {
 #[test]
 fn rejects_negative_shifts_naming_the_layer() {
     let mut f = formats("");
-    f.layers.get_mut("conv1").unwrap().bias_frac_bits = Some(5); // 2 + 0 - 5 < 0
+    f.layers.get_mut("conv1").unwrap().bias_frac_bits = Some(5.into()); // 2 + 0 - 5 < 0
     f.layers.get_mut("conv1").unwrap().bias_lshift = None;
     let e = format!("{:#}", QGraph::quantize(&tiny(), &f).unwrap_err());
     assert!(e.contains("conv1") && e.contains("bias_lshift"), "{e}");

@@ -143,6 +143,7 @@ fn conv_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                             bias_frac_bits: 0,
                             bias_lshift: bl,
                             out_rshift: or,
+                            per_channel: None,
                         };
                         (one(QOp::Conv(c), ind, outd), input, n)
                     })
@@ -193,6 +194,7 @@ fn conv_wide_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                         bias_frac_bits: 0,
                         bias_lshift: bl,
                         out_rshift: or,
+                        per_channel: None,
                     };
                     (one(QOp::Conv(c), ind, outd), input, 1)
                 })
@@ -247,6 +249,7 @@ fn dw_dilated_case() -> impl Strategy<Value = (QGraph, Vec<i8>, usize)> {
                         bias_frac_bits: 0,
                         bias_lshift: bl,
                         out_rshift: or,
+                        per_channel: None,
                     };
                     (one(QOp::Conv(c), ind, outd), input, n)
                 })
@@ -278,7 +281,7 @@ proptest! {
         let weights: Vec<i8> = (0..k * o).map(|_| next()).collect();
         let bias: Vec<i8> = (0..o).map(|_| next()).collect();
         let input: Vec<i8> = (0..n * k).map(|_| next()).collect();
-        let f = QFc { in_len: k, out_len: o, weights, bias, weight_frac_bits: 0, bias_frac_bits: 0, bias_lshift: bl, out_rshift: or };
+        let f = QFc { in_len: k, out_len: o, weights, bias, weight_frac_bits: 0, bias_frac_bits: 0, bias_lshift: bl, out_rshift: or, per_channel: None };
         let g = one(QOp::Fc(f), Hwc { h: 1, w: 1, c: k }, Hwc { h: 1, w: 1, c: o });
         check(&g, &input, n)?;
     }
@@ -328,6 +331,7 @@ fn run_from_reuses_cached_blobs() {
         bias_frac_bits: 0,
         bias_lshift: 0,
         out_rshift: 1,
+        per_channel: None,
     };
     let mut g = one(QOp::Conv(c), ind, ind);
     g.blobs.insert("z".into(), blob(ind));

@@ -66,6 +66,8 @@ struct QuantizeCfg {
     search: Option<String>,
     /// Cross-layer equalization (`quantize --equalize`).
     equalize: Option<bool>,
+    /// Per-layer weight formats (`quantize --per-layer`).
+    per_layer: Option<bool>,
     formats: Option<PathBuf>,
     split: Option<String>,
 }
@@ -310,6 +312,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             screen: crate::search::Screen::Auto,
             equalize: cfg.quantize.equalize.unwrap_or(false),
             bias_correction: super::quantize::OnOff::On,
+            per_layer: cfg.quantize.per_layer.unwrap_or(false),
             holdout: crate::search::Holdout::Auto,
             softmax: super::quantize::SoftmaxRule::Drop,
             output: model_path.clone(),

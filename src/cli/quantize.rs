@@ -61,6 +61,11 @@ pub struct Args {
     /// Search strategy.
     #[arg(long, value_enum, default_value = "default")]
     pub search: Strategy,
+    /// One weight (and bias) format per conv/fc layer, as CMSIS-NN's legacy q7 kernels take
+    /// them, instead of one per output channel (the default: each channel's own max-abs, with
+    /// per-channel shifts). `--search arm` implies it; with `--formats` the file decides.
+    #[arg(long)]
+    pub per_layer: bool,
     /// Screen the default search's candidates on a class-stratified subset of the calibration
     /// set and confirm the best on the whole set: `auto` (an eighth, at least 512 images, on
     /// sets of 1024 or more), `off`, or a number of images.
@@ -215,6 +220,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         holdout: a.holdout,
         bias_correction: a.bias_correction == OnOff::On,
         formats,
+        per_channel: !a.per_layer && a.search != Strategy::Arm,
         quiet: a.quiet,
         timing: a.timestamps,
         channel_order: order.into(),

@@ -200,6 +200,9 @@ struct LayerCtx {
     acc: usize,
     /// Convolution weights are pre-widened (`_WEIGHTS_Q15`).
     wq: bool,
+    /// Per-channel formats: the shifts are arrays (`_BIAS_LSHIFT`, `_OUT_RSHIFT` in weights.rs)
+    /// and the `_pc` kernels run.
+    pc: bool,
 }
 
 #[derive(Serialize)]
@@ -221,6 +224,16 @@ impl ArrayCtx {
             ty: "i8",
             len: v.len(),
             bytes: v.len(),
+            values: list(v),
+        }
+    }
+    fn i32(name: String, doc: String, v: &[i32]) -> Self {
+        ArrayCtx {
+            name,
+            doc,
+            ty: "i32",
+            len: v.len(),
+            bytes: 4 * v.len(),
             values: list(v),
         }
     }
@@ -337,10 +350,15 @@ fn layer_contexts(
                 param("STRIDE", "Pair", pair(c.stride));
                 param("DILATION", "Pair", pair(c.dilation));
                 param("GROUPS", "usize", c.groups.to_string());
-                param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                match &c.per_channel {
+                    None => {
+                        param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                        param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                        param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                        param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                    }
+                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                }
                 let doc = format!(
                     "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
                     l.name,
@@ -428,10 +446,15 @@ fn layer_contexts(
                 )
             }
             QOp::Fc(f) => {
-                param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
-                param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
-                param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
+                match &f.per_channel {
+                    None => {
+                        param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
+                        param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
+                        param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
+                        param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
+                    }
+                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                }
                 arrays.push(ArrayCtx::i8(
                     format!("{p}_WEIGHTS"),
                     format!(
@@ -786,10 +809,41 @@ fn layer_contexts(
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
             acc: pl.in_place_input.get(&step.name).copied().unwrap_or(0),
             wq: dsp && matches!(&l.op, QOp::Conv(c) if widened(c)),
+            pc: match &l.op {
+                QOp::Conv(c) => c.per_channel.is_some(),
+                QOp::Fc(f) => f.per_channel.is_some(),
+                _ => false,
+            },
             regions,
         });
     }
     Ok(out)
+}
+
+/// The per-channel shift arrays of a conv/fc (flash, in weights.rs), documented with the
+/// per-channel fraction bits they come from.
+fn channel_arrays(p: &str, layer: &str, pc: &crate::fixed::graph::ChannelFormats) -> [ArrayCtx; 2] {
+    let range = |v: &[i32]| {
+        let (lo, hi) = (v.iter().min(), v.iter().max());
+        format!("{}..={}", lo.unwrap_or(&0), hi.unwrap_or(&0))
+    };
+    let n = pc.out_rshift.len();
+    [
+        ArrayCtx::i32(
+            format!("{p}_BIAS_LSHIFT"),
+            format!(
+                "`{layer}` bias left shift per output channel [{n}] (weight fraction bits {}, bias fraction bits {}).",
+                range(&pc.weight_frac_bits),
+                range(&pc.bias_frac_bits)
+            ),
+            &pc.bias_lshift,
+        ),
+        ArrayCtx::i32(
+            format!("{p}_OUT_RSHIFT"),
+            format!("`{layer}` output right shift per output channel [{n}]."),
+            &pc.out_rshift,
+        ),
+    ]
 }
 
 /// Whether a conv's firmware weights are pre-widened on DSP targets (all but dilated layers

@@ -5,7 +5,7 @@
 use super::kernels::{Dims, Pair};
 use super::qformat::QFormat;
 use crate::ir::{EltwiseOp, Graph, Hw, Node, Op, PoolMethod};
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,13 +22,83 @@ pub struct Formats {
     pub layers: BTreeMap<String, LayerFormat>,
 }
 
+/// Fraction bits of a layer's weights or biases: one count for the whole layer (a number in the
+/// file, ARM's schema), or one per output channel (a list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Frac {
+    Layer(i32),
+    Channels(Vec<i32>),
+}
+
+impl Default for Frac {
+    fn default() -> Frac {
+        Frac::Layer(0)
+    }
+}
+
+impl From<i32> for Frac {
+    fn from(v: i32) -> Frac {
+        Frac::Layer(v)
+    }
+}
+
+impl Frac {
+    /// The count of output channel `c` (any `c` for a per-layer count; per-channel lists are
+    /// checked against the channel count before this is used).
+    pub fn channel(&self, c: usize) -> i32 {
+        match self {
+            Frac::Layer(v) => *v,
+            Frac::Channels(v) => v[c],
+        }
+    }
+
+    /// Channel 0's count (the layer's for a per-layer count): what the search's coordinate
+    /// reads.
+    pub fn first(&self) -> i32 {
+        match self {
+            Frac::Layer(v) => *v,
+            Frac::Channels(v) => v.first().copied().unwrap_or(0),
+        }
+    }
+
+    /// Every channel moved by `d` fraction bits (the search moves a layer's channels together).
+    pub fn offset(&self, d: i32) -> Frac {
+        match self {
+            Frac::Layer(v) => Frac::Layer(v + d),
+            Frac::Channels(v) => Frac::Channels(v.iter().map(|x| x + d).collect()),
+        }
+    }
+
+    /// All counts (one for a per-layer count).
+    pub fn values(&self) -> &[i32] {
+        match self {
+            Frac::Layer(v) => std::slice::from_ref(v),
+            Frac::Channels(v) => v,
+        }
+    }
+
+    /// Check the channel count: per-channel lists must have one count per output channel.
+    fn check_len(&self, what: &str, out_c: usize) -> Result<()> {
+        if let Frac::Channels(v) = self {
+            ensure!(
+                v.len() == out_c,
+                "{what} lists {} per-channel fraction bits, but the layer has {out_c} output channels; give one number for the whole layer or one per output channel",
+                v.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Formats of one parametric layer (Convolution or InnerProduct).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerFormat {
-    pub weight_frac_bits: i32,
-    /// May be omitted for a layer without bias.
+    /// A number (every output channel) or a list with one count per output channel.
+    pub weight_frac_bits: Frac,
+    /// May be omitted for a layer without bias; a number or one count per output channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bias_frac_bits: Option<i32>,
+    pub bias_frac_bits: Option<Frac>,
     /// Optional expectation, checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_lshift: Option<i32>,
@@ -40,6 +110,14 @@ pub struct LayerFormat {
     /// on the calibration images. Only for layers with a bias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_correction: Option<Vec<f32>>,
+}
+
+impl LayerFormat {
+    /// Whether any count is per channel.
+    pub fn per_channel(&self) -> bool {
+        matches!(self.weight_frac_bits, Frac::Channels(_))
+            || matches!(self.bias_frac_bits, Some(Frac::Channels(_)))
+    }
 }
 
 impl Formats {
@@ -58,9 +136,16 @@ impl Formats {
             check_frac(&format!("activations_frac_bits.{b}"), *v)?;
         }
         for (l, lf) in &self.layers {
-            check_frac(&format!("layers.{l}.weight_frac_bits"), lf.weight_frac_bits)?;
-            if let Some(v) = lf.bias_frac_bits {
-                check_frac(&format!("layers.{l}.bias_frac_bits"), v)?;
+            for (c, v) in lf.weight_frac_bits.values().iter().enumerate() {
+                check_frac(
+                    &frac_name(l, "weight_frac_bits", &lf.weight_frac_bits, c),
+                    *v,
+                )?;
+            }
+            if let Some(b) = &lf.bias_frac_bits {
+                for (c, v) in b.values().iter().enumerate() {
+                    check_frac(&frac_name(l, "bias_frac_bits", b, c), *v)?;
+                }
             }
             if let Some(c) = &lf.bias_correction {
                 ensure!(
@@ -79,12 +164,51 @@ impl Formats {
                     );
                 }
             }
+            if lf.per_channel() {
+                ensure!(
+                    lf.bias_lshift.is_none() && lf.out_rshift.is_none(),
+                    "layers.{l}: bias_lshift/out_rshift expectations are per layer, but its fraction bits are per channel; leave them out"
+                );
+            }
         }
         Ok(())
     }
     pub fn from_json_file(path: &Path) -> Result<Formats> {
         let s = crate::fsio::read_text(path, "the formats file")?;
         Self::from_json_str(&s).with_context(|| format!("in {}", path.display()))
+    }
+}
+
+/// `layers.<l>.<what>` or `layers.<l>.<what>[c]` for per-channel lists (error messages).
+fn frac_name(l: &str, what: &str, f: &Frac, c: usize) -> String {
+    match f {
+        Frac::Layer(_) => format!("layers.{l}.{what}"),
+        Frac::Channels(_) => format!("layers.{l}.{what}[{c}]"),
+    }
+}
+
+/// Per-output-channel formats of a conv/fc layer: each output channel's weights and bias have
+/// their own fraction bits, so its bias shift and output shift are its own
+/// (`bias_lshift[c] = in_frac + weight_frac_bits[c] - bias_frac_bits[c]`,
+/// `out_rshift[c] = in_frac + weight_frac_bits[c] - out_frac`). Every list has one value per
+/// output channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelFormats {
+    pub weight_frac_bits: Vec<i32>,
+    pub bias_frac_bits: Vec<i32>,
+    pub bias_lshift: Vec<i32>,
+    pub out_rshift: Vec<i32>,
+}
+
+/// The shifts the kernels take: slices of length 1 (per layer) or one per output channel.
+fn shift_slices<'a>(
+    pc: &'a Option<ChannelFormats>,
+    bl: &'a i32,
+    or: &'a i32,
+) -> (&'a [i32], &'a [i32]) {
+    match pc {
+        Some(p) => (&p.bias_lshift, &p.out_rshift),
+        None => (std::slice::from_ref(bl), std::slice::from_ref(or)),
     }
 }
 
@@ -161,6 +285,24 @@ pub struct QConv {
     pub bias_frac_bits: i32,
     pub bias_lshift: i32,
     pub out_rshift: i32,
+    /// Per-channel formats; absent for per-layer formats (and in files written before they
+    /// existed). When present, the scalar fields above repeat channel 0's values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_channel: Option<ChannelFormats>,
+}
+
+impl QConv {
+    /// `(bias_lshift, out_rshift)` as the kernels take them (length 1 or `out_c`).
+    pub fn shifts(&self) -> (&[i32], &[i32]) {
+        shift_slices(&self.per_channel, &self.bias_lshift, &self.out_rshift)
+    }
+}
+
+impl QFc {
+    /// `(bias_lshift, out_rshift)` as the kernels take them (length 1 or `out_len`).
+    pub fn shifts(&self) -> (&[i32], &[i32]) {
+        shift_slices(&self.per_channel, &self.bias_lshift, &self.out_rshift)
+    }
 }
 
 /// The dilation of an ordinary convolution (serde default of [`QConv::dilation`]).
@@ -180,6 +322,9 @@ pub struct QFc {
     pub bias_frac_bits: i32,
     pub bias_lshift: i32,
     pub out_rshift: i32,
+    /// Per-output formats, as for [`QConv::per_channel`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_channel: Option<ChannelFormats>,
 }
 
 /// Pooling geometry (output size from Caffe's rules, computed once by the IR).
@@ -420,10 +565,12 @@ impl QGraph {
                         .first()
                         .with_context(|| format!("{}: no weights attached", ctx()))?
                         .data;
-                    let wq = QFormat::new(lf.weight_frac_bits);
+                    lf.weight_frac_bits
+                        .check_len(&format!("layers.{}.weight_frac_bits", n.name), c.num_output)?;
                     let mut weights = vec![0i8; w.len()];
                     // Caffe [O][I/g][KH][KW] -> kernels [O][KH][KW][I/g].
                     for o in 0..c.num_output {
+                        let wq = QFormat::new(lf.weight_frac_bits.channel(o));
                         for i in 0..cin_g {
                             for y in 0..kh {
                                 for x in 0..kw {
@@ -434,16 +581,17 @@ impl QGraph {
                             }
                         }
                     }
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
-                        shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
-                    super::headroom::dense(
+                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    super::headroom::dense_channels(
                         &n.name,
                         &weights,
                         c.num_output,
                         &bias,
-                        bias_lshift,
-                        out_rshift,
+                        &pc.bias_lshift,
+                        &pc.out_rshift,
                     )?;
+                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, per_channel) =
+                        pc.into_fields();
                     let op = QOp::Conv(QConv {
                         in_dims,
                         out_dims,
@@ -454,10 +602,11 @@ impl QGraph {
                         groups: c.group,
                         weights,
                         bias,
-                        weight_frac_bits: lf.weight_frac_bits,
+                        weight_frac_bits,
                         bias_frac_bits,
                         bias_lshift,
                         out_rshift,
+                        per_channel,
                     });
                     (op, out_frac, out_dims)
                 }
@@ -479,10 +628,12 @@ impl QGraph {
                         .first()
                         .with_context(|| format!("{}: no weights attached", ctx()))?
                         .data;
-                    let wq = QFormat::new(lf.weight_frac_bits);
+                    lf.weight_frac_bits
+                        .check_len(&format!("layers.{}.weight_frac_bits", n.name), no)?;
                     let mut weights = vec![0i8; w.len()];
                     // Caffe flattens C-major (c, y, x); the q7 input is HWC (y, x, c).
                     for o in 0..no {
+                        let wq = QFormat::new(lf.weight_frac_bits.channel(o));
                         for ch in 0..l.c {
                             for y in 0..l.h {
                                 for x in 0..l.w {
@@ -498,18 +649,27 @@ impl QGraph {
                             }
                         }
                     }
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
-                        shifts(n, lf, in0.frac_bits, out_frac, no)?;
-                    super::headroom::dense(&n.name, &weights, no, &bias, bias_lshift, out_rshift)?;
+                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, no)?;
+                    super::headroom::dense_channels(
+                        &n.name,
+                        &weights,
+                        no,
+                        &bias,
+                        &pc.bias_lshift,
+                        &pc.out_rshift,
+                    )?;
+                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, per_channel) =
+                        pc.into_fields();
                     let op = QOp::Fc(QFc {
                         in_len: k,
                         out_len: no,
                         weights,
                         bias,
-                        weight_frac_bits: lf.weight_frac_bits,
+                        weight_frac_bits,
                         bias_frac_bits,
                         bias_lshift,
                         out_rshift,
+                        per_channel,
                     });
                     (op, out_frac, Hwc { h: 1, w: 1, c: no })
                 }
@@ -742,19 +902,29 @@ impl QGraph {
                         .first()
                         .with_context(|| format!("{}: no weights attached", ctx()))?
                         .data;
+                    // Deconvolution takes per-layer formats (its kernel has one shift per layer).
+                    let Frac::Layer(wf) = lf.weight_frac_bits else {
+                        bail!("{}: Deconvolution takes one weight format per layer, not a per-channel list", ctx());
+                    };
                     let weights = deconv_weights(
                         w,
                         in0.layout.c,
                         c.num_output,
                         c.group,
                         c.kernel,
-                        QFormat::new(lf.weight_frac_bits),
+                        QFormat::new(wf),
                     )
                     .with_context(|| {
                         format!("{}: {} weights do not match its shape", ctx(), w.len())
                     })?;
-                    let (bias, bias_frac_bits, bias_lshift, out_rshift) =
-                        shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
+                    ensure!(
+                        pc.uniform(),
+                        "{}: Deconvolution takes one bias format per layer, not a per-channel list",
+                        ctx()
+                    );
+                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, _) =
+                        pc.into_fields();
                     // Each output sums a subset of its weights: the bound over all of them holds.
                     super::headroom::dense(
                         &n.name,
@@ -774,10 +944,11 @@ impl QGraph {
                         groups: c.group,
                         weights,
                         bias,
-                        weight_frac_bits: lf.weight_frac_bits,
+                        weight_frac_bits,
                         bias_frac_bits,
                         bias_lshift,
                         out_rshift,
+                        per_channel: None,
                     });
                     (op, out_frac, out_dims)
                 }
@@ -1045,76 +1216,129 @@ fn scale_bias(layer: &str, s: &[f32], b: &[f32], in_frac: i32, out_frac: i32) ->
     })
 }
 
-/// Quantized bias and shifts of a conv/fc layer, with every check.
+/// Quantized bias and shifts of a conv/fc layer, with every check: one entry per output channel
+/// (all equal for per-layer formats).
 fn shifts(
     n: &Node,
     lf: &LayerFormat,
     in_frac: i32,
     out_frac: i32,
     out_n: usize,
-) -> Result<(Vec<i8>, i32, i32, i32)> {
-    let wf = lf.weight_frac_bits;
-    let acc_frac = wf + in_frac;
-    let (bias, bf) = match n.weights.get(1) {
-        Some(b) => {
-            let bf = lf.bias_frac_bits.with_context(|| {
-                format!(
-                    "layer '{}' has a bias but the formats give no bias_frac_bits",
-                    n.name
-                )
-            })?;
-            let q = QFormat::new(bf);
-            match &lf.bias_correction {
-                Some(c) => {
-                    ensure!(
-                        c.len() == b.data.len(),
-                        "layer '{}': bias_correction has {} values for {} output channels",
-                        n.name,
-                        c.len(),
-                        b.data.len()
-                    );
-                    let corrected: Vec<f32> = b.data.iter().zip(c).map(|(b, c)| b + c).collect();
-                    (q.quantize_slice(&corrected), bf)
-                }
-                None => (q.quantize_slice(&b.data), bf),
-            }
-        }
-        None => {
-            ensure!(
-                lf.bias_correction.is_none(),
-                "layer '{}' has no bias, so it cannot take a bias_correction",
-                n.name
-            );
-            (vec![0; out_n], lf.bias_frac_bits.unwrap_or(acc_frac))
+) -> Result<(Vec<i8>, ChannelFormats)> {
+    let name = &n.name;
+    let bias_f = n.weights.get(1);
+    if let Some(b) = &lf.bias_frac_bits {
+        b.check_len(&format!("layers.{name}.bias_frac_bits"), out_n)?;
+    }
+    if let Some(b) = bias_f {
+        ensure!(
+            b.data.len() == out_n,
+            "layer '{name}' has {} biases for {out_n} outputs",
+            b.data.len()
+        );
+    }
+    if let Some(corr) = &lf.bias_correction {
+        ensure!(
+            bias_f.is_some(),
+            "layer '{name}' has no bias, so it cannot take a bias_correction"
+        );
+        ensure!(
+            corr.len() == out_n,
+            "layer '{name}': bias_correction has {} values for {out_n} output channels",
+            corr.len()
+        );
+    }
+    let mut bias = vec![0i8; out_n];
+    let mut pc = ChannelFormats {
+        weight_frac_bits: Vec::with_capacity(out_n),
+        bias_frac_bits: Vec::with_capacity(out_n),
+        bias_lshift: Vec::with_capacity(out_n),
+        out_rshift: Vec::with_capacity(out_n),
+    };
+    let at = |c: usize| {
+        if lf.per_channel() {
+            format!(" (output channel {c})")
+        } else {
+            String::new()
         }
     };
-    let bias_lshift = acc_frac - bf;
-    let out_rshift = acc_frac - out_frac;
-    check_shift(
-        &n.name,
-        "bias_lshift",
-        bias_lshift,
-        &format!("weight_frac {wf} + input_frac {in_frac} - bias_frac {bf}"),
-    )?;
-    check_shift(
-        &n.name,
-        "out_rshift",
-        out_rshift,
-        &format!("weight_frac {wf} + input_frac {in_frac} - output_frac {out_frac}"),
-    )?;
+    for (c, b) in bias.iter_mut().enumerate() {
+        let wf = lf.weight_frac_bits.channel(c);
+        let acc_frac = wf + in_frac;
+        let bf = match (bias_f, &lf.bias_frac_bits) {
+            (Some(bv), Some(bf)) => {
+                let bf = bf.channel(c);
+                let corr = lf.bias_correction.as_ref().map_or(0.0, |v| v[c]);
+                *b = QFormat::new(bf).quantize(bv.data[c] + corr);
+                bf
+            }
+            (Some(_), None) => {
+                bail!("layer '{name}' has a bias but the formats give no bias_frac_bits")
+            }
+            (None, bf) => bf.as_ref().map_or(acc_frac, |f| f.channel(c)),
+        };
+        let (bias_lshift, out_rshift) = (acc_frac - bf, acc_frac - out_frac);
+        check_shift(
+            name,
+            "bias_lshift",
+            bias_lshift,
+            &format!(
+                "weight_frac {wf} + input_frac {in_frac} - bias_frac {bf}{}",
+                at(c)
+            ),
+        )?;
+        check_shift(
+            name,
+            "out_rshift",
+            out_rshift,
+            &format!(
+                "weight_frac {wf} + input_frac {in_frac} - output_frac {out_frac}{}",
+                at(c)
+            ),
+        )?;
+        pc.weight_frac_bits.push(wf);
+        pc.bias_frac_bits.push(bf);
+        pc.bias_lshift.push(bias_lshift);
+        pc.out_rshift.push(out_rshift);
+    }
+    ensure!(out_n > 0, "layer '{name}' has no outputs");
     if let Some(e) = lf.bias_lshift {
         ensure!(
-            e == bias_lshift,
-            "layer '{}': the formats say bias_lshift {e}, but its formats give {bias_lshift}",
-            n.name
+            e == pc.bias_lshift[0],
+            "layer '{name}': the formats say bias_lshift {e}, but its formats give {}",
+            pc.bias_lshift[0]
         );
     }
     if let Some(e) = lf.out_rshift {
         ensure!(
-            e == out_rshift,
-            "layer '{}': the formats say out_rshift {e}, but its formats give {out_rshift}",
-            n.name
+            e == pc.out_rshift[0],
+            "layer '{name}': the formats say out_rshift {e}, but its formats give {}",
+            pc.out_rshift[0]
         );
     }
-    Ok((bias, bf, bias_lshift, out_rshift))
+    Ok((bias, pc))
+}
+
+impl ChannelFormats {
+    /// Whether every channel has the same formats (then the layer is per-layer).
+    pub fn uniform(&self) -> bool {
+        let same = |v: &[i32]| v.windows(2).all(|w| w[0] == w[1]);
+        same(&self.weight_frac_bits)
+            && same(&self.bias_frac_bits)
+            && same(&self.bias_lshift)
+            && same(&self.out_rshift)
+    }
+
+    /// The fields of [`QConv`] / [`QFc`]: channel 0's scalars, and the lists unless every
+    /// channel agrees (per-layer formats keep today's model file).
+    fn into_fields(self) -> (i32, i32, i32, i32, Option<ChannelFormats>) {
+        let first = (
+            self.weight_frac_bits[0],
+            self.bias_frac_bits[0],
+            self.bias_lshift[0],
+            self.out_rshift[0],
+        );
+        let pc = (!self.uniform()).then_some(self);
+        (first.0, first.1, first.2, first.3, pc)
+    }
 }

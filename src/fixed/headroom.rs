@@ -57,17 +57,39 @@ pub fn dense(
     bias_lshift: i32,
     out_rshift: i32,
 ) -> Result<Headroom> {
+    dense_channels(layer, weights, rows, bias, &[bias_lshift], &[out_rshift])
+}
+
+/// [`dense`] with per-output shifts: `bias_lshift` and `out_rshift` hold one shift for every
+/// output (length 1) or one per output (length `rows`); each output is bounded with its own.
+pub fn dense_channels(
+    layer: &str,
+    weights: &[i8],
+    rows: usize,
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
+) -> Result<Headroom> {
     ensure!(
         rows > 0 && weights.len().is_multiple_of(rows) && bias.len() == rows,
         "layer '{layer}': {} weights and {} biases do not make {rows} outputs",
         weights.len(),
         bias.len()
     );
+    let ok = |v: &[i32]| v.len() == 1 || v.len() == rows;
+    ensure!(
+        ok(bias_lshift) && ok(out_rshift),
+        "layer '{layer}': {} bias shifts and {} output shifts for {rows} outputs",
+        bias_lshift.len(),
+        out_rshift.len()
+    );
+    let at = |v: &[i32], o: usize| if v.len() == 1 { v[0] } else { v[o] };
     let k = weights.len() / rows;
-    let bl = bias_lshift.clamp(0, 40);
-    let rnd = round_term(out_rshift);
-    let mut worst = (0i64, 0usize, 0i64, 0i64); // (|acc|, output, bias term, Σ|w|·128)
+    // (|acc|, output, bias term, Σ|w|·128, its bias_lshift, its rounding term)
+    let mut worst = (0i64, 0usize, 0i64, 0i64, 0i32, 0i64);
     for (o, (row, &b)) in weights.chunks_exact(k.max(1)).zip(bias).enumerate() {
+        let bl = at(bias_lshift, o).clamp(0, 40);
+        let rnd = round_term(at(out_rshift, o));
         let acc0 = ((b as i64) << bl) + rnd;
         let (mut hi, mut lo, mut abs) = (acc0, acc0, 0i64);
         for &w in row {
@@ -78,10 +100,10 @@ pub fn dense(
         }
         let m = hi.max(-lo);
         if m > worst.0 {
-            worst = (m, o, (b as i64) << bl, abs);
+            worst = (m, o, (b as i64) << bl, abs, at(bias_lshift, o), rnd);
         }
     }
-    let (m, o, bterm, wterm) = worst;
+    let (m, o, bterm, wterm, bias_lshift, rnd) = worst;
     ensure!(
         m <= i32::MAX as i64,
         "layer '{layer}': its i32 accumulator can wrap: for output {o} the worst case over all int8 inputs reaches {m} (bias << bias_lshift {bias_lshift} = {bterm}, rounding term {rnd}, Σ|w|·128 up to {wterm}), beyond i32's ±{}, and the kernels wrap there like CMSIS-NN's C code on the target. Choose fewer weight or input fraction bits, or more bias fraction bits, for this layer",

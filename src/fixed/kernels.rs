@@ -306,7 +306,7 @@ pub const PATCH_MAX: usize = 1024;
 
 /// Geometry of a convolution, validated by [`conv_hwc_q7`].
 #[derive(Clone, Copy)]
-struct ConvGeo {
+struct ConvGeo<'s> {
     in_dims: Dims,
     out_dims: Dims,
     kernel: Pair,
@@ -321,13 +321,36 @@ struct ConvGeo {
     bl: u32,
     or: u32,
     rnd: i32,
+    /// Per-channel shifts (validated, `out_dims.c` each), or empty when every channel takes
+    /// `bl` / `or` (per-layer formats).
+    bls: &'s [i32],
+    ors: &'s [i32],
 }
 
-impl ConvGeo {
-    /// The accumulator's start value for a bias.
+impl ConvGeo<'_> {
+    /// The accumulator's start value for the bias of output channel `ch`. `PC`: the layer has
+    /// per-channel shifts (a compile-time choice, so that the per-layer loops stay as they were).
     #[inline(always)]
-    fn acc0(&self, bias: i8) -> i32 {
-        ((bias as i32) << self.bl).wrapping_add(self.rnd)
+    fn acc0<const PC: bool>(&self, bias: i8, ch: usize) -> i32 {
+        let (bl, rnd) = if !PC {
+            (self.bl, self.rnd)
+        } else {
+            // `round_term` without its branch: `(1 << or) >> 1` in u32 is 0 for `or == 0` and
+            // `2^(or - 1)` up to `or == 31` (shifts were validated).
+            let or = self.ors[ch] as u32;
+            (self.bls[ch] as u32, ((1u32 << or) >> 1) as i32)
+        };
+        ((bias as i32) << bl).wrapping_add(rnd)
+    }
+
+    /// The output shift of channel `ch` (`PC` as for [`Self::acc0`]).
+    #[inline(always)]
+    fn or_of<const PC: bool>(&self, ch: usize) -> u32 {
+        if !PC {
+            self.or
+        } else {
+            self.ors[ch] as u32
+        }
     }
 
     /// The in-bounds kernel range `[lo, hi)` along one axis for output coordinate `o` (taps
@@ -992,7 +1015,7 @@ fn dw_row_wq(input: &[i8], p: usize, step: usize, w: &[u32], a: [i32; 4]) -> [i3
 /// plain-Rust model.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dw_quads(
+fn dw_quads<const PC: bool>(
     input: &[i8],
     p: usize,
     (ystep, xstep): (usize, usize),
@@ -1004,10 +1027,32 @@ fn dw_quads(
     g: &ConvGeo,
     lo: i8,
 ) {
-    let init = |b: &[i8]| [g.acc0(b[0]), g.acc0(b[1]), g.acc0(b[2]), g.acc0(b[3])];
-    let store = |o: &mut [i8], a: [i32; 4]| {
-        for (o, s) in o.iter_mut().zip(a) {
-            *o = requant_dsp(s, g.or, lo);
+    // Per-channel shifts: the quad's four, with one bounds check per slice (`conv_geo`
+    // validated their lengths, so the fallback never happens).
+    let quad = |v: &[i32], qi: usize| -> [u32; 4] {
+        match v.get(4 * qi..4 * qi + 4) {
+            Some(s) => [s[0] as u32, s[1] as u32, s[2] as u32, s[3] as u32],
+            None => [0; 4],
+        }
+    };
+    let init = |b: &[i8], qi: usize| {
+        if PC {
+            let (bl, or) = (quad(g.bls, qi), quad(g.ors, qi));
+            let a = |k: usize| ((b[k] as i32) << bl[k]).wrapping_add(((1u32 << or[k]) >> 1) as i32);
+            [a(0), a(1), a(2), a(3)]
+        } else {
+            [
+                g.acc0::<PC>(b[0], 0),
+                g.acc0::<PC>(b[1], 0),
+                g.acc0::<PC>(b[2], 0),
+                g.acc0::<PC>(b[3], 0),
+            ]
+        }
+    };
+    let store = |o: &mut [i8], a: [i32; 4], qi: usize| {
+        let or = if PC { quad(g.ors, qi) } else { [g.or; 4] };
+        for ((o, s), r) in o.iter_mut().zip(a).zip(or) {
+            *o = requant_dsp(s, r, lo);
         }
     };
     #[cfg(all(dsp, target_arch = "arm"))]
@@ -1022,7 +1067,7 @@ fn dw_quads(
                 let win33 = rows == 3 && nx == 3 && wrow == 6;
                 let (px0, pw0) = (input.as_ptr().wrapping_add(p), w.as_ptr());
                 for (qi, (o4, b4)) in quad_io.enumerate() {
-                    let mut a = init(b4);
+                    let mut a = init(b4, qi);
                     let mut px = px0.wrapping_add(4 * qi);
                     let mut pw = pw0.wrapping_add(qi * qstride);
                     if win33 {
@@ -1044,19 +1089,19 @@ fn dw_quads(
                             pw = pw.wrapping_add(wrow);
                         }
                     }
-                    store(o4, a);
+                    store(o4, a, qi);
                 }
                 return;
             }
         }
     }
     for (qi, (o4, b4)) in quad_io.enumerate() {
-        let mut a = init(b4);
+        let mut a = init(b4, qi);
         for r in 0..rows {
             let wr = &w[qi * qstride + r * wrow..][..2 * nx];
             a = dw_row_wq(input, p + 4 * qi + r * ystep, xstep, wr, a);
         }
-        store(o4, a);
+        store(o4, a, qi);
     }
 }
 
@@ -1249,7 +1294,7 @@ fn dw_weight(weights: &[i8], wq: &[u32], taps: usize, ch: usize, t: usize) -> i3
 /// not add to the stack frame of the other convolution paths.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn dw_run(
+fn dw_run<const PC: bool>(
     dsp: bool,
     input: &[i8],
     weights: &[i8],
@@ -1266,7 +1311,7 @@ fn dw_run(
     // Pre-widened weights are read on DSP targets only (`conv_geo` checks them only there).
     let wq = if dsp { wq } else { &[] };
     let (ystep, xstep) = (g.dil.h * iw * c, g.dil.w * c);
-    let q = |acc: i32| requant_lo(acc, g.or, lo);
+    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of::<PC>(ch), lo);
     let n = pixels.len() * c;
     for (i, out) in output[..n].chunks_exact_mut(c).enumerate() {
         let (ylo, yhi, iy0, xlo, xhi, ix0) = g.window(pixels.start + i);
@@ -1278,7 +1323,12 @@ fn dw_run(
             let quad_outs = out[..4 * quads].chunks_exact_mut(4);
             for (qi, (o4, b4)) in quad_outs.zip(bias.chunks_exact(4)).enumerate() {
                 let ch = 4 * qi;
-                let mut a = [g.acc0(b4[0]), g.acc0(b4[1]), g.acc0(b4[2]), g.acc0(b4[3])];
+                let mut a = [
+                    g.acc0::<PC>(b4[0], ch),
+                    g.acc0::<PC>(b4[1], ch + 1),
+                    g.acc0::<PC>(b4[2], ch + 2),
+                    g.acc0::<PC>(b4[3], ch + 3),
+                ];
                 let wr = &weights[ch * taps..][..4 * taps];
                 let (w0, w1, w2, w3) = (
                     &wr[..taps],
@@ -1303,8 +1353,12 @@ fn dw_run(
                         }
                     }
                 }
-                for (o, s) in o4.iter_mut().zip(a) {
-                    *o = if dsp { requant_dsp(s, g.or, lo) } else { q(s) };
+                for (k, (o, s)) in o4.iter_mut().zip(a).enumerate() {
+                    *o = if dsp {
+                        requant_dsp(s, g.or_of::<PC>(ch + k), lo)
+                    } else {
+                        q(s, ch + k)
+                    };
                 }
             }
         } else if quads > 0 {
@@ -1320,7 +1374,7 @@ fn dw_run(
             } else {
                 &[]
             };
-            dw_quads(
+            dw_quads::<PC>(
                 input,
                 base,
                 (ystep, xstep),
@@ -1334,7 +1388,7 @@ fn dw_run(
             );
         }
         for (ch, o) in out.iter_mut().enumerate().skip(4 * quads) {
-            let mut acc = g.acc0(bias[ch]);
+            let mut acc = g.acc0::<PC>(bias[ch], ch);
             for ky in ylo..yhi {
                 let row = base + (ky - ylo) * ystep + ch;
                 let t0 = ky * kw + xlo;
@@ -1343,7 +1397,7 @@ fn dw_run(
                     acc = acc.wrapping_add(x * dw_weight(weights, wq, taps, ch, t0 + k));
                 }
             }
-            *o = q(acc);
+            *o = q(acc, ch);
         }
     }
 }
@@ -1393,7 +1447,7 @@ fn requant_dsp(acc: i32, or: u32, lo: i8) -> i8 {
 /// last channel with itself when odd). Every output is independent of the pairing, so any range
 /// gives the bytes of the whole-image call.
 #[allow(clippy::too_many_arguments)]
-fn conv_pixel_pairs<K: PairKernel>(
+fn conv_pixel_pairs<K: PairKernel, const PC: bool>(
     input: &[i8],
     weights: &[i8],
     bias: &[i8],
@@ -1404,12 +1458,14 @@ fn conv_pixel_pairs<K: PairKernel>(
     lo: i8,
 ) {
     let (k, cout, cg) = (g.ksize, g.out_dims.c, g.cout_g);
-    let q = |acc: i32| requant_lo(acc, g.or, lo);
+    let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of::<PC>(ch), lo);
     for grp in 0..g.groups {
         // From the group's first row to the end of all weights (see `PairKernel::dot`); empty
         // when the DSP kernel runs on pre-widened weights only.
         let wg = weights.get(grp * cg * k..).unwrap_or(&[]);
         let bg = &bias[grp * cg..][..cg];
+        // Output channel of `bg[j]`.
+        let c0 = grp * cg;
         let even = cg & !1;
         let pair_base = grp * cg.div_ceil(2);
         let mut p = pixels.start;
@@ -1428,18 +1484,19 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .zip(ob.chunks_exact_mut(2))
                     .enumerate()
                 {
-                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let ch = c0 + 2 * j;
+                    let (b0, b1) = (g.acc0::<PC>(b2[0], ch), g.acc0::<PC>(b2[1], ch + 1));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
-                    a2[0] = q(s[0]);
-                    a2[1] = q(s[1]);
-                    c2[0] = q(s[2]);
-                    c2[1] = q(s[3]);
+                    a2[0] = q(s[0], ch);
+                    a2[1] = q(s[1], ch + 1);
+                    c2[0] = q(s[2], ch);
+                    c2[1] = q(s[3], ch + 1);
                 }
                 if even < cg {
-                    let b0 = g.acc0(bg[even]);
+                    let b0 = g.acc0::<PC>(bg[even], c0 + even);
                     let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
-                    oa[even] = q(s[0]);
-                    ob[even] = q(s[2]);
+                    oa[even] = q(s[0], c0 + even);
+                    ob[even] = q(s[2], c0 + even);
                 }
             } else {
                 for (j, (b2, a2)) in bg[..even]
@@ -1447,15 +1504,16 @@ fn conv_pixel_pairs<K: PairKernel>(
                     .zip(oa.chunks_exact_mut(2))
                     .enumerate()
                 {
-                    let (b0, b1) = (g.acc0(b2[0]), g.acc0(b2[1]));
+                    let ch = c0 + 2 * j;
+                    let (b0, b1) = (g.acc0::<PC>(b2[0], ch), g.acc0::<PC>(b2[1], ch + 1));
                     let s = kern.dot(wg, 2 * j, 2 * j + 1, pair_base + j, [b0, b1, b0, b1]);
-                    a2[0] = q(s[0]);
-                    a2[1] = q(s[1]);
+                    a2[0] = q(s[0], ch);
+                    a2[1] = q(s[1], ch + 1);
                 }
                 if even < cg {
-                    let b0 = g.acc0(bg[even]);
+                    let b0 = g.acc0::<PC>(bg[even], c0 + even);
                     let s = kern.dot(wg, even, even, pair_base + even / 2, [b0, b0, b0, b0]);
-                    oa[even] = q(s[0]);
+                    oa[even] = q(s[0], c0 + even);
                 }
             }
             p += 2;
@@ -1480,9 +1538,34 @@ fn conv_run(
     lo: i8,
     scratch: Option<&mut [i8]>,
 ) {
+    if g.ors.is_empty() {
+        conv_run_with::<false>(
+            dsp, input, weights, wq, bias, output, g, pixels, lo, scratch,
+        )
+    } else {
+        conv_run_with::<true>(
+            dsp, input, weights, wq, bias, output, g, pixels, lo, scratch,
+        )
+    }
+}
+
+/// [`conv_run`] for per-layer (`PC = false`) or per-channel shifts.
+#[allow(clippy::too_many_arguments)]
+fn conv_run_with<const PC: bool>(
+    dsp: bool,
+    input: &[i8],
+    weights: &[i8],
+    wq: &[u32],
+    bias: &[i8],
+    output: &mut [i8],
+    g: &ConvGeo,
+    pixels: core::ops::Range<usize>,
+    lo: i8,
+    scratch: Option<&mut [i8]>,
+) {
     let k = g.ksize;
     if is_depthwise(g.in_dims.c, g.out_dims.c, g.groups) {
-        return dw_run(dsp, input, weights, wq, bias, output, g, pixels, lo);
+        return dw_run::<PC>(dsp, input, weights, wq, bias, output, g, pixels, lo);
     }
     match scratch {
         Some(scr) if k > 0 && g.dense() => {
@@ -1496,21 +1579,21 @@ fn conv_run(
                     wq,
                     direct: g.direct_widen(),
                 };
-                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+                conv_pixel_pairs::<_, PC>(input, weights, bias, output, g, &mut kern, pixels, lo);
             } else {
                 let (a, b) = scr.split_at_mut(k);
                 let mut kern = Portable { a, b: &mut b[..k] };
-                conv_pixel_pairs(input, weights, bias, output, g, &mut kern, pixels, lo);
+                conv_pixel_pairs::<_, PC>(input, weights, bias, output, g, &mut kern, pixels, lo);
             }
         }
-        _ => conv_direct(input, weights, bias, output, g, pixels, lo),
+        _ => conv_direct::<PC>(input, weights, bias, output, g, pixels, lo),
     }
 }
 
 /// Direct convolution (no scratch), for kernels larger than [`PATCH_MAX`] and dilated
 /// convolutions: the in-bounds kernel window is computed once per output pixel, so the inner
 /// loops have no bounds tests.
-fn conv_direct(
+fn conv_direct<const PC: bool>(
     input: &[i8],
     weights: &[i8],
     bias: &[i8],
@@ -1530,7 +1613,7 @@ fn conv_direct(
         for (o, y) in out.iter_mut().enumerate() {
             let c0 = (o / g.cout_g) * cg;
             let w = &weights[o * g.ksize..][..g.ksize];
-            let mut acc = g.acc0(bias[o]);
+            let mut acc = g.acc0::<PC>(bias[o], o);
             for ky in ylo..yhi {
                 let src = &input[((iy0 + (ky - ylo) * g.dil.h) * iw + ix0) * cin..];
                 let wrow = &w[(ky * g.kernel.w + xlo) * cg..][..(xhi - xlo) * cg];
@@ -1541,7 +1624,7 @@ fn conv_direct(
                     }
                 }
             }
-            *y = requant_lo(acc, g.or, lo);
+            *y = requant_lo(acc, g.or_of::<PC>(o), lo);
         }
     }
 }
@@ -1597,7 +1680,7 @@ pub fn conv_hwc_q7(
 /// Validate a convolution's geometry, slices and shifts (everything but the output slice) and
 /// return its [`ConvGeo`].
 #[allow(clippy::too_many_arguments)]
-fn conv_geo(
+fn conv_geo<'s>(
     dsp: bool,
     input: &[i8],
     in_dims: Dims,
@@ -1609,12 +1692,11 @@ fn conv_geo(
     dilation: Pair,
     groups: usize,
     bias: &[i8],
-    bias_lshift: i32,
-    out_rshift: i32,
+    bias_lshift: &'s [i32],
+    out_rshift: &'s [i32],
     out_dims: Dims,
-) -> Result<ConvGeo, KernelError> {
-    let bl = check_shift(bias_lshift)?;
-    let or = check_shift(out_rshift)?;
+) -> Result<ConvGeo<'s>, KernelError> {
+    let (bl, or, bls, ors) = channel_shifts(bias_lshift, out_rshift, out_dims.c)?;
     if groups == 0
         || stride.h == 0
         || stride.w == 0
@@ -1655,7 +1737,36 @@ fn conv_geo(
         bl,
         or,
         rnd: round_term(or),
+        bls,
+        ors,
     })
+}
+
+/// Validate per-channel shifts (each slice of length 1: one shift for every channel, or `n`: one
+/// per output channel; every shift in `0..=31`) and return `(bl, or, bls, ors)`: the shifts of
+/// channel 0, and both slices again when any is per channel (empty when both are per layer).
+#[allow(clippy::type_complexity)]
+fn channel_shifts<'s>(
+    bias_lshift: &'s [i32],
+    out_rshift: &'s [i32],
+    n: usize,
+) -> Result<(u32, u32, &'s [i32], &'s [i32]), KernelError> {
+    let ok_len = |l: usize| l == 1 || l == n;
+    if !ok_len(bias_lshift.len()) || !ok_len(out_rshift.len()) {
+        return Err(KernelError::Length);
+    }
+    for s in bias_lshift.iter().chain(out_rshift) {
+        check_shift(*s)?;
+    }
+    let (bl, or) = (bias_lshift[0] as u32, out_rshift[0] as u32);
+    if bias_lshift.len() == 1 && out_rshift.len() == 1 {
+        return Ok((bl, or, &[], &[]));
+    }
+    // Both per channel (n > 1 here), so `bls[ch]` / `ors[ch]` index one slice each.
+    if bias_lshift.len() != out_rshift.len() {
+        return Err(KernelError::Length);
+    }
+    Ok((bl, or, bias_lshift, out_rshift))
 }
 
 /// Convolution ([`conv_hwc_q7`], same bytes) with optional pre-widened weights `wq`
@@ -2055,6 +2166,42 @@ pub mod variants {
         output: &mut [i8],
         out_dims: Dims,
     ) -> KResult {
+        conv_hwc_q7_pc(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            kernel,
+            pad,
+            stride,
+            dilation,
+            groups,
+            bias,
+            core::slice::from_ref(&bias_lshift),
+            core::slice::from_ref(&out_rshift),
+            output,
+            out_dims,
+        )
+    }
+
+    /// [`super::conv_hwc_q7_pc`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hwc_q7_pc(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        dilation: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: &[i32],
+        out_rshift: &[i32],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
         let wq: &[u32] = &[];
         let g = conv_geo(
             dsp,
@@ -2128,6 +2275,48 @@ pub mod variants {
         output: &mut [i8],
         out_dims: Dims,
     ) -> KResult {
+        conv_hwc_q7_scratch_pc(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            wq,
+            kernel,
+            pad,
+            stride,
+            dilation,
+            groups,
+            bias,
+            core::slice::from_ref(&bias_lshift),
+            core::slice::from_ref(&out_rshift),
+            relu,
+            scratch,
+            output,
+            out_dims,
+        )
+    }
+
+    /// [`super::conv_hwc_q7_scratch_pc`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_hwc_q7_scratch_pc(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        wq: &[u32],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        dilation: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: &[i32],
+        out_rshift: &[i32],
+        relu: bool,
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
         let g = conv_geo(
             dsp,
             input,
@@ -2180,6 +2369,52 @@ pub mod variants {
         bias: &[i8],
         bias_lshift: i32,
         out_rshift: i32,
+        conv_dims: Dims,
+        fuse: Fused,
+        ring: &mut [i8],
+        scratch: &mut [i8],
+        output: &mut [i8],
+        out_dims: Dims,
+    ) -> KResult {
+        conv_pool_hwc_q7_pc(
+            dsp,
+            input,
+            in_dims,
+            weights,
+            wq,
+            kernel,
+            pad,
+            stride,
+            dilation,
+            groups,
+            bias,
+            core::slice::from_ref(&bias_lshift),
+            core::slice::from_ref(&out_rshift),
+            conv_dims,
+            fuse,
+            ring,
+            scratch,
+            output,
+            out_dims,
+        )
+    }
+
+    /// [`super::conv_pool_hwc_q7_pc`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_pool_hwc_q7_pc(
+        dsp: bool,
+        input: &[i8],
+        in_dims: Dims,
+        weights: &[i8],
+        wq: &[u32],
+        kernel: Pair,
+        pad: Pair,
+        stride: Pair,
+        dilation: Pair,
+        groups: usize,
+        bias: &[i8],
+        bias_lshift: &[i32],
+        out_rshift: &[i32],
         conv_dims: Dims,
         fuse: Fused,
         ring: &mut [i8],
@@ -2258,27 +2493,60 @@ pub mod variants {
         out_rshift: i32,
         output: &mut [i8],
     ) -> KResult {
-        let bl = check_shift(bias_lshift)?;
-        let or = check_shift(out_rshift)?;
+        fc_q7_pc(
+            dsp,
+            input,
+            weights,
+            bias,
+            core::slice::from_ref(&bias_lshift),
+            core::slice::from_ref(&out_rshift),
+            output,
+        )
+    }
+
+    /// [`super::fc_q7_pc`] with the implementation chosen by `dsp`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fc_q7_pc(
+        dsp: bool,
+        input: &[i8],
+        weights: &[i8],
+        bias: &[i8],
+        bias_lshift: &[i32],
+        out_rshift: &[i32],
+        output: &mut [i8],
+    ) -> KResult {
+        let (bl, or, bls, ors) = channel_shifts(bias_lshift, out_rshift, output.len())?;
         let n_in = input.len();
         if weights.len() != n_in * output.len() || bias.len() != output.len() {
             return Err(KernelError::Length);
         }
         let rnd = round_term(or);
-        let acc0 = |b: i8| ((b as i32) << bl).wrapping_add(rnd);
+        // Per-layer shifts, or output `o`'s own (`channel_shifts` checked them).
+        let shifts = |o: usize| {
+            if ors.is_empty() {
+                (bl, rnd, or)
+            } else {
+                let r = ors[o] as u32;
+                (bls[o] as u32, round_term(r), r)
+            }
+        };
+        let acc0 = |b: i8, o: usize| {
+            let (bl, rnd, _) = shifts(o);
+            ((b as i32) << bl).wrapping_add(rnd)
+        };
         let n_out = output.len();
         let mut o = 0;
         while o < n_out {
             let o1 = if o + 1 < n_out { o + 1 } else { o };
             let (w0, w1) = (&weights[o * n_in..][..n_in], &weights[o1 * n_in..][..n_in]);
-            let s = [acc0(bias[o]), acc0(bias[o1])];
+            let s = [acc0(bias[o], o), acc0(bias[o1], o1)];
             let s = if dsp {
                 dot1x2_dsp(input, w0, w1, s)
             } else {
                 dot1x2(input, w0, w1, s)
             };
-            output[o] = requant(s[0], or);
-            output[o1] = requant(s[1], or);
+            output[o] = requant(s[0], shifts(o).2);
+            output[o1] = requant(s[1], shifts(o1).2);
             o += 2;
         }
         Ok(())
@@ -2994,4 +3262,153 @@ pub fn scale_q7(
         }
     }
     Ok(())
+}
+
+// Per-channel formats: the convolutions and the fully connected layer with one `bias_lshift`
+// and one `out_rshift` per output channel (each output channel's weights and bias have their own
+// fraction bits). Every shift slice has length 1 (one shift for every channel: the bytes of the
+// per-layer kernel above) or `out_c`; both slices have the same length. Channel `c` computes
+// `sat_i8(((bias[c] << bias_lshift[c]) + ((1 << out_rshift[c]) >> 1) + Σ in·w) >> out_rshift[c])`
+// on the same paths (im2col pairs, direct, depthwise quads, DSP and portable) as the per-layer
+// kernels: only the accumulator's start and the output shift change per channel.
+
+/// [`conv_hwc_q7`] with per-channel shifts.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_hwc_q7_pc(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_hwc_q7_pc(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+        out_dims,
+    )
+}
+
+/// [`conv_hwc_q7_scratch`] with per-channel shifts.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_hwc_q7_scratch_pc(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    wq: &[u32],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
+    relu: bool,
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_hwc_q7_scratch_pc(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        wq,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        relu,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// [`conv_pool_hwc_q7`] with per-channel shifts.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_pool_hwc_q7_pc(
+    input: &[i8],
+    in_dims: Dims,
+    weights: &[i8],
+    wq: &[u32],
+    kernel: Pair,
+    pad: Pair,
+    stride: Pair,
+    dilation: Pair,
+    groups: usize,
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
+    conv_dims: Dims,
+    fuse: Fused,
+    ring: &mut [i8],
+    scratch: &mut [i8],
+    output: &mut [i8],
+    out_dims: Dims,
+) -> KResult {
+    variants::conv_pool_hwc_q7_pc(
+        cfg!(dsp),
+        input,
+        in_dims,
+        weights,
+        wq,
+        kernel,
+        pad,
+        stride,
+        dilation,
+        groups,
+        bias,
+        bias_lshift,
+        out_rshift,
+        conv_dims,
+        fuse,
+        ring,
+        scratch,
+        output,
+        out_dims,
+    )
+}
+
+/// [`fc_q7`] with per-channel (per-output) shifts.
+pub fn fc_q7_pc(
+    input: &[i8],
+    weights: &[i8],
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
+    output: &mut [i8],
+) -> KResult {
+    variants::fc_q7_pc(
+        cfg!(dsp),
+        input,
+        weights,
+        bias,
+        bias_lshift,
+        out_rshift,
+        output,
+    )
 }

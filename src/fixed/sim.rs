@@ -80,13 +80,15 @@ fn check_dense(
     rows: usize,
     k: usize,
     bias: &[i8],
-    bias_lshift: i32,
-    out_rshift: i32,
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
     layer: &str,
 ) -> Result<()> {
+    let ok =
+        |v: &[i32]| (v.len() == 1 || v.len() == rows) && v.iter().all(|s| (0..=31).contains(s));
     ensure!(
-        (0..=31).contains(&bias_lshift) && (0..=31).contains(&out_rshift),
-        "layer '{layer}': shifts {bias_lshift}/{out_rshift} outside 0..=31"
+        ok(bias_lshift) && ok(out_rshift) && bias_lshift.len() == out_rshift.len(),
+        "layer '{layer}': shifts {bias_lshift:?}/{out_rshift:?} outside 0..=31 or not one (or one per output)"
     );
     ensure!(
         weights.len() == rows * k && bias.len() == rows,
@@ -101,7 +103,8 @@ struct Gemm {
     w: Vec<i16>,
     /// `(bias << bias_lshift) + round_term` per output.
     bias: Vec<i32>,
-    rshift: u32,
+    /// `out_rshift` per output.
+    rshift: Vec<u32>,
 }
 
 impl Gemm {
@@ -110,8 +113,8 @@ impl Gemm {
         rows: usize,
         k: usize,
         bias: &[i8],
-        bias_lshift: i32,
-        out_rshift: i32,
+        bias_lshift: &[i32],
+        out_rshift: &[i32],
         layer: &str,
     ) -> Result<Gemm> {
         check_dense(weights, rows, k, bias, bias_lshift, out_rshift, layer)?;
@@ -125,16 +128,20 @@ impl Gemm {
                 *d = *s as i16;
             }
         }
-        let rs = out_rshift as u32;
+        let at = |v: &[i32], o: usize| v[if v.len() == 1 { 0 } else { o }];
+        let rshift: Vec<u32> = (0..rows).map(|o| at(out_rshift, o) as u32).collect();
         let bias = bias
             .iter()
-            .map(|&b| ((b as i32) << bias_lshift).wrapping_add(kernels::round_term(rs)))
+            .enumerate()
+            .map(|(o, &b)| {
+                ((b as i32) << at(bias_lshift, o)).wrapping_add(kernels::round_term(rshift[o]))
+            })
             .collect();
         Ok(Gemm {
             kp,
             w,
             bias,
-            rshift: rs,
+            rshift,
         })
     }
 }
@@ -196,7 +203,7 @@ fn gemm_body(
             }
             for (r, acc) in a.iter().enumerate() {
                 let s = acc.iter().fold(g.bias[o + r], |s, v| s.wrapping_add(*v));
-                orow[o + r] = kernels::sat_i8(s >> g.rshift);
+                orow[o + r] = kernels::sat_i8(s >> g.rshift[o + r]);
             }
             o += 4;
         }
@@ -210,7 +217,7 @@ fn gemm_body(
                 }
             }
             let s = a.iter().fold(g.bias[o], |s, v| s.wrapping_add(*v));
-            orow[o] = kernels::sat_i8(s >> g.rshift);
+            orow[o] = kernels::sat_i8(s >> g.rshift[o]);
             o += 1;
         }
     }
@@ -331,15 +338,8 @@ impl<'g> Simulator<'g> {
                     let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
                     let dilated = c.dilation.h != 1 || c.dilation.w != 1;
                     if kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups) || dilated {
-                        check_dense(
-                            &c.weights,
-                            c.out_dims.c,
-                            k,
-                            &c.bias,
-                            c.bias_lshift,
-                            c.out_rshift,
-                            &l.name,
-                        )?;
+                        let (bls, ors) = c.shifts();
+                        check_dense(&c.weights, c.out_dims.c, k, &c.bias, bls, ors, &l.name)?;
                         ensure!(
                             c.dilation.h > 0 && c.dilation.w > 0,
                             "layer '{}': dilation must be positive",
@@ -359,10 +359,10 @@ impl<'g> Simulator<'g> {
                             groups: c.groups,
                             weights: &c.weights,
                             bias: &c.bias,
-                            bias_lshift: c.bias_lshift as u32,
-                            out_rshift: c.out_rshift as u32,
+                            bias_lshift: c.shifts().0,
+                            out_rshift: c.shifts().1,
                         };
-                        let dense = (c.bias_lshift, c.out_rshift, k);
+                        let dense = k;
                         dense_prep(path, &spec, dense, &l.name, Prep::Conv)?
                     }
                 }
@@ -377,10 +377,10 @@ impl<'g> Simulator<'g> {
                         groups: 1,
                         weights: &f.weights,
                         bias: &f.bias,
-                        bias_lshift: f.bias_lshift as u32,
-                        out_rshift: f.out_rshift as u32,
+                        bias_lshift: f.shifts().0,
+                        out_rshift: f.shifts().1,
                     };
-                    let dense = (f.bias_lshift, f.out_rshift, f.in_len);
+                    let dense = f.in_len;
                     dense_prep(path, &spec, dense, &l.name, Prep::Fc)?
                 }
                 _ => Prep::Other,
@@ -650,16 +650,16 @@ impl<'g> Simulator<'g> {
 }
 
 /// A conv/fc for `path`: checked, then prepared for its direct-convolution kernel, or widened for
-/// the portable GEMM (`gemm` wraps it as a conv or an fc) when the path has none. `dense`: the
-/// layer's signed shifts and reduction length as stored, checked before `spec`'s casts are used.
+/// the portable GEMM (`gemm` wraps it as a conv or an fc) when the path has none. `k`: the
+/// layer's reduction length; the shifts are checked before `spec` is used.
 fn dense_prep(
     path: SimdPath,
     spec: &direct::ConvSpec,
-    dense: (i32, i32, usize),
+    k: usize,
     layer: &str,
     gemm: fn(Gemm) -> Prep,
 ) -> Result<Prep> {
-    let (bias_lshift, out_rshift, k) = dense;
+    let (bias_lshift, out_rshift) = (spec.bias_lshift, spec.out_rshift);
     let rows = spec.outd.c;
     check_dense(
         spec.weights,
@@ -756,7 +756,8 @@ fn conv_fast(x: &[i8], c: &super::graph::QConv, gm: &Gemm, y: &mut [i8], col: &m
 
 /// One conv through `kernels.rs` (the reference path, and dilated non-depthwise layers).
 fn conv_reference(x: &[i8], c: &graph::QConv, y: &mut [i8]) -> kernels::KResult {
-    kernels::conv_hwc_q7(
+    let (bias_lshift, out_rshift) = c.shifts();
+    kernels::conv_hwc_q7_pc(
         x,
         c.in_dims.dims(),
         &c.weights,
@@ -766,8 +767,8 @@ fn conv_reference(x: &[i8], c: &graph::QConv, y: &mut [i8]) -> kernels::KResult 
         pair(c.dilation),
         c.groups,
         &c.bias,
-        c.bias_lshift,
-        c.out_rshift,
+        bias_lshift,
+        out_rshift,
         y,
         c.out_dims.dims(),
     )
@@ -802,7 +803,8 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
             let r = match &l.op {
                 QOp::Conv(c) => conv_reference(x, c, &mut y),
                 QOp::Fc(f) => {
-                    kernels::fc_q7(x, &f.weights, &f.bias, f.bias_lshift, f.out_rshift, &mut y)
+                    let (bl, or) = f.shifts();
+                    kernels::fc_q7_pc(x, &f.weights, &f.bias, bl, or, &mut y)
                 }
                 QOp::MaxPool(p) => kernels::maxpool_hwc_q7(
                     x,

@@ -8,7 +8,7 @@
 //! lengths, shifts in the ranges the kernels take, the shifts against the fraction bits they
 //! derive from, and the overflow proof ([`super::headroom`]).
 
-use super::graph::{Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
+use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
 use super::headroom::{self, Headroom};
 use super::qformat::MAX_FRAC_BITS;
 use crate::ir::{shape, RoundMode};
@@ -136,6 +136,58 @@ fn check_dense_shifts(
     Ok(())
 }
 
+/// The per-channel formats of a conv/fc (when present): one value per output, each channel's
+/// shifts consistent with its formats, channel 0 repeated in the scalar fields.
+#[allow(clippy::too_many_arguments)]
+fn check_channel_shifts(
+    layer: &str,
+    pc: &Option<ChannelFormats>,
+    scalars: (i32, i32, i32, i32),
+    outputs: usize,
+    in_frac: i32,
+    out_frac: i32,
+) -> Result<()> {
+    let Some(pc) = pc else {
+        let (wf, bf, bl, or) = scalars;
+        return check_dense_shifts(layer, wf, bf, bl, or, in_frac, out_frac);
+    };
+    for (what, v) in [
+        ("weight_frac_bits", &pc.weight_frac_bits),
+        ("bias_frac_bits", &pc.bias_frac_bits),
+        ("bias_lshift", &pc.bias_lshift),
+        ("out_rshift", &pc.out_rshift),
+    ] {
+        ensure!(
+            v.len() == outputs,
+            "layer '{layer}': per_channel.{what} has {} values for {outputs} output channels",
+            v.len()
+        );
+    }
+    ensure!(
+        outputs > 0
+            && scalars
+                == (
+                    pc.weight_frac_bits[0],
+                    pc.bias_frac_bits[0],
+                    pc.bias_lshift[0],
+                    pc.out_rshift[0]
+                ),
+        "layer '{layer}': weight_frac_bits/bias_frac_bits/bias_lshift/out_rshift {scalars:?} are not channel 0's per-channel values"
+    );
+    for c in 0..outputs {
+        check_dense_shifts(
+            &format!("{layer}' channel '{c}"),
+            pc.weight_frac_bits[c],
+            pc.bias_frac_bits[c],
+            pc.bias_lshift[c],
+            pc.out_rshift[c],
+            in_frac,
+            out_frac,
+        )?;
+    }
+    Ok(())
+}
+
 fn conv(
     layer: &str,
     c: &QConv,
@@ -222,23 +274,21 @@ fn conv(
         c.bias.len(),
         c.out_dims.c
     );
-    check_dense_shifts(
+    check_channel_shifts(
         layer,
-        c.weight_frac_bits,
-        c.bias_frac_bits,
-        c.bias_lshift,
-        c.out_rshift,
+        &c.per_channel,
+        (
+            c.weight_frac_bits,
+            c.bias_frac_bits,
+            c.bias_lshift,
+            c.out_rshift,
+        ),
+        c.out_dims.c,
         input.frac_bits,
         output.frac_bits,
     )?;
-    headroom::dense(
-        layer,
-        &c.weights,
-        c.out_dims.c,
-        &c.bias,
-        c.bias_lshift,
-        c.out_rshift,
-    )
+    let (bls, ors) = c.shifts();
+    headroom::dense_channels(layer, &c.weights, c.out_dims.c, &c.bias, bls, ors)
 }
 
 /// A Deconvolution: the convolution's checks with Caffe's transposed size rule (kept apart
@@ -380,23 +430,21 @@ fn fc(
         f.bias.len(),
         f.out_len
     );
-    check_dense_shifts(
+    check_channel_shifts(
         layer,
-        f.weight_frac_bits,
-        f.bias_frac_bits,
-        f.bias_lshift,
-        f.out_rshift,
+        &f.per_channel,
+        (
+            f.weight_frac_bits,
+            f.bias_frac_bits,
+            f.bias_lshift,
+            f.out_rshift,
+        ),
+        f.out_len,
         input.frac_bits,
         output.frac_bits,
     )?;
-    headroom::dense(
-        layer,
-        &f.weights,
-        f.out_len,
-        &f.bias,
-        f.bias_lshift,
-        f.out_rshift,
-    )
+    let (bls, ors) = f.shifts();
+    headroom::dense_channels(layer, &f.weights, f.out_len, &f.bias, bls, ors)
 }
 
 fn pool(

@@ -45,6 +45,8 @@ pub struct Options {
     pub bias_correction: bool,
     /// Formats pinned by the user (`--formats`): no search.
     pub formats: Option<Formats>,
+    /// Per-channel weight/bias start formats (`--per-layer` turns it off).
+    pub per_channel: bool,
     pub quiet: bool,
     pub timing: bool,
     /// "rgb" or "bgr" as fed to the network.
@@ -524,7 +526,7 @@ pub fn run(
     let (start, strategy) = match &opts.formats {
         Some(f) => (f.clone(), Strategy::None),
         None => {
-            let mut f = search::start_formats(g, &cal.max_abs)?;
+            let mut f = search::start_formats_with(g, &cal.max_abs, opts.per_channel)?;
             cap_output_probabilities(g, &mut f);
             (f, opts.strategy)
         }
@@ -761,6 +763,12 @@ fn layer_reports(
         .map(|l| {
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
+            let per_channel = match &l.op {
+                QOp::Conv(c) => c.per_channel.as_ref(),
+                QOp::Fc(f) => f.per_channel.as_ref(),
+                _ => None,
+            }
+            .map(crate::report::ChannelRanges::of);
             let (w, b, bl, or, sat) = match &l.op {
                 QOp::Conv(c) | QOp::Deconv(c) => (
                     Some(c.weight_frac_bits),
@@ -793,6 +801,7 @@ fn layer_reports(
                 saturated_params: sat,
                 acc_worst_abs: heads.get(&l.name).map(|h| h.worst_abs),
                 acc_headroom_bits: heads.get(&l.name).map(|h| h.bits),
+                per_channel,
             }
         })
         .collect()

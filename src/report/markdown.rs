@@ -118,6 +118,15 @@ pub fn render(r: &Report) -> String {
     }
     let _ = writeln!(md, "\n## Layers\n\nAccumulator headroom: bits the worst-case i32 accumulator over all int8 inputs stays below the i32 limit (the overflow proof).\n\n| layer | op | in frac | out frac | weight frac | bias frac | bias_lshift | out_rshift | saturated params | acc headroom (bits) |\n|---|---|---|---|---|---|---|---|---|---|");
     for l in &r.layers {
+        // Per-channel layers show the range over their output channels.
+        let pc =
+            |f: fn(&crate::report::ChannelRanges) -> [i32; 2], one: String| match &l.per_channel {
+                Some(p) => {
+                    let [lo, hi] = f(p);
+                    format!("{lo}..{hi} per channel")
+                }
+                None => one,
+            };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -125,10 +134,10 @@ pub fn render(r: &Report) -> String {
             l.op,
             l.input_frac_bits,
             l.output_frac_bits,
-            opt(l.weight_frac_bits),
-            opt(l.bias_frac_bits),
-            opt(l.bias_lshift),
-            opt(l.out_rshift),
+            pc(|p| p.weight_frac_bits, opt(l.weight_frac_bits)),
+            pc(|p| p.bias_frac_bits, opt(l.bias_frac_bits)),
+            pc(|p| p.bias_lshift, opt(l.bias_lshift)),
+            pc(|p| p.out_rshift, opt(l.out_rshift)),
             l.saturated_params,
             l.acc_headroom_bits
                 .map_or("-".into(), |b| format!("{b:.2}"))

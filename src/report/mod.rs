@@ -120,6 +120,32 @@ pub struct Accuracy {
     pub output_sqnr_db: f64,
 }
 
+/// `[min, max]` over the output channels of a per-channel layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelRanges {
+    pub weight_frac_bits: [i32; 2],
+    pub bias_frac_bits: [i32; 2],
+    pub bias_lshift: [i32; 2],
+    pub out_rshift: [i32; 2],
+}
+
+impl ChannelRanges {
+    pub fn of(pc: &crate::fixed::graph::ChannelFormats) -> ChannelRanges {
+        let r = |v: &[i32]| {
+            [
+                v.iter().copied().min().unwrap_or(0),
+                v.iter().copied().max().unwrap_or(0),
+            ]
+        };
+        ChannelRanges {
+            weight_frac_bits: r(&pc.weight_frac_bits),
+            bias_frac_bits: r(&pc.bias_frac_bits),
+            bias_lshift: r(&pc.bias_lshift),
+            out_rshift: r(&pc.out_rshift),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerReport {
     pub name: String,
@@ -138,6 +164,10 @@ pub struct LayerReport {
     pub acc_worst_abs: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acc_headroom_bits: Option<f64>,
+    /// Per-channel formats: the range `[min, max]` over output channels of the weight and bias
+    /// fraction bits and of the shifts (the scalar fields above are then channel 0's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_channel: Option<ChannelRanges>,
 }
 
 /// How raw pixels became the network's input, and what nnquant had to assume about it.

@@ -168,17 +168,17 @@ fn only_relu_reads(qg: &QGraph, blob: &str) -> bool {
 fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
     let l = &qg.layers[k];
     let mut key = vec![i64::from(qg.frac_bits(&l.output).unwrap_or(i32::MIN))];
-    let (w, b, lshift, rshift) = match &l.op {
-        QOp::Conv(c) | QOp::Deconv(c) => (&c.weights, &c.bias, c.bias_lshift, c.out_rshift),
-        QOp::Fc(f) => (&f.weights, &f.bias, f.bias_lshift, f.out_rshift),
+    let (w, b, (lshift, rshift)) = match &l.op {
+        QOp::Conv(c) | QOp::Deconv(c) => (&c.weights, &c.bias, c.shifts()),
+        QOp::Fc(f) => (&f.weights, &f.bias, f.shifts()),
         _ => return key,
     };
-    key.push(rshift.into());
+    key.extend(rshift.iter().map(|&r| i64::from(r)));
     key.extend(w.iter().map(|&v| i64::from(v)));
-    key.extend(
-        b.iter()
-            .map(|&v| i64::from((v as i32).wrapping_shl(lshift as u32))),
-    );
+    key.extend(b.iter().enumerate().map(|(c, &v)| {
+        let l = lshift[if lshift.len() == 1 { 0 } else { c }];
+        i64::from((v as i32).wrapping_shl(l as u32))
+    }));
     key
 }
 

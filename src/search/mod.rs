@@ -32,7 +32,7 @@ const MAX_PASSES: usize = 3;
 /// (the next only when the whole set rejected the previous one).
 const CONFIRM: usize = 2;
 
-use crate::fixed::graph::{Formats, LayerFormat, QGraph, QOp};
+use crate::fixed::graph::{Formats, Frac, LayerFormat, QGraph, QOp};
 use crate::fixed::kernels;
 use crate::fixed::qformat::{self, InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
@@ -152,8 +152,20 @@ fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0f32, |m, x| m.max(x.abs()))
 }
 
-/// Max-abs formats, clamped so that bias_lshift ≥ 0 and out_rshift ≥ 0 for every layer.
+/// Max-abs formats, clamped so that bias_lshift ≥ 0 and out_rshift ≥ 0 for every layer
+/// (per-layer weight formats; see [`start_formats_with`]).
 pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<Formats> {
+    start_formats_with(g, blob_max_abs, false)
+}
+
+/// [`start_formats`], with `per_channel`: every output channel of a conv/fc takes the weight and
+/// bias formats of its own max-abs (clamped likewise per channel, and the overflow guard applied
+/// per channel).
+pub fn start_formats_with(
+    g: &Graph,
+    blob_max_abs: &BTreeMap<String, f32>,
+    per_channel: bool,
+) -> Result<Formats> {
     let act = |b: &str| -> Result<i32> {
         let m = *blob_max_abs
             .get(b)
@@ -172,6 +184,13 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
             .with_context(|| format!("no format for blob '{}'", n.inputs[0]))?;
         let out = &n.outputs[0];
         let out_frac = match &n.op {
+            Op::Convolution(_) | Op::InnerProduct(_) if per_channel => {
+                let out_max = act(out)?;
+                let (lf, o) = channel_start(n, in_frac, out_max)?;
+                f.layers.insert(n.name.clone(), lf);
+                f.activations_frac_bits.insert(out.clone(), o);
+                o
+            }
             Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_) => {
                 let w0 = QFormat::from_max_abs(max_abs(&n.weights[0].data))?.frac_bits;
                 let bias_frac = match n.weights.get(1) {
@@ -181,8 +200,8 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
                 let out_max = act(out)?;
                 let formats_with = |w: i32| {
                     let lf = LayerFormat {
-                        weight_frac_bits: w,
-                        bias_frac_bits: bias_frac.map(|bf| bf.min(w + in_frac)),
+                        weight_frac_bits: Frac::Layer(w),
+                        bias_frac_bits: bias_frac.map(|bf| Frac::Layer(bf.min(w + in_frac))),
                         ..Default::default()
                     };
                     (lf, out_max.min(w + in_frac))
@@ -222,6 +241,85 @@ pub fn start_formats(g: &Graph, blob_max_abs: &BTreeMap<String, f32>) -> Result<
     Ok(f)
 }
 
+/// The per-channel start of a conv/fc reading `in_frac` and writing a blob whose max-abs format
+/// is `out_max`: channel `c`'s weights take the format of their own max-abs, its bias that of its
+/// own value, clamped so that `bias_lshift[c] ≥ 0`; the output takes `out_max`, lowered (as for
+/// per-layer formats) until `out_rshift[c] ≥ 0` for every channel. Channels whose accumulator
+/// could wrap then take fewer weight fraction bits, one channel at a time.
+fn channel_start(n: &crate::ir::Node, in_frac: i32, out_max: i32) -> Result<(LayerFormat, i32)> {
+    let (no, transpose) = match &n.op {
+        Op::Convolution(c) => (c.num_output, false),
+        Op::InnerProduct(p) => (p.num_output, p.transpose),
+        _ => unreachable!("channel_start is called for conv/fc only"),
+    };
+    let w = &n.weights[0].data;
+    ensure!(
+        no > 0 && w.len().is_multiple_of(no),
+        "layer '{}': {} weights for {no} outputs",
+        n.name,
+        w.len()
+    );
+    let k = w.len() / no;
+    let ch_max = |o: usize| {
+        (0..k).fold(0f32, |m, i| {
+            let v = if transpose {
+                w[i * no + o]
+            } else {
+                w[o * k + i]
+            };
+            m.max(v.abs())
+        })
+    };
+    let w0: Vec<i32> = (0..no)
+        .map(|o| Ok(QFormat::from_max_abs(ch_max(o))?.frac_bits))
+        .collect::<Result<_>>()?;
+    let b0: Option<Vec<i32>> = match n.weights.get(1) {
+        Some(b) => Some(
+            b.data
+                .iter()
+                .map(|v| Ok(QFormat::from_max_abs(v.abs())?.frac_bits))
+                .collect::<Result<_>>()?,
+        ),
+        None => None,
+    };
+    let formats_with = |w: &[i32]| {
+        let bias = b0.as_ref().map(|b| {
+            Frac::Channels(
+                b.iter()
+                    .zip(w)
+                    .map(|(bf, wf)| (*bf).min(wf + in_frac))
+                    .collect(),
+            )
+        });
+        let lf = LayerFormat {
+            weight_frac_bits: Frac::Channels(w.to_vec()),
+            bias_frac_bits: bias,
+            ..Default::default()
+        };
+        let o = w.iter().fold(out_max, |o, wf| o.min(wf + in_frac));
+        (lf, o)
+    };
+    let mut wf = w0;
+    // The overflow guard, per channel: each step lowers the channels that could still wrap.
+    for _ in 0..=(2 * qformat::MAX_FRAC_BITS) {
+        let (lf, o) = formats_with(&wf);
+        match headroom::fits_per_output(n, &lf, in_frac, o) {
+            Some(fit) if !fit.iter().all(|&f| f) => {
+                for (w, ok) in wf.iter_mut().zip(fit) {
+                    if !ok {
+                        *w -= 1;
+                    }
+                }
+            }
+            _ => return Ok((lf, o)),
+        }
+    }
+    bail!(
+        "layer '{}': no weight format keeps its i32 accumulator from wrapping",
+        n.name
+    )
+}
+
 /// One coordinate of the search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Param {
@@ -245,8 +343,12 @@ impl Param {
 fn get(f: &Formats, layer: &str, out_blob: &str, p: Param) -> Option<i32> {
     match p {
         Param::Input | Param::Activation => f.activations_frac_bits.get(out_blob).copied(),
-        Param::Weight => f.layers.get(layer).map(|l| l.weight_frac_bits),
-        Param::Bias => f.layers.get(layer).and_then(|l| l.bias_frac_bits),
+        // Per-channel counts move together: the coordinate is channel 0's count.
+        Param::Weight => f.layers.get(layer).map(|l| l.weight_frac_bits.first()),
+        Param::Bias => f
+            .layers
+            .get(layer)
+            .and_then(|l| l.bias_frac_bits.as_ref().map(Frac::first)),
     }
 }
 
@@ -256,16 +358,15 @@ fn set(f: &mut Formats, layer: &str, out_blob: &str, p: Param, v: i32) {
             f.activations_frac_bits.insert(out_blob.to_string(), v);
         }
         Param::Weight => {
-            f.layers
-                .get_mut(layer)
-                .expect("layer has a format")
-                .weight_frac_bits = v
+            let l = f.layers.get_mut(layer).expect("layer has a format");
+            l.weight_frac_bits = l.weight_frac_bits.offset(v - l.weight_frac_bits.first());
         }
         Param::Bias => {
-            f.layers
-                .get_mut(layer)
-                .expect("layer has a format")
-                .bias_frac_bits = Some(v)
+            let l = f.layers.get_mut(layer).expect("layer has a format");
+            l.bias_frac_bits = Some(match &l.bias_frac_bits {
+                Some(b) => b.offset(v - b.first()),
+                None => Frac::Layer(v),
+            });
         }
     }
 }
@@ -513,18 +614,20 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
             .chain(&qg.outputs)
             .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from)),
     );
-    let dense = |key: &mut KeyHasher, w: &[i8], b: &[i8], lshift: i32, rshift: i32| {
-        key.push(rshift.into());
+    // Shifts of length 1 (per layer) or one per output channel (per-channel formats).
+    let dense = |key: &mut KeyHasher, w: &[i8], b: &[i8], lshift: &[i32], rshift: &[i32]| {
+        key.extend(rshift.iter().map(|&r| i64::from(r)));
         key.extend(w.iter().map(|&v| i64::from(v)));
-        key.extend(
-            b.iter()
-                .map(|&v| i64::from((v as i32).wrapping_shl(lshift as u32))),
-        );
+        key.extend(b.iter().enumerate().map(|(c, &v)| {
+            let l = lshift[if lshift.len() == 1 { 0 } else { c }];
+            i64::from((v as i32).wrapping_shl(l as u32))
+        }));
     };
     for l in &qg.layers {
         match &l.op {
             QOp::Conv(c) | QOp::Deconv(c) => {
-                dense(&mut key, &c.weights, &c.bias, c.bias_lshift, c.out_rshift)
+                let (bl, or) = c.shifts();
+                dense(&mut key, &c.weights, &c.bias, bl, or)
             }
             QOp::Lrn {
                 index_shift,
@@ -542,8 +645,11 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
                 bias_lshift,
                 out_rshift,
                 ..
-            } => dense(&mut key, scales, bias, *bias_lshift, *out_rshift),
-            QOp::Fc(f) => dense(&mut key, &f.weights, &f.bias, f.bias_lshift, f.out_rshift),
+            } => dense(&mut key, scales, bias, &[*bias_lshift], &[*out_rshift]),
+            QOp::Fc(f) => {
+                let (bl, or) = f.shifts();
+                dense(&mut key, &f.weights, &f.bias, bl, or)
+            }
             QOp::Add {
                 a_lshift,
                 b_lshift,
@@ -1051,6 +1157,7 @@ mod tests {
             bias_frac_bits: 0,
             bias_lshift,
             out_rshift: 1,
+            per_channel: None,
         })
     }
 

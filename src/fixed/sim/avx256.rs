@@ -77,7 +77,8 @@ pub(super) struct YConv {
     w: Vec<u8>,
     /// `[group][block][8]`: `(bias << lshift) + round` (`- 128·Σw` for the `u8` kernels).
     bias: Vec<i32>,
-    rshift: u32,
+    /// `[group][block][8]`: `out_rshift` of each lane's channel.
+    rshift: Vec<i32>,
 }
 
 impl YConv {
@@ -98,6 +99,7 @@ impl YConv {
                 b
             }
         });
+        let rshift = geo.per_lane(LANES, |o| c.rshift(o) as i32);
         let packed = geo.pack(&wk, LANES, g);
         let w = match isa {
             Isa::Avx2 => packed
@@ -112,7 +114,7 @@ impl YConv {
             isa,
             w,
             bias: b,
-            rshift: c.out_rshift,
+            rshift,
         }
     }
 
@@ -199,7 +201,8 @@ struct Tile<'a> {
     /// Bytes between two 8-channel weight blocks.
     blk_bytes: usize,
     bias: *const i32,
-    shift: __m128i,
+    /// This block's per-lane output shifts.
+    shift: *const i32,
     /// Valid channels of each of the (up to 2) blocks.
     valid: [usize; 2],
     /// Output bytes per pixel.
@@ -214,7 +217,6 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, img: *const u8, y: &mut [i8]) {
     let (oh, ow, oc) = (geo.outd.h, geo.outd.w, geo.outd.c);
     let st = geo.stride.1 * c * eb;
     let blk_bytes = geo.kp * LANES * eb;
-    let shift = _mm_cvtsi32_si128(cv.rshift as i32);
     let yp = y.as_mut_ptr();
     for g in 0..geo.groups {
         let mut blk = 0;
@@ -227,7 +229,7 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, img: *const u8, y: &mut [i8]) {
                 w: cv.w.as_ptr().add((g * cv.nb + blk) * blk_bytes),
                 blk_bytes,
                 bias: cv.bias.as_ptr().add((g * cv.nb + blk) * LANES),
-                shift,
+                shift: cv.rshift.as_ptr().add((g * cv.nb + blk) * LANES),
                 valid: std::array::from_fn(|m| {
                     geo.cout_g.saturating_sub((blk + m) * LANES).min(LANES)
                 }),
@@ -325,7 +327,8 @@ unsafe fn tile<D: Dot, const MB: usize, const P: usize, const ST: usize>(
     }
     for p in 0..P {
         for m in 0..MB {
-            let v = _mm256_sra_epi32(acc[m][p], t.shift);
+            let sh = _mm256_loadu_si256(t.shift.add(LANES * m) as *const __m256i);
+            let v = _mm256_srav_epi32(acc[m][p], sh);
             let w16 = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
             let b8 = _mm_packs_epi16(w16, w16);
             let dst = out.add(p * t.out_px + LANES * m);

@@ -22,7 +22,8 @@ pub(super) struct DwConv {
     w: Vec<i16>,
     /// `(bias << bias_lshift) + round_term(out_rshift)` per channel, wrapping.
     bias: Vec<i32>,
-    rshift: u32,
+    /// `out_rshift` per channel (all equal for per-layer formats).
+    rshift: Vec<u32>,
 }
 
 /// The in-bounds taps `[lo, hi)` of output coordinate `o` along one axis and the input
@@ -68,11 +69,14 @@ impl DwConv {
                 w[t * ch + o] = c.weights[o * taps + t] as i16;
             }
         }
-        let rs = c.out_rshift as u32;
+        let (bls, ors) = c.shifts();
+        let at = |v: &[i32], o: usize| v[if v.len() == 1 { 0 } else { o }];
+        let rs: Vec<u32> = (0..ch).map(|o| at(ors, o) as u32).collect();
         let bias = c
             .bias
             .iter()
-            .map(|&b| ((b as i32) << c.bias_lshift).wrapping_add(round_term(rs)))
+            .enumerate()
+            .map(|(o, &b)| ((b as i32) << at(bls, o)).wrapping_add(round_term(rs[o])))
             .collect();
         Some(DwConv {
             c: ch,
@@ -132,8 +136,8 @@ impl DwConv {
                     }
                 }
                 let out = &mut y[(oy * ow + ox) * c..][..c];
-                for (o, a) in out.iter_mut().zip(acc.iter()) {
-                    *o = sat_i8(*a >> self.rshift);
+                for ((o, a), s) in out.iter_mut().zip(acc.iter()).zip(&self.rshift) {
+                    *o = sat_i8(*a >> s);
                 }
             }
         }

@@ -25,8 +25,9 @@ pub(super) struct ConvSpec<'a> {
     /// `[out_c][kh][kw][in_c / groups]`.
     pub weights: &'a [i8],
     pub bias: &'a [i8],
-    pub bias_lshift: u32,
-    pub out_rshift: u32,
+    /// One shift for every output channel (length 1) or one per output channel.
+    pub bias_lshift: &'a [i32],
+    pub out_rshift: &'a [i32],
 }
 
 impl ConvSpec<'_> {
@@ -45,8 +46,18 @@ impl ConvSpec<'_> {
 
     /// `(bias << bias_lshift) + round_term` of output channel `o`, wrapping.
     pub fn bias_term(&self, o: usize) -> i32 {
-        ((self.bias[o] as i32) << self.bias_lshift)
-            .wrapping_add(crate::fixed::kernels::round_term(self.out_rshift))
+        let bl = Self::at(self.bias_lshift, o) as u32;
+        ((self.bias[o] as i32) << bl)
+            .wrapping_add(crate::fixed::kernels::round_term(self.rshift(o)))
+    }
+
+    /// `out_rshift` of output channel `o`.
+    pub fn rshift(&self, o: usize) -> u32 {
+        Self::at(self.out_rshift, o) as u32
+    }
+
+    fn at(v: &[i32], o: usize) -> i32 {
+        v[if v.len() == 1 { 0 } else { o }]
     }
 }
 

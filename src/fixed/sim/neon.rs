@@ -47,7 +47,9 @@ pub(super) struct NConv {
     w: Vec<i8>,
     /// `[group][block][16]`: `(bias << lshift) + round`, wrapping.
     bias: Vec<i32>,
-    rshift: u32,
+    /// `[group][block][16]`: `-out_rshift` of each lane's channel (`sshl` by a negative count
+    /// shifts right arithmetically).
+    neg_rshift: Vec<i32>,
     /// SDOT kernel (true) or plain NEON (false).
     dotprod: bool,
 }
@@ -60,12 +62,13 @@ impl NConv {
         let wk = geo.reorder(c.weights);
         // Channels past a group's end get zero weights and bias: computed, never stored.
         let b = geo.per_lane(16, |o| c.bias_term(o));
+        let neg_rshift = geo.per_lane(16, |o| -(c.rshift(o) as i32));
         NConv {
             nb: geo.blocks(16),
             w: geo.pack(&wk, 16, 4),
             geo,
             bias: b,
-            rshift: c.out_rshift,
+            neg_rshift,
             dotprod: has_dotprod(),
         }
     }
@@ -139,7 +142,7 @@ impl NConv {
                         st: self.geo.stride.1 * c,
                         w: self.w.as_ptr().add((g * self.nb + blk) * blk_bytes),
                         bias: self.bias.as_ptr().add((g * self.nb + blk) * 16),
-                        shift: vdupq_n_s32(-(self.rshift as i32)),
+                        shift: self.neg_rshift.as_ptr().add((g * self.nb + blk) * 16),
                         valid: (self.geo.cout_g - blk * 16).min(16),
                         out_px: oc,
                     }
@@ -166,8 +169,8 @@ struct Tile<'a> {
     w: *const i8,
     /// This block's 16 bias terms.
     bias: *const i32,
-    /// `-out_rshift` in every lane (`sshl` by a negative count shifts right arithmetically).
-    shift: int32x4_t,
+    /// This block's 16 `-out_rshift` (`sshl` by a negative count shifts right arithmetically).
+    shift: *const i32,
     /// Output channels of this block that exist (the rest are never stored).
     valid: usize,
     /// Output bytes per pixel.
@@ -194,9 +197,9 @@ unsafe fn bcast4(p: *const i8) -> int8x16_t {
 #[inline(always)]
 unsafe fn store16(t: &Tile, acc: [int32x4_t; 4], out: *mut i8) {
     unsafe {
-        let s = |v| vshlq_s32(v, t.shift);
-        let lo = vqmovn_high_s32(vqmovn_s32(s(acc[0])), s(acc[1]));
-        let hi = vqmovn_high_s32(vqmovn_s32(s(acc[2])), s(acc[3]));
+        let s = |v, q: usize| vshlq_s32(v, vld1q_s32(t.shift.add(4 * q)));
+        let lo = vqmovn_high_s32(vqmovn_s32(s(acc[0], 0)), s(acc[1], 1));
+        let hi = vqmovn_high_s32(vqmovn_s32(s(acc[2], 2)), s(acc[3], 3));
         let v = vqmovn_high_s16(vqmovn_s16(lo), hi);
         if t.valid == 16 {
             vst1q_s8(out, v);
@@ -398,8 +401,9 @@ mod tests {
         groups: usize,
         weights: Vec<i8>,
         bias: Vec<i8>,
-        bias_lshift: u32,
-        out_rshift: u32,
+        /// One shift for every channel, or one per output channel (per-channel formats).
+        bias_lshift: Vec<i32>,
+        out_rshift: Vec<i32>,
         x: Vec<i8>,
     }
 
@@ -442,6 +446,16 @@ mod tests {
                     c: cout_g * groups,
                 };
                 let wlen = outd.c * kh * kw * (cin / groups);
+                // Odd seeds: per-channel shifts (spread over 0..=31 from the drawn one).
+                let per = |s: u32, k: usize| -> Vec<i32> {
+                    if seed & 1 == 0 {
+                        vec![s as i32]
+                    } else {
+                        (0..outd.c)
+                            .map(|c| ((s as usize + c * k) % 32) as i32)
+                            .collect()
+                    }
+                };
                 Case {
                     ind,
                     outd,
@@ -451,8 +465,8 @@ mod tests {
                     groups,
                     weights: bytes(wlen, seed, rw),
                     bias: bytes(outd.c, seed ^ 1, rw),
-                    bias_lshift: bl,
-                    out_rshift: or,
+                    bias_lshift: per(bl, 5),
+                    out_rshift: per(or, 3),
                     x: bytes(ind.len(), seed ^ 2, rx),
                 }
             })
@@ -466,10 +480,10 @@ mod tests {
         }
     }
 
-    /// `kernels::conv_hwc_q7` on the case.
+    /// `kernels::conv_hwc_q7_pc` on the case.
     fn reference(c: &Case) -> Vec<i8> {
         let mut y = vec![0i8; c.outd.len()];
-        kernels::conv_hwc_q7(
+        kernels::conv_hwc_q7_pc(
             &c.x,
             dims(c.ind),
             &c.weights,
@@ -488,8 +502,8 @@ mod tests {
             Pair { h: 1, w: 1 },
             c.groups,
             &c.bias,
-            c.bias_lshift as i32,
-            c.out_rshift as i32,
+            &c.bias_lshift,
+            &c.out_rshift,
             &mut y,
             dims(c.outd),
         )
@@ -508,8 +522,8 @@ mod tests {
             groups: c.groups,
             weights: &c.weights,
             bias: &c.bias,
-            bias_lshift: c.bias_lshift,
-            out_rshift: c.out_rshift,
+            bias_lshift: &c.bias_lshift,
+            out_rshift: &c.out_rshift,
         })
         .with_dotprod(dotprod);
         assert_eq!(nc.uses_dotprod(), dotprod);
@@ -559,8 +573,8 @@ mod tests {
                 groups: 1,
                 weights: bytes(o * k, seed, rw),
                 bias: bytes(o, seed ^ 1, rw),
-                bias_lshift: bl,
-                out_rshift: or,
+                bias_lshift: vec![bl as i32],
+                out_rshift: vec![or as i32],
                 x: bytes(k, seed ^ 2, rx),
             };
             let mut want = vec![0i8; o];
@@ -617,8 +631,8 @@ mod tests {
                     groups: 1,
                     weights: bytes(wlen, 11, regime),
                     bias: bytes(cout, 12, regime),
-                    bias_lshift: 30,
-                    out_rshift: rshift,
+                    bias_lshift: vec![30],
+                    out_rshift: vec![rshift as i32],
                     x: bytes(ind.len(), 13, regime),
                 };
                 if regime == 2 {

@@ -39,7 +39,8 @@ pub(super) struct VConv {
     w: Vec<i8>,
     /// `[group][block][16]`: `(bias << lshift) + round - 128·Σw`, wrapping.
     bias: Vec<i32>,
-    rshift: u32,
+    /// `[group][block][16]`: `out_rshift` of each lane's channel.
+    rshift: Vec<i32>,
 }
 
 impl VConv {
@@ -53,12 +54,13 @@ impl VConv {
                 .fold(0i32, |s, &v| s.wrapping_add(v as i32));
             c.bias_term(o).wrapping_sub(sw.wrapping_mul(128))
         });
+        let rshift = geo.per_lane(16, |o| c.rshift(o) as i32);
         VConv {
             nb: geo.blocks(16),
             w: geo.pack(&wk, 16, 4),
             geo,
             bias: b,
-            rshift: c.out_rshift,
+            rshift,
         }
     }
 
@@ -80,7 +82,6 @@ impl VConv {
         let (oh, ow, oc) = (self.geo.outd.h, self.geo.outd.w, self.geo.outd.c);
         let st = self.geo.stride.1 * c;
         let blk_bytes = self.geo.kp * 16;
-        let shift = _mm_cvtsi32_si128(self.rshift as i32);
         let yp = y.as_mut_ptr();
         for g in 0..self.geo.groups {
             let segs = &self.geo.segs[g][..];
@@ -101,7 +102,7 @@ impl VConv {
                     w: self.w.as_ptr().add((g * self.nb + blk) * blk_bytes),
                     blk_bytes,
                     bias: self.bias.as_ptr().add((g * self.nb + blk) * 16),
-                    shift,
+                    shift: self.rshift.as_ptr().add((g * self.nb + blk) * 16),
                     masks,
                     out_px: oc,
                 };
@@ -166,7 +167,8 @@ struct Tile<'a> {
     /// Bytes between two 16-channel weight blocks.
     blk_bytes: usize,
     bias: *const i32,
-    shift: __m128i,
+    /// This block's per-lane output shifts.
+    shift: *const i32,
     masks: [u16; 2],
     /// Output bytes per pixel.
     out_px: usize,
@@ -215,7 +217,8 @@ impl Tile<'_> {
         }
         for p in 0..P {
             for m in 0..MB {
-                let v = _mm512_sra_epi32(acc[m][p], self.shift);
+                let sh = _mm512_loadu_si512(self.shift.add(16 * m) as *const _);
+                let v = _mm512_srav_epi32(acc[m][p], sh);
                 _mm512_mask_cvtsepi32_storeu_epi8(
                     out.add(p * self.out_px + 16 * m) as *mut _,
                     self.masks[m],
