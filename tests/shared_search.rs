@@ -12,16 +12,24 @@ fn shared(p: &str) -> PathBuf {
     nnquant::shared_dir().join(p)
 }
 
+/// ARM's m4 model quantized on train_5085, evaluated on test_1017.
 fn quantize(out: &Path, extra: &[&str]) -> Value {
     let m = |p: &str| shared(&format!("models/arm-cifar10-m4/{p}"));
+    quantize_model(
+        out,
+        &m("cifar10_m4_train_test.prototxt"),
+        &m("cifar10_m4_iter_70000.caffemodel.h5"),
+        extra,
+    )
+}
+
+/// A CIFAR-10 model (prototxt `p`, weights `w`, ARM's mean file) quantized on train_5085 and
+/// evaluated on test_1017; the report.
+fn quantize_model(out: &Path, p: &Path, w: &Path, extra: &[&str]) -> Value {
     let d = |p: &str| shared(&format!("data/cifar10/{p}"));
     let (model, report) = (out.join("m.nnq.json"), out.join("r.json"));
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
-    let (p, w, mean) = (
-        m("cifar10_m4_train_test.prototxt"),
-        m("cifar10_m4_iter_70000.caffemodel.h5"),
-        m("mean.binaryproto"),
-    );
+    let mean = shared("models/arm-cifar10-m4/mean.binaryproto");
     let (c, cl, e, el) = (
         d("train_5085_u8_hwc.npy"),
         d("train_5085_labels.npy"),
@@ -106,46 +114,13 @@ fn the_default_search_is_guarded_by_a_held_out_fifth() {
 #[ignore = "needs ../shared"]
 fn resnet56_default_search_stays_close_to_float() {
     let f = Fixture::new();
-    let r = shared("models/resnet56-cifar10");
-    let d = |p: &str| shared(&format!("data/cifar10/{p}"));
-    let (model, report) = (f.path("r56.nnq.json"), f.path("r56.json"));
-    let (p, w, mean) = (
-        r.join("res56_cifar_train_test.prototxt"),
-        r.join("ResNet_56.caffemodel"),
-        shared("models/arm-cifar10-m4/mean.binaryproto"),
+    let m = shared("models/resnet56-cifar10");
+    let r = quantize_model(
+        &f.path("r56"),
+        &m.join("res56_cifar_train_test.prototxt"),
+        &m.join("ResNet_56.caffemodel"),
+        &["--calib-limit", "500"],
     );
-    let (c, cl, e, el) = (
-        d("train_5085_u8_hwc.npy"),
-        d("train_5085_labels.npy"),
-        d("test_1017_u8_hwc.npy"),
-        d("test_1017_labels.npy"),
-    );
-    let o = nnquant(&[
-        &"quantize" as &dyn AsRef<std::ffi::OsStr>,
-        &"--model",
-        &p,
-        &"--weights",
-        &w,
-        &"--mean-file",
-        &mean,
-        &"--calib",
-        &c,
-        &"--calib-labels",
-        &cl,
-        &"--calib-limit",
-        &"500",
-        &"--eval",
-        &e,
-        &"--eval-labels",
-        &el,
-        &"-o",
-        &model,
-        &"--report",
-        &report,
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     let s = &r["search"];
     assert_eq!(s["strategy"], "default");
     assert!(s["local"]["steps"].as_array().unwrap().len() > 100);
