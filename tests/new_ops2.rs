@@ -17,14 +17,9 @@ use nnquant::ir::{LrnParams, NormRegion};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 
-/// `nnquant verify` builds every firmware of a target into one shared cargo target directory
-/// (`verify::cache_dir`) under one crate name, so two verifications at once can run each other's
-/// binary: the tests of this file take turns.
-static VERIFY: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// `nnquant verify` with the arguments, one at a time (see [`VERIFY`]).
+/// `nnquant verify` with the arguments (verifications may run at the same time: each builds
+/// under its own crate name and runs its own copy of the firmware).
 fn verify(args: &[&dyn AsRef<std::ffi::OsStr>]) -> common::Outcome {
-    let _turn = VERIFY.lock().unwrap_or_else(|e| e.into_inner());
     let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"verify"];
     all.extend_from_slice(args);
     nnquant(&all)

@@ -1,8 +1,9 @@
 //! `verify` when the firmware misbehaves: its own message in the error, a time limit that kills
 //! it, SIGTERM that leaves no child behind, and `--trace` naming the step a corrupted weight
 //! breaks. The faults come from the test-only hook `NNQUANT_TEST_FAULT` (src/verify/fault.rs).
-//! Each test uses its own verify cache (`NNQUANT_CACHE`), so the firmware's path is unique and
-//! `pgrep -f` finds exactly this test's processes.
+//! Each test uses its own verify cache (`NNQUANT_CACHE`) and work directory, so the firmware's
+//! path (its copy in the work directory) is unique and `pgrep -f` finds exactly this test's
+//! processes.
 
 mod common;
 use common::*;
@@ -131,11 +132,7 @@ fn host_firmware_that_hangs_is_killed_at_the_timeout() {
     assert!(o.stdout.is_empty(), "partial output: {}", o.stdout);
     // Building takes a while; the run itself was cut after 1.5 s (not the default 300 s).
     assert!(start.elapsed() < Duration::from_secs(200));
-    assert_eq!(
-        processes(&f.path("cache")),
-        "",
-        "a firmware process survived"
-    );
+    assert_eq!(processes(&f.path("fw")), "", "a firmware process survived");
     for bad in ["0", "-1", "soon", "NaN"] {
         let arg = format!("--timeout={bad}");
         let o = outcome(&mut verify_cmd(&f, &m, "host", "", &[&arg]));
@@ -161,9 +158,8 @@ fn sigterm_during_verify_kills_the_firmware() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let bin = f
-        .path("cache")
-        .join("verify-target/host/release/examples/demo");
+    // The firmware runs from a copy in the work directory (see `verify`'s build lock).
+    let bin = f.path("fw").join("demo");
     assert!(
         wait_until(Duration::from_secs(300), || !processes(&bin).is_empty()),
         "the firmware never started"
@@ -249,7 +245,7 @@ fn qemu_firmware_errors_timeout_and_trace() {
         &o,
         &["running the firmware (QEMU) did not finish within 2 s"],
     );
-    assert_eq!(processes(&f.path("cache")), "", "QEMU survived the timeout");
+    assert_eq!(processes(&f.path("fw")), "", "QEMU survived the timeout");
     let o = outcome(&mut verify_cmd(
         &f,
         &m,
@@ -264,4 +260,53 @@ fn qemu_firmware_errors_timeout_and_trace() {
         "{}",
         o.stdout
     );
+}
+
+/// Two verifications of the same target at the same time share one cargo target directory and
+/// crate name (incremental rebuilds): each must still run and compare its own firmware. Two
+/// models with different image counts, so that running the other's binary would show.
+#[test]
+fn two_verifications_of_one_target_at_once_each_check_their_own_firmware() {
+    let f = Fixture::new();
+    let m = quantized(&f.path("q"));
+    let cache = f.path("cache");
+    let run = |work: PathBuf, count: &'static str| {
+        let cache = cache.clone();
+        let m = m.clone();
+        std::thread::spawn(move || {
+            let o = Command::new(env!("CARGO_BIN_EXE_nnquant"))
+                .arg("verify")
+                .arg(&m)
+                .arg("--data")
+                .arg(demo("test_u8_hwc.npy"))
+                .args([
+                    "--count",
+                    count,
+                    "--target",
+                    "host",
+                    "--quiet",
+                    "--work-dir",
+                ])
+                .arg(&work)
+                .env("NNQUANT_CACHE", &cache)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run nnquant");
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+    };
+    let a = run(f.path("fw-a"), "7");
+    let b = run(f.path("fw-b"), "40");
+    for (h, n) in [(a, 7), (b, 40)] {
+        let (code, out, err) = h.join().unwrap();
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            out.contains(&format!("{n}/{n} images byte-identical")),
+            "{out}"
+        );
+    }
 }

@@ -151,6 +151,35 @@ pub fn parse_outputs(stdout: &str, len: usize) -> Result<(Vec<Vec<i8>>, String)>
     Ok((outs, checksum))
 }
 
+/// 12 hex digits of a SHA-256 of the (absolute, where it can be found) work directory.
+fn work_dir_hash(dir: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Sha256::digest(abs.display().to_string().as_bytes())
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The `demo` example's executable from cargo's JSON messages (`--message-format=json`): the
+/// compiler artifact of package `crate_name` whose target is `demo`.
+fn demo_executable(stdout: &str, crate_name: &str) -> Result<PathBuf> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "demo")
+        .filter(|m| {
+            m["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains(crate_name))
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .with_context(|| {
+            format!("cargo did not report the executable of {crate_name}'s demo example")
+        })
+}
+
 /// Build (cargo) the plugin that counts executed instructions in QEMU, once per cache.
 fn build_plugin(quiet: bool) -> Result<PathBuf> {
     let dir = cache_dir().join("insn-plugin");
@@ -197,7 +226,10 @@ pub struct Request<'a> {
 }
 
 pub fn verify(r: &Request) -> Result<VerifyResult> {
-    let crate_name = "nnquant-verify".to_string();
+    // The crate's name carries a hash of its work directory: cargo keys a path crate's
+    // freshness by name, and two work directories built into the shared target directory under
+    // one name would pass for each other (the second build found "fresh", the first's binary run).
+    let crate_name = format!("nnquant-verify-{}", work_dir_hash(&r.work_dir));
     let mut gen = codegen::generate(
         r.model,
         &codegen::Options {
@@ -212,6 +244,17 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
+    // Every verification of a target builds the same crate name into one shared target
+    // directory (so that rebuilds are incremental): two at once would overwrite each other's
+    // binary between the build and the run. An exclusive lock covers the build and a copy of the
+    // binary into this verification's own work directory, which is what runs.
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("creating {}", target_dir.display()))?;
+    let lock_path = target_dir.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating the lock file {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
     let mut build = Command::new("cargo");
     // The library plus its QEMU demo (an example with the `qemu-demo` feature: the only build
     // that links with the QEMU board's memory.x).
@@ -220,6 +263,7 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
             "build",
             "--release",
             "--quiet",
+            "--message-format=json-render-diagnostics",
             "--example",
             "demo",
             "--features",
@@ -231,14 +275,19 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
         ])
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", &target_dir);
-    run_checked(&mut build, "building the generated firmware", r.quiet)?;
-    let bin = if r.target.is_host() {
-        target_dir.join("release")
+    let built = run_checked(&mut build, "building the generated firmware", r.quiet)?;
+    // The executable cargo reports for this crate's example (not a fixed path in the shared
+    // target directory, where another crate's `demo` may have been uplifted).
+    let bin = demo_executable(&built.stdout, &crate_name)?;
+    let own = dir.join(if r.target.is_host() {
+        "demo"
     } else {
-        target_dir.join(r.target.triple).join("release")
-    }
-    .join("examples")
-    .join("demo");
+        "demo.elf"
+    });
+    std::fs::copy(&bin, &own)
+        .with_context(|| format!("copying {} to {}", bin.display(), own.display()))?;
+    drop(lock);
+    let bin = own;
     let sizes = if r.target.is_host() {
         None
     } else {
