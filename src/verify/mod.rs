@@ -244,10 +244,10 @@ pub fn verify(r: &Request) -> Result<VerifyResult> {
     codegen::write::write_crate(&r.work_dir, &gen.files, true)?;
     let dir = &r.work_dir;
     let target_dir = cache_dir().join("verify-target").join(r.target.name);
-    // Every verification of a target builds the same crate name into one shared target
-    // directory (so that rebuilds are incremental): two at once would overwrite each other's
-    // binary between the build and the run. An exclusive lock covers the build and a copy of the
-    // binary into this verification's own work directory, which is what runs.
+    // Every verification of a target builds into one shared target directory (so that rebuilds
+    // are incremental). The same work directory verified twice at once would still share a crate
+    // name: an exclusive lock covers the build and a copy of the binary into the work directory,
+    // which is what runs.
     std::fs::create_dir_all(&target_dir)
         .with_context(|| format!("creating {}", target_dir.display()))?;
     let lock_path = target_dir.with_extension("lock");
