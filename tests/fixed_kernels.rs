@@ -348,8 +348,18 @@ fn conv_all_paths(
     }
     let ksize = kernel.h * kernel.w * ind.c / groups;
     let mut wq = vec![0u32; conv_widened_len(ind.c, outd.c, groups, ksize)];
-    widen_conv_weights(weights, ind.c, outd.c, groups, ksize, &mut wq)
-        .map_err(|e| format!("widen: {e:?}"))?;
+    widen_conv_weights(
+        weights,
+        bias,
+        &[bl],
+        &[or],
+        ind.c,
+        outd.c,
+        groups,
+        ksize,
+        &mut wq,
+    )
+    .map_err(|e| format!("widen: {e:?}"))?;
     for dsp in [false, true] {
         let mut got = vec![0i8; outd.len()];
         variants::conv_hwc_q7(
@@ -671,9 +681,13 @@ proptest! {
 fn depthwise_widened_weights_are_channel_quads() {
     // 5 channels, 2 taps: quad 0 holds channels 0..4, quad 1 channel 4 and zeros.
     let w: Vec<i8> = (0..10).map(|i| i as i8 - 5).collect(); // [c][t]
+    let bias: Vec<i8> = vec![3, -4, 5, -6, 7];
+    let bl = [2, 0, 1, 3, 4];
+    let or = [5, 0, 31, 1, 6];
     let mut wq = vec![0u32; dw_widened_len(5, 2)];
-    assert_eq!(wq.len(), 8);
-    widen_conv_weights(&w, 5, 5, 5, 2, &mut wq).unwrap();
+    // 2 quads × (2 taps × 2 words + an output stage).
+    assert_eq!(wq.len(), 8 + 2 * DW_QUAD_STAGE);
+    widen_conv_weights(&w, &bias, &bl, &or, 5, 5, 5, 2, &mut wq).unwrap();
     let h = |v: i8| v as i16 as u16 as u32;
     // quad 0, tap 0: (c0, c2), (c1, c3); tap 1 likewise.
     assert_eq!(wq[0], h(w[0]) | h(w[4]) << 16);
@@ -682,9 +696,43 @@ fn depthwise_widened_weights_are_channel_quads() {
     // quad 1, tap 1: channel 4 alone.
     assert_eq!(wq[6], h(w[9]));
     assert_eq!(wq[7], 0);
+    // The output stages: (bias << bias_lshift) + round, then the shifts a byte each; channels
+    // beyond the last start at 0 with shift 0.
+    let stage0 = &wq[8..8 + DW_QUAD_STAGE];
     assert_eq!(
-        widen_conv_weights(&w[..9], 5, 5, 5, 2, &mut wq),
+        stage0[..4],
+        [
+            12 + 16,
+            -4i32 as u32,
+            (5 << 1) + (1 << 30),
+            (-6i32 << 3) as u32 + 1
+        ]
+    );
+    assert_eq!(stage0[4], 5 | 31 << 16 | 1 << 24);
+    assert_eq!(wq[8 + DW_QUAD_STAGE..], [(7 << 4) + 32, 0, 0, 0, 6]);
+    // Per-layer shifts give every channel the same.
+    widen_conv_weights(&w, &bias, &[1], &[2], 5, 5, 5, 2, &mut wq).unwrap();
+    assert_eq!(
+        wq[8..8 + DW_QUAD_STAGE],
+        [
+            6 + 2,
+            -8i32 as u32 + 2,
+            12,
+            -12i32 as u32 + 2,
+            2 | 2 << 8 | 2 << 16 | 2 << 24
+        ]
+    );
+    assert_eq!(
+        widen_conv_weights(&w[..9], &bias, &bl, &or, 5, 5, 5, 2, &mut wq),
         Err(KernelError::Length)
+    );
+    assert_eq!(
+        widen_conv_weights(&w, &bias, &bl[..2], &or, 5, 5, 5, 2, &mut wq),
+        Err(KernelError::Length)
+    );
+    assert_eq!(
+        widen_conv_weights(&w, &bias, &[32], &or, 5, 5, 5, 2, &mut wq),
+        Err(KernelError::Shift)
     );
     // A grouped but not depthwise layer keeps the im2col layout.
     assert!(!is_depthwise(4, 8, 4));

@@ -158,7 +158,11 @@ fn widened(c: &Case, t: &Tensors) -> Vec<u32> {
     let ksize = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
     let (ic, oc) = (c.in_dims.c, c.cout);
     let mut wq = vec![0u32; conv_widened_len(ic, oc, c.groups, ksize)];
-    widen_conv_weights(&t.weights, ic, oc, c.groups, ksize, &mut wq).unwrap();
+    let (bl, or) = ([c.bias_lshift], [c.out_rshift]);
+    widen_conv_weights(
+        &t.weights, &t.bias, &bl, &or, ic, oc, c.groups, ksize, &mut wq,
+    )
+    .unwrap();
     wq
 }
 

@@ -196,7 +196,10 @@ proptest! {
         let od = c.out_dims();
         let k = c.ksize();
         let mut wq = vec![0u32; conv_widened_len(c.in_dims.c, c.cout, c.groups, k)];
-        widen_conv_weights(&weights, c.in_dims.c, c.cout, c.groups, k, &mut wq).unwrap();
+        widen_conv_weights(
+            &weights, &bias, &bl, &or, c.in_dims.c, c.cout, c.groups, k, &mut wq,
+        )
+        .unwrap();
         for (dsp, wq) in [(false, &[][..]), (true, &[][..]), (true, &wq[..])] {
             let mut scratch = vec![0i8; conv_scratch_len(k, dsp) + 3];
             let mut got = vec![0i8; od.len()];

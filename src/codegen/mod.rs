@@ -378,12 +378,15 @@ fn layer_contexts(
                     let (ic, oc) = (c.in_dims.c, c.out_dims.c);
                     let ksize = c.kernel.h * c.kernel.w * (ic / c.groups.max(1));
                     let mut wq = vec![0u32; kernels::conv_widened_len(ic, oc, c.groups, ksize)];
-                    kernels::widen_conv_weights(&c.weights, ic, oc, c.groups, ksize, &mut wq)
-                        .map_err(|e| {
-                            anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
-                        })?;
+                    let (bls, ors) = c.shifts();
+                    kernels::widen_conv_weights(
+                        &c.weights, &c.bias, bls, ors, ic, oc, c.groups, ksize, &mut wq,
+                    )
+                    .map_err(|e| {
+                        anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
+                    })?;
                     let layout = if depthwise {
-                        "SMLABB/SMLATT (`kernels::widen_conv_weights`, depthwise: per quad of channels and tap, words (c0, c2), (c1, c3) of two i16)"
+                        "SMLABB/SMLATT (`kernels::widen_conv_weights`, depthwise: per quad of channels and tap, words (c0, c2), (c1, c3) of two i16, then per quad its output stage: four accumulator starts and the packed shifts)"
                     } else {
                         "SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)"
                     };

@@ -936,10 +936,17 @@ pub const fn is_depthwise(in_c: usize, out_c: usize, groups: usize) -> bool {
 }
 
 /// Words of pre-widened depthwise weights for `c` channels and `taps = kernel.h · kernel.w`:
-/// per quad of channels (the last one zero-filled), per tap, two words.
+/// per quad of channels (the last one zero-filled), per tap, two words; then per quad the
+/// output stage ([`DW_QUAD_STAGE`] words).
 pub const fn dw_widened_len(c: usize, taps: usize) -> usize {
-    2 * taps * c.div_ceil(4)
+    (2 * taps + DW_QUAD_STAGE) * c.div_ceil(4)
 }
+
+/// Words of a depthwise quad's output stage in the pre-widened weights: the four channels'
+/// accumulator start values (`(bias << bias_lshift) + round`, exactly the kernel's own start)
+/// and their four output shifts packed in one word (a byte each). Computing them at code
+/// generation takes the per-channel shift loads and the start arithmetic out of the loop.
+pub const DW_QUAD_STAGE: usize = 5;
 
 /// Words of pre-widened weights ([`widen_conv_weights`]) of a convolution with `in_c` input and
 /// `out_c` output channels in `groups` groups and `ksize` weights per output channel.
@@ -956,9 +963,15 @@ pub const fn conv_widened_len(in_c: usize, out_c: usize, groups: usize, ksize: u
 /// channels `c0..c3`, per tap `t`, the words `[(c0, c2), (c1, c3)]` of two i16 halves (zero for
 /// channels beyond `out_c`), the order in which `SXTB16` / `SXTB16 ROR 8` split four input
 /// bytes, so that `SMLABB` / `SMLATT` pair them with no packing. Other layers get the layout of
-/// [`widen_weights`].
+/// [`widen_weights`]. After the depthwise weights come the quads' output stages
+/// ([`DW_QUAD_STAGE`]), made from `bias` and the shifts (`bias_lshift` / `out_rshift`: one value
+/// for the layer or one per channel, as the kernels take them); other layers do not read them.
+#[allow(clippy::too_many_arguments)]
 pub fn widen_conv_weights(
     weights: &[i8],
+    bias: &[i8],
+    bias_lshift: &[i32],
+    out_rshift: &[i32],
     in_c: usize,
     out_c: usize,
     groups: usize,
@@ -968,9 +981,45 @@ pub fn widen_conv_weights(
     if !is_depthwise(in_c, out_c, groups) {
         return widen_weights(weights, out_c, groups, ksize, dst);
     }
-    if weights.len() != out_c * ksize || dst.len() != dw_widened_len(out_c, ksize) {
+    let per = |v: &[i32]| v.len() == 1 || v.len() == out_c;
+    if weights.len() != out_c * ksize
+        || dst.len() != dw_widened_len(out_c, ksize)
+        || bias.len() != out_c
+        || !per(bias_lshift)
+        || !per(out_rshift)
+    {
         return Err(KernelError::Length);
     }
+    let shift = |v: &[i32], c: usize| -> Result<u32, KernelError> {
+        let s = if v.len() == 1 { v[0] } else { v[c] };
+        if (0..=31).contains(&s) {
+            Ok(s as u32)
+        } else {
+            Err(KernelError::Shift)
+        }
+    };
+    let quads = out_c.div_ceil(4);
+    let (wpart, stages) = dst.split_at_mut(2 * ksize * quads);
+    for (q, st) in stages.chunks_exact_mut(DW_QUAD_STAGE).enumerate() {
+        let mut packed = 0u32;
+        for (k, acc) in st[..4].iter_mut().enumerate() {
+            let c = 4 * q + k;
+            // Channels beyond `out_c` (never stored) start at 0 with shift 0.
+            let (acc0, or) = if c < out_c {
+                let (bl, or) = (shift(bias_lshift, c)?, shift(out_rshift, c)?);
+                (
+                    ((bias[c] as i32) << bl).wrapping_add(((1u32 << or) >> 1) as i32),
+                    or,
+                )
+            } else {
+                (0, 0)
+            };
+            *acc = acc0 as u32;
+            packed |= or << (8 * k);
+        }
+        st[4] = packed;
+    }
+    let dst = wpart;
     let half = |c: usize, t: usize| -> u32 {
         if c < out_c {
             weights[c * ksize + t] as i16 as u16 as u32
@@ -1006,102 +1055,92 @@ fn dw_row_wq(input: &[i8], p: usize, step: usize, w: &[u32], a: [i32; 4]) -> [i3
 }
 
 /// The whole channel quads of one depthwise output pixel, with pre-widened weights: quad `q`
-/// starts from its biases, takes the window (`rows` kernel rows of `nx` taps; row `r`, tap `k`
+/// starts from its output stage's accumulators (`stages[DW_QUAD_STAGE · q..]`, see
+/// [`widen_conv_weights`]), takes the window (`rows` kernel rows of `nx` taps; row `r`, tap `k`
 /// reads the input word at `p + 4q + r · ystep + k · xstep` and the weight words
-/// `w[q · qstride + r · wrow + 2k..][..2]`) and is requantized into `out[4q..4q + 4]`. On DSP
-/// targets, once the window of every quad is checked to lie inside the slices, hand-written
-/// code runs with no further checks ([`dw_win33_asm`] for a whole 3×3 window, else a row at a
-/// time with [`dw_row3_asm`] / [`dw_rown_asm`]); elsewhere (and if the check fails) the
-/// plain-Rust model.
+/// `w[q · qstride + r · wrow + 2k..][..2]`) and is requantized with the stage's packed shifts
+/// into `out[4q..4q + 4]`. On DSP targets, once the window of every quad is checked to lie
+/// inside the slices, hand-written code runs with no further checks ([`dw_win33_asm`] for a
+/// whole 3×3 window, else a row at a time with [`dw_row3_asm`] / [`dw_rown_asm`]); elsewhere
+/// (and if the check fails) the plain-Rust model. Per-layer and per-channel shifts take the
+/// same code: the stage holds each channel's own.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dw_quads<const PC: bool>(
+fn dw_quads(
     input: &[i8],
     p: usize,
     (ystep, xstep): (usize, usize),
     (rows, nx): (usize, usize),
     w: &[u32],
     (qstride, wrow): (usize, usize),
-    bias: &[i8],
+    stages: &[u32],
     out: &mut [i8],
-    g: &ConvGeo,
     lo: i8,
 ) {
-    // Per-channel shifts: the quad's four, with one bounds check per slice (`conv_geo`
-    // validated their lengths, so the fallback never happens).
-    let quad = |v: &[i32], qi: usize| -> [u32; 4] {
-        match v.get(4 * qi..4 * qi + 4) {
-            Some(s) => [s[0] as u32, s[1] as u32, s[2] as u32, s[3] as u32],
-            None => [0; 4],
-        }
-    };
-    let init = |b: &[i8], qi: usize| {
-        if PC {
-            let (bl, or) = (quad(g.bls, qi), quad(g.ors, qi));
-            let a = |k: usize| ((b[k] as i32) << bl[k]).wrapping_add(((1u32 << or[k]) >> 1) as i32);
-            [a(0), a(1), a(2), a(3)]
-        } else {
-            [
-                g.acc0::<PC>(b[0], 0),
-                g.acc0::<PC>(b[1], 0),
-                g.acc0::<PC>(b[2], 0),
-                g.acc0::<PC>(b[3], 0),
-            ]
-        }
-    };
-    let store = |o: &mut [i8], a: [i32; 4], qi: usize| {
-        let or = if PC { quad(g.ors, qi) } else { [g.or; 4] };
-        for ((o, s), r) in o.iter_mut().zip(a).zip(or) {
-            *o = requant_dsp(s, r, lo);
-        }
-    };
-    #[cfg(all(dsp, target_arch = "arm"))]
-    let quads = out.len() / 4;
-    let quad_io = out.chunks_exact_mut(4).zip(bias.chunks_exact(4));
+    let init = |st: &[u32]| [st[0] as i32, st[1] as i32, st[2] as i32, st[3] as i32];
+    let store = |o: &mut [i8], a: [i32; 4], st: &[u32]| dw_store(o, a, st[4], lo);
+    let quad_io = out
+        .chunks_exact_mut(4)
+        .zip(stages.chunks_exact(DW_QUAD_STAGE));
     #[cfg(all(dsp, target_arch = "arm"))]
     {
+        let quads = quad_io.len();
         if quads > 0 && rows > 0 && nx > 0 {
             let last_in = p + 4 * (quads - 1) + (rows - 1) * ystep + (nx - 1) * xstep + 4;
             let last_w = (quads - 1) * qstride + (rows - 1) * wrow + 2 * nx;
             if last_in <= input.len() && last_w <= w.len() {
-                let win33 = rows == 3 && nx == 3 && wrow == 6;
-                let (px0, pw0) = (input.as_ptr().wrapping_add(p), w.as_ptr());
-                for (qi, (o4, b4)) in quad_io.enumerate() {
-                    let mut a = init(b4, qi);
-                    let mut px = px0.wrapping_add(4 * qi);
-                    let mut pw = pw0.wrapping_add(qi * qstride);
-                    if win33 {
+                let (mut px, mut pw) = (input.as_ptr().wrapping_add(p), w.as_ptr());
+                if rows == 3 && nx == 3 && wrow == 6 {
+                    for (o4, st) in quad_io {
                         // SAFETY: every quad's 3×3 window lies inside `input` and `w`
                         // (checked above).
-                        a = unsafe { dw_win33_asm(px, pw, xstep, ystep, a) };
-                    } else {
-                        for _ in 0..rows {
-                            // SAFETY: every tap of every row of every quad lies inside `input`
-                            // and `w` (checked above).
-                            a = unsafe {
-                                if nx == 3 {
-                                    dw_row3_asm(px, pw, xstep, a)
-                                } else {
-                                    dw_rown_asm(px, pw, xstep, nx, a)
-                                }
-                            };
-                            px = px.wrapping_add(ystep);
-                            pw = pw.wrapping_add(wrow);
-                        }
+                        let a = unsafe { dw_win33_asm(px, pw, xstep, ystep, init(st)) };
+                        store(o4, a, st);
+                        px = px.wrapping_add(4);
+                        pw = pw.wrapping_add(qstride);
                     }
-                    store(o4, a, qi);
+                    return;
+                }
+                for (o4, st) in quad_io {
+                    let mut a = init(st);
+                    let (mut rx, mut rw) = (px, pw);
+                    for _ in 0..rows {
+                        // SAFETY: every tap of every row of every quad lies inside `input`
+                        // and `w` (checked above).
+                        a = unsafe {
+                            if nx == 3 {
+                                dw_row3_asm(rx, rw, xstep, a)
+                            } else {
+                                dw_rown_asm(rx, rw, xstep, nx, a)
+                            }
+                        };
+                        rx = rx.wrapping_add(ystep);
+                        rw = rw.wrapping_add(wrow);
+                    }
+                    store(o4, a, st);
+                    px = px.wrapping_add(4);
+                    pw = pw.wrapping_add(qstride);
                 }
                 return;
             }
         }
     }
-    for (qi, (o4, b4)) in quad_io.enumerate() {
-        let mut a = init(b4, qi);
+    for (qi, (o4, st)) in quad_io.enumerate() {
+        let mut a = init(st);
         for r in 0..rows {
             let wr = &w[qi * qstride + r * wrow..][..2 * nx];
             a = dw_row_wq(input, p + 4 * qi + r * ystep, xstep, wr, a);
         }
-        store(o4, a, qi);
+        store(o4, a, st);
+    }
+}
+
+/// Requantize a depthwise quad's four sums into `o` with the packed shifts `s` (a byte each).
+/// Always inlined: a call per quad costs more than the stores.
+#[inline(always)]
+fn dw_store(o: &mut [i8], a: [i32; 4], s: u32, lo: i8) {
+    for (k, (o, v)) in o.iter_mut().zip(a).enumerate() {
+        *o = requant_dsp(v, (s >> (8 * k)) & 31, lo);
     }
 }
 
@@ -1311,6 +1350,11 @@ fn dw_run<const PC: bool>(
     // Pre-widened weights are read on DSP targets only (`conv_geo` checks them only there).
     let wq = if dsp { wq } else { &[] };
     let (ystep, xstep) = (g.dil.h * iw * c, g.dil.w * c);
+    // The whole quads' output stages, after the weights (`conv_geo` checked `wq`'s length).
+    let stages = wq
+        .get(2 * taps * c.div_ceil(4)..)
+        .and_then(|s| s.get(..DW_QUAD_STAGE * quads))
+        .unwrap_or(&[]);
     let q = |acc: i32, ch: usize| requant_lo(acc, g.or_of::<PC>(ch), lo);
     let n = pixels.len() * c;
     for (i, out) in output[..n].chunks_exact_mut(c).enumerate() {
@@ -1374,16 +1418,15 @@ fn dw_run<const PC: bool>(
             } else {
                 &[]
             };
-            dw_quads::<PC>(
+            dw_quads(
                 input,
                 base,
                 (ystep, xstep),
                 (rows, taps_in),
                 w,
                 (2 * taps, 2 * kw),
-                &bias[..4 * quads],
+                stages,
                 &mut out[..4 * quads],
-                g,
                 lo,
             );
         }
