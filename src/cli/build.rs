@@ -312,6 +312,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             screen: crate::search::Screen::Auto,
             equalize: cfg.quantize.equalize.unwrap_or(false),
             bias_correction: super::quantize::OnOff::On,
+            act_equalize: super::quantize::OnOff::On,
             per_layer: cfg.quantize.per_layer.unwrap_or(false),
             holdout: crate::search::Holdout::Auto,
             softmax: super::quantize::SoftmaxRule::Drop,

@@ -77,6 +77,15 @@ pub struct Args {
     /// model is unchanged). Not with --formats (the weights change).
     #[arg(long, conflicts_with = "formats")]
     pub equalize: bool,
+    /// Activation equalization: every convolution that feeds only depthwise convolutions
+    /// (through a ReLU) has each output channel scaled by a power of two (and the depthwise
+    /// channel by its inverse) so that it fills its blob's shared q7 format, measured on up to 64
+    /// calibration images; no blob's range grows (the producer's output before its ReLU is
+    /// bounded too). Free for the weights with per-channel formats (their int8 values do not
+    /// change), so `on` by default; not applied with `--per-layer`, `--search arm` or
+    /// `--formats` (formats chosen for other weights). The float model is unchanged.
+    #[arg(long, value_enum, default_value = "on")]
+    pub act_equalize: OnOff,
     /// Bias correction in the search's layer-local pass: after a conv/fc layer's formats are
     /// chosen, its bias is shifted per output channel by the mean quantization error its output
     /// showed against float, kept where it lowers the layer's error (`on`, the default, or
@@ -201,6 +210,25 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mean = data_args::mean_tensor(&m, &g)?;
     quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
     quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
+    let per_channel = !a.per_layer && a.search != Strategy::Arm;
+    let blobs = crate::ir::equalize::activation_blobs(&g);
+    let act_equalization =
+        if a.act_equalize == OnOff::On && per_channel && formats.is_none() && !blobs.is_empty() {
+            let (ranges, n) = quantize::channel_ranges::measure(
+                &mut DataSet {
+                    source: calib_src.as_mut(),
+                    name: calib_name.clone(),
+                },
+                &g,
+                &pre,
+                &blobs,
+            )?;
+            Some(crate::ir::equalize::equalize_activations(
+                &mut g, &ranges, n,
+            )?)
+        } else {
+            None
+        };
     let order = match a.channel_order {
         Some(ChannelOrder::Bgr) => "bgr",
         Some(ChannelOrder::Rgb) => "rgb",
@@ -220,7 +248,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         holdout: a.holdout,
         bias_correction: a.bias_correction == OnOff::On,
         formats,
-        per_channel: !a.per_layer && a.search != Strategy::Arm,
+        per_channel,
         quiet: a.quiet,
         timing: a.timestamps,
         channel_order: order.into(),
@@ -238,6 +266,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &opts,
     )?;
     report.equalization = equalization;
+    report.activation_equalization = act_equalization;
     // Everything computed: only now write, the three files as one transaction (all or none).
     let md_path = a.report.with_extension("md");
     let mut out = crate::fsio::Outputs::new();

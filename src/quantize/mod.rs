@@ -1,6 +1,7 @@
 //! `nnquant quantize` as a library function: float pass on the calibration set, format search
 //! with the simulator, final evaluation on a held-out set, the model file and the report.
 
+pub mod channel_ranges;
 pub mod datahash;
 pub mod input;
 
@@ -681,6 +682,7 @@ pub fn run(
         preprocessing: Some(preprocessing),
         quality_warnings: vec![],
         equalization: None,
+        activation_equalization: None,
         outputs,
         firmware: None,
     };

@@ -276,6 +276,27 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
+    if let Some(e) = &r.activation_equalization {
+        let _ = writeln!(
+            md,
+            "\n## Activation equalization\n\n{} convolutions feeding depthwise ones, channel ranges from {} calibration images; power-of-two channel scales (the float model is unchanged, the int8 weights too). Range use: mean channel max-abs / blob max-abs.\n\n| producer | depthwise consumers | blob | channels scaled | range use before | after |\n|---|---|---|---:|---:|---:|",
+            e.pairs.len(),
+            e.images
+        );
+        for p in &e.pairs {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {}/{} | {:.2} | {:.2} |",
+                p.producer,
+                p.consumers.join(", "),
+                p.blob,
+                p.channels_scaled,
+                p.channels,
+                p.range_use_before,
+                p.range_use_after
+            );
+        }
+    }
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,

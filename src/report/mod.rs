@@ -35,6 +35,11 @@ pub struct Report {
     /// Cross-layer equalization (`quantize --equalize`): what it scaled, pair by pair.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub equalization: Option<crate::ir::equalize::Equalization>,
+    /// Activation equalization (`quantize --act-equalize`, on by default with per-channel
+    /// formats): the producer → depthwise pairs whose channels were scaled to fill their blob's
+    /// format. Absent when nothing was scaled and in reports of older versions.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub activation_equalization: Option<crate::ir::equalize::ActivationEqualization>,
     /// Every output against float (absent in reports of older versions).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub outputs: Vec<OutputReport>,
