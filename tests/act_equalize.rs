@@ -57,7 +57,11 @@ fn activation_equalization_keeps_float_exactly_and_narrows_no_blob() {
     // producers' outputs and inputs.
     assert!(blobs.contains(&"pw1_relu".to_string()), "{blobs:?}");
     assert!(blobs.contains(&"pw1".to_string()), "{blobs:?}");
-    let e = equalize_activations(&mut g1, &r0, 4).unwrap();
+    let (scales, e) = equalize_activations(&mut g1, &r0, 4).unwrap();
+    assert_eq!(
+        scales.len(),
+        e.pairs.iter().filter(|p| p.channels_scaled > 0).count()
+    );
     let producers: Vec<&str> = e.pairs.iter().map(|p| p.producer.as_str()).collect();
     assert_eq!(producers, ["conv1", "pw1", "pw2", "pw3"], "{e:?}");
     assert!(e.pairs.iter().any(|p| p.channels_scaled > 0), "{e:?}");
@@ -187,4 +191,77 @@ fn quantize_equalizes_activations_by_default_and_keeps_the_int8_weights() {
     // Deterministic.
     let (on2, _) = quantize(&f, "on2", &[]);
     assert_eq!(on, on2);
+
+    // The exponents are in the model's formats; as a formats file they give the same graph.
+    let scales = &on["formats"]["activation_scales"];
+    assert_eq!(scales.as_object().unwrap().len(), 4, "{scales}");
+    let formats = f.path("formats.json");
+    std::fs::write(&formats, on["formats"].to_string()).unwrap();
+    let fs = formats.to_str().unwrap();
+    let (again, _) = quantize(&f, "again", &["--formats", fs]);
+    assert_eq!(again["graph"], on["graph"]);
+    assert_eq!(again["formats"], on["formats"]);
+}
+
+/// A formats file whose activation scales do not fit the model is refused (exit 2, the entry
+/// named), and nothing is written.
+#[test]
+fn bad_activation_scales_in_a_formats_file_are_refused() {
+    let f = Fixture::new();
+    let (on, _) = quantize(&f, "on", &[]);
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "name",
+            serde_json::json!({"fc": vec![1; 10]}),
+            "activation_scales.fc",
+        ),
+        (
+            "dense",
+            serde_json::json!({"dw1": vec![1; 16]}),
+            "activation_scales.dw1",
+        ),
+        (
+            "count",
+            serde_json::json!({"pw1": [1, 2]}),
+            "2 exponents for 32 channels",
+        ),
+        (
+            "range",
+            serde_json::json!({"pw1": vec![9; 32]}),
+            "outside 0..=8",
+        ),
+    ];
+    for (name, scales, want) in cases {
+        let mut fm = on["formats"].clone();
+        fm["activation_scales"] = scales;
+        let p = f.path(&format!("{name}.formats.json"));
+        std::fs::write(&p, fm.to_string()).unwrap();
+        let m = f.path(&format!("{name}.nnq.json"));
+        let o = nnquant(&[
+            &"quantize",
+            &"--model",
+            &"testdata/dwnet/dwnet.prototxt",
+            &"--weights",
+            &"testdata/dwnet/dwnet.caffemodel",
+            &"--calib",
+            &"testdata/dwnet/calib_u8_hwc.npy",
+            &"--eval",
+            &"testdata/dwnet/test_u8_hwc.npy",
+            &"--mean-value",
+            &"128",
+            &"--scale",
+            &"0.0078125",
+            &"--formats",
+            &p,
+            &"-o",
+            &m,
+            &"--report",
+            &f.path(&format!("{name}.json")),
+            &"--quiet",
+        ]);
+        assert_eq!(o.code, 2, "{name}: {}", o.stderr);
+        assert!(o.stderr.contains(want), "{name}: {}", o.stderr);
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        assert!(!m.exists(), "{name}: a model was written");
+    }
 }

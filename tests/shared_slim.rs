@@ -1,6 +1,6 @@
 //! slim-320 (`../shared/models/slim320-face`: a depthwise face detector with SSD heads — Permute,
-//! Reshape, Concat, Softmax — and two outputs) end to end: quantized on half of its photos,
-//! measured on the other half against the float model (output SQNR, face anchors kept), and the
+//! Reshape, Concat, Softmax — and two outputs) end to end: quantized on some of its photos,
+//! measured on the others against the float model (output SQNR, face anchors kept), and the
 //! generated firmware's outputs equal the simulator's.
 
 mod common;
@@ -23,13 +23,23 @@ fn face_probabilities(logits: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs ../shared"]
-fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
-    let f = Fixture::new();
+/// What the quantized model does on the held-out photos, against float.
+struct HeldOut {
+    boxes_db: f64,
+    scores_db: f64,
+    faces: usize,
+    kept: usize,
+}
+
+/// Quantize slim-320 on the first `split` photos (with `extra` flags) and measure it on the
+/// others; the model file's path is returned with the figures.
+fn quantize_and_measure(f: &Fixture, split: &str, extra: &[&str]) -> (PathBuf, HeldOut) {
     let photos = shared("photos_240x320_rgb_u8_hwc.npy");
     let (proto, weights) = (shared("slim-320.prototxt"), shared("slim-320.caffemodel"));
-    let (model, report) = (f.path("slim.nnq.json"), f.path("slim.json"));
+    let (model, report) = (
+        f.path(&format!("slim{split}.nnq.json")),
+        f.path(&format!("slim{split}.json")),
+    );
     let pre: [&dyn AsRef<std::ffi::OsStr>; 4] = [&"--mean-value", &"127", &"--scale", &"0.0078125"];
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"quantize",
@@ -40,9 +50,7 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         &"--calib",
         &photos,
         &"--split",
-        &"2",
-        &"--search",
-        &"none",
+        &split,
         &"-o",
         &model,
         &"--report",
@@ -50,6 +58,9 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         &"--quiet",
     ];
     args.extend(pre);
+    for e in extra {
+        args.push(e);
+    }
     let o = nnquant(&args);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let m: serde_json::Value =
@@ -61,8 +72,11 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         "boxes and the scores' logits: {outputs:?}"
     );
 
-    // Float and quantized outputs of the held-out half (`--split 2 --part eval`).
-    let (fz, qz) = (f.path("float.npz"), f.path("q.npz"));
+    // Float and quantized outputs of the held-out photos (`--split N`: the second part).
+    let (fz, qz) = (
+        f.path(&format!("float{split}.npz")),
+        f.path(&format!("q{split}.npz")),
+    );
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"eval",
         &"--model",
@@ -72,7 +86,7 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         &"--data",
         &photos,
         &"--split",
-        &"2",
+        &split,
         &"--save-outputs",
         &fz,
         &"--quiet",
@@ -87,7 +101,7 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         &"--data",
         &photos,
         &"--split",
-        &"2",
+        &split,
         &"--save-outputs",
         &qz,
         &"--quiet",
@@ -114,19 +128,59 @@ fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
         .zip(&qscores)
         .filter(|(&a, &b)| a > FACE_THRESHOLD && b > FACE_THRESHOLD)
         .count();
-    let kept_share = kept as f64 / faces.max(1) as f64;
     println!(
-        "slim-320 held-out photos: boxes SQNR {boxes_db:.1} dB, face-score SQNR {scores_db:.1} dB, \
-         face anchors (p > {FACE_THRESHOLD}) kept {kept}/{faces} = {:.1} %",
-        100.0 * kept_share
+        "slim-320, split {split} {extra:?}, held-out photos: boxes SQNR {boxes_db:.1} dB, \
+         face-score SQNR {scores_db:.1} dB, face anchors (p > {FACE_THRESHOLD}) kept \
+         {kept}/{faces} = {:.1} %",
+        100.0 * kept as f64 / faces.max(1) as f64
     );
     assert!(
         faces > 100,
         "the photos have faces: {faces} float face anchors"
     );
-    assert!(boxes_db > 8.0, "boxes SQNR {boxes_db:.1} dB");
-    assert!(scores_db > 15.0, "face-score SQNR {scores_db:.1} dB");
-    assert!(kept_share > 0.8, "face anchors kept {kept}/{faces}");
+    (
+        model,
+        HeldOut {
+            boxes_db,
+            scores_db,
+            faces,
+            kept,
+        },
+    )
+}
+
+/// Issue 14's targets, with the default search (activation equalization included) calibrated
+/// on half of the photos: every output ≥ 20 dB against float and ≥ 95 % of the float face
+/// anchors kept, on the other half.
+#[test]
+#[ignore = "needs ../shared"]
+fn slim320_default_meets_the_detector_targets_on_held_out_photos() {
+    let f = Fixture::new();
+    let (_, h) = quantize_and_measure(&f, "15", &[]);
+    assert!(h.boxes_db >= 20.0, "boxes SQNR {:.1} dB", h.boxes_db);
+    assert!(h.scores_db >= 20.0, "face-score SQNR {:.1} dB", h.scores_db);
+    assert!(
+        h.kept as f64 >= 0.95 * h.faces as f64,
+        "face anchors kept {}/{}",
+        h.kept,
+        h.faces
+    );
+}
+
+#[test]
+#[ignore = "needs ../shared"]
+fn slim320_quantizes_keeps_faces_and_runs_byte_identical() {
+    let f = Fixture::new();
+    let photos = shared("photos_240x320_rgb_u8_hwc.npy");
+    let (model, h) = quantize_and_measure(&f, "2", &["--search", "none"]);
+    assert!(h.boxes_db > 8.0, "boxes SQNR {:.1} dB", h.boxes_db);
+    assert!(h.scores_db > 15.0, "face-score SQNR {:.1} dB", h.scores_db);
+    assert!(
+        h.kept as f64 > 0.8 * h.faces as f64,
+        "face anchors kept {}/{}",
+        h.kept,
+        h.faces
+    );
 
     // The firmware (host build) writes both outputs as the simulator computes them.
     let o = nnquant(&[

@@ -82,8 +82,9 @@ pub struct Args {
     /// channel by its inverse) so that it fills its blob's shared q7 format, measured on up to 64
     /// calibration images; no blob's range grows (the producer's output before its ReLU is
     /// bounded too). Free for the weights with per-channel formats (their int8 values do not
-    /// change), so `on` by default; not applied with `--per-layer`, `--search arm` or
-    /// `--formats` (formats chosen for other weights). The float model is unchanged.
+    /// change), so `on` by default; not applied with `--per-layer` or `--search arm`. The
+    /// exponents are recorded in the model's formats (`activation_scales`); with `--formats` the
+    /// file's are applied instead. The float model is unchanged.
     #[arg(long, value_enum, default_value = "on")]
     pub act_equalize: OnOff,
     /// Bias correction in the search's layer-local pass: after a conv/fc layer's formats are
@@ -211,9 +212,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
     quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
     let per_channel = !a.per_layer && a.search != Strategy::Arm;
+    // Activation equalization: a formats file carries the scales it was chosen for (applied as
+    // they are); otherwise they are measured on the calibration set, when on.
     let blobs = crate::ir::equalize::activation_blobs(&g);
-    let act_equalization =
-        if a.act_equalize == OnOff::On && per_channel && formats.is_none() && !blobs.is_empty() {
+    let (act_scales, act_equalization) = match &formats {
+        Some(f) => {
+            crate::ir::equalize::apply_activation_scales(&mut g, &f.activation_scales)?;
+            (f.activation_scales.clone(), None)
+        }
+        None if a.act_equalize == OnOff::On && per_channel && !blobs.is_empty() => {
             let (ranges, n) = quantize::channel_ranges::measure(
                 &mut DataSet {
                     source: calib_src.as_mut(),
@@ -223,12 +230,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 &pre,
                 &blobs,
             )?;
-            Some(crate::ir::equalize::equalize_activations(
-                &mut g, &ranges, n,
-            )?)
-        } else {
-            None
-        };
+            let (s, r) = crate::ir::equalize::equalize_activations(&mut g, &ranges, n)?;
+            (s, Some(r))
+        }
+        None => (Default::default(), None),
+    };
     let order = match a.channel_order {
         Some(ChannelOrder::Bgr) => "bgr",
         Some(ChannelOrder::Rgb) => "rgb",
@@ -253,7 +259,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         timing: a.timestamps,
         channel_order: order.into(),
     };
-    let (model, mut report) = quantize::run(
+    let (mut model, mut report) = quantize::run(
         &inputs,
         &mut DataSet {
             source: calib_src.as_mut(),
@@ -267,6 +273,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     )?;
     report.equalization = equalization;
     report.activation_equalization = act_equalization;
+    model.formats.activation_scales = act_scales;
     // Everything computed: only now write, the three files as one transaction (all or none).
     let md_path = a.report.with_extension("md");
     let mut out = crate::fsio::Outputs::new();

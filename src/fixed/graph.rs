@@ -20,6 +20,11 @@ pub struct Formats {
     pub activations_frac_bits: BTreeMap<String, i32>,
     #[serde(default)]
     pub layers: BTreeMap<String, LayerFormat>,
+    /// Activation equalization the formats were chosen for: producer layer → the power-of-two
+    /// exponent of each of its output channels (`ir::equalize::apply_activation_scales`);
+    /// `quantize --formats` applies them to the float weights before quantizing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub activation_scales: BTreeMap<String, Vec<i32>>,
 }
 
 /// Fraction bits of a layer's weights or biases: one count for the whole layer (a number in the
@@ -134,6 +139,13 @@ impl Formats {
         use super::validate::check_frac;
         for (b, v) in &self.activations_frac_bits {
             check_frac(&format!("activations_frac_bits.{b}"), *v)?;
+        }
+        for (l, e) in &self.activation_scales {
+            let max = crate::ir::equalize::MAX_EXP;
+            ensure!(
+                e.iter().all(|v| (0..=max).contains(v)),
+                "activation_scales.{l} holds an exponent outside 0..={max}"
+            );
         }
         for (l, lf) in &self.layers {
             for (c, v) in lf.weight_frac_bits.values().iter().enumerate() {

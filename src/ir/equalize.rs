@@ -39,7 +39,7 @@ pub struct Equalization {
 
 /// Scales are limited to 2^-MAX_EXP ..= 2^MAX_EXP (a channel with a tiny range is not inflated
 /// without bound).
-const MAX_EXP: i32 = 8;
+pub const MAX_EXP: i32 = 8;
 const ROUNDS: usize = 8;
 
 /// How a consumer convolution reads its input channels.
@@ -343,17 +343,21 @@ const HEADROOM: i32 = 0;
 /// scaled channels would set the layer's weight format). `e_o` is limited so that the
 /// producer's channel keeps `weight_frac + in_frac ≥ out_frac` (else the output format would
 /// have to be lowered for the whole blob) and the consumer's fraction bits stay below 24.
+///
+/// Returns the exponents by producer (what [`apply_activation_scales`] takes, recorded in the
+/// formats file) and the report; the graph is rewritten.
 pub fn equalize_activations(
     g: &mut Graph,
     ranges: &ChannelRanges,
     images: usize,
-) -> Result<ActivationEqualization> {
+) -> Result<(Scales, ActivationEqualization)> {
     use crate::fixed::qformat::QFormat;
     let frac = |m: f32| QFormat::from_max_abs(m).map(|q| q.frac_bits);
-    let mut out = ActivationEqualization {
+    let mut report = ActivationEqualization {
         images,
         pairs: Vec::new(),
     };
+    let mut scales = Scales::new();
     for (p, blob) in depthwise_pairs(g) {
         let pn = &g.nodes[p.producer];
         let (Some(m), Some(pre), Some(inp)) = (
@@ -373,7 +377,7 @@ pub fn equalize_activations(
             continue;
         }
         let (out_frac, in_frac) = (frac(big)?, frac(in_max)?);
-        let w_prod = out_ranges(&g.nodes[p.producer].weights[0].data, p.channels);
+        let w_prod = out_ranges(&pn.weights[0].data, p.channels);
         let mut exps = vec![0i32; p.channels];
         for (o, e) in exps.iter_mut().enumerate() {
             if !(m[o] > 0.0 && w_prod[o] > 0.0) {
@@ -396,13 +400,62 @@ pub fn equalize_activations(
             }
             *e = want.min(room_prod).min(room_cons).clamp(0, MAX_EXP);
         }
-        let use_before = m.iter().map(|v| v / big).sum::<f32>() / p.channels as f32;
-        let use_after = m
+        let use_of = |e: &[i32]| {
+            m.iter()
+                .zip(e)
+                .map(|(v, &e)| v * (e as f32).exp2() / big)
+                .sum::<f32>()
+                / p.channels as f32
+        };
+        report.pairs.push(ActivationChange {
+            producer: pn.name.clone(),
+            consumers: p
+                .consumers
+                .iter()
+                .map(|&(j, _)| g.nodes[j].name.clone())
+                .collect(),
+            blob,
+            channels: p.channels,
+            channels_scaled: exps.iter().filter(|&&e| e != 0).count(),
+            range_use_before: use_of(&vec![0; p.channels]),
+            range_use_after: use_of(&exps),
+        });
+        if exps.iter().any(|&e| e != 0) {
+            scales.insert(pn.name.clone(), exps);
+        }
+    }
+    apply_activation_scales(g, &scales)?;
+    Ok((scales, report))
+}
+
+/// Power-of-two exponents of activation equalization, by producer layer.
+pub type Scales = std::collections::BTreeMap<String, Vec<i32>>;
+
+/// Scale output channel `o` of each named producer by `2^e[o]` and channel `o` of its depthwise
+/// consumers by `2^-e[o]` (see [`equalize_activations`]). A producer that does not feed only
+/// depthwise convolutions, a wrong channel count or an exponent outside `0..=MAX_EXP` is an
+/// error that names it (a formats file for another model).
+pub fn apply_activation_scales(g: &mut Graph, scales: &Scales) -> Result<()> {
+    let pairs = depthwise_pairs(g);
+    for (name, exps) in scales {
+        let Some((p, _)) = pairs
             .iter()
-            .zip(&exps)
-            .map(|(v, &e)| v * (e as f32).exp2() / big)
-            .sum::<f32>()
-            / p.channels as f32;
+            .find(|(p, _)| &g.nodes[p.producer].name == name)
+        else {
+            anyhow::bail!(
+                "activation_scales.{name}: no convolution of that name feeds only depthwise convolutions in this model"
+            );
+        };
+        anyhow::ensure!(
+            exps.len() == p.channels,
+            "activation_scales.{name} has {} exponents for {} channels",
+            exps.len(),
+            p.channels
+        );
+        anyhow::ensure!(
+            exps.iter().all(|e| (0..=MAX_EXP).contains(e)),
+            "activation_scales.{name} holds an exponent outside 0..={MAX_EXP}"
+        );
         let pn = &mut g.nodes[p.producer];
         let per = pn.weights[0].data.len() / p.channels;
         for (o, &e) in exps.iter().enumerate() {
@@ -425,19 +478,6 @@ pub fn equalize_activations(
                 }
             }
         }
-        out.pairs.push(ActivationChange {
-            producer: g.nodes[p.producer].name.clone(),
-            consumers: p
-                .consumers
-                .iter()
-                .map(|&(j, _)| g.nodes[j].name.clone())
-                .collect(),
-            blob,
-            channels: p.channels,
-            channels_scaled: exps.iter().filter(|&&e| e != 0).count(),
-            range_use_before: use_before,
-            range_use_after: use_after,
-        });
     }
-    Ok(out)
+    Ok(())
 }
