@@ -7,7 +7,7 @@ mod common;
 
 use common::{nnquant, Fixture};
 use nnquant::ir::equalize::{activation_blobs, equalize_activations, ChannelRanges};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn dwnet() -> nnquant::ir::Graph {
     let mut g = nnquant::caffe::load_model(
@@ -94,7 +94,9 @@ fn activation_equalization_keeps_float_exactly_and_narrows_no_blob() {
     assert!(mean(&r1, "pw1_relu") > mean(&r0, "pw1_relu"));
 }
 
-fn quantize(f: &Fixture, name: &str, extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
+/// `quantize` on testdata/dwnet (`--search none`, with `extra` flags): the outcome and the
+/// paths of the model file and report it was asked to write.
+fn run_quantize(f: &Fixture, name: &str, extra: &[&str]) -> (common::Outcome, PathBuf, PathBuf) {
     let (m, r) = (
         f.path(&format!("{name}.nnq.json")),
         f.path(&format!("{name}.json")),
@@ -124,7 +126,12 @@ fn quantize(f: &Fixture, name: &str, extra: &[&str]) -> (serde_json::Value, serd
     for e in extra {
         args.push(e);
     }
-    let o = nnquant(&args);
+    (nnquant(&args), m, r)
+}
+
+/// [`run_quantize`] that must succeed: the model file and the report.
+fn quantize(f: &Fixture, name: &str, extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    let (o, m, r) = run_quantize(f, name, extra);
     assert_eq!(o.code, 0, "{}", o.stderr);
     let read = |p: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -236,29 +243,7 @@ fn bad_activation_scales_in_a_formats_file_are_refused() {
         fm["activation_scales"] = scales;
         let p = f.path(&format!("{name}.formats.json"));
         std::fs::write(&p, fm.to_string()).unwrap();
-        let m = f.path(&format!("{name}.nnq.json"));
-        let o = nnquant(&[
-            &"quantize",
-            &"--model",
-            &"testdata/dwnet/dwnet.prototxt",
-            &"--weights",
-            &"testdata/dwnet/dwnet.caffemodel",
-            &"--calib",
-            &"testdata/dwnet/calib_u8_hwc.npy",
-            &"--eval",
-            &"testdata/dwnet/test_u8_hwc.npy",
-            &"--mean-value",
-            &"128",
-            &"--scale",
-            &"0.0078125",
-            &"--formats",
-            &p,
-            &"-o",
-            &m,
-            &"--report",
-            &f.path(&format!("{name}.json")),
-            &"--quiet",
-        ]);
+        let (o, m, _) = run_quantize(&f, name, &["--formats", p.to_str().unwrap()]);
         assert_eq!(o.code, 2, "{name}: {}", o.stderr);
         assert!(o.stderr.contains(want), "{name}: {}", o.stderr);
         assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
