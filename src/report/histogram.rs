@@ -92,23 +92,42 @@ impl HistogramAcc {
 
     /// Add values (in any batches: the result does not depend on how they are split).
     pub fn add(&mut self, values: &[f32]) {
-        let mut max_bits = self.max_abs_bits;
-        for x in values {
-            if x.is_finite() {
-                max_bits = max_bits.max(x.abs().to_bits());
-            } else {
-                self.nonfinite += 1;
-            }
+        // One integer pass for the largest |x| (bits of non-negative floats order like the
+        // floats; NaN and ±inf have the largest bits of all).
+        let max_bits = values
+            .iter()
+            .fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff));
+        if max_bits >= f32::INFINITY.to_bits() {
+            // Rare: non-finite values are counted apart, the rest binned.
+            let finite: Vec<f32> = values.iter().copied().filter(|x| x.is_finite()).collect();
+            self.nonfinite += (values.len() - finite.len()) as u64;
+            return self.add(&finite);
         }
-        self.max_abs_bits = max_bits;
+        self.max_abs_bits = self.max_abs_bits.max(max_bits);
         self.widen(exp_above(f32::from_bits(max_bits)));
         let scale = pow2(LOG2_HALF - self.exp);
-        for x in values.iter().filter(|x| x.is_finite()) {
-            // floor(v) with v in [-64, 64): truncate, then step down where that rounded up.
-            let v = *x as f64 * scale;
+        // floor(v) + 64 with v in [-64, 64): truncate, then step down where that rounded up.
+        // (Faster on this machine than the same from the bits of x in integers.)
+        let bin = |x: f32| {
+            let v = x as f64 * scale;
             let t = v as i64;
-            let k = t - i64::from((t as f64) > v) + HALF;
-            self.counts[k as usize] += 1;
+            (t - i64::from((t as f64) > v) + HALF) as usize
+        };
+        // Four partial counts: runs of equal values (the zeros after a ReLU) would otherwise
+        // make each increment wait for the previous one.
+        let mut part = [[0u64; BINS]; 4];
+        let quads = values.chunks_exact(4);
+        for x in quads.remainder() {
+            part[0][bin(*x)] += 1;
+        }
+        for q in quads {
+            part[0][bin(q[0])] += 1;
+            part[1][bin(q[1])] += 1;
+            part[2][bin(q[2])] += 1;
+            part[3][bin(q[3])] += 1;
+        }
+        for (i, c) in self.counts.iter_mut().enumerate() {
+            *c += part[0][i] + part[1][i] + part[2][i] + part[3][i];
         }
     }
 

@@ -451,3 +451,256 @@ pub fn render(r: &Report) -> String {
     svg.push_str("</svg>\n");
     svg
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::histogram::{Histogram, HistogramAcc};
+    use crate::report::*;
+
+    fn score() -> Score {
+        Score {
+            correct: 1,
+            images: 2,
+            kl: 0.0,
+            sqnr_db: None,
+            cosine: None,
+        }
+    }
+
+    fn blob(name: &str, f: i32, sqnr: f64, h: Option<Histogram>) -> BlobReport {
+        BlobReport {
+            name: name.into(),
+            shape: vec![4, 2, 2],
+            frac_bits: f,
+            float_max_abs: 1.5,
+            sqnr_db: sqnr,
+            saturated: 3,
+            elements: 100,
+            histogram: h,
+        }
+    }
+
+    fn report(model: &str, blobs: Vec<BlobReport>, local: Option<LocalReport>) -> Report {
+        let data = DataInfo {
+            source: "d".into(),
+            images: 10,
+            labelled: false,
+            sha256: None,
+        };
+        Report {
+            schema: SCHEMA.into(),
+            model: ModelInfo {
+                name: model.into(),
+                prototxt: "p".into(),
+                prototxt_sha256: String::new(),
+                weights: "w".into(),
+                weights_sha256: String::new(),
+                macs_per_image: 0,
+                int8_param_bytes: 0,
+            },
+            calibration: data.clone(),
+            evaluation: data,
+            same_data_warning: false,
+            accuracy: Accuracy {
+                images: 10,
+                float_top1: None,
+                quant_top1: None,
+                float_correct: None,
+                quant_correct: None,
+                top1_agreement: 1.0,
+                output_sqnr_db: 20.0,
+            },
+            layers: vec![],
+            blobs,
+            search: SearchReport {
+                strategy: "none".into(),
+                evaluations: 0,
+                screen_images: None,
+                screen_evaluations: 0,
+                objective: String::new(),
+                objective_reason: String::new(),
+                start_score: score(),
+                final_score: score(),
+                holdout: None,
+                local,
+                descent_skipped: None,
+                trace: vec![],
+            },
+            timing: None,
+            preprocessing: None,
+            quality_warnings: vec![],
+            equalization: None,
+            outputs: vec![],
+            firmware: None,
+            plot: None,
+        }
+    }
+
+    fn step(layer: &str, before: f64, after: f64) -> LocalStep {
+        LocalStep {
+            layer: layer.into(),
+            param: "weight".into(),
+            start_frac_bits: 3,
+            frac_bits: 4,
+            sqnr_before_db: before,
+            sqnr_after_db: after,
+        }
+    }
+
+    fn parse(svg: &str) -> roxmltree::Document<'_> {
+        roxmltree::Document::parse(svg)
+            .unwrap_or_else(|e| panic!("not well-formed XML: {e}\n{svg}"))
+    }
+
+    #[test]
+    fn a_full_report_is_well_formed_xml_without_nan() {
+        let hist = HistogramAcc::of(&[0.0, 0.5, -1.25, 3.0, 3.0, -0.01]).finish();
+        let zeros = HistogramAcc::of(&[0.0; 10]).finish();
+        let mut blobs = vec![
+            blob("data", 7, 200.0, Some(hist.clone())),
+            blob("conv1", 5, 31.25, Some(hist)),
+            blob("zeros", 3, 0.0, Some(zeros)),
+            blob("old", 4, -12.0, None),
+            blob("extreme", i32::MIN, f64::NAN, None),
+            blob("wide", 64, f64::INFINITY, None),
+        ];
+        // A hand-edited report: a histogram with no bins, one with its range reversed.
+        blobs.push(blob(
+            "empty",
+            2,
+            10.0,
+            Some(Histogram {
+                lo: -1.0,
+                hi: 1.0,
+                max_abs: 0.5,
+                counts: vec![],
+                nonfinite: 0,
+            }),
+        ));
+        blobs.push(blob(
+            "reversed",
+            2,
+            10.0,
+            Some(Histogram {
+                lo: 1.0,
+                hi: -1.0,
+                max_abs: 0.5,
+                counts: vec![1, 2],
+                nonfinite: 0,
+            }),
+        ));
+        let local = LocalReport {
+            images: 128,
+            evaluations: 9,
+            accepted: true,
+            steps: vec![
+                step("data", 40.0, 41.0),
+                step("conv1", 20.0, 22.0),
+                step("conv1", 22.0, 25.5),
+            ],
+        };
+        let r = report("net", blobs, Some(local));
+        let svg = render(&r);
+        // The same report gives the same bytes.
+        assert_eq!(svg, render(&r.clone()));
+        let doc = parse(&svg);
+        let root = doc.root_element();
+        assert_eq!(root.tag_name().name(), "svg");
+        for bad in ["NaN", "inf", "-0.0"] {
+            assert!(!svg.contains(bad), "{bad} in the SVG");
+        }
+        // One cell (group with a tooltip) per blob, and the local pass as a second chart with
+        // one before/after pair per layer (conv1's two coordinates merged: 20 → 25.5).
+        let cells = root.children().filter(|n| n.has_tag_name("g")).count();
+        assert_eq!(cells, 8);
+        let tips: Vec<&str> = root
+            .descendants()
+            .filter(|n| n.has_tag_name("title"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert!(
+            tips.contains(&"conv1: 20 dB before the layer-local pass"),
+            "{tips:?}"
+        );
+        assert!(tips.contains(&"conv1: 25.5 dB after it"), "{tips:?}");
+        assert!(tips.iter().any(|t| t.starts_with("data: 200 dB")));
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let name = r#"a<b&"c">'d"#;
+        let svg = render(&report(name, vec![blob(name, 3, 10.0, None)], None));
+        assert!(!svg.contains(name));
+        assert!(svg.contains("a&lt;b&amp;&quot;c&quot;&gt;&apos;d"));
+        let doc = parse(&svg);
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text())
+            .collect();
+        assert!(texts.contains(&name), "{texts:?}");
+        assert!(texts.contains(&format!("nnquant report: {name}").as_str()));
+        // Long names with multi-byte characters are cut by characters, not bytes.
+        let long = "ü".repeat(50);
+        let svg = render(&report("m", vec![blob(&long, 3, 10.0, None)], None));
+        parse(&svg);
+        assert!(svg.contains(&format!("{}…", "ü".repeat(NAME_CHARS - 1))));
+    }
+
+    /// x of a vertical line in the first cell, by colour.
+    fn line_xs(svg: &str, colour: &str) -> Vec<String> {
+        let doc = parse(svg);
+        let cell = doc
+            .root_element()
+            .children()
+            .find(|n| n.has_tag_name("g"))
+            .expect("a cell");
+        cell.children()
+            .filter(|n| n.has_tag_name("line") && n.attribute("stroke") == Some(colour))
+            .map(|n| {
+                assert_eq!(n.attribute("x1"), n.attribute("x2"), "vertical");
+                n.attribute("x1").unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_range_and_max_abs_lines_are_at_their_values() {
+        // f = 5: the q7 range is [-4, 4·127/128]; max |x| 6 → histogram range [-8, 8), the
+        // x axis ±8. The first cell's plot spans x = 26 .. 246 (20 margin + 6, cell width
+        // 1160/5 = 232 less 12), so v lands at 26 + (v + 8)/16 · 220.
+        let h = HistogramAcc::of(&[6.0, -2.0, 0.5]).finish();
+        assert_eq!((h.lo, h.hi), (-8.0, 8.0));
+        let svg = render(&report("m", vec![blob("b", 5, 20.0, Some(h))], None));
+        assert_eq!(line_xs(&svg, RANGE), ["81.0", "190.6"]); // -4, 3.96875
+        assert_eq!(line_xs(&svg, MAXABS), ["53.5", "218.5"]); // ∓6
+        assert_eq!(q7_range(5), (-4.0, 3.96875));
+        // A coarser format than the histogram's: the axis widens to the range (f = 2: ±32).
+        let h = HistogramAcc::of(&[6.0]).finish();
+        let svg = render(&report("m", vec![blob("b", 2, 20.0, Some(h))], None));
+        assert_eq!(line_xs(&svg, RANGE), ["26.0", "245.1"]); // -32, 31.75
+                                                             // The histogram's path spans its own range [-8, 8) only: x 26 + 24/64·220 .. 26 + 40/64·220.
+        let doc = parse(&svg);
+        let d = doc
+            .descendants()
+            .find(|n| n.has_tag_name("path") && n.attribute("fill") == Some(HIST))
+            .and_then(|n| n.attribute("d"))
+            .unwrap()
+            .to_string();
+        assert!(d.starts_with("M108.5 "), "{d}");
+        assert!(d.contains("H163.5V"), "{d}");
+    }
+
+    #[test]
+    fn numbers_in_labels() {
+        assert_eq!(num(200.0), "200");
+        assert_eq!(num(31.25), "31.25");
+        assert_eq!(num(3.96875), "3.969");
+        assert_eq!(num(-0.0001), "-1.00e-4");
+        assert_eq!(num(0.0), "0");
+        assert_eq!(num(f64::NAN), "?");
+        assert_eq!(c(-0.01), "0.0");
+        assert_eq!(c(f64::INFINITY), "0.0");
+    }
+}
