@@ -1,7 +1,7 @@
 //! The report's plots: `quantize` writes report.svg beside report.md (linked from it) in the
 //! same transaction, the same bytes on every run and whatever the thread count; every blob of
 //! the report carries the histogram of its calibration values; reports from before the
-//! histograms and the plots still read (`report diff`, `codegen --report`).
+//! histograms and the plots still read (`report diff`, `codegen --report`, `report render`).
 
 mod common;
 use common::*;
@@ -144,6 +144,26 @@ fn reports_from_before_the_plots_still_read() {
         assert_eq!(md.contains("Plots: ["), linked, "{md}");
         assert!(md.contains("## Firmware"), "re-rendered");
     }
+    // `report render` gives the old report its plots: every blob's cell, without histograms.
+    let o = nnquant(&[&"report", &"render", &old_path]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let svg = std::fs::read_to_string(f.path("old.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed XML");
+    let cells = doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("g"))
+        .count();
+    assert_eq!(cells, old["blobs"].as_array().unwrap().len());
+    assert_eq!(svg.matches("no histogram in this report").count(), cells);
+    assert!(std::fs::read_to_string(f.path("old.md"))
+        .unwrap()
+        .contains("[old.svg](<old.svg>)"));
+    assert_eq!(json(&old_path)["plot"], "old.svg");
+    assert_fails(
+        &nnquant(&[&"report", &"render", &f.path("missing.json")]),
+        &["missing.json"],
+    );
 }
 
 #[test]

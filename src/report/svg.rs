@@ -166,6 +166,8 @@ fn bar_chart(svg: &mut String, top: f64, title: &str, groups: &[Group]) -> f64 {
     );
     let n = groups.len().max(1) as f64;
     let slot = plot_w / n;
+    // Names at least 11 px apart (every k-th on a deep net; each bar's tooltip names it).
+    let every = (11.0 / slot).ceil().max(1.0) as usize;
     for (i, g) in groups.iter().enumerate() {
         let x = CHART_LEFT + slot * i as f64;
         let k = g.values.len().max(1) as f64;
@@ -196,6 +198,9 @@ fn bar_chart(svg: &mut String, top: f64, title: &str, groups: &[Group]) -> f64 {
                     num(*v)
                 );
             }
+        }
+        if i % every != 0 {
+            continue;
         }
         let lx = x + slot / 2.0 + 3.0;
         let ly = y0 + CHART_PLOT_H + 8.0;
