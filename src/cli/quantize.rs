@@ -237,7 +237,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         &opts,
     )?;
     report.equalization = equalization;
-    // Everything computed: only now write, the three files as one transaction (all or none).
+    // Everything computed: only now write, the model and the report's three files as one
+    // transaction (all or none).
     let md_path = a.report.with_extension("md");
     let mut out = crate::fsio::Outputs::new();
     out.file(&a.output, model.to_json()?);

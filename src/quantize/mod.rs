@@ -36,6 +36,9 @@ const BATCH: usize = 256;
 /// allocator's mmap threshold, so the memory of one batch is reused by the next.
 const ALL_BLOBS_BATCH: usize = 32;
 
+/// Float values per parallel task of the calibration statistics (max |x|, histogram).
+const STATS_PIECE: usize = 1 << 16;
+
 pub struct Options {
     pub strategy: Strategy,
     /// The search's screening subset.
@@ -202,17 +205,22 @@ pub fn collect(
         };
         let acts = engine.forward(&batch.data, samples.len(), keep)?;
         if stats {
-            // Blob by blob in parallel; both figures are exact whatever the batches and their
-            // merge order (`HistogramAcc`), so the thread count changes nothing.
-            let per_blob: Vec<(&String, f32, HistogramAcc)> = acts
+            // In parallel over pieces of every blob (one blob can hold most of the values);
+            // both figures are exact whatever the pieces and their merge order
+            // (`HistogramAcc`), so the thread count changes nothing.
+            let pieces: Vec<(&String, &[f32])> = acts
                 .blobs
+                .iter()
+                .flat_map(|(b, v)| v.chunks(STATS_PIECE).map(move |p| (b, p)))
+                .collect();
+            let per_piece: Vec<(&String, f32, HistogramAcc)> = pieces
                 .par_iter()
-                .map(|(b, v)| {
+                .map(|&(b, v)| {
                     let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
                     (b, m, HistogramAcc::of(v))
                 })
                 .collect();
-            for (b, m, h) in per_blob {
+            for (b, m, h) in per_piece {
                 let e = c.max_abs.entry(b.clone()).or_insert(0.0);
                 *e = e.max(m);
                 c.histograms.entry(b.clone()).or_default().merge(&h);
