@@ -44,7 +44,7 @@ fn quantize_is_accurate_and_deterministic() {
     let o = quantize(&a, &[]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(quantize(&b, &[]).code, 0);
-    for name in ["m.nnq.json", "r.json", "r.md"] {
+    for name in ["m.nnq.json", "r.json", "r.md", "r.svg"] {
         assert_eq!(
             std::fs::read(a.join(name)).unwrap(),
             std::fs::read(b.join(name)).unwrap(),
@@ -72,7 +72,7 @@ fn screened_search_confirms_on_the_whole_set_and_is_deterministic() {
     let o = quantize(&a, &["--screen", "64"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(quantize(&b, &["--screen", "64"]).code, 0);
-    for name in ["m.nnq.json", "r.json", "r.md"] {
+    for name in ["m.nnq.json", "r.json", "r.md", "r.svg"] {
         assert_eq!(
             std::fs::read(a.join(name)).unwrap(),
             std::fs::read(b.join(name)).unwrap(),

@@ -5,7 +5,6 @@ use super::ShapeArg;
 use crate::data::{subset, ChannelOrder, Layout};
 use crate::fixed::graph::Formats;
 use crate::quantize::{self, DataSet};
-use crate::report::markdown;
 use crate::search::{Holdout, Screen, Strategy};
 use anyhow::{ensure, Result};
 use std::path::PathBuf;
@@ -274,12 +273,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
     report.equalization = equalization;
     report.activation_equalization = act_equalization;
     model.formats.activation_scales = act_scales;
-    // Everything computed: only now write, the three files as one transaction (all or none).
+    // Everything computed: only now write, the model and the report's three files as one
+    // transaction (all or none).
     let md_path = a.report.with_extension("md");
     let mut out = crate::fsio::Outputs::new();
-    out.file(&a.output, model.to_json()?)
-        .file(&a.report, report.to_json())
-        .file(&md_path, markdown::render(&report));
+    out.file(&a.output, model.to_json()?);
+    crate::report::add_files(&mut out, &a.report, &mut report)?;
     out.commit()?;
     if a.json {
         print!("{}", report.to_json());

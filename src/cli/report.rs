@@ -1,4 +1,5 @@
-//! `nnquant report diff OLD NEW [--max-drop PP] …`: the CI gate on regressions.
+//! `nnquant report diff OLD NEW [--max-drop PP] …`: the CI gate on regressions;
+//! `nnquant report render R.json`: its Markdown and SVG twins again, from the JSON.
 
 use crate::report::{diff, Report};
 use anyhow::Result;
@@ -42,6 +43,10 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Write a report's Markdown (R.md) and plots (R.svg) beside it again from its JSON, e.g.
+    /// for a report of an older version (its plots then have no histograms); the JSON is
+    /// rewritten to name the plots.
+    Render { report: PathBuf },
 }
 
 fn read(p: &std::path::Path) -> Result<Report> {
@@ -61,6 +66,13 @@ fn non_negative(v: Option<f64>, flag: &str) -> Result<()> {
 
 pub fn run(c: Cmd) -> Result<ExitCode> {
     match c {
+        Cmd::Render { report } => {
+            let mut r = read(&report)?;
+            let mut out = crate::fsio::Outputs::new();
+            crate::report::add_files(&mut out, &report, &mut r)?;
+            out.commit()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Diff {
             old,
             new,

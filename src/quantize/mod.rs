@@ -13,6 +13,7 @@ use crate::float::{self, Engine};
 use crate::ir::{self, Graph, Op};
 use crate::metrics::{argmax, Accumulator};
 use crate::model::{InputSpec, NnqModel, SourceInfo, SCHEMA as MODEL_SCHEMA};
+use crate::report::histogram::HistogramAcc;
 use crate::report::{
     self, Accuracy, BlobReport, DataInfo, LayerReport, ModelInfo, OutputReport, Report, Timing,
 };
@@ -35,6 +36,9 @@ const BATCH: usize = 256;
 /// each allocated afresh (and page-faulted in) per batch; 32 images keep every blob below the
 /// allocator's mmap threshold, so the memory of one batch is reused by the next.
 const ALL_BLOBS_BATCH: usize = 32;
+
+/// Float values per parallel task of the calibration statistics (max |x|, histogram).
+const STATS_PIECE: usize = 1 << 16;
 
 pub struct Options {
     pub strategy: Strategy,
@@ -125,6 +129,8 @@ pub struct Collected {
     pub float_outs: Vec<Vec<f32>>,
     /// Max |x| over the set for every blob (only when asked).
     pub max_abs: BTreeMap<String, f32>,
+    /// The histogram of every blob's values (only when asked; for the report's plots).
+    pub histograms: BTreeMap<String, HistogramAcc>,
     /// Content hash of the images and labels ([`datahash`]).
     pub data_sha256: String,
 }
@@ -164,6 +170,7 @@ pub fn collect(
         labels: Some(vec![]),
         float_outs: vec![vec![]; out_blobs.len()],
         max_abs: BTreeMap::new(),
+        histograms: BTreeMap::new(),
         data_sha256: String::new(),
     };
     let mut hasher = datahash::DataHasher::default();
@@ -199,10 +206,25 @@ pub fn collect(
         };
         let acts = engine.forward(&batch.data, samples.len(), keep)?;
         if stats {
-            for (b, v) in &acts.blobs {
-                let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            // In parallel over pieces of every blob (one blob can hold most of the values);
+            // both figures are exact whatever the pieces and their merge order
+            // (`HistogramAcc`), so the thread count changes nothing.
+            let pieces: Vec<(&String, &[f32])> = acts
+                .blobs
+                .iter()
+                .flat_map(|(b, v)| v.chunks(STATS_PIECE).map(move |p| (b, p)))
+                .collect();
+            let per_piece: Vec<(&String, f32, HistogramAcc)> = pieces
+                .par_iter()
+                .map(|&(b, v)| {
+                    let m = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    (b, m, HistogramAcc::of(v))
+                })
+                .collect();
+            for (b, m, h) in per_piece {
                 let e = c.max_abs.entry(b.clone()).or_insert(0.0);
                 *e = e.max(m);
+                c.histograms.entry(b.clone()).or_default().merge(&h);
             }
         }
         for (b, v) in out_blobs.iter().zip(c.float_outs.iter_mut()) {
@@ -649,11 +671,9 @@ pub fn run(
             output_sqnr_db: worst_sqnr,
         },
         layers: layer_reports(&qg, g, &heads),
-        blobs: qg
-            .layers
-            .iter()
-            .map(|l| &l.output)
-            .chain(std::iter::once(&qg.input))
+        // Network order: the input, then every layer's output.
+        blobs: std::iter::once(&qg.input)
+            .chain(qg.layers.iter().map(|l| &l.output))
             .filter_map(|b| {
                 let a = ev.blobs.get(b)?;
                 let qb = &qg.blobs[b];
@@ -665,6 +685,7 @@ pub fn run(
                     sqnr_db: round6(report::sqnr_db(a.signal, a.noise)),
                     saturated: a.saturated,
                     elements: a.elements,
+                    histogram: cal.histograms.get(b).map(HistogramAcc::finish),
                 })
             })
             .collect(),
@@ -685,6 +706,7 @@ pub fn run(
         activation_equalization: None,
         outputs,
         firmware: None,
+        plot: None,
     };
     report.quality_warnings = quality_warnings(&report);
     if !opts.quiet {

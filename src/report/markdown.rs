@@ -96,6 +96,13 @@ pub fn render(r: &Report) -> String {
         r.search.strategy, r.search.evaluations
     );
 
+    if let Some(plot) = &r.plot {
+        // Angle brackets: the file name may hold spaces or parentheses.
+        let _ = writeln!(
+            md,
+            "\nPlots: [{plot}](<{plot}>) (every blob's SQNR against float, and its histogram with the chosen q7 range)."
+        );
+    }
     if let Some(p) = &r.preprocessing {
         for w in &p.warnings {
             let _ = writeln!(md, "\n> **Warning:** {w}");

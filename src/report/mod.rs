@@ -5,7 +5,9 @@
 //! included when the user asks for them (`timing`), since they differ on every run.
 
 pub mod diff;
+pub mod histogram;
 pub mod markdown;
+pub mod svg;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +49,10 @@ pub struct Report {
     /// `codegen --report` / `verify --report` / `build`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub firmware: Option<FirmwareFigures>,
+    /// The file name of the plots written beside the report (`svg`), which report.md links;
+    /// absent in reports of older versions, which have none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub plot: Option<String>,
 }
 
 /// Memory figures of the generated firmware for one target.
@@ -203,6 +209,9 @@ pub struct BlobReport {
     /// Elements equal to -128 or 127 on the evaluation set (likely saturated).
     pub saturated: u64,
     pub elements: u64,
+    /// The float values' histogram on the calibration set (absent in reports of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<histogram::Histogram>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +382,30 @@ impl Report {
         );
         Ok(r)
     }
+}
+
+/// A report's files, added to one output transaction (all or none): `R.json`, its Markdown twin
+/// `R.md` and its plots `R.svg` beside it (`r.plot` names the SVG, so that report.md, also when
+/// re-rendered from the JSON, links it).
+pub fn add_files(
+    out: &mut crate::fsio::Outputs,
+    json_path: &std::path::Path,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let md_path = json_path.with_extension("md");
+    let svg_path = json_path.with_extension("svg");
+    anyhow::ensure!(
+        json_path != md_path && json_path != svg_path,
+        "the report path {} would be overwritten by its Markdown or SVG twin (written beside it as .md and .svg): give the report a .json name",
+        json_path.display()
+    );
+    r.plot = svg_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    out.file(json_path, r.to_json())
+        .file(md_path, markdown::render(r))
+        .file(svg_path, svg::render(r));
+    Ok(())
 }
 
 /// SQNR in dB of `quant` (already dequantized) against `reference`.
