@@ -3,6 +3,11 @@
 //! The crate is a library with a thin CLI (`src/main.rs`, `src/cli/`). See ARCHITECTURE.md for
 //! the map of modules.
 
+// No `_ =>` arm over an enum: adding a variant (an op to `ir::Op`, `fixed::QOp`, a firmware
+// kernel call) must make the build name every place that has to handle it (clippy runs with
+// `-D warnings`). Boolean tests of one variant (`matches!`, `if let`) are not dispatches.
+#![warn(clippy::wildcard_enum_match_arm)]
+
 pub mod allocator;
 pub mod caffe;
 pub mod cli;

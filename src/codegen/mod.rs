@@ -181,10 +181,153 @@ struct Region {
     len: usize,
 }
 
+/// The kernel call a firmware step makes: `l.kind` in `templates/firmware/lib.rs.tera`.
+///
+/// The call's text stays in the template (the generated `layers()` is one readable file, and
+/// the layout of each call is next to its neighbours'), but which call a step makes is this closed
+/// enum: a new op must name its call here (the compiler then asks for `name` and `direct`), and
+/// the template ends its `if`/`elif` chain over the names with Tera's `throw`, so a name without
+/// a branch fails `codegen` at render time instead of silently emitting no call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `conv_hwc_q7_scratch` (with an optional ReLU in the requantization).
+    Conv,
+    /// `conv_pool_hwc_q7`: convolution → (ReLU) → pool → (ReLU) through a row ring.
+    ConvPool,
+    Fc,
+    Maxpool,
+    Avepool,
+    /// Pooling over its own input's bytes (`pool_hwc_q7_in_place`).
+    MaxpoolInplace,
+    AvepoolInplace,
+    ReluInplace,
+    /// Copy the input into the output's buffer, then the in-place kernel.
+    ReluCopy,
+    LutInplace,
+    LutCopy,
+    PreluInplace,
+    PreluCopy,
+    SoftmaxInplace,
+    SoftmaxCopy,
+    /// The output shares its input's bytes: no code.
+    Alias,
+    Copy,
+    Add,
+    /// The sum written over the input that dies at this step.
+    AddInplace,
+    Max,
+    Deconv,
+    Lrn,
+    Mul,
+    Scale,
+    Concat,
+}
+
+impl Call {
+    /// Every call, for the test that the template has a branch for each.
+    #[cfg(test)]
+    const ALL: [Call; 25] = [
+        Call::Conv,
+        Call::ConvPool,
+        Call::Fc,
+        Call::Maxpool,
+        Call::Avepool,
+        Call::MaxpoolInplace,
+        Call::AvepoolInplace,
+        Call::ReluInplace,
+        Call::ReluCopy,
+        Call::LutInplace,
+        Call::LutCopy,
+        Call::PreluInplace,
+        Call::PreluCopy,
+        Call::SoftmaxInplace,
+        Call::SoftmaxCopy,
+        Call::Alias,
+        Call::Copy,
+        Call::Add,
+        Call::AddInplace,
+        Call::Max,
+        Call::Deconv,
+        Call::Lrn,
+        Call::Mul,
+        Call::Scale,
+        Call::Concat,
+    ];
+
+    /// The name the template tests (`l.kind == "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Conv => "conv",
+            Call::ConvPool => "conv_pool",
+            Call::Fc => "fc",
+            Call::Maxpool => "maxpool",
+            Call::Avepool => "avepool",
+            Call::MaxpoolInplace => "maxpool_inplace",
+            Call::AvepoolInplace => "avepool_inplace",
+            Call::ReluInplace => "relu_inplace",
+            Call::ReluCopy => "relu_copy",
+            Call::LutInplace => "lut_inplace",
+            Call::LutCopy => "lut_copy",
+            Call::PreluInplace => "prelu_inplace",
+            Call::PreluCopy => "prelu_copy",
+            Call::SoftmaxInplace => "softmax_inplace",
+            Call::SoftmaxCopy => "softmax_copy",
+            Call::Alias => "alias",
+            Call::Copy => "copy",
+            Call::Add => "add",
+            Call::AddInplace => "add_inplace",
+            Call::Max => "max",
+            Call::Deconv => "deconv",
+            Call::Lrn => "lrn",
+            Call::Mul => "mul",
+            Call::Scale => "scale",
+            Call::Concat => "concat",
+        }
+    }
+
+    /// In-place and copying calls index the arena directly; the others borrow disjoint regions
+    /// of it (inputs, output, temporaries: `regions`).
+    fn direct(self) -> bool {
+        match self {
+            Call::ReluInplace
+            | Call::ReluCopy
+            | Call::LutInplace
+            | Call::LutCopy
+            | Call::PreluInplace
+            | Call::PreluCopy
+            | Call::SoftmaxInplace
+            | Call::SoftmaxCopy
+            | Call::MaxpoolInplace
+            | Call::AvepoolInplace
+            | Call::Alias
+            | Call::Copy
+            | Call::AddInplace => true,
+            Call::Conv
+            | Call::ConvPool
+            | Call::Fc
+            | Call::Maxpool
+            | Call::Avepool
+            | Call::Add
+            | Call::Max
+            | Call::Deconv
+            | Call::Lrn
+            | Call::Mul
+            | Call::Scale
+            | Call::Concat => false,
+        }
+    }
+}
+
+impl Serialize for Call {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 #[derive(Serialize)]
 struct LayerCtx {
     comment: String,
-    kind: &'static str,
+    kind: Call,
     p: String,
     out_off: usize,
     out_len: usize,
@@ -418,9 +561,9 @@ fn layer_contexts(
                 ));
                 (
                     if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
-                        "conv_pool"
+                        Call::ConvPool
                     } else {
-                        "conv"
+                        Call::Conv
                     },
                     format!(
                         "{}: {}convolution {}x{} /{} pad {}{}{}, {} -> {}",
@@ -474,7 +617,7 @@ fn layer_contexts(
                     &f.bias,
                 ));
                 (
-                    "fc",
+                    Call::Fc,
                     format!(
                         "{}: fully connected {} -> {}, {} -> {}",
                         l.name, f.in_len, f.out_len, l.inputs[0], l.output
@@ -489,24 +632,30 @@ fn layer_contexts(
                 param("STRIDE", "Pair", pair(q.stride));
                 let max = matches!(l.op, QOp::MaxPool(_));
                 let k = match (max, in_place) {
-                    (true, false) => "maxpool",
-                    (false, false) => "avepool",
-                    (true, true) => "maxpool_inplace",
-                    (false, true) => "avepool_inplace",
+                    (true, false) => Call::Maxpool,
+                    (false, false) => Call::Avepool,
+                    (true, true) => Call::MaxpoolInplace,
+                    (false, true) => Call::AvepoolInplace,
                 };
                 (
                     k,
                     format!(
                         "{}: {} {}x{} /{}, {} -> {}",
-                        l.name, k, q.kernel.h, q.kernel.w, q.stride.h, l.inputs[0], l.output
+                        l.name,
+                        k.name(),
+                        q.kernel.h,
+                        q.kernel.w,
+                        q.stride.h,
+                        l.inputs[0],
+                        l.output
                     ),
                 )
             }
             QOp::Relu => (
                 if in_place {
-                    "relu_inplace"
+                    Call::ReluInplace
                 } else {
-                    "relu_copy"
+                    Call::ReluCopy
                 },
                 format!(
                     "{}: ReLU {} -> {}{}",
@@ -517,12 +666,12 @@ fn layer_contexts(
                 ),
             ),
             QOp::Reshape => (
-                if in_place { "alias" } else { "copy" },
+                if in_place { Call::Alias } else { Call::Copy },
                 format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output),
             ),
             // NCHW → NHWC is the HWC bytes themselves (the q7 graph allows no other permute).
             QOp::Permute { order } => (
-                if in_place { "alias" } else { "copy" },
+                if in_place { Call::Alias } else { Call::Copy },
                 format!(
                     "{}: permute {order:?} {} -> {} (bytes unchanged)",
                     l.name, l.inputs[0], l.output
@@ -537,7 +686,11 @@ fn layer_contexts(
                 param("B_LSHIFT", "i32", b_lshift.to_string());
                 param("OUT_RSHIFT", "i32", out_rshift.to_string());
                 (
-                    if in_place { "add_inplace" } else { "add" },
+                    if in_place {
+                        Call::AddInplace
+                    } else {
+                        Call::Add
+                    },
                     format!(
                         "{}: add {} + {} -> {}{}",
                         l.name,
@@ -564,7 +717,11 @@ fn layer_contexts(
                     table,
                 ));
                 (
-                    if in_place { "lut_inplace" } else { "lut_copy" },
+                    if in_place {
+                        Call::LutInplace
+                    } else {
+                        Call::LutCopy
+                    },
                     format!("{}: {function} {} -> {}", l.name, l.inputs[0], l.output),
                 )
             }
@@ -581,9 +738,9 @@ fn layer_contexts(
                 ));
                 (
                     if in_place {
-                        "prelu_inplace"
+                        Call::PreluInplace
                     } else {
-                        "prelu_copy"
+                        Call::PreluCopy
                     },
                     format!("{}: PReLU {} -> {}", l.name, l.inputs[0], l.output),
                 )
@@ -601,9 +758,9 @@ fn layer_contexts(
                 ));
                 (
                     if in_place {
-                        "softmax_inplace"
+                        Call::SoftmaxInplace
                     } else {
-                        "softmax_copy"
+                        Call::SoftmaxCopy
                     },
                     format!(
                         "{}: softmax over rows of {row}, {} -> {}",
@@ -620,7 +777,7 @@ fn layer_contexts(
                 param("B_LSHIFT", "i32", b_lshift.to_string());
                 param("OUT_RSHIFT", "i32", out_rshift.to_string());
                 (
-                    "max",
+                    Call::Max,
                     format!(
                         "{}: max {} , {} -> {}",
                         l.name, l.inputs[0], l.inputs[1], l.output
@@ -663,7 +820,7 @@ fn layer_contexts(
                     &c.bias,
                 ));
                 (
-                    "deconv",
+                    Call::Deconv,
                     format!(
                         "{}: deconvolution {}x{} x{} pad {}, {} -> {}",
                         l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
@@ -692,7 +849,7 @@ fn layer_contexts(
                     table,
                 ));
                 (
-                    "lrn",
+                    Call::Lrn,
                     format!(
                         "{}: LRN {} size {size}, {} -> {}",
                         l.name,
@@ -709,7 +866,7 @@ fn layer_contexts(
             QOp::Mul { out_rshift } => {
                 param("OUT_RSHIFT", "i32", out_rshift.to_string());
                 (
-                    "mul",
+                    Call::Mul,
                     format!(
                         "{}: product {} · {} -> {}",
                         l.name, l.inputs[0], l.inputs[1], l.output
@@ -745,7 +902,7 @@ fn layer_contexts(
                     bias,
                 ));
                 (
-                    "scale",
+                    Call::Scale,
                     format!(
                         "{}: per-channel scale/bias {} -> {}",
                         l.name, l.inputs[0], l.output
@@ -753,7 +910,7 @@ fn layer_contexts(
                 )
             }
             QOp::Concat { .. } => (
-                "concat",
+                Call::Concat,
                 format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
             ),
         };
@@ -772,23 +929,7 @@ fn layer_contexts(
                 c_off += i.c;
             }
         }
-        // In-place and copying steps index the arena directly; the others borrow regions.
-        let direct = matches!(
-            kind,
-            "relu_inplace"
-                | "relu_copy"
-                | "lut_inplace"
-                | "lut_copy"
-                | "prelu_inplace"
-                | "prelu_copy"
-                | "softmax_inplace"
-                | "softmax_copy"
-                | "maxpool_inplace"
-                | "avepool_inplace"
-                | "alias"
-                | "copy"
-                | "add_inplace"
-        );
+        let direct = kind.direct();
         let regions = if direct {
             Vec::new()
         } else {
@@ -812,7 +953,21 @@ fn layer_contexts(
             pc: match &l.op {
                 QOp::Conv(c) => c.per_channel.is_some(),
                 QOp::Fc(f) => f.per_channel.is_some(),
-                _ => false,
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Deconv(_)
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => false,
             },
             regions,
         });
@@ -1138,4 +1293,45 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         plan: pl,
     };
     Ok(Generated { files, memory })
+}
+
+#[cfg(test)]
+mod call_tests {
+    use super::Call;
+
+    const LIB: &str = include_str!("../../templates/firmware/lib.rs.tera");
+
+    /// Each kernel call has a branch in the template (`l.kind == "name"` or in a list of names).
+    #[test]
+    fn template_names_every_call() {
+        for c in Call::ALL {
+            assert!(
+                LIB.contains(&format!("\"{}\"", c.name())),
+                "templates/firmware/lib.rs.tera has no branch for {c:?} ('{}')",
+                c.name()
+            );
+        }
+    }
+
+    /// A kind without a branch stops rendering with the kind named (the chain's `throw`).
+    #[test]
+    fn unknown_call_fails_rendering() {
+        let start = LIB.find("{%- for l in layers %}").expect("layer loop");
+        let end = LIB[start..]
+            .find("{%- endfor %}\n{%- for o in outputs %}")
+            .expect("loop end");
+        let body = &LIB[start..start + end + "{%- endfor %}".len()];
+        let mut t = tera::Tera::new();
+        t.add_raw_template("layers", body).unwrap();
+        let mut ctx = tera::Context::new();
+        let layer = serde_json::json!({"comment": "x", "kind": "warp", "p": "X", "out_off": 0,
+            "out_len": 1, "ins": [], "regions": []});
+        ctx.insert("layers", &[layer]);
+        let e = format!("{:?}", t.render("layers", &ctx).unwrap_err());
+        assert!(e.contains("no kernel call for step kind 'warp'"), "{e}");
+        let ok = serde_json::json!({"comment": "x", "kind": Call::Alias, "p": "X", "out_off": 0,
+            "out_len": 1, "ins": [], "regions": []});
+        ctx.insert("layers", &[ok]);
+        t.render("layers", &ctx).unwrap();
+    }
 }

@@ -830,7 +830,23 @@ impl QGraph {
                     let out_frac = required()?;
                     let (function, f): (&str, fn(f64) -> f64) = match n.op {
                         Op::Sigmoid => ("sigmoid", |x| 1.0 / (1.0 + (-x).exp())),
-                        _ => ("tanh", f64::tanh),
+                        Op::Convolution(_)
+                        | Op::InnerProduct(_)
+                        | Op::Deconvolution(_)
+                        | Op::Pooling(_)
+                        | Op::ReLU { .. }
+                        | Op::PReLU { .. }
+                        | Op::Softmax { .. }
+                        | Op::TanH
+                        | Op::Lrn(_)
+                        | Op::BatchNorm { .. }
+                        | Op::Scale { .. }
+                        | Op::Bias { .. }
+                        | Op::Eltwise { .. }
+                        | Op::Concat { .. }
+                        | Op::Flatten { .. }
+                        | Op::Reshape { .. }
+                        | Op::Permute { .. } => ("tanh", f64::tanh),
                     };
                     let table = lut_table(in0.frac_bits, out_frac, f);
                     (

@@ -383,7 +383,21 @@ impl<'g> Simulator<'g> {
                     let dense = f.in_len;
                     dense_prep(path, &spec, dense, &l.name, Prep::Fc)?
                 }
-                _ => Prep::Other,
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Deconv(_)
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => Prep::Other,
             });
         }
         Ok(Simulator {
@@ -934,7 +948,19 @@ fn pointwise(
             y.copy_from_slice(x);
             kernels::softmax_q7(y, *row, exp_table, out_frac)
         }
-        _ => Err(kernels::KernelError::Geometry),
+        QOp::Conv(_)
+        | QOp::Fc(_)
+        | QOp::MaxPool(_)
+        | QOp::AvePool(_)
+        | QOp::Relu
+        | QOp::Add { .. }
+        | QOp::Concat { .. }
+        | QOp::Reshape
+        | QOp::Permute { .. }
+        | QOp::Deconv(_)
+        | QOp::Lrn { .. }
+        | QOp::Mul { .. }
+        | QOp::ScaleBias { .. } => Err(kernels::KernelError::Geometry),
     }
 }
 
@@ -994,6 +1020,18 @@ fn spatial_or_binary(
             out_rshift,
             ..
         } => kernels::scale_q7(x, scales, bias, *bias_lshift, *out_rshift, y),
-        _ => Err(kernels::KernelError::Geometry),
+        QOp::Conv(_)
+        | QOp::Fc(_)
+        | QOp::MaxPool(_)
+        | QOp::AvePool(_)
+        | QOp::Relu
+        | QOp::Add { .. }
+        | QOp::Concat { .. }
+        | QOp::Reshape
+        | QOp::Permute { .. }
+        | QOp::Lut { .. }
+        | QOp::PRelu { .. }
+        | QOp::Max { .. }
+        | QOp::Softmax { .. } => Err(kernels::KernelError::Geometry),
     }
 }

@@ -181,7 +181,7 @@ impl<'g> Engine<'g> {
             // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
             chain: match Isa::detect() {
                 Isa::Portable => None,
-                isa => chain::Chain::build(g, isa),
+                isa @ Isa::Avx512 | isa @ Isa::Avx2 => chain::Chain::build(g, isa),
             },
         })
     }
