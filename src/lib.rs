@@ -20,6 +20,7 @@ pub mod ir;
 pub mod metrics;
 pub mod model;
 pub mod npy_out;
+pub(crate) mod ops;
 pub mod progress;
 pub mod quantize;
 pub mod report;

@@ -11,6 +11,7 @@ pub mod write;
 use crate::fixed::graph::{QGraph, QOp};
 use crate::fixed::kernels;
 use crate::model::NnqModel;
+use crate::ops;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,19 +155,19 @@ pub struct Generated {
 }
 
 #[derive(Serialize)]
-struct Param {
-    name: String,
-    ty: &'static str,
-    value: String,
+pub(crate) struct Param {
+    pub name: String,
+    pub ty: &'static str,
+    pub value: String,
 }
 
 #[derive(Serialize)]
-struct InputRef {
+pub(crate) struct InputRef {
     off: usize,
     len: usize,
-    c: usize,
-    shift: i32,
-    c_offset: usize,
+    pub c: usize,
+    pub shift: i32,
+    pub c_offset: usize,
     /// The earlier input variable that holds the same blob (an op reading one blob twice).
     same_as: Option<usize>,
 }
@@ -349,7 +350,7 @@ struct LayerCtx {
 }
 
 #[derive(Serialize)]
-struct ArrayCtx {
+pub(crate) struct ArrayCtx {
     name: String,
     doc: String,
     /// Element type: `i8`, or `u32` for pre-widened DSP weights.
@@ -360,7 +361,7 @@ struct ArrayCtx {
 }
 
 impl ArrayCtx {
-    fn i8(name: String, doc: String, v: &[i8]) -> Self {
+    pub(crate) fn i8(name: String, doc: String, v: &[i8]) -> Self {
         ArrayCtx {
             name,
             doc,
@@ -380,7 +381,7 @@ impl ArrayCtx {
             values: list(v),
         }
     }
-    fn u16(name: String, doc: String, v: &[u16]) -> Self {
+    pub(crate) fn u16(name: String, doc: String, v: &[u16]) -> Self {
         ArrayCtx {
             name,
             doc,
@@ -423,7 +424,7 @@ fn list<T: ToString>(v: &[T]) -> String {
         .join(", ")
 }
 
-fn dims(d: crate::fixed::graph::Hwc) -> String {
+pub(crate) fn dims(d: crate::fixed::graph::Hwc) -> String {
     format!("Dims {{ h: {}, w: {}, c: {} }}", d.h, d.w, d.c)
 }
 
@@ -457,12 +458,14 @@ fn layer_contexts(
         }
         let in_place = pl.in_place.contains(&step.name);
         let mut params = Vec::new();
-        let mut param = |n: &str, ty: &'static str, v: String| {
-            params.push(Param {
-                name: format!("{p}_{n}"),
-                ty,
-                value: v,
-            })
+        let mut e = crate::ops::Emit {
+            g,
+            l,
+            p: &p,
+            in_place,
+            in_place_input: pl.in_place_input.get(&step.name).copied(),
+            params: &mut params,
+            arrays,
         };
         let (relu, relu_out) = match step.kind {
             steps::StepKind::Layer => (false, false),
@@ -479,28 +482,28 @@ fn layer_contexts(
                 anyhow::bail!("internal error: step {} has no pool", step.name);
             };
             max = matches!(pool.op, QOp::MaxPool(_));
-            param("POOL_KERNEL", "Pair", pair(q.kernel));
-            param("POOL_PAD", "Pair", pair(q.pad));
-            param("POOL_STRIDE", "Pair", pair(q.stride));
-            param("POOL_OUT", "Dims", dims(q.out_dims));
+            e.param("POOL_KERNEL", "Pair", pair(q.kernel));
+            e.param("POOL_PAD", "Pair", pair(q.pad));
+            e.param("POOL_STRIDE", "Pair", pair(q.stride));
+            e.param("POOL_OUT", "Dims", dims(q.out_dims));
         }
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {
-                param("IN", "Dims", dims(c.in_dims));
-                param("OUT", "Dims", dims(c.out_dims));
-                param("KERNEL", "Pair", pair(c.kernel));
-                param("PAD", "Pair", pair(c.pad));
-                param("STRIDE", "Pair", pair(c.stride));
-                param("DILATION", "Pair", pair(c.dilation));
-                param("GROUPS", "usize", c.groups.to_string());
+                e.param("IN", "Dims", dims(c.in_dims));
+                e.param("OUT", "Dims", dims(c.out_dims));
+                e.param("KERNEL", "Pair", pair(c.kernel));
+                e.param("PAD", "Pair", pair(c.pad));
+                e.param("STRIDE", "Pair", pair(c.stride));
+                e.param("DILATION", "Pair", pair(c.dilation));
+                e.param("GROUPS", "usize", c.groups.to_string());
                 match &c.per_channel {
                     None => {
-                        param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                        param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                        param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                        param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                        e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                        e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                        e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                        e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
                     }
-                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
                 }
                 let doc = format!(
                     "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
@@ -530,7 +533,7 @@ fn layer_contexts(
                     } else {
                         "SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)"
                     };
-                    arrays.push(ArrayCtx {
+                    e.arrays.push(ArrayCtx {
                         name: format!("{p}_WEIGHTS_Q15"),
                         doc: format!("{doc}, pre-widened for {layout}."),
                         ty: "u32",
@@ -543,13 +546,13 @@ fn layer_contexts(
                             .join(", "),
                     });
                 } else {
-                    arrays.push(ArrayCtx::i8(
+                    e.arrays.push(ArrayCtx::i8(
                         format!("{p}_WEIGHTS"),
                         format!("{doc}."),
                         &c.weights,
                     ));
                 }
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_BIAS"),
                     format!(
                         "`{}` biases [{}], {} fraction bits.",
@@ -591,14 +594,14 @@ fn layer_contexts(
             QOp::Fc(f) => {
                 match &f.per_channel {
                     None => {
-                        param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
-                        param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
-                        param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
-                        param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
+                        e.param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
+                        e.param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
+                        e.param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
+                        e.param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
                     }
-                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
                 }
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_WEIGHTS"),
                     format!(
                         "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
@@ -606,7 +609,7 @@ fn layer_contexts(
                     ),
                     &f.weights,
                 ));
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_BIAS"),
                     format!(
                         "`{}` biases [{}], {} fraction bits.",
@@ -625,11 +628,11 @@ fn layer_contexts(
                 )
             }
             QOp::MaxPool(q) | QOp::AvePool(q) => {
-                param("IN", "Dims", dims(q.in_dims));
-                param("OUT", "Dims", dims(q.out_dims));
-                param("KERNEL", "Pair", pair(q.kernel));
-                param("PAD", "Pair", pair(q.pad));
-                param("STRIDE", "Pair", pair(q.stride));
+                e.param("IN", "Dims", dims(q.in_dims));
+                e.param("OUT", "Dims", dims(q.out_dims));
+                e.param("KERNEL", "Pair", pair(q.kernel));
+                e.param("PAD", "Pair", pair(q.pad));
+                e.param("STRIDE", "Pair", pair(q.stride));
                 let max = matches!(l.op, QOp::MaxPool(_));
                 let k = match (max, in_place) {
                     (true, false) => Call::Maxpool,
@@ -651,152 +654,36 @@ fn layer_contexts(
                     ),
                 )
             }
-            QOp::Relu => (
-                if in_place {
-                    Call::ReluInplace
-                } else {
-                    Call::ReluCopy
-                },
-                format!(
-                    "{}: ReLU {} -> {}{}",
-                    l.name,
-                    l.inputs[0],
-                    l.output,
-                    if in_place { " (in place)" } else { "" }
-                ),
-            ),
-            QOp::Reshape => (
-                if in_place { Call::Alias } else { Call::Copy },
-                format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output),
-            ),
-            // NCHW → NHWC is the HWC bytes themselves (the q7 graph allows no other permute).
-            QOp::Permute { order } => (
-                if in_place { Call::Alias } else { Call::Copy },
-                format!(
-                    "{}: permute {order:?} {} -> {} (bytes unchanged)",
-                    l.name, l.inputs[0], l.output
-                ),
-            ),
+            QOp::Relu => ops::relu::emit(&mut e),
+            QOp::Reshape => ops::reshape::emit_reshape(&mut e),
+            QOp::Permute { order } => ops::reshape::emit_permute(&mut e, order),
             QOp::Add {
                 a_lshift,
                 b_lshift,
                 out_rshift,
-            } => {
-                param("A_LSHIFT", "i32", a_lshift.to_string());
-                param("B_LSHIFT", "i32", b_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    if in_place {
-                        Call::AddInplace
-                    } else {
-                        Call::Add
-                    },
-                    format!(
-                        "{}: add {} + {} -> {}{}",
-                        l.name,
-                        l.inputs[0],
-                        l.inputs[1],
-                        l.output,
-                        if in_place {
-                            format!(" (over {})", l.inputs[pl.in_place_input[&step.name]])
-                        } else {
-                            String::new()
-                        }
-                    ),
-                )
-            }
-            // Table, PReLU and Softmax work in place: over their input when it dies here, else on
-            // a copy in the output's buffer.
-            QOp::Lut { function, table } => {
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_TABLE"),
-                    format!(
-                        "`{}`: {function} of every q7 input code (index = the byte as u8).",
-                        l.name
-                    ),
-                    table,
-                ));
-                (
-                    if in_place {
-                        Call::LutInplace
-                    } else {
-                        Call::LutCopy
-                    },
-                    format!("{}: {function} {} -> {}", l.name, l.inputs[0], l.output),
-                )
-            }
-            QOp::PRelu { slopes, slope_frac } => {
-                param("SLOPE_RSHIFT", "i32", slope_frac.to_string());
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_SLOPES"),
-                    format!(
-                        "`{}` PReLU slopes [{}], {slope_frac} fraction bits.",
-                        l.name,
-                        slopes.len()
-                    ),
-                    slopes,
-                ));
-                (
-                    if in_place {
-                        Call::PreluInplace
-                    } else {
-                        Call::PreluCopy
-                    },
-                    format!("{}: PReLU {} -> {}", l.name, l.inputs[0], l.output),
-                )
-            }
-            QOp::Softmax { row, exp_table } => {
-                param("ROW", "usize", row.to_string());
-                param("OUT_FRAC", "i32", ob.frac_bits.to_string());
-                arrays.push(ArrayCtx::u16(
-                    format!("{p}_EXP"),
-                    format!(
-                        "`{}`: round(2^15 · e^(-d · 2^-{})) for d = 0..=255.",
-                        l.name, g.blobs[&l.inputs[0]].frac_bits
-                    ),
-                    exp_table,
-                ));
-                (
-                    if in_place {
-                        Call::SoftmaxInplace
-                    } else {
-                        Call::SoftmaxCopy
-                    },
-                    format!(
-                        "{}: softmax over rows of {row}, {} -> {}",
-                        l.name, l.inputs[0], l.output
-                    ),
-                )
-            }
+            } => ops::eltwise::emit_add(&mut e, (*a_lshift, *b_lshift, *out_rshift)),
             QOp::Max {
                 a_lshift,
                 b_lshift,
                 out_rshift,
-            } => {
-                param("A_LSHIFT", "i32", a_lshift.to_string());
-                param("B_LSHIFT", "i32", b_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    Call::Max,
-                    format!(
-                        "{}: max {} , {} -> {}",
-                        l.name, l.inputs[0], l.inputs[1], l.output
-                    ),
-                )
-            }
+            } => ops::eltwise::emit_max(&mut e, (*a_lshift, *b_lshift, *out_rshift)),
+            QOp::Mul { out_rshift } => ops::eltwise::emit_mul(&mut e, *out_rshift),
+            QOp::Lut { function, table } => ops::lut::emit(&mut e, function, table),
+            QOp::PRelu { slopes, slope_frac } => ops::prelu::emit(&mut e, slopes, *slope_frac),
+            QOp::Softmax { row, exp_table } => ops::softmax::emit(&mut e, *row, exp_table),
             QOp::Deconv(c) => {
-                param("IN", "Dims", dims(c.in_dims));
-                param("OUT", "Dims", dims(c.out_dims));
-                param("KERNEL", "Pair", pair(c.kernel));
-                param("PAD", "Pair", pair(c.pad));
-                param("STRIDE", "Pair", pair(c.stride));
-                param("DILATION", "Pair", pair(c.dilation));
-                param("GROUPS", "usize", c.groups.to_string());
-                param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx::i8(
+                e.param("IN", "Dims", dims(c.in_dims));
+                e.param("OUT", "Dims", dims(c.out_dims));
+                e.param("KERNEL", "Pair", pair(c.kernel));
+                e.param("PAD", "Pair", pair(c.pad));
+                e.param("STRIDE", "Pair", pair(c.stride));
+                e.param("DILATION", "Pair", pair(c.dilation));
+                e.param("GROUPS", "usize", c.groups.to_string());
+                e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_WEIGHTS"),
                     format!(
                         "`{}` deconvolution weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
@@ -809,7 +696,7 @@ fn layer_contexts(
                     ),
                     &c.weights,
                 ));
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_BIAS"),
                     format!(
                         "`{}` biases [{}], {} fraction bits.",
@@ -834,45 +721,15 @@ fn layer_contexts(
                 table,
                 table_frac,
                 out_rshift,
-            } => {
-                param("DIMS", "Dims", dims(g.blobs[&l.inputs[0]].layout));
-                param("SIZE", "usize", size.to_string());
-                param("ACROSS", "bool", across.to_string());
-                param("INDEX_SHIFT", "i32", index_shift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                arrays.push(ArrayCtx::u16(
-                    format!("{p}_TABLE"),
-                    format!(
-                        "`{}`: the LRN factor at Σx² = j << {index_shift}, {table_frac} fraction bits.",
-                        l.name
-                    ),
-                    table,
-                ));
-                (
-                    Call::Lrn,
-                    format!(
-                        "{}: LRN {} size {size}, {} -> {}",
-                        l.name,
-                        if *across {
-                            "across channels"
-                        } else {
-                            "within channel"
-                        },
-                        l.inputs[0],
-                        l.output
-                    ),
-                )
-            }
-            QOp::Mul { out_rshift } => {
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    Call::Mul,
-                    format!(
-                        "{}: product {} · {} -> {}",
-                        l.name, l.inputs[0], l.inputs[1], l.output
-                    ),
-                )
-            }
+            } => ops::lrn::emit(
+                &mut e,
+                *size,
+                *across,
+                *index_shift,
+                table,
+                *table_frac,
+                *out_rshift,
+            ),
             QOp::ScaleBias {
                 scales,
                 scale_frac,
@@ -880,55 +737,19 @@ fn layer_contexts(
                 bias_frac,
                 bias_lshift,
                 out_rshift,
-            } => {
-                param("BIAS_LSHIFT", "i32", bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_SCALES"),
-                    format!(
-                        "`{}` scales [{}], {scale_frac} fraction bits.",
-                        l.name,
-                        scales.len()
-                    ),
+            } => ops::scale::emit(
+                &mut e,
+                &ops::scale::ScaleBias {
                     scales,
-                ));
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {bias_frac} fraction bits.",
-                        l.name,
-                        bias.len()
-                    ),
+                    scale_frac: *scale_frac,
                     bias,
-                ));
-                (
-                    Call::Scale,
-                    format!(
-                        "{}: per-channel scale/bias {} -> {}",
-                        l.name, l.inputs[0], l.output
-                    ),
-                )
-            }
-            QOp::Concat { .. } => (
-                Call::Concat,
-                format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
+                    bias_frac: *bias_frac,
+                    bias_lshift: *bias_lshift,
+                    out_rshift: *out_rshift,
+                },
             ),
+            QOp::Concat { shifts } => ops::concat::emit(&mut e, shifts, &mut ins)?,
         };
-        if let QOp::Concat { shifts } = &l.op {
-            ensure!(
-                shifts.len() == ins.len(),
-                "layer '{}': {} shifts for {} inputs",
-                l.name,
-                shifts.len(),
-                ins.len()
-            );
-            let mut c_off = 0;
-            for (i, s) in ins.iter_mut().zip(shifts) {
-                i.shift = *s;
-                i.c_offset = c_off;
-                c_off += i.c;
-            }
-        }
         let direct = kind.direct();
         let regions = if direct {
             Vec::new()

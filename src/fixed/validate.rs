@@ -12,6 +12,7 @@ use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
 use super::headroom::{self, Headroom};
 use super::qformat::MAX_FRAC_BITS;
 use crate::ir::{shape, RoundMode};
+use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +33,7 @@ pub fn check_frac(what: &str, v: i32) -> Result<()> {
     Ok(())
 }
 
-fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
+pub(crate) fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
     ensure!(
         (0..=31).contains(&v),
         "layer '{layer}': {what} = {v} is outside 0..=31, the shifts the q7 kernels take"
@@ -97,7 +98,7 @@ fn check_blob(name: &str, b: &QBlob) -> Result<()> {
 }
 
 /// `got` must be the layout of `blob`.
-fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Result<()> {
+pub(crate) fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Result<()> {
     ensure!(
         got == b.layout,
         "layer '{layer}': {what} {}×{}×{} (h×w×c) does not match blob '{blob}' ({}×{}×{})",
@@ -541,6 +542,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
             Ok(())
         };
         let in0_name = l.inputs.first().map(String::as_str).unwrap_or("");
+        let chk = ops::Check { g, l, out };
         match &l.op {
             QOp::Conv(c) => {
                 arity(1)?;
@@ -563,43 +565,8 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 table,
                 table_frac,
                 out_rshift,
-            } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    inp.shape.len() == 3 && size % 2 == 1 && *size <= 255,
-                    "layer '{name}': LRN needs a C×H×W input and an odd size up to 255"
-                );
-                ensure!(
-                    table.len() == super::kernels::LRN_TABLE_LEN,
-                    "layer '{name}': the LRN table has {} entries, not {}",
-                    table.len(),
-                    super::kernels::LRN_TABLE_LEN
-                );
-                check_shift(name, "index_shift", *index_shift)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                ensure!(
-                    *out_rshift == table_frac + inp.frac_bits - out.frac_bits,
-                    "layer '{name}': out_rshift {out_rshift} is not table_frac {table_frac} + input frac_bits {} - output frac_bits {}",
-                    inp.frac_bits,
-                    out.frac_bits
-                );
-            }
-            QOp::Mul { out_rshift } => {
-                arity(2)?;
-                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
-                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
-                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                ensure!(
-                    *out_rshift == a.frac_bits + b.frac_bits - out.frac_bits,
-                    "layer '{name}': out_rshift {out_rshift} is not the input formats {} + {} - the output format {}",
-                    a.frac_bits,
-                    b.frac_bits,
-                    out.frac_bits
-                );
-            }
+            } => ops::lrn::check(&chk, *size, *index_shift, table, *table_frac, *out_rshift)?,
+            QOp::Mul { out_rshift } => ops::eltwise::check_mul(&chk, *out_rshift)?,
             QOp::ScaleBias {
                 scales,
                 scale_frac,
@@ -607,30 +574,17 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 bias_frac,
                 bias_lshift,
                 out_rshift,
-            } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    scales.len() == inp.layout.c && bias.len() == inp.layout.c,
-                    "layer '{name}': {} scales and {} biases for {} channels",
-                    scales.len(),
-                    bias.len(),
-                    inp.layout.c
-                );
-                check_shift(name, "bias_lshift", *bias_lshift)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                let acc = inp.frac_bits + scale_frac;
-                ensure!(
-                    *bias_lshift <= super::kernels::SCALE_MAX_BIAS_LSHIFT
-                        && *bias_lshift == acc - bias_frac
-                        && *out_rshift == acc - out.frac_bits,
-                    "layer '{name}': shifts bias_lshift {bias_lshift} (at most {}) and out_rshift {out_rshift} do not follow from the formats (input {}, scale {scale_frac}, bias {bias_frac}, output {})",
-                    super::kernels::SCALE_MAX_BIAS_LSHIFT,
-                    inp.frac_bits,
-                    out.frac_bits
-                );
-            }
+            } => ops::scale::check(
+                &chk,
+                &ops::scale::ScaleBias {
+                    scales,
+                    scale_frac: *scale_frac,
+                    bias,
+                    bias_frac: *bias_frac,
+                    bias_lshift: *bias_lshift,
+                    out_rshift: *out_rshift,
+                },
+            )?,
             QOp::Fc(f) => {
                 arity(1)?;
                 heads.insert(
@@ -642,147 +596,28 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 arity(1)?;
                 pool(name, p, blob(in0_name)?, out, in0_name, &l.output)?;
             }
-            QOp::Relu | QOp::Reshape => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-            }
-            QOp::Permute { order } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-                if order.iter().enumerate().all(|(i, &a)| i == a) {
-                    same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                    ensure!(
-                        out.shape == inp.shape,
-                        "layer '{name}': an identity permute changes the shape {:?} into {:?}",
-                        inp.shape,
-                        out.shape
-                    );
-                } else {
-                    let [c, h, w] = inp.shape[..] else {
-                        bail!("layer '{name}': Permute {order:?} needs a C×H×W input, '{in0_name}' is {:?}", inp.shape)
-                    };
-                    ensure!(
-                        order[..] == [0, 2, 3, 1] && inp.layout == (Hwc { h, w, c }) && out.shape == [h, w, c] && out.layout == (Hwc { h: 1, w: 1, c: h * w * c }),
-                        "layer '{name}': a q7 Permute is the identity or NCHW → NHWC (0, 2, 3, 1) of an HWC feature map into a flat [H, W, C] blob; got order {order:?} from {:?} ({:?}) to {:?} ({:?})",
-                        inp.shape, inp.layout, out.shape, out.layout
-                    );
-                }
-            }
-            QOp::Lut { function, table } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    table.len() == 256,
-                    "layer '{name}': the {function} table has {} entries, not 256",
-                    table.len()
-                );
-            }
-            QOp::PRelu { slopes, slope_frac } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': PReLU keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-                ensure!(
-                    slopes.len() == inp.layout.c,
-                    "layer '{name}': {} slopes for {} channels",
-                    slopes.len(),
-                    inp.layout.c
-                );
-                check_shift(name, "slope_frac", *slope_frac)?;
-            }
-            QOp::Softmax { row, exp_table } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    *row > 0 && inp.layout.len() % row == 0,
-                    "layer '{name}': rows of {row} do not divide its {} values",
-                    inp.layout.len()
-                );
-                ensure!(
-                    exp_table.len() == 256 && exp_table[0] > 0,
-                    "layer '{name}': the exp table must have 256 entries, the first positive"
-                );
-                ensure!(
-                    (0..=15).contains(&out.frac_bits),
-                    "layer '{name}': Softmax output '{}' has {} fraction bits, not 0 to 15",
-                    l.output,
-                    out.frac_bits
-                );
-            }
+            QOp::Relu => ops::relu::check(&chk)?,
+            QOp::Reshape => ops::reshape::check_reshape(&chk)?,
+            QOp::Permute { order } => ops::reshape::check_permute(&chk, order)?,
+            QOp::Lut { function, table } => ops::lut::check(&chk, function, table)?,
+            QOp::PRelu { slopes, slope_frac } => ops::prelu::check(&chk, slopes, *slope_frac)?,
+            QOp::Softmax { row, exp_table } => ops::softmax::check(&chk, *row, exp_table)?,
             QOp::Add {
                 a_lshift,
                 b_lshift,
                 out_rshift,
+            } => {
+                let h = ops::eltwise::check(&chk, (*a_lshift, *b_lshift, *out_rshift), true)?;
+                heads.extend(h.map(|h| (l.name.clone(), h)));
             }
-            | QOp::Max {
+            QOp::Max {
                 a_lshift,
                 b_lshift,
                 out_rshift,
             } => {
-                arity(2)?;
-                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
-                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
-                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
-                for (what, v) in [
-                    ("a_lshift", *a_lshift),
-                    ("b_lshift", *b_lshift),
-                    ("out_rshift", *out_rshift),
-                ] {
-                    check_shift(name, what, v)?;
-                }
-                // A common format F: a_lshift = F - a, b_lshift = F - b, out_rshift = F - out.
-                ensure!(
-                    a.frac_bits + a_lshift == b.frac_bits + b_lshift && a.frac_bits + a_lshift == out.frac_bits + out_rshift,
-                    "layer '{name}': shifts a_lshift {a_lshift}, b_lshift {b_lshift}, out_rshift {out_rshift} do not bring the formats {}, {} and {} to a common one",
-                    a.frac_bits, b.frac_bits, out.frac_bits
-                );
-                if matches!(l.op, QOp::Max { .. }) {
-                    // No sum: only the shifted inputs must stay within i32.
-                    ensure!(
-                        *a_lshift <= 23 && *b_lshift <= 23,
-                        "layer '{name}': left shifts above 23 wrap in i32"
-                    );
-                } else {
-                    heads.insert(
-                        l.name.clone(),
-                        headroom::add(name, *a_lshift, *b_lshift, *out_rshift)?,
-                    );
-                }
+                ops::eltwise::check(&chk, (*a_lshift, *b_lshift, *out_rshift), false)?;
             }
-            QOp::Concat { shifts } => {
-                ensure!(
-                    !l.inputs.is_empty() && shifts.len() == l.inputs.len(),
-                    "layer '{name}': {} shifts for {} inputs",
-                    shifts.len(),
-                    l.inputs.len()
-                );
-                let mut c = 0usize;
-                for (b, &s) in l.inputs.iter().zip(shifts) {
-                    let x = blob(b)?;
-                    ensure!(
-                        x.layout.h == out.layout.h && x.layout.w == out.layout.w,
-                        "layer '{name}': input '{b}' is {}×{}, the output {}×{}",
-                        x.layout.h,
-                        x.layout.w,
-                        out.layout.h,
-                        out.layout.w
-                    );
-                    ensure!(RESCALE_SHIFTS.contains(&s), "layer '{name}': shift {s} for input '{b}' is outside {RESCALE_SHIFTS:?} (larger left shifts wrap in i32)");
-                    ensure!(s == out.frac_bits - x.frac_bits, "layer '{name}': shift {s} for input '{b}' is not output frac_bits {} - input frac_bits {}", out.frac_bits, x.frac_bits);
-                    c += x.layout.c;
-                }
-                ensure!(
-                    c == out.layout.c,
-                    "layer '{name}': inputs have {c} channels in total, the output '{}' {}",
-                    l.output,
-                    out.layout.c
-                );
-            }
+            QOp::Concat { shifts } => ops::concat::check(&chk, shifts)?,
         }
     }
     ensure!(!g.outputs.is_empty(), "the graph has no outputs");
