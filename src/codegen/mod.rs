@@ -428,7 +428,7 @@ pub(crate) fn dims(d: crate::fixed::graph::Hwc) -> String {
     format!("Dims {{ h: {}, w: {}, c: {} }}", d.h, d.w, d.c)
 }
 
-fn pair(p: crate::ir::Hw) -> String {
+pub(crate) fn pair(p: crate::ir::Hw) -> String {
     format!("Pair {{ h: {}, w: {} }}", p.h, p.w)
 }
 
@@ -627,33 +627,8 @@ fn layer_contexts(
                     ),
                 )
             }
-            QOp::MaxPool(q) | QOp::AvePool(q) => {
-                e.param("IN", "Dims", dims(q.in_dims));
-                e.param("OUT", "Dims", dims(q.out_dims));
-                e.param("KERNEL", "Pair", pair(q.kernel));
-                e.param("PAD", "Pair", pair(q.pad));
-                e.param("STRIDE", "Pair", pair(q.stride));
-                let max = matches!(l.op, QOp::MaxPool(_));
-                let k = match (max, in_place) {
-                    (true, false) => Call::Maxpool,
-                    (false, false) => Call::Avepool,
-                    (true, true) => Call::MaxpoolInplace,
-                    (false, true) => Call::AvepoolInplace,
-                };
-                (
-                    k,
-                    format!(
-                        "{}: {} {}x{} /{}, {} -> {}",
-                        l.name,
-                        k.name(),
-                        q.kernel.h,
-                        q.kernel.w,
-                        q.stride.h,
-                        l.inputs[0],
-                        l.output
-                    ),
-                )
-            }
+            QOp::MaxPool(q) => ops::pool::emit(&mut e, q, true),
+            QOp::AvePool(q) => ops::pool::emit(&mut e, q, false),
             QOp::Relu => ops::relu::emit(&mut e),
             QOp::Reshape => ops::reshape::emit_reshape(&mut e),
             QOp::Permute { order } => ops::reshape::emit_permute(&mut e, order),
@@ -671,49 +646,7 @@ fn layer_contexts(
             QOp::Lut { function, table } => ops::lut::emit(&mut e, function, table),
             QOp::PRelu { slopes, slope_frac } => ops::prelu::emit(&mut e, slopes, *slope_frac),
             QOp::Softmax { row, exp_table } => ops::softmax::emit(&mut e, *row, exp_table),
-            QOp::Deconv(c) => {
-                e.param("IN", "Dims", dims(c.in_dims));
-                e.param("OUT", "Dims", dims(c.out_dims));
-                e.param("KERNEL", "Pair", pair(c.kernel));
-                e.param("PAD", "Pair", pair(c.pad));
-                e.param("STRIDE", "Pair", pair(c.stride));
-                e.param("DILATION", "Pair", pair(c.dilation));
-                e.param("GROUPS", "usize", c.groups.to_string());
-                e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                e.arrays.push(ArrayCtx::i8(
-                    format!("{p}_WEIGHTS"),
-                    format!(
-                        "`{}` deconvolution weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
-                        l.name,
-                        c.out_dims.c,
-                        c.kernel.h,
-                        c.kernel.w,
-                        c.in_dims.c / c.groups.max(1),
-                        c.weight_frac_bits
-                    ),
-                    &c.weights,
-                ));
-                e.arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {} fraction bits.",
-                        l.name,
-                        c.bias.len(),
-                        c.bias_frac_bits
-                    ),
-                    &c.bias,
-                ));
-                (
-                    Call::Deconv,
-                    format!(
-                        "{}: deconvolution {}x{} x{} pad {}, {} -> {}",
-                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
-                    ),
-                )
-            }
+            QOp::Deconv(c) => ops::deconv::emit(&mut e, c),
             QOp::Lrn {
                 size,
                 across,
@@ -730,24 +663,7 @@ fn layer_contexts(
                 *table_frac,
                 *out_rshift,
             ),
-            QOp::ScaleBias {
-                scales,
-                scale_frac,
-                bias,
-                bias_frac,
-                bias_lshift,
-                out_rshift,
-            } => ops::scale::emit(
-                &mut e,
-                &ops::scale::ScaleBias {
-                    scales,
-                    scale_frac: *scale_frac,
-                    bias,
-                    bias_frac: *bias_frac,
-                    bias_lshift: *bias_lshift,
-                    out_rshift: *out_rshift,
-                },
-            ),
+            QOp::ScaleBias(s) => ops::scale::emit(&mut e, s),
             QOp::Concat { shifts } => ops::concat::emit(&mut e, shifts, &mut ins)?,
         };
         let direct = kind.direct();

@@ -4,10 +4,12 @@
 
 use super::kernels::{Dims, Pair};
 use super::qformat::QFormat;
-use crate::ir::{Graph, Hw, Node, Op, PoolMethod};
+use crate::ir::{Graph, Hw, Node, Op};
 use crate::ops;
 /// Moved to their ops' modules; re-exported for the tests and tools that build tables.
-pub use crate::ops::{lrn::table as lrn_table, lut::table as lut_table};
+pub use crate::ops::{
+    deconv::weights as deconv_weights, lrn::table as lrn_table, lut::table as lut_table,
+};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -331,6 +333,17 @@ pub struct QFc {
 }
 
 /// Pooling geometry (output size from Caffe's rules, computed once by the IR).
+/// A standalone Scale/Bias/BatchNorm ([`QOp::ScaleBias`], `ops::scale`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QScaleBias {
+    pub scales: Vec<i8>,
+    pub scale_frac: i32,
+    pub bias: Vec<i8>,
+    pub bias_frac: i32,
+    pub bias_lshift: i32,
+    pub out_rshift: i32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QPool {
     pub in_dims: Hwc,
@@ -412,14 +425,7 @@ pub enum QOp {
     /// per innermost channel (`kernels::scale_q7`), `scales` with `scale_frac` fraction bits,
     /// `bias` with `bias_frac`; `bias_lshift = in_frac + scale_frac - bias_frac`,
     /// `out_rshift = in_frac + scale_frac - out_frac`.
-    ScaleBias {
-        scales: Vec<i8>,
-        scale_frac: i32,
-        bias: Vec<i8>,
-        bias_frac: i32,
-        bias_lshift: i32,
-        out_rshift: i32,
-    },
+    ScaleBias(QScaleBias),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -543,7 +549,8 @@ impl QGraph {
             let in0 = ins[0].clone();
             let out_shape = g.shape(out).to_vec();
             let given = lookup(out);
-            // The output format: forced for format-preserving ops, from the file otherwise.
+            // The output format: forced for format-preserving ops, from the file otherwise
+            // (`ops::Lower::forced`, `required`).
             let x = crate::ops::Lower {
                 node: n,
                 ins: &ins,
@@ -552,13 +559,16 @@ impl QGraph {
                 given,
                 caffe_out: caffe_name(out),
             };
-            let forced = |what: &str| x.forced(what);
             let required = || x.required();
+            // The layer's entry of the formats file (layers with weights), marked as used.
+            let mut layer_format = || -> Result<&LayerFormat> {
+                used_layers.insert(n.name.as_str());
+                f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))
+            };
             let (op, frac, layout) = match &n.op {
                 Op::Convolution(c) => {
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
+                    let lf = layer_format()?;
                     let in_dims = in0.layout;
                     ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: convolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{} (after a Permute or Reshape)", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                     let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
@@ -622,8 +632,7 @@ impl QGraph {
                         p.axis
                     );
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
+                    let lf = layer_format()?;
                     let l = in0.layout;
                     let k = l.len();
                     let no = p.num_output;
@@ -677,23 +686,7 @@ impl QGraph {
                     });
                     (op, out_frac, Hwc { h: 1, w: 1, c: no })
                 }
-                Op::Pooling(p) => {
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: pooling needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims = hwc_of(&out_shape).context("pool output is not C×H×W")?;
-                    let (k, s, pad) =
-                        crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
-                    let q = QPool {
-                        in_dims: in0.layout,
-                        out_dims,
-                        kernel: k,
-                        pad,
-                        stride: s,
-                    };
-                    match p.method {
-                        PoolMethod::Max => (QOp::MaxPool(q), forced("max pooling")?, out_dims),
-                        PoolMethod::Ave => (QOp::AvePool(q), forced("average pooling")?, out_dims),
-                    }
-                }
+                Op::Pooling(p) => ops::pool::lower(&x, p)?,
                 Op::ReLU { negative_slope } => ops::relu::lower(&x, *negative_slope)?,
                 Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::lower_reshape(&x)?,
                 Op::Permute { order } => ops::reshape::lower_permute(&x, order)?,
@@ -705,65 +698,7 @@ impl QGraph {
                 Op::Softmax { axis } => ops::softmax::lower(&x, *axis)?,
                 Op::Deconvolution(c) => {
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: deconvolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims =
-                        hwc_of(&out_shape).context("deconvolution output is not C×H×W")?;
-                    let w = &n
-                        .weights
-                        .first()
-                        .with_context(|| format!("{}: no weights attached", ctx()))?
-                        .data;
-                    // Deconvolution takes per-layer formats (its kernel has one shift per layer).
-                    let Frac::Layer(wf) = lf.weight_frac_bits else {
-                        bail!("{}: Deconvolution takes one weight format per layer, not a per-channel list", ctx());
-                    };
-                    let weights = deconv_weights(
-                        w,
-                        in0.layout.c,
-                        c.num_output,
-                        c.group,
-                        c.kernel,
-                        QFormat::new(wf),
-                    )
-                    .with_context(|| {
-                        format!("{}: {} weights do not match its shape", ctx(), w.len())
-                    })?;
-                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
-                    ensure!(
-                        pc.uniform(),
-                        "{}: Deconvolution takes one bias format per layer, not a per-channel list",
-                        ctx()
-                    );
-                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, _) =
-                        pc.into_fields();
-                    // Each output sums a subset of its weights: the bound over all of them holds.
-                    super::headroom::dense(
-                        &n.name,
-                        &weights,
-                        c.num_output,
-                        &bias,
-                        bias_lshift,
-                        out_rshift,
-                    )?;
-                    let op = QOp::Deconv(QConv {
-                        in_dims: in0.layout,
-                        out_dims,
-                        kernel: c.kernel,
-                        pad: c.pad,
-                        stride: c.stride,
-                        dilation: c.dilation,
-                        groups: c.group,
-                        weights,
-                        bias,
-                        weight_frac_bits,
-                        bias_frac_bits,
-                        bias_lshift,
-                        out_rshift,
-                        per_channel: None,
-                    });
-                    (op, out_frac, out_dims)
+                    ops::deconv::lower(&x, c, layer_format()?, out_frac)?
                 }
                 Op::Lrn(p) => ops::lrn::lower(&x, p)?,
                 Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => ops::scale::lower(&x)?,
@@ -855,43 +790,9 @@ impl QGraph {
     }
 }
 
-/// Caffe's Deconvolution weights `[in][out/g][kh][kw]` quantized into the kernels' layout
-/// `[out][kh][kw][in/g]`; `None` when their number does not match the geometry.
-pub fn deconv_weights(
-    w: &[f32],
-    in_c: usize,
-    out_c: usize,
-    groups: usize,
-    kernel: Hw,
-    q: QFormat,
-) -> Option<Vec<i8>> {
-    let (kh, kw) = (kernel.h, kernel.w);
-    if groups == 0 || !in_c.is_multiple_of(groups) || !out_c.is_multiple_of(groups) {
-        return None;
-    }
-    let (cin_g, cout_g) = (in_c / groups, out_c / groups);
-    if w.len() != in_c * cout_g * kh * kw {
-        return None;
-    }
-    let mut out = vec![0i8; w.len()];
-    for i in 0..in_c {
-        let (grp, ii) = (i / cin_g, i % cin_g);
-        for oo in 0..cout_g {
-            let o = grp * cout_g + oo;
-            for y in 0..kh {
-                for x in 0..kw {
-                    let src = ((i * cout_g + oo) * kh + y) * kw + x;
-                    out[((o * kh + y) * kw + x) * cin_g + ii] = q.quantize(w[src]);
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
 /// Quantized bias and shifts of a conv/fc layer, with every check: one entry per output channel
 /// (all equal for per-layer formats).
-fn shifts(
+pub(crate) fn shifts(
     n: &Node,
     lf: &LayerFormat,
     in_frac: i32,
@@ -1004,7 +905,7 @@ impl ChannelFormats {
 
     /// The fields of [`QConv`] / [`QFc`]: channel 0's scalars, and the lists unless every
     /// channel agrees (per-layer formats keep today's model file).
-    fn into_fields(self) -> (i32, i32, i32, i32, Option<ChannelFormats>) {
+    pub(crate) fn into_fields(self) -> (i32, i32, i32, i32, Option<ChannelFormats>) {
         let first = (
             self.weight_frac_bits[0],
             self.bias_frac_bits[0],

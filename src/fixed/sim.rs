@@ -820,39 +820,9 @@ fn reference_layer(
             let (bl, or) = f.shifts();
             kernels::fc_q7_pc(x, &f.weights, &f.bias, bl, or, y)
         }
-        QOp::MaxPool(p) => kernels::maxpool_hwc_q7(
-            x,
-            p.in_dims.dims(),
-            pair(p.kernel),
-            pair(p.pad),
-            pair(p.stride),
-            y,
-            p.out_dims.dims(),
-        ),
-        QOp::AvePool(p) => kernels::avepool_hwc_q7(
-            x,
-            p.in_dims.dims(),
-            pair(p.kernel),
-            pair(p.pad),
-            pair(p.stride),
-            y,
-            p.out_dims.dims(),
-        ),
-        QOp::Deconv(c) => kernels::deconv_hwc_q7(
-            x,
-            c.in_dims.dims(),
-            &c.weights,
-            pair(c.kernel),
-            pair(c.pad),
-            pair(c.stride),
-            pair(c.dilation),
-            c.groups,
-            &c.bias,
-            c.bias_lshift,
-            c.out_rshift,
-            y,
-            c.out_dims.dims(),
-        ),
+        QOp::MaxPool(p) => ops::pool::run(p, true, x, y),
+        QOp::AvePool(p) => ops::pool::run(p, false, x, y),
+        QOp::Deconv(c) => ops::deconv::run(&r, c, y),
         QOp::Relu => ops::relu::run(&r, y),
         QOp::Reshape | QOp::Permute { .. } => ops::reshape::run(&r, y),
         QOp::Lut { table, .. } => ops::lut::run(&r, table, y),
@@ -877,25 +847,7 @@ fn reference_layer(
             out_rshift,
             ..
         } => ops::lrn::run(&r, *size, *across, *index_shift, table, *out_rshift, y),
-        QOp::ScaleBias {
-            scales,
-            scale_frac,
-            bias,
-            bias_frac,
-            bias_lshift,
-            out_rshift,
-        } => ops::scale::run(
-            &r,
-            &ops::scale::ScaleBias {
-                scales,
-                scale_frac: *scale_frac,
-                bias,
-                bias_frac: *bias_frac,
-                bias_lshift: *bias_lshift,
-                out_rshift: *out_rshift,
-            },
-            y,
-        ),
+        QOp::ScaleBias(s) => ops::scale::run(&r, s, y),
         QOp::Concat { shifts } => ops::concat::run(&r, shifts, y),
     }
 }

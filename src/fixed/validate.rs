@@ -8,10 +8,10 @@
 //! lengths, shifts in the ranges the kernels take, the shifts against the fraction bits they
 //! derive from, and the overflow proof ([`super::headroom`]).
 
-use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
+use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp};
 use super::headroom::{self, Headroom};
 use super::qformat::MAX_FRAC_BITS;
-use crate::ir::{shape, RoundMode};
+use crate::ir::shape;
 use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -113,7 +113,7 @@ pub(crate) fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBl
 }
 
 /// The shifts of a conv/fc against the formats they come from.
-fn check_dense_shifts(
+pub(crate) fn check_dense_shifts(
     layer: &str,
     wf: i32,
     bf: i32,
@@ -292,102 +292,6 @@ fn conv(
     headroom::dense_channels(layer, &c.weights, c.out_dims.c, &c.bias, bls, ors)
 }
 
-/// A Deconvolution: the convolution's checks with Caffe's transposed size rule (kept apart
-/// from [`conv`] so that each rule reads on its own).
-fn deconv(
-    layer: &str,
-    c: &QConv,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<Headroom> {
-    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
-    ensure!(
-        input.shape.len() == 3,
-        "layer '{layer}': a deconvolution needs a C×H×W input, '{in_name}' is {:?}",
-        input.shape
-    );
-    ensure!(
-        c.groups > 0
-            && c.in_dims.c.is_multiple_of(c.groups)
-            && c.out_dims.c.is_multiple_of(c.groups),
-        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
-        c.groups,
-        c.in_dims.c,
-        c.out_dims.c
-    );
-    ensure!(
-        c.kernel.h > 0
-            && c.kernel.w > 0
-            && c.stride.h > 0
-            && c.stride.w > 0
-            && c.dilation.h > 0
-            && c.dilation.w > 0,
-        "layer '{layer}': kernel, stride and dilation must be positive"
-    );
-    for (axis, i, k, s, p, d, o) in [
-        (
-            "h",
-            c.in_dims.h,
-            c.kernel.h,
-            c.stride.h,
-            c.pad.h,
-            c.dilation.h,
-            c.out_dims.h,
-        ),
-        (
-            "w",
-            c.in_dims.w,
-            c.kernel.w,
-            c.stride.w,
-            c.pad.w,
-            c.dilation.w,
-            c.out_dims.w,
-        ),
-    ] {
-        let want = shape::deconv_out(i, k, s, p, d)
-            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
-        ensure!(
-            o == want,
-            "layer '{layer}': out_dims.{axis} is {o}, but a deconvolution of input {i} with kernel {k}, stride {s}, pad {p}, dilation {d} gives {want}"
-        );
-    }
-    let want = (c.kernel.h * c.kernel.w)
-        .checked_mul(c.in_dims.c / c.groups)
-        .and_then(|k| k.checked_mul(c.out_dims.c))
-        .context("weights size overflows")?;
-    ensure!(
-        c.weights.len() == want && c.bias.len() == c.out_dims.c,
-        "layer '{layer}': {} weights and {} biases, but out_c {} × kernel {}×{} × in_c/groups {} = {want} and {} biases",
-        c.weights.len(),
-        c.bias.len(),
-        c.out_dims.c,
-        c.kernel.h,
-        c.kernel.w,
-        c.in_dims.c / c.groups,
-        c.out_dims.c
-    );
-    check_dense_shifts(
-        layer,
-        c.weight_frac_bits,
-        c.bias_frac_bits,
-        c.bias_lshift,
-        c.out_rshift,
-        input.frac_bits,
-        output.frac_bits,
-    )?;
-    headroom::dense(
-        layer,
-        &c.weights,
-        c.out_dims.c,
-        &c.bias,
-        c.bias_lshift,
-        c.out_rshift,
-    )
-}
-
 fn fc(
     layer: &str,
     f: &QFc,
@@ -448,52 +352,6 @@ fn fc(
     headroom::dense_channels(layer, &f.weights, f.out_len, &f.bias, bls, ors)
 }
 
-fn pool(
-    layer: &str,
-    p: &QPool,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<()> {
-    same_layout(layer, "in_dims", p.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", p.out_dims, out_name, output)?;
-    ensure!(
-        p.in_dims.c == p.out_dims.c,
-        "layer '{layer}': pooling keeps the channels, in {} out {}",
-        p.in_dims.c,
-        p.out_dims.c
-    );
-    for (axis, i, k, s, pad, o) in [
-        (
-            "h",
-            p.in_dims.h,
-            p.kernel.h,
-            p.stride.h,
-            p.pad.h,
-            p.out_dims.h,
-        ),
-        (
-            "w",
-            p.in_dims.w,
-            p.kernel.w,
-            p.stride.w,
-            p.pad.w,
-            p.out_dims.w,
-        ),
-    ] {
-        let ceil = shape::pool_out(i, k, s, pad, RoundMode::Ceil)
-            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
-        let floor = shape::pool_out(i, k, s, pad, RoundMode::Floor)?;
-        ensure!(
-            o == ceil || o == floor,
-            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {pad} give {ceil} (or {floor} rounding down)"
-        );
-    }
-    ensure!(output.frac_bits == input.frac_bits, "layer '{layer}': pooling keeps its input's format ({} fraction bits), its output '{out_name}' has {}", input.frac_bits, output.frac_bits);
-    Ok(())
-}
-
 /// Check everything; the headroom of every conv/fc/Eltwise layer, by name.
 pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
     for (name, b) in &g.blobs {
@@ -552,11 +410,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 );
             }
             QOp::Deconv(c) => {
-                arity(1)?;
-                heads.insert(
-                    l.name.clone(),
-                    deconv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
-                );
+                heads.insert(l.name.clone(), ops::deconv::check(&chk, c)?);
             }
             QOp::Lrn {
                 size,
@@ -567,24 +421,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 out_rshift,
             } => ops::lrn::check(&chk, *size, *index_shift, table, *table_frac, *out_rshift)?,
             QOp::Mul { out_rshift } => ops::eltwise::check_mul(&chk, *out_rshift)?,
-            QOp::ScaleBias {
-                scales,
-                scale_frac,
-                bias,
-                bias_frac,
-                bias_lshift,
-                out_rshift,
-            } => ops::scale::check(
-                &chk,
-                &ops::scale::ScaleBias {
-                    scales,
-                    scale_frac: *scale_frac,
-                    bias,
-                    bias_frac: *bias_frac,
-                    bias_lshift: *bias_lshift,
-                    out_rshift: *out_rshift,
-                },
-            )?,
+            QOp::ScaleBias(s) => ops::scale::check(&chk, s)?,
             QOp::Fc(f) => {
                 arity(1)?;
                 heads.insert(
@@ -592,10 +429,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                     fc(name, f, blob(in0_name)?, out, in0_name, &l.output)?,
                 );
             }
-            QOp::MaxPool(p) | QOp::AvePool(p) => {
-                arity(1)?;
-                pool(name, p, blob(in0_name)?, out, in0_name, &l.output)?;
-            }
+            QOp::MaxPool(p) | QOp::AvePool(p) => ops::pool::check(&chk, p)?,
             QOp::Relu => ops::relu::check(&chk)?,
             QOp::Reshape => ops::reshape::check_reshape(&chk)?,
             QOp::Permute { order } => ops::reshape::check_permute(&chk, order)?,

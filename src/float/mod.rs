@@ -18,7 +18,7 @@ mod chain;
 #[cfg(test)]
 mod chain_tests;
 mod conv;
-mod deconv;
+pub(crate) mod deconv;
 mod dense;
 mod direct;
 pub(crate) mod elementwise;
@@ -27,7 +27,7 @@ pub(crate) mod layout;
 #[cfg(test)]
 mod model_tests;
 pub(crate) mod norm;
-mod pool;
+pub(crate) mod pool;
 
 use crate::ir::{self, Graph, Node, Op};
 use crate::ops;
@@ -376,9 +376,9 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
     }
     Ok(match &node.op {
         Op::Convolution(p) => Kernel::Conv(conv::Conv::new(p, input, output, w)?),
-        Op::Deconvolution(p) => Kernel::Deconv(deconv::Deconv::new(p, input, output, w)?),
+        Op::Deconvolution(p) => ops::deconv::float(p, input, output, w)?,
         Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
-        Op::Pooling(p) => Kernel::Pool(pool::Pool::new(p, input, output)?),
+        Op::Pooling(p) => ops::pool::float(p, input, output)?,
         Op::ReLU { negative_slope } => ops::relu::float(*negative_slope),
         Op::Sigmoid => ops::lut::float(ops::lut::Function::Sigmoid),
         Op::TanH => ops::lut::float(ops::lut::Function::TanH),

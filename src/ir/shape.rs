@@ -111,7 +111,7 @@ pub fn pool_geometry(p: &PoolParams, h: usize, w: usize) -> (Hw, Hw, Hw) {
     }
 }
 
-fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
+pub(crate) fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
     match shape {
         [c, h, w] => Ok((*c, *h, *w)),
         _ => bail!(
@@ -155,31 +155,8 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
                 conv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
             ]
         }
-        Op::Deconvolution(c) => {
-            let (ch, h, w) = expect_chw(node, first)?;
-            ensure!(
-                c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
-                "group {} must divide both the input channels {} and num_output {}",
-                c.group,
-                ch,
-                c.num_output
-            );
-            ensure!(c.num_output > 0, "num_output must be positive");
-            vec![
-                c.num_output,
-                deconv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
-                deconv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
-            ]
-        }
-        Op::Pooling(p) => {
-            let (ch, h, w) = expect_chw(node, first)?;
-            let (k, s, pad) = pool_geometry(p, h, w);
-            vec![
-                ch,
-                pool_out(h, k.h, s.h, pad.h, p.round)?,
-                pool_out(w, k.w, s.w, pad.w, p.round)?,
-            ]
-        }
+        Op::Deconvolution(c) => ops::deconv::shape(node, c, first)?,
+        Op::Pooling(p) => ops::pool::shape(node, p, first)?,
         Op::InnerProduct(p) => {
             ensure!(p.num_output > 0, "num_output must be positive");
             let axis = p.axis;

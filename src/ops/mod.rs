@@ -16,13 +16,17 @@
 //! the op's module, so a new variant makes the compiler name each place it must be handled.
 //! The arithmetic itself stays in `fixed/kernels.rs`, shared verbatim with the firmware.
 //!
-//! Convolution, Deconvolution, InnerProduct and Pooling are still handled where they were
-//! (`fixed::graph`, `fixed::sim` with its SIMD paths, `codegen`), dispatched from the same enums.
+//! Convolution and InnerProduct (with the ReLU and pooling fused into a convolution's firmware
+//! step) are still handled where they were (`ir::shape`, `float`, `fixed::graph`,
+//! `fixed::validate`, `fixed::sim` with its SIMD paths, `codegen`), dispatched from the same
+//! enums; pooling's and ReLU's faster simulator paths stay in `fixed::sim`.
 
 pub mod concat;
+pub mod deconv;
 pub mod eltwise;
 pub mod lrn;
 pub mod lut;
+pub mod pool;
 pub mod prelu;
 pub mod relu;
 pub mod reshape;

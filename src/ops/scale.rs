@@ -4,7 +4,7 @@
 
 use super::{Check, Emit, Lower, Lowered, Run};
 use crate::codegen::{ArrayCtx, Call};
-use crate::fixed::graph::QOp;
+use crate::fixed::graph::{QOp, QScaleBias};
 use crate::fixed::kernels::{self, KResult};
 use crate::fixed::QFormat;
 use crate::float::{elementwise, norm, Kernel};
@@ -103,27 +103,17 @@ fn quantize(layer: &str, s: &[f32], b: &[f32], in_frac: i32, out_frac: i32) -> R
         out_rshift,
         &format!("input_frac {in_frac} + scale_frac {scale_frac} - output_frac {out_frac}"),
     )?;
-    Ok(QOp::ScaleBias {
+    Ok(QOp::ScaleBias(QScaleBias {
         scales,
         scale_frac,
         bias,
         bias_frac,
         bias_lshift,
         out_rshift,
-    })
+    }))
 }
 
-/// The fields of [`QOp::ScaleBias`], borrowed.
-pub struct ScaleBias<'a> {
-    pub scales: &'a [i8],
-    pub scale_frac: i32,
-    pub bias: &'a [i8],
-    pub bias_frac: i32,
-    pub bias_lshift: i32,
-    pub out_rshift: i32,
-}
-
-pub fn check(c: &Check, s: &ScaleBias) -> Result<()> {
+pub fn check(c: &Check, s: &QScaleBias) -> Result<()> {
     let name = c.name();
     let inp = c.unary_same_layout()?;
     let (bias_lshift, out_rshift, scale_frac, bias_frac) =
@@ -150,11 +140,11 @@ pub fn check(c: &Check, s: &ScaleBias) -> Result<()> {
     Ok(())
 }
 
-pub fn run(r: &Run, s: &ScaleBias, y: &mut [i8]) -> KResult {
-    kernels::scale_q7(r.ins[0], s.scales, s.bias, s.bias_lshift, s.out_rshift, y)
+pub fn run(r: &Run, s: &QScaleBias, y: &mut [i8]) -> KResult {
+    kernels::scale_q7(r.ins[0], &s.scales, &s.bias, s.bias_lshift, s.out_rshift, y)
 }
 
-pub fn emit(e: &mut Emit, s: &ScaleBias) -> (Call, String) {
+pub fn emit(e: &mut Emit, s: &QScaleBias) -> (Call, String) {
     e.param("BIAS_LSHIFT", "i32", s.bias_lshift.to_string());
     e.param("OUT_RSHIFT", "i32", s.out_rshift.to_string());
     e.arrays.push(ArrayCtx::i8(
@@ -165,7 +155,7 @@ pub fn emit(e: &mut Emit, s: &ScaleBias) -> (Call, String) {
             s.scales.len(),
             s.scale_frac
         ),
-        s.scales,
+        &s.scales,
     ));
     e.arrays.push(ArrayCtx::i8(
         format!("{}_BIAS", e.p),
@@ -175,7 +165,7 @@ pub fn emit(e: &mut Emit, s: &ScaleBias) -> (Call, String) {
             s.bias.len(),
             s.bias_frac
         ),
-        s.bias,
+        &s.bias,
     ));
     (
         Call::Scale,

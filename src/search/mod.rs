@@ -659,13 +659,13 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
                 key.extend(table.iter().map(|&v| i64::from(v)));
             }
             QOp::Mul { out_rshift } => key.push(i64::from(*out_rshift)),
-            QOp::ScaleBias {
-                scales,
-                bias,
-                bias_lshift,
-                out_rshift,
-                ..
-            } => dense(&mut key, scales, bias, &[*bias_lshift], &[*out_rshift]),
+            QOp::ScaleBias(s) => dense(
+                &mut key,
+                &s.scales,
+                &s.bias,
+                &[s.bias_lshift],
+                &[s.out_rshift],
+            ),
             QOp::Fc(f) => {
                 let (bl, or) = f.shifts();
                 dense(&mut key, &f.weights, &f.bias, bl, or)
