@@ -13,6 +13,7 @@ pub mod caffe;
 pub mod cli;
 pub mod codegen;
 pub mod data;
+pub mod eval;
 pub mod fixed;
 pub mod float;
 pub mod fsio;
