@@ -11,6 +11,7 @@ pub mod write;
 use crate::fixed::graph::{QGraph, QOp};
 use crate::fixed::kernels;
 use crate::model::NnqModel;
+use crate::ops;
 use anyhow::{ensure, Context as _, Result};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -154,19 +155,19 @@ pub struct Generated {
 }
 
 #[derive(Serialize)]
-struct Param {
-    name: String,
-    ty: &'static str,
-    value: String,
+pub(crate) struct Param {
+    pub name: String,
+    pub ty: &'static str,
+    pub value: String,
 }
 
 #[derive(Serialize)]
-struct InputRef {
+pub(crate) struct InputRef {
     off: usize,
     len: usize,
-    c: usize,
-    shift: i32,
-    c_offset: usize,
+    pub c: usize,
+    pub shift: i32,
+    pub c_offset: usize,
     /// The earlier input variable that holds the same blob (an op reading one blob twice).
     same_as: Option<usize>,
 }
@@ -181,10 +182,153 @@ struct Region {
     len: usize,
 }
 
+/// The kernel call a firmware step makes: `l.kind` in `templates/firmware/lib.rs.tera`.
+///
+/// The call's text stays in the template (the generated `layers()` is one readable file, and
+/// the layout of each call is next to its neighbours'), but which call a step makes is this closed
+/// enum: a new op must name its call here (the compiler then asks for `name` and `direct`), and
+/// the template ends its `if`/`elif` chain over the names with Tera's `throw`, so a name without
+/// a branch fails `codegen` at render time instead of silently emitting no call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `conv_hwc_q7_scratch` (with an optional ReLU in the requantization).
+    Conv,
+    /// `conv_pool_hwc_q7`: convolution → (ReLU) → pool → (ReLU) through a row ring.
+    ConvPool,
+    Fc,
+    Maxpool,
+    Avepool,
+    /// Pooling over its own input's bytes (`pool_hwc_q7_in_place`).
+    MaxpoolInplace,
+    AvepoolInplace,
+    ReluInplace,
+    /// Copy the input into the output's buffer, then the in-place kernel.
+    ReluCopy,
+    LutInplace,
+    LutCopy,
+    PreluInplace,
+    PreluCopy,
+    SoftmaxInplace,
+    SoftmaxCopy,
+    /// The output shares its input's bytes: no code.
+    Alias,
+    Copy,
+    Add,
+    /// The sum written over the input that dies at this step.
+    AddInplace,
+    Max,
+    Deconv,
+    Lrn,
+    Mul,
+    Scale,
+    Concat,
+}
+
+impl Call {
+    /// Every call, for the test that the template has a branch for each.
+    #[cfg(test)]
+    const ALL: [Call; 25] = [
+        Call::Conv,
+        Call::ConvPool,
+        Call::Fc,
+        Call::Maxpool,
+        Call::Avepool,
+        Call::MaxpoolInplace,
+        Call::AvepoolInplace,
+        Call::ReluInplace,
+        Call::ReluCopy,
+        Call::LutInplace,
+        Call::LutCopy,
+        Call::PreluInplace,
+        Call::PreluCopy,
+        Call::SoftmaxInplace,
+        Call::SoftmaxCopy,
+        Call::Alias,
+        Call::Copy,
+        Call::Add,
+        Call::AddInplace,
+        Call::Max,
+        Call::Deconv,
+        Call::Lrn,
+        Call::Mul,
+        Call::Scale,
+        Call::Concat,
+    ];
+
+    /// The name the template tests (`l.kind == "..."`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Conv => "conv",
+            Call::ConvPool => "conv_pool",
+            Call::Fc => "fc",
+            Call::Maxpool => "maxpool",
+            Call::Avepool => "avepool",
+            Call::MaxpoolInplace => "maxpool_inplace",
+            Call::AvepoolInplace => "avepool_inplace",
+            Call::ReluInplace => "relu_inplace",
+            Call::ReluCopy => "relu_copy",
+            Call::LutInplace => "lut_inplace",
+            Call::LutCopy => "lut_copy",
+            Call::PreluInplace => "prelu_inplace",
+            Call::PreluCopy => "prelu_copy",
+            Call::SoftmaxInplace => "softmax_inplace",
+            Call::SoftmaxCopy => "softmax_copy",
+            Call::Alias => "alias",
+            Call::Copy => "copy",
+            Call::Add => "add",
+            Call::AddInplace => "add_inplace",
+            Call::Max => "max",
+            Call::Deconv => "deconv",
+            Call::Lrn => "lrn",
+            Call::Mul => "mul",
+            Call::Scale => "scale",
+            Call::Concat => "concat",
+        }
+    }
+
+    /// In-place and copying calls index the arena directly; the others borrow disjoint regions
+    /// of it (inputs, output, temporaries: `regions`).
+    fn direct(self) -> bool {
+        match self {
+            Call::ReluInplace
+            | Call::ReluCopy
+            | Call::LutInplace
+            | Call::LutCopy
+            | Call::PreluInplace
+            | Call::PreluCopy
+            | Call::SoftmaxInplace
+            | Call::SoftmaxCopy
+            | Call::MaxpoolInplace
+            | Call::AvepoolInplace
+            | Call::Alias
+            | Call::Copy
+            | Call::AddInplace => true,
+            Call::Conv
+            | Call::ConvPool
+            | Call::Fc
+            | Call::Maxpool
+            | Call::Avepool
+            | Call::Add
+            | Call::Max
+            | Call::Deconv
+            | Call::Lrn
+            | Call::Mul
+            | Call::Scale
+            | Call::Concat => false,
+        }
+    }
+}
+
+impl Serialize for Call {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 #[derive(Serialize)]
 struct LayerCtx {
     comment: String,
-    kind: &'static str,
+    kind: Call,
     p: String,
     out_off: usize,
     out_len: usize,
@@ -206,7 +350,7 @@ struct LayerCtx {
 }
 
 #[derive(Serialize)]
-struct ArrayCtx {
+pub(crate) struct ArrayCtx {
     name: String,
     doc: String,
     /// Element type: `i8`, or `u32` for pre-widened DSP weights.
@@ -217,7 +361,7 @@ struct ArrayCtx {
 }
 
 impl ArrayCtx {
-    fn i8(name: String, doc: String, v: &[i8]) -> Self {
+    pub(crate) fn i8(name: String, doc: String, v: &[i8]) -> Self {
         ArrayCtx {
             name,
             doc,
@@ -237,7 +381,7 @@ impl ArrayCtx {
             values: list(v),
         }
     }
-    fn u16(name: String, doc: String, v: &[u16]) -> Self {
+    pub(crate) fn u16(name: String, doc: String, v: &[u16]) -> Self {
         ArrayCtx {
             name,
             doc,
@@ -280,11 +424,11 @@ fn list<T: ToString>(v: &[T]) -> String {
         .join(", ")
 }
 
-fn dims(d: crate::fixed::graph::Hwc) -> String {
+pub(crate) fn dims(d: crate::fixed::graph::Hwc) -> String {
     format!("Dims {{ h: {}, w: {}, c: {} }}", d.h, d.w, d.c)
 }
 
-fn pair(p: crate::ir::Hw) -> String {
+pub(crate) fn pair(p: crate::ir::Hw) -> String {
     format!("Pair {{ h: {}, w: {} }}", p.h, p.w)
 }
 
@@ -314,12 +458,14 @@ fn layer_contexts(
         }
         let in_place = pl.in_place.contains(&step.name);
         let mut params = Vec::new();
-        let mut param = |n: &str, ty: &'static str, v: String| {
-            params.push(Param {
-                name: format!("{p}_{n}"),
-                ty,
-                value: v,
-            })
+        let mut e = crate::ops::Emit {
+            g,
+            l,
+            p: &p,
+            in_place,
+            in_place_input: pl.in_place_input.get(&step.name).copied(),
+            params: &mut params,
+            arrays,
         };
         let (relu, relu_out) = match step.kind {
             steps::StepKind::Layer => (false, false),
@@ -336,28 +482,28 @@ fn layer_contexts(
                 anyhow::bail!("internal error: step {} has no pool", step.name);
             };
             max = matches!(pool.op, QOp::MaxPool(_));
-            param("POOL_KERNEL", "Pair", pair(q.kernel));
-            param("POOL_PAD", "Pair", pair(q.pad));
-            param("POOL_STRIDE", "Pair", pair(q.stride));
-            param("POOL_OUT", "Dims", dims(q.out_dims));
+            e.param("POOL_KERNEL", "Pair", pair(q.kernel));
+            e.param("POOL_PAD", "Pair", pair(q.pad));
+            e.param("POOL_STRIDE", "Pair", pair(q.stride));
+            e.param("POOL_OUT", "Dims", dims(q.out_dims));
         }
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {
-                param("IN", "Dims", dims(c.in_dims));
-                param("OUT", "Dims", dims(c.out_dims));
-                param("KERNEL", "Pair", pair(c.kernel));
-                param("PAD", "Pair", pair(c.pad));
-                param("STRIDE", "Pair", pair(c.stride));
-                param("DILATION", "Pair", pair(c.dilation));
-                param("GROUPS", "usize", c.groups.to_string());
+                e.param("IN", "Dims", dims(c.in_dims));
+                e.param("OUT", "Dims", dims(c.out_dims));
+                e.param("KERNEL", "Pair", pair(c.kernel));
+                e.param("PAD", "Pair", pair(c.pad));
+                e.param("STRIDE", "Pair", pair(c.stride));
+                e.param("DILATION", "Pair", pair(c.dilation));
+                e.param("GROUPS", "usize", c.groups.to_string());
                 match &c.per_channel {
                     None => {
-                        param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                        param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                        param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                        param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
+                        e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
+                        e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
+                        e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
+                        e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
                     }
-                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
                 }
                 let doc = format!(
                     "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
@@ -390,7 +536,7 @@ fn layer_contexts(
                     } else {
                         "SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)"
                     };
-                    arrays.push(ArrayCtx {
+                    e.arrays.push(ArrayCtx {
                         name: format!("{p}_WEIGHTS_Q15"),
                         doc: format!("{doc}, pre-widened for {layout}."),
                         ty: "u32",
@@ -403,13 +549,13 @@ fn layer_contexts(
                             .join(", "),
                     });
                 } else {
-                    arrays.push(ArrayCtx::i8(
+                    e.arrays.push(ArrayCtx::i8(
                         format!("{p}_WEIGHTS"),
                         format!("{doc}."),
                         &c.weights,
                     ));
                 }
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_BIAS"),
                     format!(
                         "`{}` biases [{}], {} fraction bits.",
@@ -421,9 +567,9 @@ fn layer_contexts(
                 ));
                 (
                     if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
-                        "conv_pool"
+                        Call::ConvPool
                     } else {
-                        "conv"
+                        Call::Conv
                     },
                     format!(
                         "{}: {}convolution {}x{} /{} pad {}{}{}, {} -> {}",
@@ -451,14 +597,14 @@ fn layer_contexts(
             QOp::Fc(f) => {
                 match &f.per_channel {
                     None => {
-                        param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
-                        param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
-                        param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
-                        param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
+                        e.param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
+                        e.param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
+                        e.param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
+                        e.param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
                     }
-                    Some(pc) => arrays.extend(channel_arrays(&p, &l.name, pc)),
+                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
                 }
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_WEIGHTS"),
                     format!(
                         "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
@@ -466,7 +612,7 @@ fn layer_contexts(
                     ),
                     &f.weights,
                 ));
-                arrays.push(ArrayCtx::i8(
+                e.arrays.push(ArrayCtx::i8(
                     format!("{p}_BIAS"),
                     format!(
                         "`{}` biases [{}], {} fraction bits.",
@@ -477,202 +623,33 @@ fn layer_contexts(
                     &f.bias,
                 ));
                 (
-                    "fc",
+                    Call::Fc,
                     format!(
                         "{}: fully connected {} -> {}, {} -> {}",
                         l.name, f.in_len, f.out_len, l.inputs[0], l.output
                     ),
                 )
             }
-            QOp::MaxPool(q) | QOp::AvePool(q) => {
-                param("IN", "Dims", dims(q.in_dims));
-                param("OUT", "Dims", dims(q.out_dims));
-                param("KERNEL", "Pair", pair(q.kernel));
-                param("PAD", "Pair", pair(q.pad));
-                param("STRIDE", "Pair", pair(q.stride));
-                let max = matches!(l.op, QOp::MaxPool(_));
-                let k = match (max, in_place) {
-                    (true, false) => "maxpool",
-                    (false, false) => "avepool",
-                    (true, true) => "maxpool_inplace",
-                    (false, true) => "avepool_inplace",
-                };
-                (
-                    k,
-                    format!(
-                        "{}: {} {}x{} /{}, {} -> {}",
-                        l.name, k, q.kernel.h, q.kernel.w, q.stride.h, l.inputs[0], l.output
-                    ),
-                )
-            }
-            QOp::Relu => (
-                if in_place {
-                    "relu_inplace"
-                } else {
-                    "relu_copy"
-                },
-                format!(
-                    "{}: ReLU {} -> {}{}",
-                    l.name,
-                    l.inputs[0],
-                    l.output,
-                    if in_place { " (in place)" } else { "" }
-                ),
-            ),
-            QOp::Reshape => (
-                if in_place { "alias" } else { "copy" },
-                format!("{}: reshape {} -> {}", l.name, l.inputs[0], l.output),
-            ),
-            // NCHW → NHWC is the HWC bytes themselves (the q7 graph allows no other permute).
-            QOp::Permute { order } => (
-                if in_place { "alias" } else { "copy" },
-                format!(
-                    "{}: permute {order:?} {} -> {} (bytes unchanged)",
-                    l.name, l.inputs[0], l.output
-                ),
-            ),
+            QOp::MaxPool(q) => ops::pool::emit(&mut e, q, true),
+            QOp::AvePool(q) => ops::pool::emit(&mut e, q, false),
+            QOp::Relu => ops::relu::emit(&mut e),
+            QOp::Reshape => ops::reshape::emit_reshape(&mut e),
+            QOp::Permute { order } => ops::reshape::emit_permute(&mut e, order),
             QOp::Add {
                 a_lshift,
                 b_lshift,
                 out_rshift,
-            } => {
-                param("A_LSHIFT", "i32", a_lshift.to_string());
-                param("B_LSHIFT", "i32", b_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    if in_place { "add_inplace" } else { "add" },
-                    format!(
-                        "{}: add {} + {} -> {}{}",
-                        l.name,
-                        l.inputs[0],
-                        l.inputs[1],
-                        l.output,
-                        if in_place {
-                            format!(" (over {})", l.inputs[pl.in_place_input[&step.name]])
-                        } else {
-                            String::new()
-                        }
-                    ),
-                )
-            }
-            // Table, PReLU and Softmax work in place: over their input when it dies here, else on
-            // a copy in the output's buffer.
-            QOp::Lut { function, table } => {
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_TABLE"),
-                    format!(
-                        "`{}`: {function} of every q7 input code (index = the byte as u8).",
-                        l.name
-                    ),
-                    table,
-                ));
-                (
-                    if in_place { "lut_inplace" } else { "lut_copy" },
-                    format!("{}: {function} {} -> {}", l.name, l.inputs[0], l.output),
-                )
-            }
-            QOp::PRelu { slopes, slope_frac } => {
-                param("SLOPE_RSHIFT", "i32", slope_frac.to_string());
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_SLOPES"),
-                    format!(
-                        "`{}` PReLU slopes [{}], {slope_frac} fraction bits.",
-                        l.name,
-                        slopes.len()
-                    ),
-                    slopes,
-                ));
-                (
-                    if in_place {
-                        "prelu_inplace"
-                    } else {
-                        "prelu_copy"
-                    },
-                    format!("{}: PReLU {} -> {}", l.name, l.inputs[0], l.output),
-                )
-            }
-            QOp::Softmax { row, exp_table } => {
-                param("ROW", "usize", row.to_string());
-                param("OUT_FRAC", "i32", ob.frac_bits.to_string());
-                arrays.push(ArrayCtx::u16(
-                    format!("{p}_EXP"),
-                    format!(
-                        "`{}`: round(2^15 · e^(-d · 2^-{})) for d = 0..=255.",
-                        l.name, g.blobs[&l.inputs[0]].frac_bits
-                    ),
-                    exp_table,
-                ));
-                (
-                    if in_place {
-                        "softmax_inplace"
-                    } else {
-                        "softmax_copy"
-                    },
-                    format!(
-                        "{}: softmax over rows of {row}, {} -> {}",
-                        l.name, l.inputs[0], l.output
-                    ),
-                )
-            }
+            } => ops::eltwise::emit_add(&mut e, (*a_lshift, *b_lshift, *out_rshift)),
             QOp::Max {
                 a_lshift,
                 b_lshift,
                 out_rshift,
-            } => {
-                param("A_LSHIFT", "i32", a_lshift.to_string());
-                param("B_LSHIFT", "i32", b_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    "max",
-                    format!(
-                        "{}: max {} , {} -> {}",
-                        l.name, l.inputs[0], l.inputs[1], l.output
-                    ),
-                )
-            }
-            QOp::Deconv(c) => {
-                param("IN", "Dims", dims(c.in_dims));
-                param("OUT", "Dims", dims(c.out_dims));
-                param("KERNEL", "Pair", pair(c.kernel));
-                param("PAD", "Pair", pair(c.pad));
-                param("STRIDE", "Pair", pair(c.stride));
-                param("DILATION", "Pair", pair(c.dilation));
-                param("GROUPS", "usize", c.groups.to_string());
-                param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_WEIGHTS"),
-                    format!(
-                        "`{}` deconvolution weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits.",
-                        l.name,
-                        c.out_dims.c,
-                        c.kernel.h,
-                        c.kernel.w,
-                        c.in_dims.c / c.groups.max(1),
-                        c.weight_frac_bits
-                    ),
-                    &c.weights,
-                ));
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {} fraction bits.",
-                        l.name,
-                        c.bias.len(),
-                        c.bias_frac_bits
-                    ),
-                    &c.bias,
-                ));
-                (
-                    "deconv",
-                    format!(
-                        "{}: deconvolution {}x{} x{} pad {}, {} -> {}",
-                        l.name, c.kernel.h, c.kernel.w, c.stride.h, c.pad.h, l.inputs[0], l.output
-                    ),
-                )
-            }
+            } => ops::eltwise::emit_max(&mut e, (*a_lshift, *b_lshift, *out_rshift)),
+            QOp::Mul { out_rshift } => ops::eltwise::emit_mul(&mut e, *out_rshift),
+            QOp::Lut { function, table } => ops::lut::emit(&mut e, function, table),
+            QOp::PRelu { slopes, slope_frac } => ops::prelu::emit(&mut e, slopes, *slope_frac),
+            QOp::Softmax { row, exp_table } => ops::softmax::emit(&mut e, *row, exp_table),
+            QOp::Deconv(c) => ops::deconv::emit(&mut e, c),
             QOp::Lrn {
                 size,
                 across,
@@ -680,118 +657,19 @@ fn layer_contexts(
                 table,
                 table_frac,
                 out_rshift,
-            } => {
-                param("DIMS", "Dims", dims(g.blobs[&l.inputs[0]].layout));
-                param("SIZE", "usize", size.to_string());
-                param("ACROSS", "bool", across.to_string());
-                param("INDEX_SHIFT", "i32", index_shift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                arrays.push(ArrayCtx::u16(
-                    format!("{p}_TABLE"),
-                    format!(
-                        "`{}`: the LRN factor at Σx² = j << {index_shift}, {table_frac} fraction bits.",
-                        l.name
-                    ),
-                    table,
-                ));
-                (
-                    "lrn",
-                    format!(
-                        "{}: LRN {} size {size}, {} -> {}",
-                        l.name,
-                        if *across {
-                            "across channels"
-                        } else {
-                            "within channel"
-                        },
-                        l.inputs[0],
-                        l.output
-                    ),
-                )
-            }
-            QOp::Mul { out_rshift } => {
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                (
-                    "mul",
-                    format!(
-                        "{}: product {} · {} -> {}",
-                        l.name, l.inputs[0], l.inputs[1], l.output
-                    ),
-                )
-            }
-            QOp::ScaleBias {
-                scales,
-                scale_frac,
-                bias,
-                bias_frac,
-                bias_lshift,
-                out_rshift,
-            } => {
-                param("BIAS_LSHIFT", "i32", bias_lshift.to_string());
-                param("OUT_RSHIFT", "i32", out_rshift.to_string());
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_SCALES"),
-                    format!(
-                        "`{}` scales [{}], {scale_frac} fraction bits.",
-                        l.name,
-                        scales.len()
-                    ),
-                    scales,
-                ));
-                arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {bias_frac} fraction bits.",
-                        l.name,
-                        bias.len()
-                    ),
-                    bias,
-                ));
-                (
-                    "scale",
-                    format!(
-                        "{}: per-channel scale/bias {} -> {}",
-                        l.name, l.inputs[0], l.output
-                    ),
-                )
-            }
-            QOp::Concat { .. } => (
-                "concat",
-                format!("{}: concat {} -> {}", l.name, l.inputs.join(", "), l.output),
+            } => ops::lrn::emit(
+                &mut e,
+                *size,
+                *across,
+                *index_shift,
+                table,
+                *table_frac,
+                *out_rshift,
             ),
+            QOp::ScaleBias(s) => ops::scale::emit(&mut e, s),
+            QOp::Concat { shifts } => ops::concat::emit(&mut e, shifts, &mut ins)?,
         };
-        if let QOp::Concat { shifts } = &l.op {
-            ensure!(
-                shifts.len() == ins.len(),
-                "layer '{}': {} shifts for {} inputs",
-                l.name,
-                shifts.len(),
-                ins.len()
-            );
-            let mut c_off = 0;
-            for (i, s) in ins.iter_mut().zip(shifts) {
-                i.shift = *s;
-                i.c_offset = c_off;
-                c_off += i.c;
-            }
-        }
-        // In-place and copying steps index the arena directly; the others borrow regions.
-        let direct = matches!(
-            kind,
-            "relu_inplace"
-                | "relu_copy"
-                | "lut_inplace"
-                | "lut_copy"
-                | "prelu_inplace"
-                | "prelu_copy"
-                | "softmax_inplace"
-                | "softmax_copy"
-                | "maxpool_inplace"
-                | "avepool_inplace"
-                | "alias"
-                | "copy"
-                | "add_inplace"
-        );
+        let direct = kind.direct();
         let regions = if direct {
             Vec::new()
         } else {
@@ -815,7 +693,21 @@ fn layer_contexts(
             pc: match &l.op {
                 QOp::Conv(c) => c.per_channel.is_some(),
                 QOp::Fc(f) => f.per_channel.is_some(),
-                _ => false,
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Deconv(_)
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => false,
             },
             regions,
         });
@@ -1141,4 +1033,45 @@ pub fn generate(m: &NnqModel, opts: &Options) -> Result<Generated> {
         plan: pl,
     };
     Ok(Generated { files, memory })
+}
+
+#[cfg(test)]
+mod call_tests {
+    use super::Call;
+
+    const LIB: &str = include_str!("../../templates/firmware/lib.rs.tera");
+
+    /// Each kernel call has a branch in the template (`l.kind == "name"` or in a list of names).
+    #[test]
+    fn template_names_every_call() {
+        for c in Call::ALL {
+            assert!(
+                LIB.contains(&format!("\"{}\"", c.name())),
+                "templates/firmware/lib.rs.tera has no branch for {c:?} ('{}')",
+                c.name()
+            );
+        }
+    }
+
+    /// A kind without a branch stops rendering with the kind named (the chain's `throw`).
+    #[test]
+    fn unknown_call_fails_rendering() {
+        let start = LIB.find("{%- for l in layers %}").expect("layer loop");
+        let end = LIB[start..]
+            .find("{%- endfor %}\n{%- for o in outputs %}")
+            .expect("loop end");
+        let body = &LIB[start..start + end + "{%- endfor %}".len()];
+        let mut t = tera::Tera::new();
+        t.add_raw_template("layers", body).unwrap();
+        let mut ctx = tera::Context::new();
+        let layer = serde_json::json!({"comment": "x", "kind": "warp", "p": "X", "out_off": 0,
+            "out_len": 1, "ins": [], "regions": []});
+        ctx.insert("layers", &[layer]);
+        let e = format!("{:?}", t.render("layers", &ctx).unwrap_err());
+        assert!(e.contains("no kernel call for step kind 'warp'"), "{e}");
+        let ok = serde_json::json!({"comment": "x", "kind": Call::Alias, "p": "X", "out_off": 0,
+            "out_len": 1, "ins": [], "regions": []});
+        ctx.insert("layers", &[ok]);
+        t.render("layers", &ctx).unwrap();
+    }
 }

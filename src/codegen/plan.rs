@@ -132,7 +132,15 @@ fn plan_with(g: &QGraph, steps: Vec<Step>, pool_in_place: bool) -> Plan {
             QOp::Add { .. } if s.inputs.len() == 2 && s.inputs[0] != s.inputs[1] => {
                 (0..2).find(|&k| dies(k))
             }
-            _ => None,
+            QOp::Conv(_)
+            | QOp::Fc(_)
+            | QOp::Add { .. }
+            | QOp::Concat { .. }
+            | QOp::Max { .. }
+            | QOp::Deconv(_)
+            | QOp::Lrn { .. }
+            | QOp::Mul { .. }
+            | QOp::ScaleBias { .. } => None,
         };
         if let Some(k) = src {
             let src = s.inputs[k].as_str();

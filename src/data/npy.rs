@@ -49,7 +49,7 @@ fn header(path: &Path) -> Result<(File, NpyHeader, u64)> {
 fn plain(path: &Path, h: &NpyHeader) -> Result<TypeStr> {
     match h.dtype() {
         DType::Plain(ts) => Ok(ts),
-        other => bail!(
+        other @ DType::Array(..) | other @ DType::Record(_) => bail!(
             "{}: unsupported dtype {other:?}; expected a plain numeric array",
             path.display()
         ),
@@ -161,6 +161,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<i64>> {
         "{shown}: labels of shape {shape:?}; expected (N,) or (N,1)"
     );
     let size = ts.num_bytes().unwrap_or(0);
+    // `TypeChar` is `#[non_exhaustive]` (another crate's enum): a wildcard is required.
+    #[allow(clippy::wildcard_enum_match_arm)]
     let signed = match ts.type_char() {
         TypeChar::Int => true,
         TypeChar::Uint => false,

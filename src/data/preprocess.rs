@@ -181,7 +181,7 @@ impl Preprocessor {
         for ch in 0..c {
             let mv = match &self.mean {
                 Mean::Values(v) => v[if v.len() == 1 { 0 } else { ch }],
-                _ => 0.0,
+                Mean::None | Mean::Image { .. } => 0.0,
             };
             for y in 0..oh {
                 for x in 0..ow {

@@ -4,7 +4,12 @@
 
 use super::kernels::{Dims, Pair};
 use super::qformat::QFormat;
-use crate::ir::{EltwiseOp, Graph, Hw, Node, Op, PoolMethod};
+use crate::ir::{Graph, Hw, Node, Op};
+use crate::ops;
+/// Moved to their ops' modules; re-exported for the tests and tools that build tables.
+pub use crate::ops::{
+    deconv::weights as deconv_weights, lrn::table as lrn_table, lut::table as lut_table,
+};
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -340,6 +345,17 @@ pub struct QFc {
 }
 
 /// Pooling geometry (output size from Caffe's rules, computed once by the IR).
+/// A standalone Scale/Bias/BatchNorm ([`QOp::ScaleBias`], `ops::scale`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QScaleBias {
+    pub scales: Vec<i8>,
+    pub scale_frac: i32,
+    pub bias: Vec<i8>,
+    pub bias_frac: i32,
+    pub bias_lshift: i32,
+    pub out_rshift: i32,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QPool {
     pub in_dims: Hwc,
@@ -421,14 +437,7 @@ pub enum QOp {
     /// per innermost channel (`kernels::scale_q7`), `scales` with `scale_frac` fraction bits,
     /// `bias` with `bias_frac`; `bias_lshift = in_frac + scale_frac - bias_frac`,
     /// `out_rshift = in_frac + scale_frac - out_frac`.
-    ScaleBias {
-        scales: Vec<i8>,
-        scale_frac: i32,
-        bias: Vec<i8>,
-        bias_frac: i32,
-        bias_lshift: i32,
-        out_rshift: i32,
-    },
+    ScaleBias(QScaleBias),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -470,7 +479,7 @@ pub fn hwc_of(shape: &[usize]) -> Option<Hwc> {
     }
 }
 
-fn check_shift(layer: &str, what: &str, v: i32, formula: &str) -> Result<()> {
+pub(crate) fn check_shift(layer: &str, what: &str, v: i32, formula: &str) -> Result<()> {
     ensure!(
         (0..=31).contains(&v),
         "layer '{layer}': {what} = {formula} = {v} is outside 0..=31; the q7 kernels cannot shift that way. Choose other formats for this layer"
@@ -552,21 +561,26 @@ impl QGraph {
             let in0 = ins[0].clone();
             let out_shape = g.shape(out).to_vec();
             let given = lookup(out);
-            // Output format: forced for format-preserving ops, from the file otherwise.
-            let forced = |what: &str| -> Result<i32> {
-                if let Some(v) = given {
-                    ensure!(v == in0.frac_bits, "{}: {what} keeps its input's format ({} fraction bits), but the formats give {v} for its output blob '{out}'", ctx(), in0.frac_bits);
-                }
-                Ok(in0.frac_bits)
+            // The output format: forced for format-preserving ops, from the file otherwise
+            // (`ops::Lower::forced`, `required`).
+            let x = crate::ops::Lower {
+                node: n,
+                ins: &ins,
+                out,
+                out_shape: &out_shape,
+                given,
+                caffe_out: caffe_name(out),
             };
-            let required = || {
-                given.with_context(|| format!("{}: the formats give no activations_frac_bits for its output blob '{out}' (or '{}')", ctx(), caffe_name(out)))
+            let required = || x.required();
+            // The layer's entry of the formats file (layers with weights), marked as used.
+            let mut layer_format = || -> Result<&LayerFormat> {
+                used_layers.insert(n.name.as_str());
+                f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))
             };
             let (op, frac, layout) = match &n.op {
                 Op::Convolution(c) => {
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
+                    let lf = layer_format()?;
                     let in_dims = in0.layout;
                     ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: convolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{} (after a Permute or Reshape)", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
                     let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
@@ -630,8 +644,7 @@ impl QGraph {
                         p.axis
                     );
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
+                    let lf = layer_format()?;
                     let l = in0.layout;
                     let k = l.len();
                     let no = p.num_output;
@@ -685,315 +698,22 @@ impl QGraph {
                     });
                     (op, out_frac, Hwc { h: 1, w: 1, c: no })
                 }
-                Op::Pooling(p) => {
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: pooling needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims = hwc_of(&out_shape).context("pool output is not C×H×W")?;
-                    let (k, s, pad) =
-                        crate::ir::shape::pool_geometry(p, in0.layout.h, in0.layout.w);
-                    let q = QPool {
-                        in_dims: in0.layout,
-                        out_dims,
-                        kernel: k,
-                        pad,
-                        stride: s,
-                    };
-                    match p.method {
-                        PoolMethod::Max => (QOp::MaxPool(q), forced("max pooling")?, out_dims),
-                        PoolMethod::Ave => (QOp::AvePool(q), forced("average pooling")?, out_dims),
-                    }
-                }
-                Op::ReLU { negative_slope } => {
-                    ensure!(
-                        *negative_slope == 0.0,
-                        "{}: leaky ReLU (negative_slope {negative_slope}) has no q7 kernel",
-                        ctx()
-                    );
-                    (QOp::Relu, forced("ReLU")?, in0.layout)
-                }
-                Op::Flatten { .. } | Op::Reshape { .. } => {
-                    let same = out_shape.len() == 1 || (in0.layout.h == 1 && in0.layout.w == 1);
-                    ensure!(same, "{}: reshaping {:?} into {out_shape:?} would reorder HWC bytes; only flattening is supported", ctx(), in0.shape);
-                    (QOp::Reshape, forced("a reshape")?, in0.layout)
-                }
-                Op::Permute { order } => {
-                    let flat = Hwc {
-                        h: 1,
-                        w: 1,
-                        c: in0.layout.len(),
-                    };
-                    let identity = order.iter().enumerate().all(|(i, &a)| i == a);
-                    let to_nhwc = order == &[0, 2, 3, 1]
-                        && in0.shape.len() == 3
-                        && hwc_of(&in0.shape) == Some(in0.layout);
-                    let layout = if identity {
-                        in0.layout
-                    } else {
-                        ensure!(to_nhwc || (order == &[0, 2, 3, 1] && in0.layout.h * in0.layout.w == 1 && in0.shape.len() == 3),
-                            "{}: Permute order {order:?} of {:?} (stored {}×{}×{}) would reorder bytes; q7 supports the identity and NCHW → NHWC (0, 2, 3, 1) of a feature map, which is free in nnquant's HWC layout", ctx(), in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                        flat
-                    };
-                    (
-                        QOp::Permute {
-                            order: order.clone(),
-                        },
-                        forced("a permute")?,
-                        layout,
-                    )
-                }
-                Op::Eltwise {
-                    op: EltwiseOp::Prod,
-                    ..
-                } => {
-                    ensure!(ins.len() == 2, "{}: q7 Eltwise PROD takes exactly 2 inputs, got {} (chain two-input PROD layers instead)", ctx(), ins.len());
-                    ensure!(
-                        ins[1].layout == in0.layout,
-                        "{}: Eltwise inputs differ in layout",
-                        ctx()
-                    );
-                    let out_frac = required()?;
-                    let out_rshift = ins[0].frac_bits + ins[1].frac_bits - out_frac;
-                    check_shift(
-                        &n.name,
-                        "out_rshift",
-                        out_rshift,
-                        &format!(
-                            "input_frac {} + input_frac {} - output_frac {out_frac}",
-                            ins[0].frac_bits, ins[1].frac_bits
-                        ),
-                    )?;
-                    (QOp::Mul { out_rshift }, out_frac, in0.layout)
-                }
-                Op::Eltwise { op, coeffs } => {
-                    ensure!(
-                        ins.len() == 2,
-                        "{}: q7 Eltwise {op:?} takes exactly 2 inputs, got {}",
-                        ctx(),
-                        ins.len()
-                    );
-                    ensure!(
-                        coeffs.iter().all(|&c| c == 1.0),
-                        "{}: Eltwise coefficients {coeffs:?} are not supported (all 1)",
-                        ctx()
-                    );
-                    let out_frac = required()?;
-                    let (fa, fb) = (ins[0].frac_bits, ins[1].frac_bits);
-                    let common = fa.max(fb).max(out_frac);
-                    let (a_lshift, b_lshift, out_rshift) =
-                        (common - fa, common - fb, common - out_frac);
-                    ensure!(a_lshift <= 23 && b_lshift <= 23 && out_rshift <= 31, "{}: input formats {fa}, {fb} and output format {out_frac} are too far apart for an i32 sum", ctx());
-                    ensure!(
-                        ins[1].layout == in0.layout,
-                        "{}: Eltwise inputs differ in layout",
-                        ctx()
-                    );
-                    if *op == EltwiseOp::Max {
-                        (
-                            QOp::Max {
-                                a_lshift,
-                                b_lshift,
-                                out_rshift,
-                            },
-                            out_frac,
-                            in0.layout,
-                        )
-                    } else {
-                        super::headroom::add(&n.name, a_lshift, b_lshift, out_rshift)?;
-                        (
-                            QOp::Add {
-                                a_lshift,
-                                b_lshift,
-                                out_rshift,
-                            },
-                            out_frac,
-                            in0.layout,
-                        )
-                    }
-                }
-                Op::Concat { axis } => {
-                    ensure!(
-                        *axis == 1,
-                        "{}: q7 Concat joins channels (axis 1) only, got axis {axis}",
-                        ctx()
-                    );
-                    let out_frac = required()?;
-                    let mut shifts = Vec::new();
-                    for b in &ins {
-                        ensure!(
-                            b.layout.h == in0.layout.h && b.layout.w == in0.layout.w,
-                            "{}: inputs differ in H×W",
-                            ctx()
-                        );
-                        let s = out_frac - b.frac_bits;
-                        ensure!(super::validate::RESCALE_SHIFTS.contains(&s), "{}: format change {s} (output frac_bits {out_frac} - input frac_bits {}) is outside {:?}: larger left shifts wrap in i32", ctx(), b.frac_bits, super::validate::RESCALE_SHIFTS);
-                        shifts.push(s);
-                    }
-                    let c = ins.iter().map(|b| b.layout.c).sum();
-                    (
-                        QOp::Concat { shifts },
-                        out_frac,
-                        Hwc {
-                            h: in0.layout.h,
-                            w: in0.layout.w,
-                            c,
-                        },
-                    )
-                }
-                Op::Sigmoid | Op::TanH => {
-                    let out_frac = required()?;
-                    let (function, f): (&str, fn(f64) -> f64) = match n.op {
-                        Op::Sigmoid => ("sigmoid", |x| 1.0 / (1.0 + (-x).exp())),
-                        _ => ("tanh", f64::tanh),
-                    };
-                    let table = lut_table(in0.frac_bits, out_frac, f);
-                    (
-                        QOp::Lut {
-                            function: function.into(),
-                            table,
-                        },
-                        out_frac,
-                        in0.layout,
-                    )
-                }
-                Op::PReLU { channel_shared } => {
-                    let s = &n
-                        .weights
-                        .first()
-                        .with_context(|| format!("{}: no slopes attached", ctx()))?
-                        .data;
-                    let l = in0.layout;
-                    let slopes_f: Vec<f32> = if *channel_shared {
-                        vec![*s.first().with_context(|| format!("{}: no slope", ctx()))?; l.c]
-                    } else {
-                        // Caffe's channels (axis 1) must be the innermost bytes: the C of an HWC
-                        // feature map, or every value of a 1-D blob in logical order.
-                        let innermost = hwc_of(&in0.shape) == Some(l)
-                            && (in0.shape.len() == 3 || l.h * l.w == 1);
-                        ensure!(innermost && s.len() == l.c, "{}: per-channel PReLU over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), in0.shape, l.h, l.w, l.c);
-                        s.clone()
-                    };
-                    let m = slopes_f.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let slope_frac = QFormat::from_max_abs(m)?.frac_bits.clamp(0, 15);
-                    let slopes = QFormat::new(slope_frac).quantize_slice(&slopes_f);
-                    (QOp::PRelu { slopes, slope_frac }, forced("PReLU")?, l)
-                }
-                Op::Softmax { axis } => {
-                    let out_frac = required()?;
-                    ensure!((0..=15).contains(&out_frac), "{}: a q7 Softmax writes probabilities with 0 to 15 fraction bits; the formats give {out_frac} for '{out}'", ctx());
-                    let l = in0.layout;
-                    // The softmax axis must be contiguous in memory: channels of an HWC feature
-                    // map, the last axis of a flat blob, or all values of a 1-D blob.
-                    let row = if in0.shape.len() == 1 || in0.shape.len() == *axis {
-                        if l.h * l.w == 1 || in0.shape.len() == 1 {
-                            *in0.shape.last().unwrap_or(&1)
-                        } else {
-                            0
-                        }
-                    } else if *axis == 1 && in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(l) {
-                        l.c
-                    } else {
-                        0
-                    };
-                    ensure!(row > 0, "{}: Softmax over axis {axis} of {:?} (stored {}×{}×{}) is not over contiguous values; q7 Softmax takes the channels of a feature map or the last axis", ctx(), in0.shape, l.h, l.w, l.c);
-                    let exp_table = (0..256)
-                        .map(|d| {
-                            ((-(d as f64) * (-(in0.frac_bits as f64)).exp2()).exp() * 32768.0)
-                                .round() as u16
-                        })
-                        .collect();
-                    (QOp::Softmax { row, exp_table }, out_frac, l)
-                }
+                Op::Pooling(p) => ops::pool::lower(&x, p)?,
+                Op::ReLU { negative_slope } => ops::relu::lower(&x, *negative_slope)?,
+                Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::lower_reshape(&x)?,
+                Op::Permute { order } => ops::reshape::lower_permute(&x, order)?,
+                Op::Eltwise { op, coeffs } => ops::eltwise::lower(&x, *op, coeffs)?,
+                Op::Concat { axis } => ops::concat::lower(&x, *axis)?,
+                Op::Sigmoid => ops::lut::lower(&x, ops::lut::Function::Sigmoid)?,
+                Op::TanH => ops::lut::lower(&x, ops::lut::Function::TanH)?,
+                Op::PReLU { channel_shared } => ops::prelu::lower(&x, *channel_shared)?,
+                Op::Softmax { axis } => ops::softmax::lower(&x, *axis)?,
                 Op::Deconvolution(c) => {
                     let out_frac = required()?;
-                    let lf = f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))?;
-                    used_layers.insert(n.name.as_str());
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: deconvolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{}", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims =
-                        hwc_of(&out_shape).context("deconvolution output is not C×H×W")?;
-                    let w = &n
-                        .weights
-                        .first()
-                        .with_context(|| format!("{}: no weights attached", ctx()))?
-                        .data;
-                    // Deconvolution takes per-layer formats (its kernel has one shift per layer).
-                    let Frac::Layer(wf) = lf.weight_frac_bits else {
-                        bail!("{}: Deconvolution takes one weight format per layer, not a per-channel list", ctx());
-                    };
-                    let weights = deconv_weights(
-                        w,
-                        in0.layout.c,
-                        c.num_output,
-                        c.group,
-                        c.kernel,
-                        QFormat::new(wf),
-                    )
-                    .with_context(|| {
-                        format!("{}: {} weights do not match its shape", ctx(), w.len())
-                    })?;
-                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
-                    ensure!(
-                        pc.uniform(),
-                        "{}: Deconvolution takes one bias format per layer, not a per-channel list",
-                        ctx()
-                    );
-                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, _) =
-                        pc.into_fields();
-                    // Each output sums a subset of its weights: the bound over all of them holds.
-                    super::headroom::dense(
-                        &n.name,
-                        &weights,
-                        c.num_output,
-                        &bias,
-                        bias_lshift,
-                        out_rshift,
-                    )?;
-                    let op = QOp::Deconv(QConv {
-                        in_dims: in0.layout,
-                        out_dims,
-                        kernel: c.kernel,
-                        pad: c.pad,
-                        stride: c.stride,
-                        dilation: c.dilation,
-                        groups: c.group,
-                        weights,
-                        bias,
-                        weight_frac_bits,
-                        bias_frac_bits,
-                        bias_lshift,
-                        out_rshift,
-                        per_channel: None,
-                    });
-                    (op, out_frac, out_dims)
+                    ops::deconv::lower(&x, c, layer_format()?, out_frac)?
                 }
-                Op::Lrn(p) => {
-                    ensure!(
-                        in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout),
-                        "{}: LRN needs a C×H×W feature map as input; '{}' is {:?}",
-                        ctx(),
-                        n.inputs[0],
-                        in0.shape
-                    );
-                    let out_frac = given.unwrap_or(in0.frac_bits);
-                    let l = lrn_table(p, in0.frac_bits, out_frac).with_context(ctx)?;
-                    (l, out_frac, in0.layout)
-                }
-                // What `ir::passes::fold_batchnorm` could not fold (after a ReLU or a pooling, a
-                // second reader): a per-channel multiply-add of its own.
-                Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => {
-                    let l = in0.layout;
-                    // Caffe's channels (axis 1) must be the innermost bytes, as for PReLU.
-                    let innermost =
-                        hwc_of(&in0.shape) == Some(l) && (in0.shape.len() == 3 || l.h * l.w == 1);
-                    ensure!(innermost, "{}: {} over {:?} stored {}×{}×{} has no q7 kernel (channels must be the innermost axis)", ctx(), n.op.type_name(), in0.shape, l.h, l.w, l.c);
-                    let (s, b) = crate::ir::passes::channel_affine(&n.op, &n.weights, l.c)
-                        .with_context(ctx)?
-                        .with_context(|| format!("{}: a q7 {} scales the channels (axis 1, one value per channel) only", ctx(), n.op.type_name()))?;
-                    let out_frac = given.unwrap_or(in0.frac_bits);
-                    (
-                        scale_bias(&n.name, &s, &b, in0.frac_bits, out_frac)?,
-                        out_frac,
-                        l,
-                    )
-                }
+                Op::Lrn(p) => ops::lrn::lower(&x, p)?,
+                Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => ops::scale::lower(&x)?,
             };
             blobs.insert(
                 out.clone(),
@@ -1082,155 +802,9 @@ impl QGraph {
     }
 }
 
-/// The 256 outputs of an elementwise function `f` for every q7 input code, at the input's and
-/// the output's formats (rounded half away from zero and saturated, like weights).
-pub fn lut_table(in_frac: i32, out_frac: i32, f: fn(f64) -> f64) -> Vec<i8> {
-    (0..256u32)
-        .map(|code| {
-            let x = f64::from(code as u8 as i8) * (-f64::from(in_frac)).exp2();
-            let y = (f(x) * f64::from(out_frac).exp2()).round();
-            if y.is_nan() {
-                0
-            } else {
-                y.clamp(-128.0, 127.0) as i8
-            }
-        })
-        .collect()
-}
-
-/// Caffe's Deconvolution weights `[in][out/g][kh][kw]` quantized into the kernels' layout
-/// `[out][kh][kw][in/g]`; `None` when their number does not match the geometry.
-pub fn deconv_weights(
-    w: &[f32],
-    in_c: usize,
-    out_c: usize,
-    groups: usize,
-    kernel: Hw,
-    q: QFormat,
-) -> Option<Vec<i8>> {
-    let (kh, kw) = (kernel.h, kernel.w);
-    if groups == 0 || !in_c.is_multiple_of(groups) || !out_c.is_multiple_of(groups) {
-        return None;
-    }
-    let (cin_g, cout_g) = (in_c / groups, out_c / groups);
-    if w.len() != in_c * cout_g * kh * kw {
-        return None;
-    }
-    let mut out = vec![0i8; w.len()];
-    for i in 0..in_c {
-        let (grp, ii) = (i / cin_g, i % cin_g);
-        for oo in 0..cout_g {
-            let o = grp * cout_g + oo;
-            for y in 0..kh {
-                for x in 0..kw {
-                    let src = ((i * cout_g + oo) * kh + y) * kw + x;
-                    out[((o * kh + y) * kw + x) * cin_g + ii] = q.quantize(w[src]);
-                }
-            }
-        }
-    }
-    Some(out)
-}
-
-/// The q7 LRN of a layer: the factor table for these formats (see [`QOp::Lrn`]). The index
-/// shift makes the largest possible sum of squares (`window · 128²`) land on the table's last
-/// entry; the table takes as many fraction bits as its largest factor allows in a `u16`
-/// (at most 31 - in_frac + out_frac, so that the output shift stays in range).
-pub fn lrn_table(p: &crate::ir::LrnParams, in_frac: i32, out_frac: i32) -> Result<QOp> {
-    use super::kernels::LRN_TABLE_LEN;
-    let size = p.local_size;
-    ensure!(
-        size % 2 == 1 && size <= 255,
-        "LRN local_size {size} is not an odd number up to 255"
-    );
-    let (across, window, k) = match p.region {
-        crate::ir::NormRegion::AcrossChannels => (true, size, f64::from(p.k)),
-        // Caffe builds WITHIN_CHANNEL from a Power layer with shift 1: `k` is not used.
-        crate::ir::NormRegion::WithinChannel => (false, size * size, 1.0),
-    };
-    let max_s = window as u64 * 128 * 128;
-    let segments = (LRN_TABLE_LEN - 1) as u64;
-    let index_shift = (0..32).find(|&s| max_s >> s <= segments).unwrap_or(31);
-    let a = f64::from(p.alpha) / window as f64 * (-2.0 * f64::from(in_frac)).exp2();
-    let beta = f64::from(p.beta);
-    let factors: Vec<f64> = (0..LRN_TABLE_LEN)
-        .map(|j| (k + a * ((j as u64) << index_shift) as f64).powf(-beta))
-        .collect();
-    ensure!(
-        factors.iter().all(|v| v.is_finite() && *v >= 0.0),
-        "LRN with k {k}, alpha {}, beta {beta}: k + alpha/n·Σx² must stay positive for a q7 table",
-        p.alpha
-    );
-    let max = factors
-        .iter()
-        .cloned()
-        .fold(0.0, f64::max)
-        .max(f64::MIN_POSITIVE);
-    let table_frac = ((65535.0 / max).log2().floor() as i32).min(31 - in_frac + out_frac);
-    let out_rshift = table_frac + in_frac - out_frac;
-    ensure!(
-        (0..=31).contains(&out_rshift),
-        "LRN output format {out_frac} is too fine for input format {in_frac} and the factor table (shift {out_rshift})"
-    );
-    ensure!(
-        table_frac >= 0,
-        "LRN factors up to {max} do not fit a table with a right shift of at most 31"
-    );
-    let table = factors
-        .iter()
-        .map(|v| (v * f64::from(table_frac).exp2()).round().min(65535.0) as u16)
-        .collect();
-    Ok(QOp::Lrn {
-        size,
-        across,
-        index_shift,
-        table,
-        table_frac,
-        out_rshift,
-    })
-}
-
-/// A standalone Scale/Bias/BatchNorm in q7 (`y = s·x + b` per channel): scales with as many
-/// fraction bits as their largest value allows (0 to 15), biases at their own max-abs format,
-/// coarsened so that `bias_lshift` stays within [`super::kernels::SCALE_MAX_BIAS_LSHIFT`] and
-/// never above the accumulator's format.
-fn scale_bias(layer: &str, s: &[f32], b: &[f32], in_frac: i32, out_frac: i32) -> Result<QOp> {
-    let max_abs = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let scale_frac = QFormat::from_max_abs(max_abs(s))?.frac_bits.clamp(0, 15);
-    let scales = QFormat::new(scale_frac).quantize_slice(s);
-    let acc_frac = in_frac + scale_frac;
-    let bias_frac = QFormat::from_max_abs(max_abs(b))?
-        .frac_bits
-        .min(acc_frac)
-        .max(acc_frac - super::kernels::SCALE_MAX_BIAS_LSHIFT);
-    let bias = QFormat::new(bias_frac).quantize_slice(b);
-    let bias_lshift = acc_frac - bias_frac;
-    let out_rshift = acc_frac - out_frac;
-    check_shift(
-        layer,
-        "bias_lshift",
-        bias_lshift,
-        &format!("input_frac {in_frac} + scale_frac {scale_frac} - bias_frac {bias_frac}"),
-    )?;
-    check_shift(
-        layer,
-        "out_rshift",
-        out_rshift,
-        &format!("input_frac {in_frac} + scale_frac {scale_frac} - output_frac {out_frac}"),
-    )?;
-    Ok(QOp::ScaleBias {
-        scales,
-        scale_frac,
-        bias,
-        bias_frac,
-        bias_lshift,
-        out_rshift,
-    })
-}
-
 /// Quantized bias and shifts of a conv/fc layer, with every check: one entry per output channel
 /// (all equal for per-layer formats).
-fn shifts(
+pub(crate) fn shifts(
     n: &Node,
     lf: &LayerFormat,
     in_frac: i32,
@@ -1343,7 +917,7 @@ impl ChannelFormats {
 
     /// The fields of [`QConv`] / [`QFc`]: channel 0's scalars, and the lists unless every
     /// channel agrees (per-layer formats keep today's model file).
-    fn into_fields(self) -> (i32, i32, i32, i32, Option<ChannelFormats>) {
+    pub(crate) fn into_fields(self) -> (i32, i32, i32, i32, Option<ChannelFormats>) {
         let first = (
             self.weight_frac_bits[0],
             self.bias_frac_bits[0],

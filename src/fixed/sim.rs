@@ -20,6 +20,7 @@
 
 use super::graph::{self, pair, QGraph, QOp};
 use super::kernels;
+use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -383,7 +384,21 @@ impl<'g> Simulator<'g> {
                     let dense = f.in_len;
                     dense_prep(path, &spec, dense, &l.name, Prep::Fc)?
                 }
-                _ => Prep::Other,
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Deconv(_)
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => Prep::Other,
             });
         }
         Ok(Simulator {
@@ -581,55 +596,21 @@ impl<'g> Simulator<'g> {
                     elementwise::relu(x, &mut y);
                     Ok(())
                 }
-                (QOp::Reshape | QOp::Permute { .. }, _) => {
-                    y.copy_from_slice(x);
-                    Ok(())
-                }
                 (
-                    QOp::Lut { .. } | QOp::PRelu { .. } | QOp::Max { .. } | QOp::Softmax { .. },
+                    QOp::Reshape
+                    | QOp::Permute { .. }
+                    | QOp::Lut { .. }
+                    | QOp::PRelu { .. }
+                    | QOp::Max { .. }
+                    | QOp::Softmax { .. }
+                    | QOp::Add { .. }
+                    | QOp::Concat { .. }
+                    | QOp::Deconv(_)
+                    | QOp::Lrn { .. }
+                    | QOp::Mul { .. }
+                    | QOp::ScaleBias { .. },
                     _,
-                ) => pointwise(
-                    &l.op,
-                    x,
-                    l.inputs.get(1).map(|b| get(b)),
-                    g.blobs[&l.output].frac_bits,
-                    &mut y,
-                ),
-                (
-                    QOp::Add {
-                        a_lshift,
-                        b_lshift,
-                        out_rshift,
-                    },
-                    _,
-                ) => kernels::add_q7(
-                    x,
-                    *a_lshift,
-                    get(&l.inputs[1]),
-                    *b_lshift,
-                    *out_rshift,
-                    &mut y,
-                ),
-                (QOp::Concat { shifts }, _) => {
-                    let out_c = g.blobs[&l.output].layout.c;
-                    let mut off = 0;
-                    let mut r = Ok(());
-                    for (b, sh) in l.inputs.iter().zip(shifts) {
-                        let c = g.blobs[b].layout.c;
-                        r = r.and(kernels::concat_hwc_q7(get(b), c, *sh, &mut y, out_c, off));
-                        off += c;
-                    }
-                    r
-                }
-                (QOp::Deconv(_) | QOp::Lrn { .. } | QOp::Mul { .. } | QOp::ScaleBias { .. }, _) => {
-                    spatial_or_binary(
-                        &l.op,
-                        x,
-                        l.inputs.get(1).map(|b| get(b)),
-                        g.blobs[&l.inputs[0]].layout,
-                        &mut y,
-                    )
-                }
+                ) => reference_layer(g, l, l.inputs.iter().map(|b| get(b)).collect(), &mut y),
                 _ => bail!("layer '{}': internal error, unprepared op", l.name),
             };
             if let Err(e) = r {
@@ -798,90 +779,13 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
         let mut local: BTreeMap<&str, Vec<i8>> = BTreeMap::new();
         local.insert(g.input.as_str(), input[i * len..(i + 1) * len].to_vec());
         for l in &g.layers {
-            let x = local[l.inputs[0].as_str()].as_slice();
             let mut y = vec![0i8; g.blob_len(&l.output)];
-            let r = match &l.op {
-                QOp::Conv(c) => conv_reference(x, c, &mut y),
-                QOp::Fc(f) => {
-                    let (bl, or) = f.shifts();
-                    kernels::fc_q7_pc(x, &f.weights, &f.bias, bl, or, &mut y)
-                }
-                QOp::MaxPool(p) => kernels::maxpool_hwc_q7(
-                    x,
-                    p.in_dims.dims(),
-                    pair(p.kernel),
-                    pair(p.pad),
-                    pair(p.stride),
-                    &mut y,
-                    p.out_dims.dims(),
-                ),
-                QOp::AvePool(p) => kernels::avepool_hwc_q7(
-                    x,
-                    p.in_dims.dims(),
-                    pair(p.kernel),
-                    pair(p.pad),
-                    pair(p.stride),
-                    &mut y,
-                    p.out_dims.dims(),
-                ),
-                QOp::Relu => {
-                    y.copy_from_slice(x);
-                    kernels::relu_q7(&mut y);
-                    Ok(())
-                }
-                QOp::Reshape | QOp::Permute { .. } => {
-                    y.copy_from_slice(x);
-                    Ok(())
-                }
-                QOp::Lut { .. } | QOp::PRelu { .. } | QOp::Max { .. } | QOp::Softmax { .. } => {
-                    pointwise(
-                        &l.op,
-                        x,
-                        l.inputs.get(1).map(|b| local[b.as_str()].as_slice()),
-                        g.blobs[&l.output].frac_bits,
-                        &mut y,
-                    )
-                }
-                QOp::Deconv(_) | QOp::Lrn { .. } | QOp::Mul { .. } | QOp::ScaleBias { .. } => {
-                    spatial_or_binary(
-                        &l.op,
-                        x,
-                        l.inputs.get(1).map(|b| local[b.as_str()].as_slice()),
-                        g.blobs[&l.inputs[0]].layout,
-                        &mut y,
-                    )
-                }
-                QOp::Add {
-                    a_lshift,
-                    b_lshift,
-                    out_rshift,
-                } => kernels::add_q7(
-                    x,
-                    *a_lshift,
-                    &local[l.inputs[1].as_str()],
-                    *b_lshift,
-                    *out_rshift,
-                    &mut y,
-                ),
-                QOp::Concat { shifts } => {
-                    let out_c = g.blobs[&l.output].layout.c;
-                    let mut off = 0;
-                    let mut r = Ok(());
-                    for (b, sh) in l.inputs.iter().zip(shifts) {
-                        let c = g.blobs[b].layout.c;
-                        r = r.and(kernels::concat_hwc_q7(
-                            &local[b.as_str()],
-                            c,
-                            *sh,
-                            &mut y,
-                            out_c,
-                            off,
-                        ));
-                        off += c;
-                    }
-                    r
-                }
-            };
+            let ins = l
+                .inputs
+                .iter()
+                .map(|b| local[b.as_str()].as_slice())
+                .collect();
+            let r = reference_layer(g, l, ins, &mut y);
             if let Err(e) = r {
                 bail!("layer '{}': kernel refused its arguments ({e:?})", l.name);
             }
@@ -899,71 +803,42 @@ pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> 
     Ok(out)
 }
 
-/// The table, PReLU, Eltwise MAX and Softmax layers of one image, straight from `kernels.rs`
-/// (they are cheap next to the convolutions, so the simulator has no faster path for them).
-/// `other` is the second input of an Eltwise MAX; `out_frac` the output's format.
-fn pointwise(
-    op: &QOp,
-    x: &[i8],
-    other: Option<&[i8]>,
-    out_frac: i32,
+/// One layer on one image straight from `kernels.rs`: the reference of every op, and the
+/// simulator's only path for the ops without a faster one (all but conv/fc/pooling/ReLU: they
+/// are cheap next to the convolutions). `ins`: the layer's inputs in order.
+fn reference_layer(
+    g: &QGraph,
+    l: &graph::QLayer,
+    ins: Vec<&[i8]>,
     y: &mut [i8],
-) -> Result<(), kernels::KernelError> {
-    match op {
+) -> kernels::KResult {
+    let r = ops::Run { g, l, ins };
+    let x = r.ins[0];
+    match &l.op {
+        QOp::Conv(c) => conv_reference(x, c, y),
+        QOp::Fc(f) => {
+            let (bl, or) = f.shifts();
+            kernels::fc_q7_pc(x, &f.weights, &f.bias, bl, or, y)
+        }
+        QOp::MaxPool(p) => ops::pool::run(p, true, x, y),
+        QOp::AvePool(p) => ops::pool::run(p, false, x, y),
+        QOp::Deconv(c) => ops::deconv::run(&r, c, y),
+        QOp::Relu => ops::relu::run(&r, y),
+        QOp::Reshape | QOp::Permute { .. } => ops::reshape::run(&r, y),
+        QOp::Lut { table, .. } => ops::lut::run(&r, table, y),
+        QOp::PRelu { slopes, slope_frac } => ops::prelu::run(&r, slopes, *slope_frac, y),
+        QOp::Softmax { row, exp_table } => ops::softmax::run(&r, *row, exp_table, y),
+        QOp::Add {
+            a_lshift,
+            b_lshift,
+            out_rshift,
+        } => ops::eltwise::run_add(&r, (*a_lshift, *b_lshift, *out_rshift), y),
         QOp::Max {
             a_lshift,
             b_lshift,
             out_rshift,
-        } => kernels::max_q7(
-            x,
-            *a_lshift,
-            other.ok_or(kernels::KernelError::Length)?,
-            *b_lshift,
-            *out_rshift,
-            y,
-        ),
-        QOp::Lut { table, .. } => {
-            y.copy_from_slice(x);
-            kernels::lut_q7(y, table)
-        }
-        QOp::PRelu { slopes, slope_frac } => {
-            y.copy_from_slice(x);
-            kernels::prelu_q7(y, slopes, *slope_frac)
-        }
-        QOp::Softmax { row, exp_table } => {
-            y.copy_from_slice(x);
-            kernels::softmax_q7(y, *row, exp_table, out_frac)
-        }
-        _ => Err(kernels::KernelError::Geometry),
-    }
-}
-
-/// Deconvolution, LRN, Eltwise PROD and a standalone Scale/Bias of one image, straight from
-/// `kernels.rs` (no faster simulator path: they are rare, and small next to the convolutions).
-/// `other` is the second input of an Eltwise PROD; `in_layout` the first input's layout.
-fn spatial_or_binary(
-    op: &QOp,
-    x: &[i8],
-    other: Option<&[i8]>,
-    in_layout: graph::Hwc,
-    y: &mut [i8],
-) -> Result<(), kernels::KernelError> {
-    match op {
-        QOp::Deconv(c) => kernels::deconv_hwc_q7(
-            x,
-            c.in_dims.dims(),
-            &c.weights,
-            pair(c.kernel),
-            pair(c.pad),
-            pair(c.stride),
-            pair(c.dilation),
-            c.groups,
-            &c.bias,
-            c.bias_lshift,
-            c.out_rshift,
-            y,
-            c.out_dims.dims(),
-        ),
+        } => ops::eltwise::run_max(&r, (*a_lshift, *b_lshift, *out_rshift), y),
+        QOp::Mul { out_rshift } => ops::eltwise::run_mul(&r, *out_rshift, y),
         QOp::Lrn {
             size,
             across,
@@ -971,29 +846,8 @@ fn spatial_or_binary(
             table,
             out_rshift,
             ..
-        } => kernels::lrn_q7(
-            x,
-            in_layout.dims(),
-            *size,
-            *across,
-            *index_shift,
-            table,
-            *out_rshift,
-            y,
-        ),
-        QOp::Mul { out_rshift } => kernels::mul_q7(
-            x,
-            other.ok_or(kernels::KernelError::Length)?,
-            *out_rshift,
-            y,
-        ),
-        QOp::ScaleBias {
-            scales,
-            bias,
-            bias_lshift,
-            out_rshift,
-            ..
-        } => kernels::scale_q7(x, scales, bias, *bias_lshift, *out_rshift, y),
-        _ => Err(kernels::KernelError::Geometry),
+        } => ops::lrn::run(&r, *size, *across, *index_shift, table, *out_rshift, y),
+        QOp::ScaleBias(s) => ops::scale::run(&r, s, y),
+        QOp::Concat { shifts } => ops::concat::run(&r, shifts, y),
     }
 }

@@ -8,10 +8,11 @@
 //! lengths, shifts in the ranges the kernels take, the shifts against the fraction bits they
 //! derive from, and the overflow proof ([`super::headroom`]).
 
-use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp, QPool};
+use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp};
 use super::headroom::{self, Headroom};
 use super::qformat::MAX_FRAC_BITS;
-use crate::ir::{shape, RoundMode};
+use crate::ir::shape;
+use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,7 +33,7 @@ pub fn check_frac(what: &str, v: i32) -> Result<()> {
     Ok(())
 }
 
-fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
+pub(crate) fn check_shift(layer: &str, what: &str, v: i32) -> Result<()> {
     ensure!(
         (0..=31).contains(&v),
         "layer '{layer}': {what} = {v} is outside 0..=31, the shifts the q7 kernels take"
@@ -97,7 +98,7 @@ fn check_blob(name: &str, b: &QBlob) -> Result<()> {
 }
 
 /// `got` must be the layout of `blob`.
-fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Result<()> {
+pub(crate) fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Result<()> {
     ensure!(
         got == b.layout,
         "layer '{layer}': {what} {}×{}×{} (h×w×c) does not match blob '{blob}' ({}×{}×{})",
@@ -112,7 +113,7 @@ fn same_layout(layer: &str, what: &str, got: Hwc, blob: &str, b: &QBlob) -> Resu
 }
 
 /// The shifts of a conv/fc against the formats they come from.
-fn check_dense_shifts(
+pub(crate) fn check_dense_shifts(
     layer: &str,
     wf: i32,
     bf: i32,
@@ -291,102 +292,6 @@ fn conv(
     headroom::dense_channels(layer, &c.weights, c.out_dims.c, &c.bias, bls, ors)
 }
 
-/// A Deconvolution: the convolution's checks with Caffe's transposed size rule (kept apart
-/// from [`conv`] so that each rule reads on its own).
-fn deconv(
-    layer: &str,
-    c: &QConv,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<Headroom> {
-    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
-    ensure!(
-        input.shape.len() == 3,
-        "layer '{layer}': a deconvolution needs a C×H×W input, '{in_name}' is {:?}",
-        input.shape
-    );
-    ensure!(
-        c.groups > 0
-            && c.in_dims.c.is_multiple_of(c.groups)
-            && c.out_dims.c.is_multiple_of(c.groups),
-        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
-        c.groups,
-        c.in_dims.c,
-        c.out_dims.c
-    );
-    ensure!(
-        c.kernel.h > 0
-            && c.kernel.w > 0
-            && c.stride.h > 0
-            && c.stride.w > 0
-            && c.dilation.h > 0
-            && c.dilation.w > 0,
-        "layer '{layer}': kernel, stride and dilation must be positive"
-    );
-    for (axis, i, k, s, p, d, o) in [
-        (
-            "h",
-            c.in_dims.h,
-            c.kernel.h,
-            c.stride.h,
-            c.pad.h,
-            c.dilation.h,
-            c.out_dims.h,
-        ),
-        (
-            "w",
-            c.in_dims.w,
-            c.kernel.w,
-            c.stride.w,
-            c.pad.w,
-            c.dilation.w,
-            c.out_dims.w,
-        ),
-    ] {
-        let want = shape::deconv_out(i, k, s, p, d)
-            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
-        ensure!(
-            o == want,
-            "layer '{layer}': out_dims.{axis} is {o}, but a deconvolution of input {i} with kernel {k}, stride {s}, pad {p}, dilation {d} gives {want}"
-        );
-    }
-    let want = (c.kernel.h * c.kernel.w)
-        .checked_mul(c.in_dims.c / c.groups)
-        .and_then(|k| k.checked_mul(c.out_dims.c))
-        .context("weights size overflows")?;
-    ensure!(
-        c.weights.len() == want && c.bias.len() == c.out_dims.c,
-        "layer '{layer}': {} weights and {} biases, but out_c {} × kernel {}×{} × in_c/groups {} = {want} and {} biases",
-        c.weights.len(),
-        c.bias.len(),
-        c.out_dims.c,
-        c.kernel.h,
-        c.kernel.w,
-        c.in_dims.c / c.groups,
-        c.out_dims.c
-    );
-    check_dense_shifts(
-        layer,
-        c.weight_frac_bits,
-        c.bias_frac_bits,
-        c.bias_lshift,
-        c.out_rshift,
-        input.frac_bits,
-        output.frac_bits,
-    )?;
-    headroom::dense(
-        layer,
-        &c.weights,
-        c.out_dims.c,
-        &c.bias,
-        c.bias_lshift,
-        c.out_rshift,
-    )
-}
-
 fn fc(
     layer: &str,
     f: &QFc,
@@ -447,52 +352,6 @@ fn fc(
     headroom::dense_channels(layer, &f.weights, f.out_len, &f.bias, bls, ors)
 }
 
-fn pool(
-    layer: &str,
-    p: &QPool,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<()> {
-    same_layout(layer, "in_dims", p.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", p.out_dims, out_name, output)?;
-    ensure!(
-        p.in_dims.c == p.out_dims.c,
-        "layer '{layer}': pooling keeps the channels, in {} out {}",
-        p.in_dims.c,
-        p.out_dims.c
-    );
-    for (axis, i, k, s, pad, o) in [
-        (
-            "h",
-            p.in_dims.h,
-            p.kernel.h,
-            p.stride.h,
-            p.pad.h,
-            p.out_dims.h,
-        ),
-        (
-            "w",
-            p.in_dims.w,
-            p.kernel.w,
-            p.stride.w,
-            p.pad.w,
-            p.out_dims.w,
-        ),
-    ] {
-        let ceil = shape::pool_out(i, k, s, pad, RoundMode::Ceil)
-            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
-        let floor = shape::pool_out(i, k, s, pad, RoundMode::Floor)?;
-        ensure!(
-            o == ceil || o == floor,
-            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {pad} give {ceil} (or {floor} rounding down)"
-        );
-    }
-    ensure!(output.frac_bits == input.frac_bits, "layer '{layer}': pooling keeps its input's format ({} fraction bits), its output '{out_name}' has {}", input.frac_bits, output.frac_bits);
-    Ok(())
-}
-
 /// Check everything; the headroom of every conv/fc/Eltwise layer, by name.
 pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
     for (name, b) in &g.blobs {
@@ -541,6 +400,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
             Ok(())
         };
         let in0_name = l.inputs.first().map(String::as_str).unwrap_or("");
+        let chk = ops::Check { g, l, out };
         match &l.op {
             QOp::Conv(c) => {
                 arity(1)?;
@@ -550,11 +410,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 );
             }
             QOp::Deconv(c) => {
-                arity(1)?;
-                heads.insert(
-                    l.name.clone(),
-                    deconv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
-                );
+                heads.insert(l.name.clone(), ops::deconv::check(&chk, c)?);
             }
             QOp::Lrn {
                 size,
@@ -563,74 +419,9 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                 table,
                 table_frac,
                 out_rshift,
-            } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    inp.shape.len() == 3 && size % 2 == 1 && *size <= 255,
-                    "layer '{name}': LRN needs a C×H×W input and an odd size up to 255"
-                );
-                ensure!(
-                    table.len() == super::kernels::LRN_TABLE_LEN,
-                    "layer '{name}': the LRN table has {} entries, not {}",
-                    table.len(),
-                    super::kernels::LRN_TABLE_LEN
-                );
-                check_shift(name, "index_shift", *index_shift)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                ensure!(
-                    *out_rshift == table_frac + inp.frac_bits - out.frac_bits,
-                    "layer '{name}': out_rshift {out_rshift} is not table_frac {table_frac} + input frac_bits {} - output frac_bits {}",
-                    inp.frac_bits,
-                    out.frac_bits
-                );
-            }
-            QOp::Mul { out_rshift } => {
-                arity(2)?;
-                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
-                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
-                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                ensure!(
-                    *out_rshift == a.frac_bits + b.frac_bits - out.frac_bits,
-                    "layer '{name}': out_rshift {out_rshift} is not the input formats {} + {} - the output format {}",
-                    a.frac_bits,
-                    b.frac_bits,
-                    out.frac_bits
-                );
-            }
-            QOp::ScaleBias {
-                scales,
-                scale_frac,
-                bias,
-                bias_frac,
-                bias_lshift,
-                out_rshift,
-            } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    scales.len() == inp.layout.c && bias.len() == inp.layout.c,
-                    "layer '{name}': {} scales and {} biases for {} channels",
-                    scales.len(),
-                    bias.len(),
-                    inp.layout.c
-                );
-                check_shift(name, "bias_lshift", *bias_lshift)?;
-                check_shift(name, "out_rshift", *out_rshift)?;
-                let acc = inp.frac_bits + scale_frac;
-                ensure!(
-                    *bias_lshift <= super::kernels::SCALE_MAX_BIAS_LSHIFT
-                        && *bias_lshift == acc - bias_frac
-                        && *out_rshift == acc - out.frac_bits,
-                    "layer '{name}': shifts bias_lshift {bias_lshift} (at most {}) and out_rshift {out_rshift} do not follow from the formats (input {}, scale {scale_frac}, bias {bias_frac}, output {})",
-                    super::kernels::SCALE_MAX_BIAS_LSHIFT,
-                    inp.frac_bits,
-                    out.frac_bits
-                );
-            }
+            } => ops::lrn::check(&chk, *size, *index_shift, table, *table_frac, *out_rshift)?,
+            QOp::Mul { out_rshift } => ops::eltwise::check_mul(&chk, *out_rshift)?,
+            QOp::ScaleBias(s) => ops::scale::check(&chk, s)?,
             QOp::Fc(f) => {
                 arity(1)?;
                 heads.insert(
@@ -638,151 +429,29 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
                     fc(name, f, blob(in0_name)?, out, in0_name, &l.output)?,
                 );
             }
-            QOp::MaxPool(p) | QOp::AvePool(p) => {
-                arity(1)?;
-                pool(name, p, blob(in0_name)?, out, in0_name, &l.output)?;
-            }
-            QOp::Relu | QOp::Reshape => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-            }
-            QOp::Permute { order } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-                if order.iter().enumerate().all(|(i, &a)| i == a) {
-                    same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                    ensure!(
-                        out.shape == inp.shape,
-                        "layer '{name}': an identity permute changes the shape {:?} into {:?}",
-                        inp.shape,
-                        out.shape
-                    );
-                } else {
-                    let [c, h, w] = inp.shape[..] else {
-                        bail!("layer '{name}': Permute {order:?} needs a C×H×W input, '{in0_name}' is {:?}", inp.shape)
-                    };
-                    ensure!(
-                        order[..] == [0, 2, 3, 1] && inp.layout == (Hwc { h, w, c }) && out.shape == [h, w, c] && out.layout == (Hwc { h: 1, w: 1, c: h * w * c }),
-                        "layer '{name}': a q7 Permute is the identity or NCHW → NHWC (0, 2, 3, 1) of an HWC feature map into a flat [H, W, C] blob; got order {order:?} from {:?} ({:?}) to {:?} ({:?})",
-                        inp.shape, inp.layout, out.shape, out.layout
-                    );
-                }
-            }
-            QOp::Lut { function, table } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    table.len() == 256,
-                    "layer '{name}': the {function} table has {} entries, not 256",
-                    table.len()
-                );
-            }
-            QOp::PRelu { slopes, slope_frac } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(out.frac_bits == inp.frac_bits, "layer '{name}': PReLU keeps its input's format ({} fraction bits), its output '{}' has {}", inp.frac_bits, l.output, out.frac_bits);
-                ensure!(
-                    slopes.len() == inp.layout.c,
-                    "layer '{name}': {} slopes for {} channels",
-                    slopes.len(),
-                    inp.layout.c
-                );
-                check_shift(name, "slope_frac", *slope_frac)?;
-            }
-            QOp::Softmax { row, exp_table } => {
-                arity(1)?;
-                let inp = blob(in0_name)?;
-                same_layout(name, "the output's layout", out.layout, in0_name, inp)?;
-                ensure!(
-                    *row > 0 && inp.layout.len() % row == 0,
-                    "layer '{name}': rows of {row} do not divide its {} values",
-                    inp.layout.len()
-                );
-                ensure!(
-                    exp_table.len() == 256 && exp_table[0] > 0,
-                    "layer '{name}': the exp table must have 256 entries, the first positive"
-                );
-                ensure!(
-                    (0..=15).contains(&out.frac_bits),
-                    "layer '{name}': Softmax output '{}' has {} fraction bits, not 0 to 15",
-                    l.output,
-                    out.frac_bits
-                );
-            }
+            QOp::MaxPool(p) | QOp::AvePool(p) => ops::pool::check(&chk, p)?,
+            QOp::Relu => ops::relu::check(&chk)?,
+            QOp::Reshape => ops::reshape::check_reshape(&chk)?,
+            QOp::Permute { order } => ops::reshape::check_permute(&chk, order)?,
+            QOp::Lut { function, table } => ops::lut::check(&chk, function, table)?,
+            QOp::PRelu { slopes, slope_frac } => ops::prelu::check(&chk, slopes, *slope_frac)?,
+            QOp::Softmax { row, exp_table } => ops::softmax::check(&chk, *row, exp_table)?,
             QOp::Add {
                 a_lshift,
                 b_lshift,
                 out_rshift,
+            } => {
+                let h = ops::eltwise::check(&chk, (*a_lshift, *b_lshift, *out_rshift), true)?;
+                heads.extend(h.map(|h| (l.name.clone(), h)));
             }
-            | QOp::Max {
+            QOp::Max {
                 a_lshift,
                 b_lshift,
                 out_rshift,
             } => {
-                arity(2)?;
-                let (a, b) = (blob(&l.inputs[0])?, blob(&l.inputs[1])?);
-                same_layout(name, "input a's layout", a.layout, &l.output, out)?;
-                same_layout(name, "input b's layout", b.layout, &l.output, out)?;
-                for (what, v) in [
-                    ("a_lshift", *a_lshift),
-                    ("b_lshift", *b_lshift),
-                    ("out_rshift", *out_rshift),
-                ] {
-                    check_shift(name, what, v)?;
-                }
-                // A common format F: a_lshift = F - a, b_lshift = F - b, out_rshift = F - out.
-                ensure!(
-                    a.frac_bits + a_lshift == b.frac_bits + b_lshift && a.frac_bits + a_lshift == out.frac_bits + out_rshift,
-                    "layer '{name}': shifts a_lshift {a_lshift}, b_lshift {b_lshift}, out_rshift {out_rshift} do not bring the formats {}, {} and {} to a common one",
-                    a.frac_bits, b.frac_bits, out.frac_bits
-                );
-                if matches!(l.op, QOp::Max { .. }) {
-                    // No sum: only the shifted inputs must stay within i32.
-                    ensure!(
-                        *a_lshift <= 23 && *b_lshift <= 23,
-                        "layer '{name}': left shifts above 23 wrap in i32"
-                    );
-                } else {
-                    heads.insert(
-                        l.name.clone(),
-                        headroom::add(name, *a_lshift, *b_lshift, *out_rshift)?,
-                    );
-                }
+                ops::eltwise::check(&chk, (*a_lshift, *b_lshift, *out_rshift), false)?;
             }
-            QOp::Concat { shifts } => {
-                ensure!(
-                    !l.inputs.is_empty() && shifts.len() == l.inputs.len(),
-                    "layer '{name}': {} shifts for {} inputs",
-                    shifts.len(),
-                    l.inputs.len()
-                );
-                let mut c = 0usize;
-                for (b, &s) in l.inputs.iter().zip(shifts) {
-                    let x = blob(b)?;
-                    ensure!(
-                        x.layout.h == out.layout.h && x.layout.w == out.layout.w,
-                        "layer '{name}': input '{b}' is {}×{}, the output {}×{}",
-                        x.layout.h,
-                        x.layout.w,
-                        out.layout.h,
-                        out.layout.w
-                    );
-                    ensure!(RESCALE_SHIFTS.contains(&s), "layer '{name}': shift {s} for input '{b}' is outside {RESCALE_SHIFTS:?} (larger left shifts wrap in i32)");
-                    ensure!(s == out.frac_bits - x.frac_bits, "layer '{name}': shift {s} for input '{b}' is not output frac_bits {} - input frac_bits {}", out.frac_bits, x.frac_bits);
-                    c += x.layout.c;
-                }
-                ensure!(
-                    c == out.layout.c,
-                    "layer '{name}': inputs have {c} channels in total, the output '{}' {}",
-                    l.output,
-                    out.layout.c
-                );
-            }
+            QOp::Concat { shifts } => ops::concat::check(&chk, shifts)?,
         }
     }
     ensure!(!g.outputs.is_empty(), "the graph has no outputs");

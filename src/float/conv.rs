@@ -8,7 +8,7 @@ use super::gemm::{sgemm, View};
 use crate::ir::{ConvParams, Hw};
 use anyhow::{ensure, Result};
 
-pub(super) struct Conv<'g> {
+pub(crate) struct Conv<'g> {
     c: usize,
     h: usize,
     w: usize,

@@ -8,7 +8,7 @@ use super::conv::dims3;
 use crate::ir::{ConvParams, Hw};
 use anyhow::{ensure, Result};
 
-pub(super) struct Deconv<'g> {
+pub(crate) struct Deconv<'g> {
     dims: [usize; 3],
     out: [usize; 3],
     kernel: Hw,

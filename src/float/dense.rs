@@ -6,7 +6,7 @@ use super::gemm::{sgemm, View};
 use crate::ir::{InnerProductParams, Tensor};
 use anyhow::{ensure, Result};
 
-pub(super) struct Dense<'g> {
+pub(crate) struct Dense<'g> {
     /// Rows per image: product of the input axes before `axis` (1 for the usual `axis: 1`).
     outer: usize,
     k: usize,

@@ -27,12 +27,12 @@ pub(super) fn relu(x: &[f32], slope: f32, y: &mut [f32]) {
 }
 
 /// Caffe's SigmoidLayer (CPU): `1 / (1 + exp(-x))`.
-pub(super) fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
 /// PReLU: slope per channel (Caffe's axis 1), or one shared slope.
-pub(super) struct PRelu<'g> {
+pub(crate) struct PRelu<'g> {
     slopes: &'g [f32],
     channels: usize,
     /// Elements per channel per image.
@@ -73,7 +73,7 @@ impl<'g> PRelu<'g> {
 }
 
 /// Scale (`x·s[d]`, then `+ b[d]`) and Bias (`x + b[d]`) along one axis.
-pub(super) struct Affine<'g> {
+pub(crate) struct Affine<'g> {
     scale: Option<&'g [f32]>,
     bias: Option<&'g [f32]>,
     /// `outer · dim` per image; the parameter index is `(row % dim)`.

@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Result};
 
-pub(super) struct Concat {
+pub(crate) struct Concat {
     /// Elements per image of each input.
     sizes: Vec<usize>,
     /// For each input, the contiguous run copied per outer index (its axis extent × inner).

@@ -18,18 +18,19 @@ mod chain;
 #[cfg(test)]
 mod chain_tests;
 mod conv;
-mod deconv;
+pub(crate) mod deconv;
 mod dense;
 mod direct;
-mod elementwise;
+pub(crate) mod elementwise;
 mod gemm;
-mod layout;
+pub(crate) mod layout;
 #[cfg(test)]
 mod model_tests;
-mod norm;
-mod pool;
+pub(crate) mod norm;
+pub(crate) mod pool;
 
 use crate::ir::{self, Graph, Node, Op};
+use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -62,8 +63,9 @@ impl Activations {
     }
 }
 
-/// One node ready to run: its kernel with borrowed weights and precomputed geometry.
-enum Kernel<'g> {
+/// One node ready to run: its kernel with borrowed weights and precomputed geometry (built by
+/// the op's module in `ops/`).
+pub(crate) enum Kernel<'g> {
     Conv(conv::Conv<'g>),
     Deconv(deconv::Deconv<'g>),
     Dense(dense::Dense<'g>),
@@ -181,7 +183,7 @@ impl<'g> Engine<'g> {
             // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
             chain: match Isa::detect() {
                 Isa::Portable => None,
-                isa => chain::Chain::build(g, isa),
+                isa @ Isa::Avx512 | isa @ Isa::Avx2 => chain::Chain::build(g, isa),
             },
         })
     }
@@ -374,61 +376,24 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
     }
     Ok(match &node.op {
         Op::Convolution(p) => Kernel::Conv(conv::Conv::new(p, input, output, w)?),
-        Op::Deconvolution(p) => Kernel::Deconv(deconv::Deconv::new(p, input, output, w)?),
+        Op::Deconvolution(p) => ops::deconv::float(p, input, output, w)?,
         Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
-        Op::Pooling(p) => Kernel::Pool(pool::Pool::new(p, input, output)?),
-        Op::ReLU { negative_slope } => Kernel::Relu(*negative_slope),
-        Op::Sigmoid => Kernel::Unary(elementwise::sigmoid),
-        Op::TanH => Kernel::Unary(f32::tanh),
-        Op::PReLU { channel_shared } => {
-            Kernel::PRelu(elementwise::PRelu::new(*channel_shared, input, w)?)
-        }
-        Op::Softmax { axis } => Kernel::Softmax(norm::Softmax::new(*axis, input)?),
-        Op::Lrn(p) => Kernel::Lrn(norm::Lrn::new(p, input)?),
-        Op::BatchNorm { eps } => Kernel::BatchNorm(norm::BatchNorm::new(*eps, input, w)?),
-        Op::Scale { axis, bias_term } => Kernel::Affine(elementwise::Affine::new(
-            input,
-            *axis,
-            Some(&w[0].data),
-            bias_term.then(|| w[1].data.as_slice()),
-        )?),
-        Op::Bias { axis } => Kernel::Affine(elementwise::Affine::new(
-            input,
-            *axis,
-            None,
-            Some(&w[0].data),
-        )?),
-        Op::Eltwise { op, coeffs } => {
-            ensure!(!node.inputs.is_empty(), "Eltwise has no inputs");
-            for b in &node.inputs {
-                ensure!(
-                    g.shape(b) == input,
-                    "Eltwise input '{b}' has shape {:?}, expected {input:?}",
-                    g.shape(b)
-                );
-            }
-            ensure!(
-                coeffs.is_empty() || coeffs.len() == node.inputs.len(),
-                "Eltwise has {} coefficients for {} inputs",
-                coeffs.len(),
-                node.inputs.len()
-            );
-            Kernel::Eltwise(*op, coeffs)
-        }
+        Op::Pooling(p) => ops::pool::float(p, input, output)?,
+        Op::ReLU { negative_slope } => ops::relu::float(*negative_slope),
+        Op::Sigmoid => ops::lut::float(ops::lut::Function::Sigmoid),
+        Op::TanH => ops::lut::float(ops::lut::Function::TanH),
+        Op::PReLU { channel_shared } => ops::prelu::float(*channel_shared, input, w)?,
+        Op::Softmax { axis } => ops::softmax::float(*axis, input)?,
+        Op::Lrn(p) => ops::lrn::float(p, input)?,
+        Op::BatchNorm { eps } => ops::scale::float_batchnorm(*eps, input, w)?,
+        Op::Scale { axis, bias_term } => ops::scale::float_scale(input, *axis, *bias_term, w)?,
+        Op::Bias { axis } => ops::scale::float_bias(input, *axis, w)?,
+        Op::Eltwise { op, coeffs } => ops::eltwise::float(*op, coeffs, g, &node.inputs)?,
         Op::Concat { axis } => {
             let shapes: Vec<&[usize]> = node.inputs.iter().map(|b| g.shape(b)).collect();
-            Kernel::Concat(layout::Concat::new(*axis, &shapes)?)
+            ops::concat::float(*axis, &shapes)?
         }
-        Op::Flatten { .. } | Op::Reshape { .. } => {
-            ensure!(
-                ir::shape::checked_count(input)? == ir::shape::checked_count(output)?,
-                "changes the element count"
-            );
-            Kernel::Copy
-        }
-        Op::Permute { order } => {
-            let order: Vec<usize> = order[1..].iter().map(|&a| a - 1).collect();
-            Kernel::Permute(input.to_vec(), order)
-        }
+        Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::float_reshape(input, output)?,
+        Op::Permute { order } => ops::reshape::float_permute(order, input),
     })
 }

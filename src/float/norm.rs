@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 /// Caffe BatchNorm with stored statistics: `(x - mean/sf) / sqrt(var/sf + eps)`, where `sf` is
 /// the moving-average counter (blob 2) and `sf == 0` makes the factor 0 (Caffe's rule).
-pub(super) struct BatchNorm {
+pub(crate) struct BatchNorm {
     mean: Vec<f32>,
     std: Vec<f32>,
     /// Elements per channel per image.
@@ -50,7 +50,7 @@ impl BatchNorm {
 }
 
 /// Local response normalisation.
-pub(super) struct Lrn {
+pub(crate) struct Lrn {
     p: LrnParams,
     c: usize,
     h: usize,
@@ -144,7 +144,7 @@ impl Lrn {
 }
 
 /// Softmax along a Caffe axis, max-subtracted for stability (as Caffe does).
-pub(super) struct Softmax {
+pub(crate) struct Softmax {
     dim: usize,
     inner: usize,
 }

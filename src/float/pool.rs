@@ -9,7 +9,7 @@
 use crate::ir::{shape::pool_geometry, Hw, PoolMethod, PoolParams};
 use anyhow::Result;
 
-pub(super) struct Pool {
+pub(crate) struct Pool {
     method: PoolMethod,
     c: usize,
     h: usize,

@@ -184,7 +184,9 @@ fn absolute(p: &Path) -> PathBuf {
                 out.pop();
             }
             std::path::Component::CurDir => {}
-            c => out.push(c),
+            c @ std::path::Component::Prefix(_)
+            | c @ std::path::Component::RootDir
+            | c @ std::path::Component::Normal(_) => out.push(c),
         }
     }
     out

@@ -248,7 +248,18 @@ impl Op {
             }
             Op::Eltwise { op, .. } => format!("{op:?}").to_uppercase(),
             Op::Concat { axis } => format!("axis {axis}"),
-            _ => String::new(),
+            Op::ReLU { .. }
+            | Op::PReLU { .. }
+            | Op::Softmax { .. }
+            | Op::Sigmoid
+            | Op::TanH
+            | Op::Lrn(_)
+            | Op::BatchNorm { .. }
+            | Op::Scale { .. }
+            | Op::Bias { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. } => String::new(),
         }
     }
 }
@@ -446,7 +457,17 @@ pub fn expected_weight_shapes(op: &Op, input: &[usize]) -> Vec<Vec<usize>> {
             }
         }
         Op::Bias { axis } => vec![vec![input.get(axis - 1).copied().unwrap_or(0)]],
-        _ => vec![],
+        Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => vec![],
     }
 }
 
@@ -462,7 +483,21 @@ pub fn layer_cost(g: &Graph, n: &Node) -> LayerCost {
     let count = |i: usize| shapes.get(i).map_or(0, |s| s.iter().product::<usize>());
     let (weights, biases) = match &n.op {
         Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_) => (count(0), count(1)),
-        _ => (0, 0),
+        Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::BatchNorm { .. }
+        | Op::Scale { .. }
+        | Op::Bias { .. }
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => (0, 0),
     };
     let macs = match &n.op {
         Op::Convolution(c) => {
@@ -475,7 +510,21 @@ pub fn layer_cost(g: &Graph, n: &Node) -> LayerCost {
             in_elems * (c.num_output / c.group.max(1) * c.kernel.h * c.kernel.w) as u64
         }
         Op::InnerProduct(p) => weights as u64 / p.num_output.max(1) as u64 * out_elems,
-        _ => 0,
+        Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::BatchNorm { .. }
+        | Op::Scale { .. }
+        | Op::Bias { .. }
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => 0,
     };
     LayerCost {
         params: (0..shapes.len()).map(count).sum(),

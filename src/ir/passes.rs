@@ -50,7 +50,23 @@ pub fn channel_affine(
         Op::Bias { axis: 1 } if weights.first().map(Tensor::len) == Some(channels) => {
             Some((vec![1.0; channels], weights[0].data.clone()))
         }
-        _ => None,
+        Op::Convolution(_)
+        | Op::InnerProduct(_)
+        | Op::Deconvolution(_)
+        | Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::Scale { .. }
+        | Op::Bias { .. }
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => None,
     })
 }
 
@@ -77,7 +93,23 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<Vec<String>> {
             let channels = match &prev.op {
                 Op::Convolution(c) => c.num_output,
                 Op::InnerProduct(ip) if !ip.transpose && ip.axis == 1 => ip.num_output,
-                _ => continue,
+                Op::InnerProduct(_)
+                | Op::Deconvolution(_)
+                | Op::Pooling(_)
+                | Op::ReLU { .. }
+                | Op::PReLU { .. }
+                | Op::Softmax { .. }
+                | Op::Sigmoid
+                | Op::TanH
+                | Op::Lrn(_)
+                | Op::BatchNorm { .. }
+                | Op::Scale { .. }
+                | Op::Bias { .. }
+                | Op::Eltwise { .. }
+                | Op::Concat { .. }
+                | Op::Flatten { .. }
+                | Op::Reshape { .. }
+                | Op::Permute { .. } => continue,
             };
             if let Some(ab) = channel_affine(&n.op, &n.weights, channels)? {
                 found = Some((p, i, ab));
@@ -116,7 +148,22 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<Vec<String>> {
         match &mut prev.op {
             Op::Convolution(c) => c.bias_term = true,
             Op::InnerProduct(ip) => ip.bias_term = true,
-            _ => unreachable!("only conv and inner product are folded into"),
+            Op::Deconvolution(_)
+            | Op::Pooling(_)
+            | Op::ReLU { .. }
+            | Op::PReLU { .. }
+            | Op::Softmax { .. }
+            | Op::Sigmoid
+            | Op::TanH
+            | Op::Lrn(_)
+            | Op::BatchNorm { .. }
+            | Op::Scale { .. }
+            | Op::Bias { .. }
+            | Op::Eltwise { .. }
+            | Op::Concat { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. } => unreachable!("only conv and inner product are folded into"),
         }
         let old = std::mem::replace(&mut prev.outputs[0], out);
         g.shapes.remove(&old);

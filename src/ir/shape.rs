@@ -3,6 +3,7 @@
 //! Every product is checked so that absurd dimensions are refused before anything is allocated.
 
 use super::{Graph, Hw, Node, Op, PoolParams, RoundMode, MAX_ELEMENTS};
+use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 
 /// Number of elements of a shape, refusing overflow and absurd sizes.
@@ -110,7 +111,7 @@ pub fn pool_geometry(p: &PoolParams, h: usize, w: usize) -> (Hw, Hw, Hw) {
     }
 }
 
-fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
+pub(crate) fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
     match shape {
         [c, h, w] => Ok((*c, *h, *w)),
         _ => bail!(
@@ -124,7 +125,7 @@ fn expect_chw(node: &Node, shape: &[usize]) -> Result<(usize, usize, usize)> {
 
 /// Normalise a Caffe axis (may be negative, counts the batch axis) against a rank that includes
 /// the batch axis.
-fn canonical_axis(axis: i64, rank_with_batch: usize) -> Result<usize> {
+pub(crate) fn canonical_axis(axis: i64, rank_with_batch: usize) -> Result<usize> {
     let r = rank_with_batch as i64;
     let a = if axis < 0 { axis + r } else { axis };
     ensure!(
@@ -154,31 +155,8 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
                 conv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
             ]
         }
-        Op::Deconvolution(c) => {
-            let (ch, h, w) = expect_chw(node, first)?;
-            ensure!(
-                c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
-                "group {} must divide both the input channels {} and num_output {}",
-                c.group,
-                ch,
-                c.num_output
-            );
-            ensure!(c.num_output > 0, "num_output must be positive");
-            vec![
-                c.num_output,
-                deconv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
-                deconv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
-            ]
-        }
-        Op::Pooling(p) => {
-            let (ch, h, w) = expect_chw(node, first)?;
-            let (k, s, pad) = pool_geometry(p, h, w);
-            vec![
-                ch,
-                pool_out(h, k.h, s.h, pad.h, p.round)?,
-                pool_out(w, k.w, s.w, pad.w, p.round)?,
-            ]
-        }
+        Op::Deconvolution(c) => ops::deconv::shape(node, c, first)?,
+        Op::Pooling(p) => ops::pool::shape(node, p, first)?,
         Op::InnerProduct(p) => {
             ensure!(p.num_output > 0, "num_output must be positive");
             let axis = p.axis;
@@ -199,120 +177,19 @@ pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<us
         | Op::BatchNorm { .. }
         | Op::Scale { .. }
         | Op::Bias { .. } => first.to_vec(),
-        Op::Eltwise { coeffs, .. } => {
-            for (i, s) in inputs.iter().enumerate() {
-                ensure!(
-                    *s == first,
-                    "Eltwise input {i} has shape {s:?}, but input 0 has {first:?}"
-                );
-            }
-            ensure!(
-                coeffs.is_empty() || coeffs.len() == inputs.len(),
-                "Eltwise has {} coefficients for {} inputs",
-                coeffs.len(),
-                inputs.len()
-            );
-            first.to_vec()
-        }
-        Op::Concat { axis } => {
-            ensure!(
-                *axis >= 1 && *axis <= first.len(),
-                "concat axis {axis} out of range for {first:?}"
-            );
-            let a = axis - 1;
-            let mut s = first.to_vec();
-            s[a] = 0;
-            for (i, t) in inputs.iter().enumerate() {
-                ensure!(
-                    t.len() == first.len(),
-                    "Concat input {i} has rank {} but input 0 has {}",
-                    t.len(),
-                    first.len()
-                );
-                for d in 0..first.len() {
-                    ensure!(d == a || t[d] == first[d], "Concat input {i} shape {t:?} does not match input 0 shape {first:?} outside axis {axis}");
-                }
-                s[a] += t[a];
-            }
-            s
-        }
-        Op::Flatten { axis, end_axis } => {
-            let full: Vec<usize> = std::iter::once(1).chain(first.iter().copied()).collect();
-            let a = canonical_axis(*axis as i64, full.len())?;
-            let e = canonical_axis(*end_axis, full.len())?;
-            ensure!(
-                a >= 1 && a <= e,
-                "Flatten axes {a}..{e} are invalid for shape {first:?}"
-            );
-            let mut s = full[1..a].to_vec();
-            s.push(full[a..=e].iter().product());
-            s.extend_from_slice(&full[e + 1..]);
-            s
-        }
+        Op::Eltwise { coeffs, .. } => ops::eltwise::shape(coeffs, inputs)?,
+        Op::Concat { axis } => ops::concat::shape(*axis, inputs)?,
+        Op::Flatten { axis, end_axis } => ops::reshape::flatten_shape(first, *axis, *end_axis)?,
         Op::Reshape {
             dims,
             axis,
             num_axes,
-        } => reshape(first, dims, *axis, *num_axes)?,
-        Op::Permute { order } => {
-            ensure!(
-                order.len() == first.len() + 1,
-                "Permute order {order:?} does not fit an input of {} axes (batch included)",
-                first.len() + 1
-            );
-            order[1..].iter().map(|&a| first[a - 1]).collect()
-        }
+        } => ops::reshape::reshape_shape(first, dims, *axis, *num_axes)?,
+        Op::Permute { order } => ops::reshape::permute_shape(first, order)?,
     };
     checked_count(&out)?;
     let n = node.outputs.len().max(1);
     Ok(vec![out; n])
-}
-
-/// Caffe's Reshape rule (0 copies a dimension, one -1 is inferred), on shapes without batch axis.
-fn reshape(input: &[usize], dims: &[i64], axis: i64, num_axes: i64) -> Result<Vec<usize>> {
-    let full: Vec<usize> = std::iter::once(1).chain(input.iter().copied()).collect();
-    let r = full.len() as i64;
-    let start = if axis < 0 { axis + r + 1 } else { axis };
-    ensure!((0..=r).contains(&start), "reshape axis {axis} out of range");
-    let end = if num_axes < 0 { r } else { start + num_axes };
-    ensure!(end <= r, "reshape num_axes {num_axes} out of range");
-    let (start, end) = (start as usize, end as usize);
-    let mut mid = Vec::new();
-    let mut infer = None;
-    for (i, &d) in dims.iter().enumerate() {
-        match d {
-            0 => mid.push(
-                *full
-                    .get(start + i)
-                    .context("reshape dim 0 copies a missing axis")?,
-            ),
-            -1 => {
-                ensure!(infer.is_none(), "reshape has more than one -1");
-                infer = Some(mid.len());
-                mid.push(1);
-            }
-            d if d > 0 => mid.push(d as usize),
-            d => bail!("reshape dimension {d} is invalid"),
-        }
-    }
-    let mut out: Vec<usize> = full[..start].to_vec();
-    out.extend(&mid);
-    out.extend_from_slice(&full[end..]);
-    let total: usize = checked_count(input)?;
-    if let Some(i) = infer {
-        let known: usize = checked_count(&out)?;
-        ensure!(
-            known > 0 && total.is_multiple_of(known),
-            "reshape cannot infer -1: {total} elements into {out:?}"
-        );
-        out[start + i] = total / known;
-    }
-    ensure!(
-        checked_count(&out)? == total,
-        "reshape to {out:?} changes the element count {total}"
-    );
-    ensure!(out.first() == Some(&1), "reshape must keep the batch axis");
-    Ok(out[1..].to_vec())
 }
 
 /// Fill `g.shapes` for every blob, walking the nodes in order.
@@ -381,9 +258,18 @@ mod tests {
 
     #[test]
     fn reshape_follows_caffe_rules() {
-        assert_eq!(reshape(&[2, 8], &[0, 4, 4], 0, -1).unwrap(), vec![4, 4]);
-        assert!(reshape(&[2, 8], &[0, 2, 4], 0, -1).is_err());
-        assert_eq!(reshape(&[16, 4, 4], &[0, -1], 0, -1).unwrap(), vec![256]);
-        assert_eq!(reshape(&[16, 4, 4], &[-1, 4], 1, -1).unwrap(), vec![64, 4]);
+        assert_eq!(
+            ops::reshape::reshape_shape(&[2, 8], &[0, 4, 4], 0, -1).unwrap(),
+            vec![4, 4]
+        );
+        assert!(ops::reshape::reshape_shape(&[2, 8], &[0, 2, 4], 0, -1).is_err());
+        assert_eq!(
+            ops::reshape::reshape_shape(&[16, 4, 4], &[0, -1], 0, -1).unwrap(),
+            vec![256]
+        );
+        assert_eq!(
+            ops::reshape::reshape_shape(&[16, 4, 4], &[-1, 4], 1, -1).unwrap(),
+            vec![64, 4]
+        );
     }
 }

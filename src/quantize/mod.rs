@@ -790,7 +790,21 @@ fn layer_reports(
             let per_channel = match &l.op {
                 QOp::Conv(c) => c.per_channel.as_ref(),
                 QOp::Fc(f) => f.per_channel.as_ref(),
-                _ => None,
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Deconv(_)
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => None,
             }
             .map(crate::report::ChannelRanges::of);
             let (w, b, bl, or, sat) = match &l.op {
@@ -808,7 +822,20 @@ fn layer_reports(
                     Some(f.out_rshift as u32),
                     saturated(&f.weights) + saturated(&f.bias),
                 ),
-                _ => (None, None, None, None, 0),
+                QOp::MaxPool(_)
+                | QOp::AvePool(_)
+                | QOp::Relu
+                | QOp::Add { .. }
+                | QOp::Concat { .. }
+                | QOp::Reshape
+                | QOp::Permute { .. }
+                | QOp::Lut { .. }
+                | QOp::PRelu { .. }
+                | QOp::Max { .. }
+                | QOp::Softmax { .. }
+                | QOp::Lrn { .. }
+                | QOp::Mul { .. }
+                | QOp::ScaleBias { .. } => (None, None, None, None, 0),
             };
             LayerReport {
                 name: l.name.clone(),

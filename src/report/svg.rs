@@ -536,6 +536,7 @@ mod tests {
             preprocessing: None,
             quality_warnings: vec![],
             equalization: None,
+            activation_equalization: None,
             outputs: vec![],
             firmware: None,
             plot: None,

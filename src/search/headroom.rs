@@ -30,7 +30,21 @@ fn rows(n: &Node, wf: &Frac) -> Option<(Vec<i8>, usize)> {
                 crate::fixed::graph::deconv_weights(w, in_c, c.num_output, c.group, c.kernel, q)?;
             return Some((wq, c.num_output));
         }
-        _ => return None,
+        Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::BatchNorm { .. }
+        | Op::Scale { .. }
+        | Op::Bias { .. }
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => return None,
     };
     if no == 0 || !w.len().is_multiple_of(no) || matches!(wf, Frac::Channels(v) if v.len() != no) {
         return None;

@@ -171,7 +171,20 @@ fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
     let (w, b, (lshift, rshift)) = match &l.op {
         QOp::Conv(c) | QOp::Deconv(c) => (&c.weights, &c.bias, c.shifts()),
         QOp::Fc(f) => (&f.weights, &f.bias, f.shifts()),
-        _ => return key,
+        QOp::MaxPool(_)
+        | QOp::AvePool(_)
+        | QOp::Relu
+        | QOp::Add { .. }
+        | QOp::Concat { .. }
+        | QOp::Reshape
+        | QOp::Permute { .. }
+        | QOp::Lut { .. }
+        | QOp::PRelu { .. }
+        | QOp::Max { .. }
+        | QOp::Softmax { .. }
+        | QOp::Lrn { .. }
+        | QOp::Mul { .. }
+        | QOp::ScaleBias { .. } => return key,
     };
     key.extend(rshift.iter().map(|&r| i64::from(r)));
     key.extend(w.iter().map(|&v| i64::from(v)));

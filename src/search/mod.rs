@@ -234,7 +234,12 @@ pub fn start_formats_with(
                 f.activations_frac_bits.insert(out.clone(), o);
                 o
             }
-            _ => in_frac,
+            Op::Pooling(_)
+            | Op::ReLU { .. }
+            | Op::PReLU { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. } => in_frac,
         };
         frac_of.insert(out.clone(), out_frac);
     }
@@ -250,7 +255,22 @@ fn channel_start(n: &crate::ir::Node, in_frac: i32, out_max: i32) -> Result<(Lay
     let (no, transpose) = match &n.op {
         Op::Convolution(c) => (c.num_output, false),
         Op::InnerProduct(p) => (p.num_output, p.transpose),
-        _ => unreachable!("channel_start is called for conv/fc only"),
+        Op::Deconvolution(_)
+        | Op::Pooling(_)
+        | Op::ReLU { .. }
+        | Op::PReLU { .. }
+        | Op::Softmax { .. }
+        | Op::Sigmoid
+        | Op::TanH
+        | Op::Lrn(_)
+        | Op::BatchNorm { .. }
+        | Op::Scale { .. }
+        | Op::Bias { .. }
+        | Op::Eltwise { .. }
+        | Op::Concat { .. }
+        | Op::Flatten { .. }
+        | Op::Reshape { .. }
+        | Op::Permute { .. } => unreachable!("channel_start is called for conv/fc only"),
     };
     let w = &n.weights[0].data;
     ensure!(
@@ -639,13 +659,13 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
                 key.extend(table.iter().map(|&v| i64::from(v)));
             }
             QOp::Mul { out_rshift } => key.push(i64::from(*out_rshift)),
-            QOp::ScaleBias {
-                scales,
-                bias,
-                bias_lshift,
-                out_rshift,
-                ..
-            } => dense(&mut key, scales, bias, &[*bias_lshift], &[*out_rshift]),
+            QOp::ScaleBias(s) => dense(
+                &mut key,
+                &s.scales,
+                &s.bias,
+                &[s.bias_lshift],
+                &[s.out_rshift],
+            ),
             QOp::Fc(f) => {
                 let (bl, or) = f.shifts();
                 dense(&mut key, &f.weights, &f.bias, bl, or)
@@ -807,7 +827,7 @@ pub fn search(
             .holdout
             .size(cal.images)
             .map(|n| subset::stratified(cal.scorer.targets(), n)),
-        _ => None,
+        Strategy::Arm | Strategy::None => None,
     };
     let (full, held) = match &held_idx {
         Some(h) => {
@@ -845,7 +865,7 @@ pub fn search(
     let mut trace = Vec::new();
     let screen_size = match strategy {
         Strategy::Default | Strategy::Descent => cal.screen.size(full.scorer.images),
-        _ => None,
+        Strategy::Arm | Strategy::Local | Strategy::None => None,
     };
     let mut screen = match screen_size {
         Some(size) => {
@@ -1027,7 +1047,9 @@ pub fn search(
                 Strategy::Arm => (1..=3).map(|d| base + d).collect(),
                 // After the local pass the formats are near their best: the default refines.
                 Strategy::Default if cal.local.is_some() => vec![base - 1, base + 1],
-                _ => vec![base - 2, base - 1, base + 1, base + 2, base + 3],
+                Strategy::Default | Strategy::Descent | Strategy::Local | Strategy::None => {
+                    vec![base - 2, base - 1, base + 1, base + 2, base + 3]
+                }
             }
             .into_iter()
             .filter_map(|c| {
@@ -1096,7 +1118,10 @@ pub fn search(
                     let (s, _) = ev.eval(&q, k, &full, false)?;
                     let accept = match strategy {
                         Strategy::Arm => score::arm_not_worse(&s.score, &arm_ref),
-                        _ => score::better(&s.score, &best_score),
+                        Strategy::Default
+                        | Strategy::Descent
+                        | Strategy::Local
+                        | Strategy::None => score::better(&s.score, &best_score),
                     };
                     trace.push(step_of(&f, Part::Search)(s.score, accept));
                     let accept = accept

@@ -106,7 +106,7 @@ impl YConv {
                 .iter()
                 .flat_map(|&v| (v as i16).to_le_bytes())
                 .collect(),
-            _ => packed.iter().map(|&v| v as u8).collect(),
+            Isa::AvxVnni | Isa::Avx512VnniYmm => packed.iter().map(|&v| v as u8).collect(),
         };
         YConv {
             nb: geo.blocks(LANES),
