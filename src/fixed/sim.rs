@@ -687,7 +687,11 @@ fn direct_prep(path: SimdPath, c: &direct::ConvSpec) -> Option<Prep> {
         let dotprod = match path {
             SimdPath::NeonDotprod => true,
             SimdPath::Neon => false,
-            _ => return None,
+            SimdPath::Avx512Vnni
+            | SimdPath::AvxVnni
+            | SimdPath::Avx512VnniYmm
+            | SimdPath::Avx2
+            | SimdPath::Portable => return None,
         };
         Some(Prep::Neon(neon::NConv::new(c).with_dotprod(dotprod)))
     }

@@ -76,7 +76,10 @@ impl SimdPath {
                 SimdPath::NeonDotprod => neon::available() && neon::has_dotprod(),
                 SimdPath::Neon => neon::available(),
                 SimdPath::Portable => true,
-                _ => false,
+                SimdPath::Avx512Vnni
+                | SimdPath::AvxVnni
+                | SimdPath::Avx512VnniYmm
+                | SimdPath::Avx2 => false,
             }
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
