@@ -211,29 +211,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
     quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
     let per_channel = !a.per_layer && a.search != Strategy::Arm;
-    // Activation equalization: a formats file carries the scales it was chosen for (applied as
-    // they are); otherwise they are measured on the calibration set, when on.
-    let blobs = crate::ir::equalize::activation_blobs(&g);
-    let (act_scales, act_equalization) = match &formats {
-        Some(f) => {
-            crate::ir::equalize::apply_activation_scales(&mut g, &f.activation_scales)?;
-            (f.activation_scales.clone(), None)
-        }
-        None if a.act_equalize == OnOff::On && per_channel && !blobs.is_empty() => {
-            let (ranges, n) = quantize::channel_ranges::measure(
-                &mut DataSet {
-                    source: calib_src.as_mut(),
-                    name: calib_name.clone(),
-                },
-                &g,
-                &pre,
-                &blobs,
-            )?;
-            let (s, r) = crate::ir::equalize::equalize_activations(&mut g, &ranges, n)?;
-            (s, Some(r))
-        }
-        None => (Default::default(), None),
-    };
+    let (act_scales, act_equalization) = quantize::channel_ranges::equalize(
+        &mut g,
+        formats.as_ref(),
+        a.act_equalize == OnOff::On && per_channel,
+        &mut DataSet {
+            source: calib_src.as_mut(),
+            name: calib_name.clone(),
+        },
+        &pre,
+    )?;
     let order = match a.channel_order {
         Some(ChannelOrder::Bgr) => "bgr",
         Some(ChannelOrder::Rgb) => "rgb",

@@ -227,26 +227,7 @@ fn conv(
         c.dilation.h,
         c.dilation.w
     );
-    for (axis, i, k, s, p, d, o) in [
-        (
-            "h",
-            c.in_dims.h,
-            c.kernel.h,
-            c.stride.h,
-            c.pad.h,
-            c.dilation.h,
-            c.out_dims.h,
-        ),
-        (
-            "w",
-            c.in_dims.w,
-            c.kernel.w,
-            c.stride.w,
-            c.pad.w,
-            c.dilation.w,
-            c.out_dims.w,
-        ),
-    ] {
+    for (axis, i, k, s, p, d, o) in conv_axes(c) {
         let want = shape::conv_out(i, k, s, p, d)
             .with_context(|| format!("layer '{layer}': axis {axis}"))?;
         ensure!(
@@ -461,4 +442,31 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
         }
     }
     Ok(heads)
+}
+
+/// Per axis of a convolution or deconvolution: `(name, input, kernel, stride, pad, dilation,
+/// output)`, what its shape rule is checked on.
+pub(crate) fn conv_axes(
+    c: &QConv,
+) -> [(&'static str, usize, usize, usize, usize, usize, usize); 2] {
+    [
+        (
+            "h",
+            c.in_dims.h,
+            c.kernel.h,
+            c.stride.h,
+            c.pad.h,
+            c.dilation.h,
+            c.out_dims.h,
+        ),
+        (
+            "w",
+            c.in_dims.w,
+            c.kernel.w,
+            c.stride.w,
+            c.pad.w,
+            c.dilation.w,
+            c.out_dims.w,
+        ),
+    ]
 }

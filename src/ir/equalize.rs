@@ -39,7 +39,7 @@ pub struct Equalization {
 
 /// Scales are limited to 2^-MAX_EXP ..= 2^MAX_EXP (a channel with a tiny range is not inflated
 /// without bound).
-pub const MAX_EXP: i32 = 8;
+const MAX_EXP: i32 = 8;
 const ROUNDS: usize = 8;
 
 /// How a consumer convolution reads its input channels.
@@ -323,11 +323,6 @@ pub fn activation_blobs(g: &Graph) -> Vec<String> {
     v
 }
 
-/// Bits below the blob's widest channel that a scaled channel stays: its range was measured on
-/// calibration images, and other images go further (a scaled channel at the very top of the
-/// format would saturate where the widest channel alone did before).
-const HEADROOM: i32 = 0;
-
 /// Activation equalization for a convolution that feeds (through at most one ReLU) only
 /// depthwise convolutions: output channel `o` of the producer is multiplied by `2^e_o` and
 /// depthwise channel `o` divided by it, so that every channel fills the blob's shared q7 format
@@ -383,7 +378,7 @@ pub fn equalize_activations(
             if !(m[o] > 0.0 && w_prod[o] > 0.0) {
                 continue;
             }
-            let want = ((big / m[o]).log2().floor() as i32 - HEADROOM)
+            let want = ((big / m[o]).log2().floor() as i32)
                 .min((big_pre / pre[o].max(m[o])).log2().floor() as i32);
             // The producer's channel: weight_frac - e + in_frac >= out_frac.
             let room_prod = frac(w_prod[o])? + in_frac - out_frac;

@@ -176,26 +176,7 @@ pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
             && c.dilation.w > 0,
         "layer '{layer}': kernel, stride and dilation must be positive"
     );
-    for (axis, i, k, s, p, d, o) in [
-        (
-            "h",
-            c.in_dims.h,
-            c.kernel.h,
-            c.stride.h,
-            c.pad.h,
-            c.dilation.h,
-            c.out_dims.h,
-        ),
-        (
-            "w",
-            c.in_dims.w,
-            c.kernel.w,
-            c.stride.w,
-            c.pad.w,
-            c.dilation.w,
-            c.out_dims.w,
-        ),
-    ] {
+    for (axis, i, k, s, p, d, o) in crate::fixed::validate::conv_axes(c) {
         let want =
             deconv_out(i, k, s, p, d).with_context(|| format!("layer '{layer}': axis {axis}"))?;
         ensure!(

@@ -1,11 +1,38 @@
-//! Per-channel max-abs of chosen float blobs over calibration images: what activation
-//! equalization (`ir::equalize::equalize_activations`) needs before the float statistics pass.
+//! Activation equalization as `quantize` runs it, before the float statistics pass: the
+//! per-channel max-abs of the blobs `ir::equalize::equalize_activations` needs, over
+//! calibration images, then the exponents; or a formats file's exponents as they are.
 
 use super::DataSet;
 use crate::data::preprocess::Preprocessor;
+use crate::fixed::graph::Formats;
 use crate::float::{self, Engine};
-use crate::ir::{equalize::ChannelRanges, Graph};
+use crate::ir::equalize::{self, ActivationEqualization, ChannelRanges, Scales};
+use crate::ir::Graph;
 use anyhow::{Context, Result};
+
+/// Rewrite `g` for activation equalization: with `formats`, the file's exponents (the scales it
+/// was chosen for); otherwise, when `measure` (on, per-channel formats), exponents chosen from
+/// ranges measured on `ds`. Returns the exponents (for the model's formats) and, when measured,
+/// what the report shows.
+pub fn equalize(
+    g: &mut Graph,
+    formats: Option<&Formats>,
+    measure: bool,
+    ds: &mut DataSet,
+    pre: &Preprocessor,
+) -> Result<(Scales, Option<ActivationEqualization>)> {
+    if let Some(f) = formats {
+        equalize::apply_activation_scales(g, &f.activation_scales)?;
+        return Ok((f.activation_scales.clone(), None));
+    }
+    let blobs = equalize::activation_blobs(g);
+    if !measure || blobs.is_empty() {
+        return Ok((Scales::new(), None));
+    }
+    let (ranges, n) = self::measure(ds, g, pre, &blobs)?;
+    let (s, r) = equalize::equalize_activations(g, &ranges, n)?;
+    Ok((s, Some(r)))
+}
 
 /// At most this many calibration images, spread evenly over the set (a range is a max: a few
 /// dozen images find it, and the float pass keeps every blob).
