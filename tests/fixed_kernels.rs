@@ -110,6 +110,7 @@ fn avepool_truncates_toward_zero() {
         D1,
         &mut out,
         outd,
+        false,
     )
     .unwrap();
     assert_eq!(out, [-3]);
@@ -121,9 +122,45 @@ fn avepool_truncates_toward_zero() {
         D1,
         &mut out,
         outd,
+        false,
     )
     .unwrap();
     assert_eq!(out, [3]);
+}
+
+#[test]
+fn avepool_rounds_half_away_from_zero() {
+    // `ave_q7` itself: halves away from zero, truncation without `round`.
+    for (sum, count, round, want) in [
+        (7, 2, true, 4),
+        (-7, 2, true, -4),
+        (7, 2, false, 3),
+        (-7, 2, false, -3),
+        (4, 9, true, 0),
+        (5, 9, true, 1),
+        (-5, 9, true, -1),
+        (-4, 9, true, 0),
+        (8, 9, false, 0),
+        (127 * 9, 9, true, 127),
+        (-128 * 9, 9, true, -128),
+        (3, 0, true, 0),
+    ] {
+        assert_eq!(
+            ave_q7(sum, count, round),
+            want,
+            "{sum}/{count} round={round}"
+        );
+    }
+    // A 3×3 window over non-negative values (a pool after a ReLU): 44/9 = 4.89 is 5 rounded,
+    // 4 truncated.
+    let x: [i8; 9] = [0, 9, 1, 8, 2, 7, 3, 6, 8];
+    let (ind, outd) = (Dims { h: 3, w: 3, c: 1 }, Dims { h: 1, w: 1, c: 1 });
+    let (k, p0) = (Pair { h: 3, w: 3 }, Pair { h: 0, w: 0 });
+    let mut out = [0i8; 1];
+    avepool_hwc_q7(&x, ind, k, p0, D1, &mut out, outd, true).unwrap();
+    assert_eq!(out, [5]);
+    avepool_hwc_q7(&x, ind, k, p0, D1, &mut out, outd, false).unwrap();
+    assert_eq!(out, [4]);
 }
 
 #[test]
@@ -139,8 +176,11 @@ fn pools_clip_windows_to_the_image() {
     maxpool_hwc_q7(&x, ind, k, p0, s, &mut out, outd).unwrap();
     // windows: all 9 | col 2 rows 0..3 | row 2 cols 0..3 | the corner alone
     assert_eq!(out, [-2, -4, -2, -100]);
-    avepool_hwc_q7(&x, ind, k, p0, s, &mut out, outd).unwrap();
+    avepool_hwc_q7(&x, ind, k, p0, s, &mut out, outd, false).unwrap();
     // (-144)/9 = -16 | (-7-4-100)/3 = -37 | (-3-2-100)/3 = -35 | -100
+    assert_eq!(out, [-16, -37, -35, -100]);
+    avepool_hwc_q7(&x, ind, k, p0, s, &mut out, outd, true).unwrap();
+    // rounded: -16 | -37 | -35 | -100 (-111/3 and -105/3 are whole)
     assert_eq!(out, [-16, -37, -35, -100]);
     // With padding the zero padding is not counted either: k2 s2 p1 on 3×3 -> 2×2.
     let mut out = [0i8; 4];
@@ -263,10 +303,12 @@ mod reference {
         out
     }
 
-    /// Pools: `max == true` for max pool, else average pool (in-bounds count, C division).
+    /// Pools: `max == true` for max pool, else average pool (in-bounds count; C division, or
+    /// `round`: the `f64` mean rounded half away from zero).
     #[allow(clippy::too_many_arguments)]
     pub fn pool(
         max: bool,
+        round: bool,
         input: &[i8],
         ind: Dims,
         kernel: Pair,
@@ -296,6 +338,8 @@ mod reference {
                         m as i8
                     } else if n == 0 {
                         0
+                    } else if round {
+                        sat_i8((sum as f64 / n as f64).round() as i32)
                     } else {
                         sat_i8(sum / n)
                     };
@@ -537,7 +581,7 @@ proptest! {
             })
             .prop_flat_map(|(ind, outd, k, p, s)| (Just(ind), Just(outd), Just(k), Just(p), Just(s), bytes(ind.len())))
     ) {
-        let want = reference::pool(true, &x, ind, k, p, s, outd);
+        let want = reference::pool(true, false, &x, ind, k, p, s, outd);
         let mut got = vec![0i8; outd.len()];
         maxpool_hwc_q7(&x, ind, k, p, s, &mut got, outd).unwrap();
         prop_assert_eq!(&got, &want);
@@ -546,9 +590,11 @@ proptest! {
             variants::maxpool_hwc_q7(dsp, &x, ind, k, p, s, &mut got, outd).unwrap();
             prop_assert_eq!(&got, &want, "dsp={}", dsp);
         }
-        let want = reference::pool(false, &x, ind, k, p, s, outd);
-        avepool_hwc_q7(&x, ind, k, p, s, &mut got, outd).unwrap();
-        prop_assert_eq!(&got, &want);
+        for round in [false, true] {
+            let want = reference::pool(false, round, &x, ind, k, p, s, outd);
+            avepool_hwc_q7(&x, ind, k, p, s, &mut got, outd, round).unwrap();
+            prop_assert_eq!(&got, &want, "round={}", round);
+        }
         let want: Vec<i8> = x.iter().map(|v| (*v).max(0)).collect();
         for dsp in [false, true] {
             let mut got = x.clone();

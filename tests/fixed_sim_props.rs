@@ -1,7 +1,7 @@
 //! The fast simulator equals `kernels.rs` (via `run_reference`) on random shapes and values,
 //! saturation included; plus the graph quantizer's error paths.
 
-use nnquant::fixed::graph::{Hwc, QBlob, QConv, QFc, QLayer, QPool};
+use nnquant::fixed::graph::{Hwc, PoolRounding, QBlob, QConv, QFc, QLayer, QPool};
 use nnquant::fixed::{run_reference, Keep, QGraph, QOp, SimdPath, Simulator};
 use nnquant::ir::Hw;
 use proptest::prelude::*;
@@ -290,14 +290,15 @@ proptest! {
     fn pools_match_kernels(h in 1usize..=7, w in 1usize..=7, c in prop_oneof![1usize..=4, Just(16), Just(32), Just(48), Just(64), Just(80)],
                            kh in 1usize..=3, kw in 1usize..=3,
                            sh in 1usize..=3, sw in 1usize..=3, ph in 0usize..=2, pw in 0usize..=2, max in any::<bool>(),
-                           n in 1usize..=2, seed in any::<u64>()) {
+                           round in any::<bool>(), n in 1usize..=2, seed in any::<u64>()) {
         let (ph, pw) = (ph.min(kh - 1), pw.min(kw - 1));
         prop_assume!(h + 2 * ph >= kh && w + 2 * pw >= kw);
         let oh = nnquant::ir::shape::pool_out(h, kh, sh, ph, nnquant::ir::RoundMode::Ceil).unwrap();
         let ow = nnquant::ir::shape::pool_out(w, kw, sw, pw, nnquant::ir::RoundMode::Ceil).unwrap();
         let ind = Hwc { h, w, c };
         let outd = Hwc { h: oh, w: ow, c };
-        let p = QPool { in_dims: ind, out_dims: outd, kernel: Hw { h: kh, w: kw }, pad: Hw { h: ph, w: pw }, stride: Hw { h: sh, w: sw } };
+        let p = QPool { in_dims: ind, out_dims: outd, kernel: Hw { h: kh, w: kw }, pad: Hw { h: ph, w: pw }, stride: Hw { h: sh, w: sw },
+                          rounding: if round && !max { PoolRounding::Nearest } else { PoolRounding::Truncate } };
         let g = one(if max { QOp::MaxPool(p) } else { QOp::AvePool(p) }, ind, outd);
         let mut rng = seed;
         let input: Vec<i8> = (0..n * ind.len()).map(|_| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 56) as i8 }).collect();

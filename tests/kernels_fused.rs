@@ -116,6 +116,8 @@ fn case() -> impl Strategy<Value = Case> {
                         },
                         stride: Pair { h: psh, w: psw },
                         max,
+                        // The seed's low bit picks the average pool's rounding.
+                        round: seed & 1 == 1,
                     },
                     relu_conv,
                     relu_out,
@@ -251,8 +253,17 @@ proptest! {
             variants::maxpool_hwc_q7(dsp, &y, cd, p.kernel, p.pad, p.stride, &mut expected, od)
                 .unwrap();
         } else {
-            nnquant::fixed::kernels::avepool_hwc_q7(&y, cd, p.kernel, p.pad, p.stride, &mut expected, od)
-                .unwrap();
+            nnquant::fixed::kernels::avepool_hwc_q7(
+                &y,
+                cd,
+                p.kernel,
+                p.pad,
+                p.stride,
+                &mut expected,
+                od,
+                p.round,
+            )
+            .unwrap();
         }
         if c.relu_out {
             relu(&mut expected);
@@ -288,6 +299,7 @@ fn short_ring_or_scratch_is_refused() {
         pad: Pair { h: 0, w: 0 },
         stride: Pair { h: 2, w: 2 },
         max: true,
+        round: false,
     };
     let fuse = Fused {
         relu_conv: false,

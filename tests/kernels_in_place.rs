@@ -14,7 +14,7 @@ proptest! {
     fn in_place_pool_equals_out_of_place(
         h in 1usize..14, w in 1usize..14, c in 1usize..140,
         kh in 1usize..5, kw in 1usize..5, sh in 1usize..4, sw in 1usize..4,
-        max in any::<bool>(), seed in any::<u64>(),
+        max in any::<bool>(), round in any::<bool>(), seed in any::<u64>(),
     ) {
         prop_assume!(kh <= h && kw <= w);
         let oh = pool_out(h, kh, sh, 0, RoundMode::Ceil).unwrap();
@@ -27,10 +27,10 @@ proptest! {
         if max {
             maxpool_hwc_q7(&input, id, k, p0, st, &mut expected, od).unwrap();
         } else {
-            avepool_hwc_q7(&input, id, k, p0, st, &mut expected, od).unwrap();
+            avepool_hwc_q7(&input, id, k, p0, st, &mut expected, od, round).unwrap();
         }
         let mut buf = input.clone();
-        pool_hwc_q7_in_place(&mut buf, id, k, st, od, max).unwrap();
+        pool_hwc_q7_in_place(&mut buf, id, k, st, od, max, round).unwrap();
         prop_assert_eq!(&buf[..od.len()], &expected[..]);
     }
 

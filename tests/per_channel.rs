@@ -244,17 +244,17 @@ proptest! {
 
     /// The fused conv → max/average pool with per-channel shifts equals conv then pool.
     #[test]
-    fn conv_pool_pc_matches_unfused(c in case(), max in any::<bool>(), pk in 1usize..3) {
+    fn conv_pool_pc_matches_unfused(c in case(), max in any::<bool>(), round in any::<bool>(), pk in 1usize..3) {
         let (input, weights, bias, bl, or) = c.data();
         let cd = c.out_dims();
-        let pool = PoolSpec { kernel: Pair { h: pk, w: pk }, pad: Pair { h: 0, w: 0 }, stride: Pair { h: pk, w: pk }, max };
+        let pool = PoolSpec { kernel: Pair { h: pk, w: pk }, pad: Pair { h: 0, w: 0 }, stride: Pair { h: pk, w: pk }, max, round };
         let od = Dims { h: cd.h.div_ceil(pk), w: cd.w.div_ceil(pk), c: cd.c };
         let conv = c.oracle(&input, &weights, &bias, &bl, &or);
         let mut want = vec![0i8; od.len()];
         if max {
             variants::maxpool_hwc_q7(false, &conv, cd, pool.kernel, pool.pad, pool.stride, &mut want, od).unwrap();
         } else {
-            nnquant::fixed::kernels::avepool_hwc_q7(&conv, cd, pool.kernel, pool.pad, pool.stride, &mut want, od).unwrap();
+            nnquant::fixed::kernels::avepool_hwc_q7(&conv, cd, pool.kernel, pool.pad, pool.stride, &mut want, od, round).unwrap();
         }
         for dsp in [false, true] {
             let mut ring = vec![0i8; conv_pool_ring_len(cd, pk)];

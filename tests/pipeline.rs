@@ -491,3 +491,77 @@ fn a_bad_bias_correction_in_a_formats_file_is_refused() {
         assert!(!out.join("m.nnq.json").exists());
     }
 }
+
+/// Average pools round their mean to nearest by default (`formats.avepool_rounding` and every
+/// AvePool layer say so); `--arm-compatible` keeps CMSIS-NN's truncation and per-layer formats;
+/// a formats file decides (absent = truncate, as ARM's file) and a bad value is refused.
+#[test]
+fn average_pools_round_by_default_and_truncate_when_arm_compatible() {
+    let f = Fixture::new();
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join("m.nnq.json")).unwrap()).unwrap()
+    };
+    let roundings = |m: &serde_json::Value| -> Vec<String> {
+        m["graph"]["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["op"].get("AvePool"))
+            .map(|p| p["rounding"].as_str().unwrap_or("truncate").to_string())
+            .collect()
+    };
+    let (d, arm) = (f.path("default"), f.path("arm"));
+    assert_eq!(quantize(&d, &["--search", "none"]).code, 0);
+    let m = read(&d);
+    assert_eq!(m["formats"]["avepool_rounding"], "nearest");
+    let r = roundings(&m);
+    assert!(!r.is_empty(), "the demo model has an average pool");
+    assert!(r.iter().all(|v| v == "nearest"), "{r:?}");
+
+    let o = quantize(&arm, &["--search", "none", "--arm-compatible"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let a = read(&arm);
+    assert!(a["formats"].get("avepool_rounding").is_none());
+    assert!(roundings(&a).iter().all(|v| v == "truncate"));
+    assert!(!std::fs::read_to_string(arm.join("m.nnq.json"))
+        .unwrap()
+        .contains("\"per_channel\""));
+
+    // The default's formats file reproduces its graph; without the field it truncates.
+    let mut formats = m["formats"].clone();
+    for (name, value, want) in [
+        ("same", None, Some("nearest")),
+        ("absent", Some(serde_json::Value::Null), Some("truncate")),
+        ("bad", Some(serde_json::json!("upward")), None),
+    ] {
+        match value {
+            None => {}
+            Some(serde_json::Value::Null) => {
+                formats.as_object_mut().unwrap().remove("avepool_rounding");
+            }
+            Some(v) => formats["avepool_rounding"] = v,
+        }
+        let path = f.path(&format!("{name}.json"));
+        std::fs::write(&path, formats.to_string()).unwrap();
+        let out = f.path(name);
+        let o = quantize(&out, &["--formats", path.to_str().unwrap()]);
+        match want {
+            Some(w) => {
+                assert_eq!(o.code, 0, "{name}: {}", o.stderr);
+                let got = read(&out);
+                assert!(roundings(&got).iter().all(|v| v == w), "{name}");
+                if name == "same" {
+                    assert_eq!(
+                        got["graph"], m["graph"],
+                        "the formats file reproduces the graph"
+                    );
+                }
+            }
+            None => {
+                assert_eq!(o.code, 2, "{name}: {}", o.stderr);
+                assert!(o.stderr.contains("`truncate` or `nearest`"), "{}", o.stderr);
+                assert!(!out.join("m.nnq.json").exists());
+            }
+        }
+    }
+}

@@ -68,6 +68,8 @@ struct QuantizeCfg {
     equalize: Option<bool>,
     /// Per-layer weight formats (`quantize --per-layer`).
     per_layer: Option<bool>,
+    /// CMSIS-NN's legacy arithmetic (`quantize --arm-compatible`).
+    arm_compatible: Option<bool>,
     formats: Option<PathBuf>,
     split: Option<String>,
 }
@@ -314,6 +316,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             bias_correction: super::quantize::OnOff::On,
             act_equalize: super::quantize::OnOff::On,
             per_layer: cfg.quantize.per_layer.unwrap_or(false),
+            arm_compatible: cfg.quantize.arm_compatible.unwrap_or(false),
             holdout: crate::search::Holdout::Auto,
             softmax: super::quantize::SoftmaxRule::Drop,
             output: model_path.clone(),

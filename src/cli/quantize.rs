@@ -3,7 +3,7 @@
 use super::data_args::{self, DataOpts, ModelArgs};
 use super::ShapeArg;
 use crate::data::{subset, ChannelOrder, Layout};
-use crate::fixed::graph::Formats;
+use crate::fixed::graph::{Formats, PoolRounding};
 use crate::quantize::{self, DataSet};
 use crate::search::{Holdout, Screen, Strategy};
 use anyhow::{ensure, Result};
@@ -65,6 +65,13 @@ pub struct Args {
     /// per-channel shifts). `--search arm` implies it; with `--formats` the file decides.
     #[arg(long)]
     pub per_layer: bool,
+    /// CMSIS-NN's legacy q7 arithmetic throughout: `--per-layer` formats, and average pools
+    /// that truncate their mean toward zero as CMSIS-NN's do (by default they round to nearest,
+    /// which removes a downward bias of almost half a step after every ReLU → average pool).
+    /// `--search arm` implies it; with `--formats` the file decides (`avepool_rounding`, absent
+    /// = truncate, as in ARM's formats file).
+    #[arg(long)]
+    pub arm_compatible: bool,
     /// Screen the default search's candidates on a class-stratified subset of the calibration
     /// set and confirm the best on the whole set: `auto` (an eighth, at least 512 images, on
     /// sets of 1024 or more), `off`, or a number of images.
@@ -210,7 +217,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mean = data_args::mean_tensor(&m, &g)?;
     quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
     quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
-    let per_channel = !a.per_layer && a.search != Strategy::Arm;
+    let arm_compatible = a.arm_compatible || a.search == Strategy::Arm;
+    let per_channel = !a.per_layer && !arm_compatible;
     let (act_scales, act_equalization) = quantize::channel_ranges::equalize(
         &mut g,
         formats.as_ref(),
@@ -241,6 +249,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bias_correction: a.bias_correction == OnOff::On,
         formats,
         per_channel,
+        avepool_rounding: if arm_compatible {
+            PoolRounding::Truncate
+        } else {
+            PoolRounding::Nearest
+        },
         quiet: a.quiet,
         timing: a.timestamps,
         channel_order: order.into(),

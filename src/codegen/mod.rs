@@ -486,6 +486,9 @@ fn layer_contexts(
             e.param("POOL_PAD", "Pair", pair(q.pad));
             e.param("POOL_STRIDE", "Pair", pair(q.stride));
             e.param("POOL_OUT", "Dims", dims(q.out_dims));
+            if !max {
+                e.param("POOL_ROUND", "bool", q.rounding.nearest().to_string());
+            }
         }
         let (kind, comment) = match &l.op {
             QOp::Conv(c) => {

@@ -30,6 +30,39 @@ pub struct Formats {
     /// `quantize --formats` applies them to the float weights before quantizing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub activation_scales: BTreeMap<String, Vec<i32>>,
+    /// How every average pool divides (`truncate`, CMSIS-NN's, when the file does not say: ARM's
+    /// formats file and files written before this field reproduce their bytes).
+    #[serde(default, skip_serializing_if = "PoolRounding::is_truncate")]
+    pub avepool_rounding: PoolRounding,
+}
+
+/// How a q7 average pool turns its window's sum into a mean (`kernels::ave_q7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolRounding {
+    /// Truncated toward zero, as CMSIS-NN's legacy q7 pool (`--arm-compatible`).
+    #[default]
+    Truncate,
+    /// Rounded to nearest, halves away from zero, as TFLM's int8 pool: no bias.
+    Nearest,
+}
+
+impl PoolRounding {
+    pub fn is_truncate(&self) -> bool {
+        *self == PoolRounding::Truncate
+    }
+
+    /// The kernels' `round` argument.
+    pub fn nearest(self) -> bool {
+        self == PoolRounding::Nearest
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolRounding::Truncate => "truncate",
+            PoolRounding::Nearest => "nearest",
+        }
+    }
 }
 
 /// Fraction bits of a layer's weights or biases: one count for the whole layer (a number in the
@@ -356,6 +389,9 @@ pub struct QPool {
     pub kernel: Hw,
     pub pad: Hw,
     pub stride: Hw,
+    /// Average pools only (max pools keep the default): the mean's rounding.
+    #[serde(default, skip_serializing_if = "PoolRounding::is_truncate")]
+    pub rounding: PoolRounding,
 }
 
 /// A quantized operation; each maps to one function of `kernels.rs`.
@@ -563,6 +599,7 @@ impl QGraph {
                 out_shape: &out_shape,
                 given,
                 caffe_out: caffe_name(out),
+                avepool_rounding: f.avepool_rounding,
             };
             let required = || x.required();
             // The layer's entry of the formats file (layers with weights), marked as used.

@@ -1867,6 +1867,8 @@ pub struct PoolSpec {
     pub stride: Pair,
     /// Max pool (`true`) or average pool.
     pub max: bool,
+    /// Average pool only: round the mean to nearest (`true`) or truncate it (see [`ave_q7`]).
+    pub round: bool,
 }
 
 /// What follows the convolution in a fused [`conv_pool_hwc_q7`]: an optional ReLU on the
@@ -1995,7 +1997,7 @@ fn pool_ring_row(
                     }
                 }
                 for (o, a) in ob.iter_mut().zip(acc.iter()) {
-                    *o = if count == 0 { 0 } else { sat_i8(*a / count) };
+                    *o = ave_q7(*a, count, p.round);
                 }
             }
         }
@@ -2134,10 +2136,31 @@ fn max_into<const DSP: bool>(out: &mut [i8], px: &[i8]) {
     }
 }
 
+/// The mean of `count` q7 values summing to `sum`, as q7: rounded to nearest, halves away from
+/// zero (`round`; TFLM's int8 average pool), or truncated toward zero like C's `/` (CMSIS-NN's
+/// legacy q7 pool: -7/2 = -3). Truncation biases the mean of non-negative data (a pool after a
+/// ReLU) down by almost half a step, which the next layer amplifies; rounding is unbiased. An
+/// empty window gives 0.
+#[inline(always)]
+pub fn ave_q7(sum: i32, count: i32, round: bool) -> i8 {
+    if count == 0 {
+        return 0;
+    }
+    let half = if !round {
+        0
+    } else if sum >= 0 {
+        count / 2
+    } else {
+        -(count / 2)
+    };
+    sat_i8((sum + half) / count)
+}
+
 /// Average pool, HWC: sum over the window clipped to the image, divided by the number of
-/// in-bounds elements with `/` on `i32` (truncates toward zero, like C: -7/2 = -3). Note that
-/// Caffe's float AVE pool divides by the window size *including* padding when `pad > 0`; the q7
-/// semantics (CMSIS) count only in-bounds elements. An empty window gives 0.
+/// in-bounds elements ([`ave_q7`]: rounded when `round`, else truncated toward zero as CMSIS-NN
+/// does). Note that Caffe's float AVE pool divides by the window size *including* padding when
+/// `pad > 0`; the q7 semantics (CMSIS) count only in-bounds elements. An empty window gives 0.
+#[allow(clippy::too_many_arguments)]
 pub fn avepool_hwc_q7(
     input: &[i8],
     in_dims: Dims,
@@ -2146,6 +2169,7 @@ pub fn avepool_hwc_q7(
     stride: Pair,
     output: &mut [i8],
     out_dims: Dims,
+    round: bool,
 ) -> KResult {
     check_pool(input, in_dims, stride, output, out_dims)?;
     let c = in_dims.c;
@@ -2172,7 +2196,7 @@ pub fn avepool_hwc_q7(
                 }
             }
             for (o, a) in ob.iter_mut().zip(acc.iter()) {
-                *o = if count == 0 { 0 } else { sat_i8(*a / count) };
+                *o = ave_q7(*a, count, round);
             }
         }
     }
@@ -2868,6 +2892,7 @@ pub fn pool_hwc_q7_in_place(
     stride: Pair,
     out_dims: Dims,
     max: bool,
+    round: bool,
 ) -> KResult {
     if stride.h == 0
         || stride.w == 0
@@ -2914,10 +2939,8 @@ pub fn pool_hwc_q7_in_place(
                 for (d, s) in buf[p_out + cb..p_out + cb + n].iter_mut().zip(a.iter()) {
                     *d = if max {
                         *s as i8
-                    } else if count > 0 {
-                        (*s / count) as i8
                     } else {
-                        0
+                        ave_q7(*s, count, round)
                     };
                 }
                 cb += n;

@@ -591,6 +591,7 @@ impl<'g> Simulator<'g> {
                     &mut y,
                     p.out_dims.dims(),
                     &mut s.sum,
+                    p.rounding.nearest(),
                 ),
                 (QOp::Relu, _) => {
                     elementwise::relu(x, &mut y);

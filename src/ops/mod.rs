@@ -49,6 +49,8 @@ pub struct Lower<'a> {
     pub given: Option<i32>,
     /// The Caffe name of the output blob (the formats file may use it), for messages.
     pub caffe_out: &'a str,
+    /// The formats' rounding of average pools.
+    pub avepool_rounding: crate::fixed::graph::PoolRounding,
 }
 
 /// A lowered layer: its q7 op, its output's fraction bits and layout.

@@ -6,7 +6,7 @@
 
 use super::{Check, Emit, Lower, Lowered};
 use crate::codegen::{self, Call};
-use crate::fixed::graph::{hwc_of, pair, QOp, QPool};
+use crate::fixed::graph::{hwc_of, pair, PoolRounding, QOp, QPool};
 use crate::fixed::kernels::{self, KResult};
 use crate::fixed::validate::same_layout;
 use crate::float::{pool, Kernel};
@@ -48,6 +48,10 @@ pub fn lower(x: &Lower, p: &PoolParams) -> Result<Lowered> {
         kernel: k,
         pad,
         stride: s,
+        rounding: match p.method {
+            PoolMethod::Max => PoolRounding::Truncate,
+            PoolMethod::Ave => x.avepool_rounding,
+        },
     };
     Ok(match p.method {
         PoolMethod::Max => (QOp::MaxPool(q), x.forced("max pooling")?, out_dims),
@@ -99,20 +103,18 @@ pub fn check(chk: &Check, p: &QPool) -> Result<()> {
 
 /// The reference (`kernels.rs`); the simulator's own path is `fixed::sim::elementwise`.
 pub fn run(p: &QPool, max: bool, x: &[i8], y: &mut [i8]) -> KResult {
-    let f = if max {
-        kernels::maxpool_hwc_q7
-    } else {
-        kernels::avepool_hwc_q7
-    };
-    f(
-        x,
+    let (ind, k, pad, s, outd) = (
         p.in_dims.dims(),
         pair(p.kernel),
         pair(p.pad),
         pair(p.stride),
-        y,
         p.out_dims.dims(),
-    )
+    );
+    if max {
+        kernels::maxpool_hwc_q7(x, ind, k, pad, s, y, outd)
+    } else {
+        kernels::avepool_hwc_q7(x, ind, k, pad, s, y, outd, p.rounding.nearest())
+    }
 }
 
 /// An unfused pool: over its input's bytes when the plan says so.
@@ -122,6 +124,9 @@ pub fn emit(e: &mut Emit, q: &QPool, max: bool) -> (Call, String) {
     e.param("KERNEL", "Pair", codegen::pair(q.kernel));
     e.param("PAD", "Pair", codegen::pair(q.pad));
     e.param("STRIDE", "Pair", codegen::pair(q.stride));
+    if !max {
+        e.param("ROUND", "bool", q.rounding.nearest().to_string());
+    }
     let k = match (max, e.in_place) {
         (true, false) => Call::Maxpool,
         (false, false) => Call::Avepool,

@@ -6,7 +6,7 @@ pub mod datahash;
 pub mod input;
 
 use crate::data::{self, preprocess::Preprocessor, Sample, Source};
-use crate::fixed::graph::{Formats, QGraph};
+use crate::fixed::graph::{Formats, PoolRounding, QGraph};
 use crate::fixed::qformat::InputScale;
 use crate::fixed::sim::{self, Simulator};
 use crate::float::{self, Engine};
@@ -52,6 +52,8 @@ pub struct Options {
     pub formats: Option<Formats>,
     /// Per-channel weight/bias start formats (`--per-layer` turns it off).
     pub per_channel: bool,
+    /// How the searched model's average pools round (pinned formats carry their own).
+    pub avepool_rounding: PoolRounding,
     pub quiet: bool,
     pub timing: bool,
     /// "rgb" or "bgr" as fed to the network.
@@ -550,6 +552,7 @@ pub fn run(
         Some(f) => (f.clone(), Strategy::None),
         None => {
             let mut f = search::start_formats_with(g, &cal.max_abs, opts.per_channel)?;
+            f.avepool_rounding = opts.avepool_rounding;
             cap_output_probabilities(g, &mut f);
             (f, opts.strategy)
         }

@@ -1,7 +1,8 @@
 //! Pooling and ReLU written so that they vectorize (channel-innermost loops, branch-free `max`),
 //! compiled for AVX-512BW / AVX2 / baseline and picked at run time. Same results as
-//! `kernels.rs` by construction (max is max; the average pool's truncating division is done in
-//! `f32` only where that is provably exact, see [`avepool`]); property tests pin them.
+//! `kernels.rs` by construction (max is max; the average pool's division, truncating or rounded
+//! as `kernels::ave_q7`, is done in `f32` only where that is provably exact, see [`avepool`]);
+//! property tests pin them.
 
 use crate::fixed::kernels::{self, Dims, KResult, Pair};
 
@@ -114,6 +115,7 @@ fn maxpool_body(
 
 /// Average pool over `CB` channels at a time (`c % CB == 0`), sums in registers.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn avepool_chunks<const CB: usize>(
     input: &[i8],
     ind: Dims,
@@ -122,6 +124,7 @@ fn avepool_chunks<const CB: usize>(
     s: Pair,
     out: &mut [i8],
     outd: Dims,
+    round: bool,
 ) {
     let c = ind.c;
     for oy in 0..outd.h {
@@ -134,7 +137,7 @@ fn avepool_chunks<const CB: usize>(
                 o.fill(0);
                 continue;
             }
-            let d = count as f32;
+            let (d, half) = (count as f32, if round { count / 2 } else { 0 });
             for (j, oc) in o.chunks_exact_mut(CB).enumerate() {
                 let mut sum = [0i32; CB];
                 for y in y0..y1 {
@@ -148,16 +151,18 @@ fn avepool_chunks<const CB: usize>(
                     }
                 }
                 for (a, b) in oc.iter_mut().zip(&sum) {
-                    // SAFETY: |sum| <= 128·count, so the quotient is finite and within
-                    // [-128, 128]: the conversion cannot overflow (unlike `as`, it vectorizes).
-                    *a = kernels::sat_i8(unsafe { (*b as f32 / d).to_int_unchecked::<i32>() });
+                    let n = b + if *b >= 0 { half } else { -half };
+                    // SAFETY: |n| <= 128·count + count/2, so the quotient is finite and within
+                    // [-129, 129]: the conversion cannot overflow (unlike `as`, it vectorizes).
+                    *a = kernels::sat_i8(unsafe { (n as f32 / d).to_int_unchecked::<i32>() });
                 }
             }
         }
     }
 }
 
-/// `sum / count` truncated toward zero, in `f32`: exact when `|sum| < 2^24` and
+/// `kernels::ave_q7`: `(sum ± count/2) / count` (the `±` term only when `round`) truncated
+/// toward zero, in `f32`: exact when the numerator is below `2^24` in magnitude and
 /// `0 < count < 2^24` (a non-integral quotient is at least `1/count` away from the next integer,
 /// relatively `> 2^-24`, so rounding the `f32` quotient cannot reach it).
 #[inline(always)]
@@ -171,11 +176,16 @@ fn avepool_body(
     out: &mut [i8],
     outd: Dims,
     sum: &mut Vec<i32>,
+    round: bool,
 ) {
     let c = ind.c;
     match c {
-        _ if c.is_multiple_of(32) => return avepool_chunks::<32>(input, ind, k, pad, s, out, outd),
-        _ if c.is_multiple_of(16) => return avepool_chunks::<16>(input, ind, k, pad, s, out, outd),
+        _ if c.is_multiple_of(32) => {
+            return avepool_chunks::<32>(input, ind, k, pad, s, out, outd, round)
+        }
+        _ if c.is_multiple_of(16) => {
+            return avepool_chunks::<16>(input, ind, k, pad, s, out, outd, round)
+        }
         _ => {}
     }
     sum.clear();
@@ -199,9 +209,10 @@ fn avepool_body(
                     }
                 }
             }
-            let d = count as f32;
+            let (d, half) = (count as f32, if round { count / 2 } else { 0 });
             for (a, b) in o.iter_mut().zip(sum.iter()) {
-                *a = kernels::sat_i8((*b as f32 / d) as i32);
+                let n = b + if *b >= 0 { half } else { -half };
+                *a = kernels::sat_i8((n as f32 / d) as i32);
             }
         }
     }
@@ -246,7 +257,7 @@ macro_rules! multiversion {
 }
 
 multiversion!(maxpool_mv, maxpool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, rowmax: &mut Vec<i8>));
-multiversion!(avepool_mv, avepool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, sum: &mut Vec<i32>));
+multiversion!(avepool_mv, avepool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, sum: &mut Vec<i32>, round: bool));
 multiversion!(relu_mv, relu_body, (x: &[i8], y: &mut [i8]));
 
 /// `kernels::maxpool_hwc_q7`, vectorized (`rowmax` is scratch).
@@ -269,7 +280,7 @@ pub(super) fn maxpool(
 }
 
 /// `kernels::avepool_hwc_q7`, vectorized; windows too large for the exact `f32` division
-/// (`128 · kh · kw ≥ 2^23`) go to `kernels.rs`.
+/// (`kh · kw ≥ 2^16`) go to `kernels.rs`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn avepool(
     input: &[i8],
@@ -280,12 +291,13 @@ pub(super) fn avepool(
     out: &mut [i8],
     outd: Dims,
     sum: &mut Vec<i32>,
+    round: bool,
 ) -> KResult {
     let small = k.h.checked_mul(k.w).is_some_and(|n| n < 1 << 16);
     if !pool_ok(input, ind, s, out, outd) || !small {
-        return kernels::avepool_hwc_q7(input, ind, k, pad, s, out, outd);
+        return kernels::avepool_hwc_q7(input, ind, k, pad, s, out, outd, round);
     }
-    avepool_mv(input, ind, k, pad, s, out, outd, sum);
+    avepool_mv(input, ind, k, pad, s, out, outd, sum, round);
     Ok(())
 }
 
