@@ -110,10 +110,10 @@ fn the_default_search_is_guarded_by_a_held_out_fifth() {
     assert_eq!(off["search"]["final_score"]["images"], 5085);
 }
 
-/// ResNet-56 (../shared, 58 conv/fc layers, BN folded, residual adds), 500 calibration images:
+/// ResNet-56 (../shared, 58 conv/fc layers, BN folded, residual adds), 1,000 calibration images:
 /// the default search is the layer-local pass alone on a graph this deep (no descent), and the
-/// quantized model stays within 0.5 percentage points of float top-1 on test_1017 and agrees with
-/// float on at least 97 % of the images.
+/// quantized model stays within 0.3 percentage points of float top-1 on test_1017 (issue 9's
+/// target) and agrees with float on at least 97 % of the images.
 #[test]
 #[ignore = "needs ../shared"]
 fn resnet56_default_search_stays_close_to_float() {
@@ -123,7 +123,7 @@ fn resnet56_default_search_stays_close_to_float() {
         &f.path("r56"),
         &m.join("res56_cifar_train_test.prototxt"),
         &m.join("ResNet_56.caffemodel"),
-        &["--calib-limit", "500"],
+        &["--calib-limit", "1000"],
     );
     let s = &r["search"];
     assert_eq!(s["strategy"], "default");
@@ -142,12 +142,13 @@ fn resnet56_default_search_stays_close_to_float() {
         a["quant_correct"].as_u64().unwrap() as f64,
     );
     assert_eq!(a["float_correct"], 946, "float ResNet-56: 93.02 %");
-    // Measured 942/1017 (−0.39 pp; 944 without bias correction), top-1 agreement 97.7 %; on
-    // 1,017 test images a difference of a few images is below the set's resolution, so the gate
-    // is 0.5 pp, and agreement with float.
+    // Measured 944/1017 (−0.20 pp), top-1 agreement 97.7 %, output SQNR 19.7 dB. By calibration
+    // size: 500 images 941 (−0.49 pp), 2,000 943, 5,085 944 (agreement 98.3 %, 20.0 dB). A few
+    // images are below the test set's resolution; the search is deterministic, so this gate
+    // only moves when the arithmetic or the search does.
     assert!(
-        (fc - qc) / 1017.0 * 100.0 <= 0.5,
-        "quantized {qc}/1017 is more than 0.5 pp below float {fc}/1017"
+        (fc - qc) / 1017.0 * 100.0 <= 0.3,
+        "quantized {qc}/1017 is more than 0.3 pp below float {fc}/1017"
     );
     assert!(a["top1_agreement"].as_f64().unwrap() >= 0.97, "{a}");
 }
