@@ -53,6 +53,17 @@ fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// [`check`] on `input`, then on `input` made non-negative (`|x|`, 127 at most: the values a
+/// ReLU leaves), which the AVX2 path runs with its own exact kernel (`vpmaddubsw`).
+fn check_signed_and_nonneg(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
+    check(g, input, n)?;
+    let nonneg: Vec<i8> = input
+        .iter()
+        .map(|v| v.unsigned_abs().min(127) as i8)
+        .collect();
+    check(g, &nonneg, n)
+}
+
 /// The property tests above run every supported path; this one says which (on stderr, so that
 /// the test log shows it without `--nocapture`) and fails if the best path the CPU supports is
 /// not among them or is not what `Simulator::new` picks.
@@ -261,17 +272,17 @@ proptest! {
 
     #[test]
     fn depthwise_and_dilated_conv_match_kernels((g, input, n) in dw_dilated_case()) {
-        check(&g, &input, n)?;
+        check_signed_and_nonneg(&g, &input, n)?;
     }
 
     #[test]
     fn conv_matches_kernels((g, input, n) in conv_case()) {
-        check(&g, &input, n)?;
+        check_signed_and_nonneg(&g, &input, n)?;
     }
 
     #[test]
     fn wide_conv_matches_kernels((g, input, n) in conv_wide_case()) {
-        check(&g, &input, n)?;
+        check_signed_and_nonneg(&g, &input, n)?;
     }
 
     #[test]
@@ -283,7 +294,7 @@ proptest! {
         let input: Vec<i8> = (0..n * k).map(|_| next()).collect();
         let f = QFc { in_len: k, out_len: o, weights, bias, weight_frac_bits: 0, bias_frac_bits: 0, bias_lshift: bl, out_rshift: or, per_channel: None };
         let g = one(QOp::Fc(f), Hwc { h: 1, w: 1, c: k }, Hwc { h: 1, w: 1, c: o });
-        check(&g, &input, n)?;
+        check_signed_and_nonneg(&g, &input, n)?;
     }
 
     #[test]
