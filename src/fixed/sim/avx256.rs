@@ -86,7 +86,7 @@ pub(super) struct YConv {
     rshift: Vec<i32>,
     /// [`Isa::Avx2`] only: the geometry and `i8` weights (`[group][block][kp / 4][8][4]`) of the
     /// `vpmaddubsw` kernel for non-negative inputs (same bias and shifts).
-    nonneg: Option<(Geometry, Vec<u8>)>,
+    nonneg: Option<Box<(Geometry, Vec<u8>)>>,
 }
 
 impl YConv {
@@ -111,7 +111,7 @@ impl YConv {
         let nonneg = (isa == Isa::Avx2).then(|| {
             let geo4 = c.geometry(4);
             let w4 = geo4.pack(&geo4.reorder(c.weights), LANES, 4);
-            (geo4, w4.iter().map(|&v| v as u8).collect())
+            Box::new((geo4, w4.iter().map(|&v| v as u8).collect()))
         });
         let packed = geo.pack(&wk, LANES, g);
         let w = match isa {
@@ -147,7 +147,7 @@ impl YConv {
                 eb: self.isa.elem_bytes(),
             };
             match self.isa {
-                Isa::Avx2 => match &self.nonneg {
+                Isa::Avx2 => match self.nonneg.as_deref() {
                     // A fold that vectorizes, unlike an early-exit `all`.
                     Some((geo, w)) if x.iter().fold(0i8, |m, &v| m.min(v)) >= 0 => {
                         geo.pad_image(x, |v| v as u8, 0, img8);
