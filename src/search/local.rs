@@ -186,12 +186,7 @@ fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
         | QOp::Mul { .. }
         | QOp::ScaleBias { .. } => return key,
     };
-    key.extend(rshift.iter().map(|&r| i64::from(r)));
-    key.extend(w.iter().map(|&v| i64::from(v)));
-    key.extend(b.iter().enumerate().map(|(c, &v)| {
-        let l = lshift[if lshift.len() == 1 { 0 } else { c }];
-        i64::from((v as i32).wrapping_shl(l as u32))
-    }));
+    key.extend(super::dense_key(w, b, lshift, rshift));
     key
 }
 

@@ -634,14 +634,8 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
             .chain(&qg.outputs)
             .map(|b| qg.frac_bits(b).map_or(i64::MIN, i64::from)),
     );
-    // Shifts of length 1 (per layer) or one per output channel (per-channel formats).
     let dense = |key: &mut KeyHasher, w: &[i8], b: &[i8], lshift: &[i32], rshift: &[i32]| {
-        key.extend(rshift.iter().map(|&r| i64::from(r)));
-        key.extend(w.iter().map(|&v| i64::from(v)));
-        key.extend(b.iter().enumerate().map(|(c, &v)| {
-            let l = lshift[if lshift.len() == 1 { 0 } else { c }];
-            i64::from((v as i32).wrapping_shl(l as u32))
-        }));
+        key.extend(dense_key(w, b, lshift, rshift))
     };
     for l in &qg.layers {
         match &l.op {
@@ -690,10 +684,32 @@ fn arithmetic_key(qg: &QGraph) -> [u8; 32] {
                 key.extend(exp_table.iter().map(|&v| i64::from(v)));
             }
             QOp::Concat { shifts } => key.extend(shifts.iter().map(|&s| i64::from(s))),
-            QOp::MaxPool(_) | QOp::AvePool(_) | QOp::Relu | QOp::Reshape | QOp::Permute { .. } => {}
+            QOp::AvePool(p) => key.push(i64::from(p.rounding.nearest())),
+            QOp::MaxPool(_) | QOp::Relu | QOp::Reshape | QOp::Permute { .. } => {}
         }
     }
     key.finish()
+}
+
+/// The values that decide a dense layer's (conv, fc, scale) integer arithmetic: its output
+/// shifts, its weights, and its biases as the accumulator starts them (`bias << bias_lshift`,
+/// shifts of length 1 or one per output channel), so that formats giving the same integers are
+/// recognised as the same computation (here and in the local pass's `layer_key`).
+pub(crate) fn dense_key<'a>(
+    w: &'a [i8],
+    b: &'a [i8],
+    lshift: &'a [i32],
+    rshift: &'a [i32],
+) -> impl Iterator<Item = i64> + 'a {
+    let start = move |(c, &v): (usize, &i8)| {
+        let l = lshift[if lshift.len() == 1 { 0 } else { c }];
+        i64::from((v as i32).wrapping_shl(l as u32))
+    };
+    rshift
+        .iter()
+        .map(|&r| i64::from(r))
+        .chain(w.iter().map(|&v| i64::from(v)))
+        .chain(b.iter().enumerate().map(start))
 }
 
 /// The blobs a prefix cache must hold so that any conv/fc layer `k` can be re-run from it: those
