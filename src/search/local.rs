@@ -15,7 +15,6 @@
 //! keeps it only if the end-to-end objective on the search part prefers it and the held-out
 //! part does not get worse (see `search`).
 
-use super::objective::deq_logical;
 use super::subset::{self, Holdout};
 use super::{format_layers, get, pick_pixels, set, Evaluator, Param};
 use crate::fixed::graph::{Formats, QGraph, QOp};
@@ -93,21 +92,54 @@ fn error(qg: &QGraph, blob: &str, q: &[i8], f: &[f32], relu: bool) -> Result<(f6
         q.len(),
         f.len()
     );
-    let mut deq = Vec::with_capacity(len);
+    let table = deq_table(qb.frac_bits, relu);
     let (mut noise, mut signal) = (0f64, 0f64);
     for (qi, fi) in q.chunks_exact(len).zip(f.chunks_exact(len)) {
-        deq_logical(qi, qb.layout, qb.frac_bits, &mut deq);
-        for (&x, &y) in fi.iter().zip(&deq) {
-            let (x, y) = if relu {
-                ((x as f64).max(0.0), y.max(0.0))
-            } else {
-                (x as f64, y)
-            };
+        for_logical(qi, qb.layout, fi, |x, v| {
+            let x = if relu { (x as f64).max(0.0) } else { x as f64 };
+            let y = table[v as u8 as usize];
             noise += (x - y) * (x - y);
             signal += x * x;
-        }
+        });
     }
     Ok((noise, signal))
+}
+
+/// The value of every q7 byte at `frac_bits` (after a ReLU with `relu`), indexed by the byte.
+fn deq_table(frac_bits: i32, relu: bool) -> [f64; 256] {
+    let s = (-(frac_bits as f64)).exp2();
+    std::array::from_fn(|i| {
+        let v = (i as u8 as i8) as f64 * s;
+        if relu {
+            v.max(0.0)
+        } else {
+            v
+        }
+    })
+}
+
+/// `visit(float, q7)` for every value of one image, in the float blob's logical (NCHW) order:
+/// the q7 byte is read from its physical (HWC) place, the pairing of
+/// [`deq_logical`](super::objective::deq_logical), without dequantizing a copy (the local pass
+/// compares every candidate of every layer this way).
+fn for_logical(
+    q: &[i8],
+    layout: crate::fixed::graph::Hwc,
+    f: &[f32],
+    mut visit: impl FnMut(f32, i8),
+) {
+    let (hw, c) = (layout.h * layout.w, layout.c);
+    if hw <= 1 || c <= 1 {
+        for (&x, &v) in f.iter().zip(q) {
+            visit(x, v);
+        }
+        return;
+    }
+    for (ch, plane) in f.chunks_exact(hw).enumerate() {
+        for (p, &x) in plane.iter().enumerate() {
+            visit(x, q[p * c + ch]);
+        }
+    }
 }
 
 /// Per output channel (the first axis of the blob's logical shape), the mean of quantized minus
@@ -129,18 +161,18 @@ fn channel_mean_error(
         "local pass: blob '{blob}' does not split into {channels} channels"
     );
     let per = len / channels;
-    let step = (-(qb.frac_bits as f64)).exp2();
-    let (hi, lo) = (127.0 * step, -128.0 * step);
+    let table = deq_table(qb.frac_bits, false);
     let (mut sum, mut count) = (vec![0f64; channels], vec![0u64; channels]);
-    let mut deq = Vec::with_capacity(len);
     for (qi, fi) in q.chunks_exact(len).zip(f.chunks_exact(len)) {
-        deq_logical(qi, qb.layout, qb.frac_bits, &mut deq);
-        for (i, (&x, &y)) in fi.iter().zip(&deq).enumerate() {
-            if y < hi && y > lo {
-                sum[i / per] += y - x as f64;
+        let mut i = 0;
+        for_logical(qi, qb.layout, fi, |x, v| {
+            // Values at the int8 limits are left out (saturated, not rounded).
+            if v != i8::MAX && v != i8::MIN {
+                sum[i / per] += table[v as u8 as usize] - x as f64;
                 count[i / per] += 1;
             }
-        }
+            i += 1;
+        });
     }
     Ok(sum
         .iter()
