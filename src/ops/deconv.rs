@@ -10,21 +10,13 @@ use crate::fixed::kernels::{self, KResult};
 use crate::fixed::validate::{check_dense_shifts, same_layout};
 use crate::fixed::QFormat;
 use crate::float::{deconv, Kernel};
-use crate::ir::shape::{deconv_out, expect_chw};
+use crate::ir::shape::deconv_out;
 use crate::ir::{ConvParams, Hw, Node, Tensor};
 use anyhow::{bail, ensure, Context as _, Result};
 
 /// `stride·(in - 1) + dilation·(k - 1) + 1 - 2·pad` per axis.
 pub fn shape(node: &Node, c: &ConvParams, first: &[usize]) -> Result<Vec<usize>> {
-    let (ch, h, w) = expect_chw(node, first)?;
-    ensure!(
-        c.group > 0 && ch.is_multiple_of(c.group) && c.num_output.is_multiple_of(c.group),
-        "group {} must divide both the input channels {} and num_output {}",
-        c.group,
-        ch,
-        c.num_output
-    );
-    ensure!(c.num_output > 0, "num_output must be positive");
+    let (h, w) = super::conv::grouped_input(node, c, first)?;
     Ok(vec![
         c.num_output,
         deconv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
@@ -176,7 +168,7 @@ pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
             && c.dilation.w > 0,
         "layer '{layer}': kernel, stride and dilation must be positive"
     );
-    for (axis, i, k, s, p, d, o) in crate::fixed::validate::conv_axes(c) {
+    for (axis, i, k, s, p, d, o) in super::conv::conv_axes(c) {
         let want =
             deconv_out(i, k, s, p, d).with_context(|| format!("layer '{layer}': axis {axis}"))?;
         ensure!(

@@ -16,14 +16,16 @@
 //! the op's module, so a new variant makes the compiler name each place it must be handled.
 //! The arithmetic itself stays in `fixed/kernels.rs`, shared verbatim with the firmware.
 //!
-//! Convolution and InnerProduct (with the ReLU and pooling fused into a convolution's firmware
-//! step) are still handled where they were (`ir::shape`, `float`, `fixed::graph`,
-//! `fixed::validate`, `fixed::sim` with its SIMD paths, `codegen`), dispatched from the same
-//! enums; pooling's and ReLU's faster simulator paths stay in `fixed::sim`.
+//! Convolution (`conv`) and InnerProduct (`inner_product`) follow the same pattern; their
+//! simulator fast paths (the SIMD direct convolutions, the depthwise path, the i16 GEMM) are
+//! prepared in `fixed::sim` beside those kernels (`conv_prep`, `fc_prep`), as are pooling's and
+//! ReLU's; the convolution-fused ReLU/pool firmware steps are grouped in `codegen::steps`.
 
 pub mod concat;
+pub mod conv;
 pub mod deconv;
 pub mod eltwise;
+pub mod inner_product;
 pub mod lrn;
 pub mod lut;
 pub mod pool;
