@@ -42,7 +42,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The command line of `nnquant codegen`: [`Args`] (which `nnquant build` also fills in) and the
+/// The command line of `nnquant codegen`: [`Args`] (what a build file also sets) and the
 /// options only the command line sets.
 #[derive(Debug, clap::Args)]
 pub struct Cli {
@@ -66,10 +66,6 @@ pub struct Extra {
     /// (leave it off for a crate inside a board project's workspace).
     #[arg(long)]
     pub standalone: bool,
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
-    run_with(a, Extra::default())
 }
 
 pub fn run_cli(c: Cli) -> Result<ExitCode> {

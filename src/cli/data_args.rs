@@ -4,7 +4,7 @@
 use super::ShapeArg;
 use crate::data::{ChannelOrder, Layout};
 pub use crate::pipeline::inputs::{DataOpts, ModelSource};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -50,34 +50,11 @@ impl PreprocessFlags {
 pub struct MeanValues(pub Vec<f32>);
 
 pub fn parse_scale(s: &str) -> Result<f32> {
-    let v: f32 = s
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("--scale '{s}' is not a number"))?;
-    anyhow::ensure!(
-        v.is_finite() && v > 0.0,
-        "--scale {s} must be a positive finite number"
-    );
-    Ok(v)
+    crate::pipeline::inputs::parse_scale(s)
 }
 
 pub fn parse_mean_values(s: &str) -> Result<MeanValues> {
-    let v: Vec<f32> = s
-        .split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<f32>()
-                .ok()
-                .filter(|v| v.is_finite() && (0.0..=255.0).contains(v))
-                .with_context(|| {
-                    format!(
-                        "--mean-value '{s}': '{}' is not a number in 0..=255",
-                        p.trim()
-                    )
-                })
-        })
-        .collect::<Result<_>>()?;
-    Ok(MeanValues(v))
+    crate::pipeline::inputs::parse_mean_values(s).map(MeanValues)
 }
 
 /// `--mean-file`, `--input-shape`, `--scale`, `--mean-value` for commands that take `--model`.

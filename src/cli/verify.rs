@@ -39,7 +39,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The command line of `nnquant verify`: [`Args`] (which `nnquant build` also fills in) and the
+/// The command line of `nnquant verify`: [`Args`] (what a build file also sets) and the
 /// options only the command line sets.
 #[derive(Debug, clap::Args)]
 pub struct Cli {
@@ -69,10 +69,6 @@ fn parse_timeout(v: &str) -> Result<f64> {
         Ok(t) if t.is_finite() && t > 0.0 && t <= 1e6 => Ok(t),
         _ => anyhow::bail!("'{v}' is not a number of seconds between 0 and 1000000"),
     }
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
-    run_with(a, Extra::default())
 }
 
 pub fn run_cli(c: Cli) -> Result<ExitCode> {

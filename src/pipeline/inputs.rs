@@ -34,6 +34,40 @@ impl ModelSource {
     }
 }
 
+/// A transform_param scale (`--scale`, a build file's `model.scale`): positive and finite.
+pub fn parse_scale(s: &str) -> Result<f32> {
+    let v: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--scale '{s}' is not a number"))?;
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0,
+        "--scale {s} must be a positive finite number"
+    );
+    Ok(v)
+}
+
+/// transform_param mean values (`--mean-value`, `model.mean_value`): `v` or `v,v,v`, each in
+/// 0..=255.
+pub fn parse_mean_values(s: &str) -> Result<Vec<f32>> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && (0.0..=255.0).contains(v))
+                .with_context(|| {
+                    format!(
+                        "--mean-value '{s}': '{}' is not a number in 0..=255",
+                        p.trim()
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    Ok(v)
+}
+
 /// One data set, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct DataOpts {

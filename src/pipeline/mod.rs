@@ -3,6 +3,7 @@
 //! `crate::eval`). `cli/` turns flags into these options, shows progress, prints the results
 //! and turns errors into exit code 2.
 
+pub mod build;
 pub mod codegen;
 pub mod inputs;
 pub mod quantize;
