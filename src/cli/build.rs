@@ -23,8 +23,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-pub use crate::pipeline::build::{parse_config, Config, TOOL_FINGERPRINT};
-
 /// Prints what `nnquant quantize` and `nnquant codegen` print, step by step.
 struct Printer {
     quiet: bool,
