@@ -289,13 +289,24 @@ fn float_deconvolution_matches_the_numpy_reference() {
 /// random net the default search trades deconvolution biases for the output's KL) and the given
 /// `--softmax` rule: (model, report).
 fn quantized(f: &Fixture, softmax: &str) -> (PathBuf, serde_json::Value) {
+    let (p, w) = (opsnet("opsnet.prototxt"), opsnet("opsnet.caffemodel"));
+    quantized_on_opsnet_data(f, &p, &w, softmax)
+}
+
+/// A model quantized with max-abs formats on opsnet's images (and their preprocessing).
+fn quantized_on_opsnet_data(
+    f: &Fixture,
+    model: &Path,
+    weights: &Path,
+    softmax: &str,
+) -> (PathBuf, serde_json::Value) {
     quantize_ok(
         f.dir.path(),
         &[
             &"--model",
-            &opsnet("opsnet.prototxt"),
+            &model,
             &"--weights",
-            &opsnet("opsnet.caffemodel"),
+            &weights,
             &"--calib",
             &opsnet("calib_u8_hwc.npy"),
             &"--eval",
@@ -536,25 +547,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip" inner_product_
         "bn.caffemodel",
         nnquant::caffe::write::encode_caffemodel("bnnet", &w),
     );
-    let (m, r) = quantize_ok(
-        f.dir.path(),
-        &[
-            &"--model",
-            &p,
-            &"--weights",
-            &wts,
-            &"--calib",
-            &opsnet("calib_u8_hwc.npy"),
-            &"--eval",
-            &opsnet("test_u8_hwc.npy"),
-            &"--mean-value",
-            &"128",
-            &"--scale",
-            &"0.0078125",
-            &"--search",
-            &"none",
-        ],
-    );
+    let (m, r) = quantized_on_opsnet_data(&f, &p, &wts, "drop");
     let model = std::fs::read_to_string(&m).unwrap();
     assert_eq!(model.matches("\"ScaleBias\"").count(), 2, "bn1 and sc1");
     for b in ["bn1", "sc1", "ip"] {

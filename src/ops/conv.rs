@@ -8,7 +8,7 @@
 
 use super::{Check, Emit, Lower, Lowered, Run};
 use crate::codegen::{self, steps::StepKind, ArrayCtx, Call};
-use crate::fixed::graph::{hwc_of, pair, LayerFormat, QConv, QOp};
+use crate::fixed::graph::{hwc_of, pair, LayerFormat, QBlob, QConv, QOp};
 use crate::fixed::headroom::{self, Headroom};
 use crate::fixed::kernels::{self, KResult};
 use crate::fixed::validate::{check_channel_shifts, same_layout};
@@ -141,9 +141,14 @@ pub(crate) fn conv_axes(
     ]
 }
 
-/// A model file's convolution: dimensions against its blobs and Caffe's size rule, weight and
-/// bias lengths, shifts against the formats, the overflow proof.
-pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
+/// The checks a convolution and a deconvolution share (`what` names the op): one C×H×W input
+/// and the output with the layouts `in_dims`/`out_dims` say, a group count dividing both
+/// channel counts. Returns the layer's name and its input and output blobs.
+pub(crate) fn check_io<'a>(
+    chk: &Check<'a>,
+    c: &QConv,
+    what: &str,
+) -> Result<(&'a str, &'a QBlob, &'a QBlob)> {
     chk.arity(1)?;
     let (in_name, input) = chk.in0()?;
     let (layer, output, out_name) = (chk.name(), chk.out, chk.l.output.as_str());
@@ -151,7 +156,7 @@ pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
     same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
     ensure!(
         input.shape.len() == 3,
-        "layer '{layer}': a convolution needs a C×H×W input, '{in_name}' is {:?}",
+        "layer '{layer}': a {what} needs a C×H×W input, '{in_name}' is {:?}",
         input.shape
     );
     ensure!(
@@ -163,6 +168,13 @@ pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
         c.in_dims.c,
         c.out_dims.c
     );
+    Ok((layer, input, output))
+}
+
+/// A model file's convolution: dimensions against its blobs and Caffe's size rule, weight and
+/// bias lengths, shifts against the formats, the overflow proof.
+pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
+    let (layer, input, output) = check_io(chk, c, "convolution")?;
     ensure!(
         c.kernel.h > 0 && c.kernel.w > 0 && c.stride.h > 0 && c.stride.w > 0,
         "layer '{layer}': kernel {}×{} and stride {}×{} must be positive",
@@ -274,15 +286,15 @@ pub fn emit(
     e.param("STRIDE", "Pair", codegen::pair(c.stride));
     e.param("DILATION", "Pair", codegen::pair(c.dilation));
     e.param("GROUPS", "usize", c.groups.to_string());
-    match &c.per_channel {
-        None => {
-            e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-            e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-            e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-            e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-        }
-        Some(pc) => e.arrays.extend(codegen::channel_arrays(&p, &name, pc)),
-    }
+    e.dense_shifts(
+        &c.per_channel,
+        (
+            c.weight_frac_bits,
+            c.bias_frac_bits,
+            c.bias_lshift,
+            c.out_rshift,
+        ),
+    );
     let doc = format!(
         "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
         name,
@@ -324,16 +336,7 @@ pub fn emit(
             &c.weights,
         ));
     }
-    e.arrays.push(ArrayCtx::i8(
-        format!("{p}_BIAS"),
-        format!(
-            "`{}` biases [{}], {} fraction bits.",
-            name,
-            c.bias.len(),
-            c.bias_frac_bits
-        ),
-        &c.bias,
-    ));
+    e.bias(&c.bias, c.bias_frac_bits);
     Ok((
         if matches!(kind, StepKind::ConvPool { .. }) {
             Call::ConvPool

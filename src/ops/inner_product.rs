@@ -5,7 +5,7 @@
 //! prepared in `fixed::sim` (`fc_prep`); this module holds the reference call.
 
 use super::{Check, Emit, Lower, Lowered, Run};
-use crate::codegen::{self, ArrayCtx, Call};
+use crate::codegen::{ArrayCtx, Call};
 use crate::fixed::graph::{Hwc, LayerFormat, QFc, QOp};
 use crate::fixed::headroom::{self, Headroom};
 use crate::fixed::kernels::{self, KResult};
@@ -167,15 +167,15 @@ pub fn run(r: &Run, f: &QFc, y: &mut [i8]) -> KResult {
 
 pub fn emit(e: &mut Emit, f: &QFc) -> (Call, String) {
     let (p, name) = (e.p.to_string(), e.l.name.clone());
-    match &f.per_channel {
-        None => {
-            e.param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
-            e.param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
-            e.param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
-            e.param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
-        }
-        Some(pc) => e.arrays.extend(codegen::channel_arrays(&p, &name, pc)),
-    }
+    e.dense_shifts(
+        &f.per_channel,
+        (
+            f.weight_frac_bits,
+            f.bias_frac_bits,
+            f.bias_lshift,
+            f.out_rshift,
+        ),
+    );
     e.arrays.push(ArrayCtx::i8(
         format!("{p}_WEIGHTS"),
         format!(
@@ -184,16 +184,7 @@ pub fn emit(e: &mut Emit, f: &QFc) -> (Call, String) {
         ),
         &f.weights,
     ));
-    e.arrays.push(ArrayCtx::i8(
-        format!("{p}_BIAS"),
-        format!(
-            "`{}` biases [{}], {} fraction bits.",
-            name,
-            f.bias.len(),
-            f.bias_frac_bits
-        ),
-        &f.bias,
-    ));
+    e.bias(&f.bias, f.bias_frac_bits);
     (
         Call::Fc,
         format!(

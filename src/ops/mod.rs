@@ -253,4 +253,39 @@ impl Emit<'_> {
     pub fn in_name(&self, i: usize) -> &str {
         &self.l.inputs[i]
     }
+
+    /// A conv/fc's shifts: constants for per-layer formats `(weight_frac_bits,
+    /// bias_frac_bits, bias_lshift, out_rshift)`, else the per-channel shift arrays.
+    pub fn dense_shifts(
+        &mut self,
+        per_channel: &Option<crate::fixed::graph::ChannelFormats>,
+        (wf, bf, bl, or): (i32, i32, i32, i32),
+    ) {
+        match per_channel {
+            None => {
+                self.param("BIAS_LSHIFT", "i32", bl.to_string());
+                self.param("OUT_RSHIFT", "i32", or.to_string());
+                self.param("WEIGHT_FRAC_BITS", "i32", wf.to_string());
+                self.param("BIAS_FRAC_BITS", "i32", bf.to_string());
+            }
+            Some(pc) => {
+                self.arrays
+                    .extend(crate::codegen::channel_arrays(self.p, &self.l.name, pc))
+            }
+        }
+    }
+
+    /// The layer's `{p}_BIAS` array.
+    pub fn bias(&mut self, bias: &[i8], frac: i32) {
+        self.arrays.push(ArrayCtx::i8(
+            format!("{}_BIAS", self.p),
+            format!(
+                "`{}` biases [{}], {} fraction bits.",
+                self.l.name,
+                bias.len(),
+                frac
+            ),
+            bias,
+        ));
+    }
 }
