@@ -31,7 +31,7 @@ pub struct ModelArgs {
 pub struct PreprocessFlags {
     /// Caffe's transform_param scale (multiplied after the mean is subtracted), replacing the
     /// prototxt's.
-    #[arg(long, value_parser = parse_scale)]
+    #[arg(long, value_parser = crate::pipeline::inputs::parse_scale)]
     pub scale: Option<f32>,
     /// Caffe's transform_param mean_value: one value for all channels or one per channel
     /// (`104,117,123`), replacing the prototxt's mean (value or file).
@@ -48,10 +48,6 @@ impl PreprocessFlags {
 /// The values of `--mean-value`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeanValues(pub Vec<f32>);
-
-pub fn parse_scale(s: &str) -> Result<f32> {
-    crate::pipeline::inputs::parse_scale(s)
-}
 
 pub fn parse_mean_values(s: &str) -> Result<MeanValues> {
     crate::pipeline::inputs::parse_mean_values(s).map(MeanValues)
