@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy_out;
 pub(crate) mod ops;
+pub mod pipeline;
 pub mod progress;
 pub mod quantize;
 pub mod report;

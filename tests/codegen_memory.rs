@@ -188,26 +188,21 @@ layer { name: "ip" type: "InnerProduct" bottom: "sum2" top: "ip" inner_product_p
     let images = f.path("images.npy");
     let px: Vec<u8> = (0..32 * 192).map(|i| ((i * 37) % 256) as u8).collect();
     nnquant::npy_out::write(&images, &[32, 8, 8, 3], &px).unwrap();
-    let m = f.path("m.nnq.json");
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &p,
-        &"--weights",
-        &wts,
-        &"--calib",
-        &images,
-        &"--search",
-        &"none",
-        &"--split",
-        &"2",
-        &"-o",
-        &m,
-        &"--report",
-        &f.path("r.json"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (m, _) = quantize_ok(
+        f.dir.path(),
+        &[
+            &"--model",
+            &p,
+            &"--weights",
+            &wts,
+            &"--calib",
+            &images,
+            &"--search",
+            &"none",
+            &"--split",
+            &"2",
+        ],
+    );
     let model = NnqModel::read(&m).unwrap();
     for dsp in [false, true] {
         let pl = plan::plan(&model.graph, dsp);
@@ -228,25 +223,7 @@ layer { name: "ip" type: "InnerProduct" bottom: "sum2" top: "ip" inner_product_p
         );
         assert_eq!(pl.blobs["sum1"].offset, pl.blobs["relu1"].offset);
     }
-    let o = nnquant(&[
-        &"verify",
-        &m,
-        &"--data",
-        &images,
-        &"--target",
-        &"host",
-        &"--count",
-        &"16",
-        &"--work-dir",
-        &f.path("fw"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(
-        o.stdout.contains("16/16 images byte-identical"),
-        "{}",
-        o.stdout
-    );
+    verify_identical(&m, &images, "host", 16, &f.path("fw"), &[]);
     let lib = std::fs::read_to_string(f.path("fw/src/lib.rs")).unwrap();
     assert_eq!(lib.matches("kernels::add_q7_in_place(").count(), 2, "{lib}");
 }

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{assert_fails, nnquant, npy_f64, npz_members, sqnr_db, tensor, Fixture};
+use common::{
+    assert_fails, nnquant, npy_f64, npz_members, sqnr_db, tensor, verify_identical, Fixture,
+};
 use nnquant::caffe::write::encode_caffemodel;
 use std::path::{Path, PathBuf};
 
@@ -191,24 +193,13 @@ fn ssd_heads_quantize_save_both_outputs_and_run_byte_identical() {
     assert!(!npy.exists());
 
     // The firmware writes both outputs, one after the other, as the simulator computes them.
-    let o = nnquant(&[
-        &"verify",
+    verify_identical(
         &f.path("m.nnq.json"),
-        &"--data",
         &images,
-        &"--target",
-        &"host",
-        &"--count",
-        &"8",
-        &"--work-dir",
+        "host",
+        8,
         &f.path("fw"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(
-        o.stdout.contains("8/8 images byte-identical"),
-        "{}",
-        o.stdout
+        &[],
     );
     let lib = std::fs::read_to_string(f.path("fw/src/lib.rs")).unwrap();
     assert!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{nnquant, tensor, Fixture};
+use common::{quantize_ok, tensor, verify_identical, Fixture};
 use nnquant::fixed::graph::lut_table;
 use nnquant::fixed::kernels::{lut_q7, max_q7, prelu_q7, softmax_q7};
 use proptest::prelude::*;
@@ -157,32 +157,25 @@ fn quantized(f: &Fixture) -> (PathBuf, PathBuf, serde_json::Value) {
         .map(|i| ((i * 7919 + i / 7 * 13) % 256) as u8)
         .collect();
     nnquant::npy_out::write(&images, &[64, 12, 12, 3], &px).unwrap();
-    let m = f.path("m.nnq.json");
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &p,
-        &"--weights",
-        &wts,
-        &"--calib",
-        &images,
-        &"--split",
-        &"2",
-        &"--mean-value",
-        &"128",
-        &"--scale",
-        &"0.0078125",
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &f.path("r.json"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(f.path("r.json")).unwrap()).unwrap();
+    let (m, r) = quantize_ok(
+        f.dir.path(),
+        &[
+            &"--model",
+            &p,
+            &"--weights",
+            &wts,
+            &"--calib",
+            &images,
+            &"--split",
+            &"2",
+            &"--mean-value",
+            &"128",
+            &"--scale",
+            &"0.0078125",
+            &"--search",
+            &"none",
+        ],
+    );
     (m, images, r)
 }
 
@@ -233,25 +226,7 @@ fn model_with_every_new_op_follows_float_and_runs_byte_identical() {
     let agreement = r["accuracy"]["top1_agreement"].as_f64().unwrap();
     assert!(agreement > 0.8, "top-1 agreement with float {agreement}");
 
-    let o = nnquant(&[
-        &"verify",
-        &m,
-        &"--data",
-        &images,
-        &"--target",
-        &"host",
-        &"--count",
-        &"32",
-        &"--work-dir",
-        &f.path("fw"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(
-        o.stdout.contains("32/32 images byte-identical"),
-        "{}",
-        o.stdout
-    );
+    verify_identical(&m, &images, "host", 32, &f.path("fw"), &[]);
 }
 
 #[test]
@@ -259,25 +234,13 @@ fn model_with_every_new_op_follows_float_and_runs_byte_identical() {
 fn qemu_new_ops_on_cortex_m4() {
     let f = Fixture::new();
     let (m, images, _) = quantized(&f);
-    let o = nnquant(&[
-        &"verify",
+    let out = verify_identical(
         &m,
-        &"--data",
         &images,
-        &"--target",
-        &"cortex-m4",
-        &"--count",
-        &"64",
-        &"--count-instructions",
-        &"--work-dir",
+        "cortex-m4",
+        64,
         &f.path("fw-m4"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    println!("{}", o.stdout);
-    assert!(
-        o.stdout.contains("64/64 images byte-identical"),
-        "{}",
-        o.stdout
+        &["--count-instructions"],
     );
+    println!("{out}");
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{nnquant, npy_f64, sqnr_db, Fixture};
+use common::{nnquant, npy_f64, quantize_ok, sqnr_db, verify_identical, Fixture};
 use nnquant::fixed::graph::{lrn_table, QOp};
 use nnquant::fixed::kernels::{
     deconv_hwc_q7, deconv_hwc_q7_variant, lrn_q7, mul_q7, scale_q7, Dims, Pair,
@@ -16,14 +16,6 @@ use nnquant::fixed::kernels::{
 use nnquant::ir::{LrnParams, NormRegion};
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
-
-/// `nnquant verify` with the arguments (verifications may run at the same time: each builds
-/// under its own crate name and runs its own copy of the firmware).
-fn verify(args: &[&dyn AsRef<std::ffi::OsStr>]) -> common::Outcome {
-    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"verify"];
-    all.extend_from_slice(args);
-    nnquant(&all)
-}
 
 fn opsnet(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -297,34 +289,38 @@ fn float_deconvolution_matches_the_numpy_reference() {
 /// random net the default search trades deconvolution biases for the output's KL) and the given
 /// `--softmax` rule: (model, report).
 fn quantized(f: &Fixture, softmax: &str) -> (PathBuf, serde_json::Value) {
-    let (m, r) = (f.path("m.nnq.json"), f.path("r.json"));
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &opsnet("opsnet.prototxt"),
-        &"--weights",
-        &opsnet("opsnet.caffemodel"),
-        &"--calib",
-        &opsnet("calib_u8_hwc.npy"),
-        &"--eval",
-        &opsnet("test_u8_hwc.npy"),
-        &"--mean-value",
-        &"128",
-        &"--scale",
-        &"0.0078125",
-        &"--search",
-        &"none",
-        &"--softmax",
-        &softmax,
-        &"-o",
-        &m,
-        &"--report",
-        &r,
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    let r = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
-    (m, r)
+    let (p, w) = (opsnet("opsnet.prototxt"), opsnet("opsnet.caffemodel"));
+    quantized_on_opsnet_data(f, &p, &w, softmax)
+}
+
+/// A model quantized with max-abs formats on opsnet's images (and their preprocessing).
+fn quantized_on_opsnet_data(
+    f: &Fixture,
+    model: &Path,
+    weights: &Path,
+    softmax: &str,
+) -> (PathBuf, serde_json::Value) {
+    quantize_ok(
+        f.dir.path(),
+        &[
+            &"--model",
+            &model,
+            &"--weights",
+            &weights,
+            &"--calib",
+            &opsnet("calib_u8_hwc.npy"),
+            &"--eval",
+            &opsnet("test_u8_hwc.npy"),
+            &"--mean-value",
+            &"128",
+            &"--scale",
+            &"0.0078125",
+            &"--search",
+            &"none",
+            &"--softmax",
+            &softmax,
+        ],
+    )
 }
 
 fn blob_sqnr(r: &serde_json::Value, b: &str) -> f64 {
@@ -392,24 +388,8 @@ fn opsnet_follows_float_per_op_and_runs_byte_identical() {
     let agreement = r["accuracy"]["top1_agreement"].as_f64().unwrap();
     assert!(agreement > 0.85, "top-1 agreement with float {agreement}");
 
-    let o = verify(&[
-        &m,
-        &"--data",
-        &opsnet("test_u8_hwc.npy"),
-        &"--target",
-        &"host",
-        &"--count",
-        &"100",
-        &"--work-dir",
-        &f.path("fw"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(
-        o.stdout.contains("100/100 images byte-identical"),
-        "{}",
-        o.stdout
-    );
+    let data = opsnet("test_u8_hwc.npy");
+    verify_identical(&m, &data, "host", 100, &f.path("fw"), &[]);
 }
 
 /// The default (`--softmax drop`) keeps today's rule: the output is the Softmax's input.
@@ -429,26 +409,16 @@ fn softmax_drop_is_the_default_rule() {
 fn qemu_opsnet_on_cortex_m4() {
     let f = Fixture::new();
     let (m, _) = quantized(&f, "keep");
-    let o = verify(&[
+    let data = opsnet("test_u8_hwc.npy");
+    let out = verify_identical(
         &m,
-        &"--data",
-        &opsnet("test_u8_hwc.npy"),
-        &"--target",
-        &"cortex-m4",
-        &"--count",
-        &"100",
-        &"--count-instructions",
-        &"--work-dir",
+        &data,
+        "cortex-m4",
+        100,
         &f.path("fw-m4"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    println!("{}", o.stdout);
-    assert!(
-        o.stdout.contains("100/100 images byte-identical"),
-        "{}",
-        o.stdout
+        &["--count-instructions"],
     );
+    println!("{out}");
 }
 
 /// The LRN's own error: q7 against f64 on the same q7 inputs (cifar10_full's across-channel
@@ -577,56 +547,16 @@ layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip" inner_product_
         "bn.caffemodel",
         nnquant::caffe::write::encode_caffemodel("bnnet", &w),
     );
-    let (m, r) = (f.path("m.nnq.json"), f.path("r.json"));
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &p,
-        &"--weights",
-        &wts,
-        &"--calib",
-        &opsnet("calib_u8_hwc.npy"),
-        &"--eval",
-        &opsnet("test_u8_hwc.npy"),
-        &"--mean-value",
-        &"128",
-        &"--scale",
-        &"0.0078125",
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &r,
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}", o.stderr);
+    let (m, r) = quantized_on_opsnet_data(&f, &p, &wts, "drop");
     let model = std::fs::read_to_string(&m).unwrap();
     assert_eq!(model.matches("\"ScaleBias\"").count(), 2, "bn1 and sc1");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
     for b in ["bn1", "sc1", "ip"] {
         let db = blob_sqnr(&r, b);
         println!("{b}: q7 vs float SQNR {db:.1} dB");
         assert!(db > 20.0, "{b}: {db:.1} dB");
     }
-    let o = verify(&[
-        &m,
-        &"--data",
-        &opsnet("test_u8_hwc.npy"),
-        &"--target",
-        &"host",
-        &"--count",
-        &"20",
-        &"--work-dir",
-        &f.path("fw"),
-        &"--quiet",
-    ]);
-    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
-    assert!(
-        o.stdout.contains("20/20 images byte-identical"),
-        "{}",
-        o.stdout
-    );
+    let data = opsnet("test_u8_hwc.npy");
+    verify_identical(&m, &data, "host", 20, &f.path("fw"), &[]);
 }
 
 /// Model files whose new-op fields were corrupted are refused by `NnqModel::from_json` with an

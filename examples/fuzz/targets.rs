@@ -193,6 +193,6 @@ fn formats_json_target(ctx: &Ctx, data: &[u8]) -> Result<()> {
 
 fn nnquant_toml_target(_: &Ctx, data: &[u8]) -> Result<()> {
     let text = std::str::from_utf8(data).context("not UTF-8")?;
-    nnquant::cli::build::parse_config(text, Path::new("fuzz.toml"))?;
+    nnquant::pipeline::build::parse_config(text, Path::new("fuzz.toml"))?;
     Ok(())
 }

@@ -1,9 +1,9 @@
-//! `nnquant codegen`: the firmware crate of a quantized model.
+//! `nnquant codegen`: the firmware crate of a quantized model (`pipeline::codegen`); here the
+//! flags and the memory summary printed.
 
-use super::data_args::{open_data_for_quantized, DataFlags};
-use crate::codegen::{self, target};
-use crate::model::NnqModel;
-use anyhow::{Context, Result};
+use super::data_args::DataFlags;
+use crate::pipeline::codegen as pipeline;
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -42,7 +42,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The command line of `nnquant codegen`: [`Args`] (which `nnquant build` also fills in) and the
+/// The command line of `nnquant codegen`: [`Args`] (what a build file also sets) and the
 /// options only the command line sets.
 #[derive(Debug, clap::Args)]
 pub struct Cli {
@@ -68,116 +68,49 @@ pub struct Extra {
     pub standalone: bool,
 }
 
-/// Put the firmware's figures into a report.json from `nnquant quantize` (and re-render its
-/// report.md beside it), both atomically.
-pub fn attach_to_report(path: &std::path::Path, f: crate::report::FirmwareFigures) -> Result<()> {
-    let mut out = crate::fsio::Outputs::new();
-    add_report_update(&mut out, path, f)?;
-    out.commit()
-}
-
-/// [`attach_to_report`] as part of a larger output transaction.
-pub fn add_report_update(
-    out: &mut crate::fsio::Outputs,
-    path: &std::path::Path,
-    f: crate::report::FirmwareFigures,
-) -> Result<()> {
-    let text = crate::fsio::read_text(path, "the report")?;
-    let mut r = crate::report::Report::from_json(&text, &path.display().to_string())?;
-    r.firmware = Some(f);
-    out.file(path, r.to_json()).file(
-        path.with_extension("md"),
-        crate::report::markdown::render(&r),
-    );
-    Ok(())
-}
-
-/// The plan's figures of a generated crate, for a report.
-pub fn figures(target: &str, mem: &codegen::MemoryReport) -> crate::report::FirmwareFigures {
-    crate::report::FirmwareFigures {
-        target: target.to_string(),
-        arena_bytes: mem.arena_bytes,
-        scratch_bytes: mem.scratch_bytes,
-        ram_estimate_bytes: mem.budget.ram_estimate,
-        flash_param_bytes: mem.flash_param_bytes,
-        flash_estimate_bytes: mem.budget.flash_estimate,
-        measured: None,
-    }
-}
-
-/// Test images as the firmware receives them (cropped HWC uint8), with their labels.
-pub type TestImages = (Vec<Vec<u8>>, Vec<Option<i64>>);
-
-/// Read `count` images of `data`.
-pub fn test_images(m: &NnqModel, data: &DataFlags, count: usize) -> Result<TestImages> {
-    if count == 0 {
-        return Ok((vec![], vec![]));
-    }
-    let mut opts = data.opts();
-    anyhow::ensure!(
-        opts.path.is_some(),
-        "--count needs --data (the images to embed)"
-    );
-    opts.limit = Some(opts.limit.map_or(count, |l| l.min(count)));
-    let mut src = open_data_for_quantized(&opts)?;
-    let n = src.len();
-    let samples = src.read_range(0..n)?;
-    let mut images = Vec::with_capacity(n);
-    for (i, s) in samples.iter().enumerate() {
-        let mut px = Vec::new();
-        m.input.pixels_hwc(&s.image, i, &mut px)?;
-        images.push(px);
-    }
-    Ok((images, samples.iter().map(|s| s.label).collect()))
-}
-
-pub fn run(a: Args) -> Result<ExitCode> {
-    run_with(a, Extra::default())
-}
-
 pub fn run_cli(c: Cli) -> Result<ExitCode> {
     run_with(c.args, c.extra)
 }
 
-fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
-    let m = NnqModel::read(&a.model)?;
-    let t = target::by_name(&a.target)?;
-    let (images, _) = test_images(&m, &a.data, a.count)?;
-    let gen = codegen::generate(
-        &m,
-        &codegen::Options {
-            ram_budget: a.ram_budget,
-            flash_budget: a.flash_budget,
+impl Args {
+    /// The library's options for these flags (and the command line's extra ones).
+    pub fn options(&self, x: Extra) -> pipeline::Options {
+        pipeline::Options {
+            model: self.model.clone(),
+            out: self.out.clone(),
+            target: self.target.clone(),
+            crate_name: self.crate_name.clone(),
+            force: self.force,
+            count: self.count,
+            data: self.data.opts(),
+            ram_budget: self.ram_budget,
+            flash_budget: self.flash_budget,
+            report: self.report.clone(),
             standalone: x.standalone,
-            sections: codegen::Sections {
-                weights: x.weights_section,
-                arena: x.arena_section,
-            },
-            ..codegen::Options::new(t, &a.crate_name, images)
-        },
-    )?;
-    let mut files = gen.files;
-    files.insert(
-        "memory.json".into(),
-        serde_json::to_string_pretty(&gen.memory)? + "\n",
-    );
-    // The crate and the report update are one transaction: both or neither.
-    let mem = &gen.memory;
-    let mut out = crate::fsio::Outputs::new();
-    out.dir(&a.out, codegen::write::crate_files(&files), a.force);
-    if let Some(r) = &a.report {
-        add_report_update(&mut out, r, figures(&a.target, mem))?;
+            weights_section: x.weights_section,
+            arena_section: x.arena_section,
+        }
     }
-    out.commit()
-        .with_context(|| format!("writing {}", a.out.display()))?;
-    if a.json {
+}
+
+fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
+    let o = a.options(x);
+    let gen = pipeline::run(o.clone())?;
+    print(&o, &gen, a.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What was written and the memory figures (or the memory report as JSON).
+pub(super) fn print(o: &pipeline::Options, gen: &pipeline::Generated, json: bool) -> Result<()> {
+    let mem = &gen.memory;
+    if json {
         println!("{}", serde_json::to_string_pretty(mem)?);
     } else {
         println!(
             "wrote {} ({} files) for {}",
-            a.out.display(),
-            files.len(),
-            a.target
+            o.out.display(),
+            gen.files,
+            o.target
         );
         println!(
             "flash: {} B weights+biases, {} B input mean (about {} B with code); RAM: {} B arena (incl. {} B kernel scratch/rings), {} B scratch outside it (about {} B with the stack)",
@@ -198,5 +131,5 @@ fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! `nnquant eval`: accuracy of the float model (Caffe semantics) or of a quantized model (the
 //! bit-exact simulator) on a data set: flags into `crate::eval` calls, and the printing.
 
-use super::data_args::{self, DataOpts, ModelArgs, ShapeFlags};
+use super::data_args::{DataOpts, ModelArgs, ShapeFlags};
 use crate::data::{subset, Source};
 use crate::eval::{self, Evaluation};
 use crate::metrics::Metrics;
 use crate::model::NnqModel;
+use crate::pipeline::inputs;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -107,7 +108,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 fn maybe_split(src: Box<dyn Source>, a: &Args) -> Result<Box<dyn Source>> {
     match &a.split {
-        Some(s) => data_args::split_part(src, s, part(&a.part)?),
+        Some(s) => inputs::split_part(src, s, part(&a.part)?),
         None => Ok(src),
     }
 }
@@ -120,16 +121,17 @@ fn run_float(a: &Args, opts: &DataOpts) -> Result<(Evaluation, String)> {
         mean_file: a.shape.mean_file.clone(),
         input_shape: a.shape.input_shape.clone(),
         pre: a.shape.pre.clone(),
-    };
-    let (g, mut sources) = data_args::load_model_and_data(&m, &[opts])?;
+    }
+    .source();
+    let (g, mut sources) = inputs::load_model_and_data(&m, &[opts])?;
     if let Some(w) =
-        crate::quantize::missing_preprocessing_warning(data_args::preprocess_origin(&m, &g))
+        crate::quantize::missing_preprocessing_warning(inputs::preprocess_origin(&m, &g))
     {
         eprintln!("warning: {w}");
     }
-    let name = data_args::data_name(opts, &g);
+    let name = inputs::data_name(opts, &g);
     let mut src = maybe_split(sources.remove(0), a)?;
-    let pre = data_args::preprocessor(&m, &g)?;
+    let pre = inputs::preprocessor(&m, &g)?;
     Ok((eval::float(&g, &pre, src.as_mut(), a.quiet)?, name))
 }
 
@@ -144,7 +146,7 @@ fn run_quantized(a: &Args, q: &std::path::Path, opts: &DataOpts) -> Result<(Eval
         opts.path.is_some(),
         "--quantized needs --data (the quantized model has no data layer)"
     );
-    let src = data_args::open_data_for_quantized(opts)?;
+    let src = inputs::open_data_for_quantized(opts)?;
     let mut src = maybe_split(src, a)?;
     let name = opts
         .path

@@ -1,12 +1,12 @@
-//! `nnquant quantize`: search the Qm.n formats and write the quantized model and the report.
+//! `nnquant quantize`: search the Qm.n formats and write the quantized model and the report
+//! (`pipeline::quantize`); here the flags and the summary printed.
 
 use super::data_args::{self, DataOpts, ModelArgs};
 use super::ShapeArg;
-use crate::data::{subset, ChannelOrder, Layout};
-use crate::fixed::graph::{Formats, PoolRounding};
-use crate::quantize::{self, DataSet};
+use crate::data::{ChannelOrder, Layout};
+use crate::pipeline::quantize as pipeline;
 use crate::search::{Holdout, Screen, Strategy};
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -137,152 +137,69 @@ pub enum SoftmaxRule {
     Keep,
 }
 
+impl Args {
+    /// The library's options for these flags.
+    pub fn options(&self) -> pipeline::Options {
+        let m = ModelArgs {
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            mean_file: self.mean_file.clone(),
+            input_shape: self.input_shape.clone(),
+            pre: self.pre.clone(),
+        };
+        let base = DataOpts {
+            layout: self.layout,
+            classes: self.classes.clone(),
+            channel_order: self.channel_order,
+            ..Default::default()
+        };
+        pipeline::Options {
+            model: m.source(),
+            calib: DataOpts {
+                path: self.calib.clone(),
+                labels: self.calib_labels.clone(),
+                limit: self.calib_limit,
+                ..base.clone()
+            },
+            eval: DataOpts {
+                path: self.eval.clone(),
+                labels: self.eval_labels.clone(),
+                limit: self.eval_limit,
+                ..base
+            },
+            split: self.split.clone(),
+            formats: self.formats.clone(),
+            strategy: self.search,
+            per_layer: self.per_layer,
+            arm_compatible: self.arm_compatible,
+            screen: self.screen,
+            holdout: self.holdout,
+            equalize: self.equalize,
+            act_equalize: self.act_equalize == OnOff::On,
+            bias_correction: self.bias_correction == OnOff::On,
+            keep_softmax: self.softmax == SoftmaxRule::Keep,
+            channel_order: self.channel_order,
+            output: self.output.clone(),
+            report: self.report.clone(),
+            timestamps: self.timestamps,
+            quiet: self.quiet,
+        }
+    }
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
-    let m = ModelArgs {
-        model: a.model.clone(),
-        weights: a.weights.clone(),
-        mean_file: a.mean_file.clone(),
-        input_shape: a.input_shape.clone(),
-        pre: a.pre.clone(),
-    };
-    let base = DataOpts {
-        layout: a.layout,
-        classes: a.classes.clone(),
-        channel_order: a.channel_order,
-        ..Default::default()
-    };
-    let calib_o = DataOpts {
-        path: a.calib.clone(),
-        labels: a.calib_labels.clone(),
-        limit: a.calib_limit,
-        ..base.clone()
-    };
-    let eval_o = DataOpts {
-        path: a.eval.clone(),
-        labels: a.eval_labels.clone(),
-        limit: a.eval_limit,
-        ..base
-    };
-    ensure!(a.eval.is_some() || a.split.is_some() || a.calib.is_none(),
-        "give held-out evaluation data with --eval (or carve it from the calibration data with --split 80:20): searching and reporting on the same images overstates accuracy");
-    let formats = a
-        .formats
-        .as_deref()
-        .map(Formats::from_json_file)
-        .transpose()?;
-    let (mut g, mut sources) = if a.eval.is_some() {
-        data_args::load_model_and_data(&m, &[&calib_o, &eval_o])?
-    } else {
-        data_args::load_model_and_data(&m, &[&calib_o])?
-    };
-    g.keep_output_softmax = a.softmax == SoftmaxRule::Keep;
-    ensure!(
-        !(a.equalize && a.formats.is_some()),
-        "--equalize changes the weights, so formats chosen for the original weights (--formats / quantize.formats) would not fit them; use one or the other"
-    );
-    let equalization = if a.equalize {
-        Some(crate::ir::equalize::equalize(&mut g)?)
-    } else {
-        None
-    };
-    let calib_name = data_args::data_name(&calib_o, &g);
-    let (mut calib_src, mut eval_src, eval_name) = if a.eval.is_some() {
-        let e = sources.pop().expect("two sources");
-        let c = sources.pop().expect("two sources");
-        (c, e, data_args::data_name(&eval_o, &g))
-    } else if let Some(split) = &a.split {
-        let c = sources.pop().expect("one source");
-        let name = format!("{calib_name} split {split}");
-        let c2 = data_args::open_data(&calib_o, &g)?;
-        (
-            data_args::split_part(c, split, subset::Part::First)?,
-            data_args::split_part(c2, split, subset::Part::Second)?,
-            format!("{name} (second part)"),
-        )
-    } else {
-        // The model's own data layer for both: warned about below.
-        let c = sources.pop().expect("one source");
-        let e = data_args::open_data(&eval_o, &g)?;
-        (c, e, calib_name.clone())
-    };
-    let calib_name = if a.split.is_some() && a.eval.is_none() {
-        format!(
-            "{calib_name} split {} (first part)",
-            a.split.as_deref().unwrap_or("")
-        )
-    } else {
-        calib_name
-    };
-    let pre = data_args::preprocessor(&m, &g)?;
-    let mean = data_args::mean_tensor(&m, &g)?;
-    quantize::check_fits(calib_src.as_mut(), &calib_name, &pre, &g)?;
-    quantize::check_fits(eval_src.as_mut(), &eval_name, &pre, &g)?;
-    let arm_compatible = a.arm_compatible || a.search == Strategy::Arm;
-    let per_channel = !a.per_layer && !arm_compatible;
-    let (act_scales, act_equalization) = quantize::channel_ranges::equalize(
-        &mut g,
-        formats.as_ref(),
-        a.act_equalize == OnOff::On && per_channel,
-        &mut DataSet {
-            source: calib_src.as_mut(),
-            name: calib_name.clone(),
-        },
-        &pre,
-    )?;
-    let order = match a.channel_order {
-        Some(ChannelOrder::Bgr) => "bgr",
-        Some(ChannelOrder::Rgb) => "rgb",
-        None => "as stored",
-    };
-    let inputs = quantize::Inputs {
-        graph: &g,
-        prototxt: &a.model,
-        weights: &a.weights,
-        float_pre: &pre,
-        mean: mean.as_ref(),
-        preprocess_origin: data_args::preprocess_origin(&m, &g),
-    };
-    let opts = quantize::Options {
-        strategy: a.search,
-        screen: a.screen,
-        holdout: a.holdout,
-        bias_correction: a.bias_correction == OnOff::On,
-        formats,
-        per_channel,
-        avepool_rounding: if arm_compatible {
-            PoolRounding::Truncate
-        } else {
-            PoolRounding::Nearest
-        },
-        quiet: a.quiet,
-        timing: a.timestamps,
-        channel_order: order.into(),
-    };
-    let (mut model, mut report) = quantize::run(
-        &inputs,
-        &mut DataSet {
-            source: calib_src.as_mut(),
-            name: calib_name,
-        },
-        &mut DataSet {
-            source: eval_src.as_mut(),
-            name: eval_name,
-        },
-        &opts,
-    )?;
-    report.equalization = equalization;
-    report.activation_equalization = act_equalization;
-    model.formats.activation_scales = act_scales;
-    // Everything computed: only now write, the model and the report's three files as one
-    // transaction (all or none).
-    let md_path = a.report.with_extension("md");
-    let mut out = crate::fsio::Outputs::new();
-    out.file(&a.output, model.to_json()?);
-    crate::report::add_files(&mut out, &a.report, &mut report)?;
-    out.commit()?;
-    if a.json {
+    let o = a.options();
+    let report = pipeline::run(&o)?;
+    print(&o, &report, a.json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The report as JSON, or (unless quiet) its headline figures and the files written.
+pub(super) fn print(a: &pipeline::Options, report: &crate::report::Report, json: bool) {
+    if json {
         print!("{}", report.to_json());
     } else if !a.quiet {
+        let md_path = a.report.with_extension("md");
         let acc = &report.accuracy;
         let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{:.2} %", v * 100.0));
         println!(
@@ -298,7 +215,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
             md_path.display()
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A switch given as `on` or `off`.

@@ -1,13 +1,9 @@
-//! `nnquant verify`: build and run the generated firmware and compare it with the simulator.
+//! `nnquant verify`: build and run the generated firmware and compare it with the simulator
+//! (`pipeline::verify`); here the flags, the figures printed and the exit code (1: mismatch).
 
-use super::codegen::test_images;
 use super::data_args::DataFlags;
-use crate::codegen::target;
-use crate::fixed::sim::{Keep, Simulator};
-use crate::model::NnqModel;
-use crate::search::InputPrep;
-use crate::verify::{self, Request};
-use anyhow::{Context, Result};
+use crate::pipeline::verify as pipeline;
+use anyhow::Result;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,7 +39,7 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The command line of `nnquant verify`: [`Args`] (which `nnquant build` also fills in) and the
+/// The command line of `nnquant verify`: [`Args`] (what a build file also sets) and the
 /// options only the command line sets.
 #[derive(Debug, clap::Args)]
 pub struct Cli {
@@ -75,88 +71,39 @@ fn parse_timeout(v: &str) -> Result<f64> {
     }
 }
 
-pub fn run(a: Args) -> Result<ExitCode> {
-    run_with(a, Extra::default())
-}
-
 pub fn run_cli(c: Cli) -> Result<ExitCode> {
     run_with(c.args, c.extra)
 }
 
-fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
-    anyhow::ensure!(
-        !(x.trace && a.count_instructions),
-        "--trace and --count-instructions cannot be combined: the trace is printed inside the measured region"
-    );
-    let m = NnqModel::read(&a.model)?;
-    let t = target::by_name(&a.target)?;
-    let (images, _) = test_images(&m, &a.data, a.count.max(1))?;
-    // The simulator's outputs for the same bytes.
-    let flat: Vec<u8> = images.concat();
-    let prep = InputPrep {
-        mean_u8: m.input.mean_u8.clone(),
-        scale: m.input.scale,
-    };
-    let q = prep.quantize(&flat, m.input.len(), m.input.frac_bits)?;
-    let sim = Simulator::new(&m.graph)?;
-    let keep = if x.trace { Keep::All } else { Keep::Outputs };
-    let acts = sim.run(&q, images.len(), &keep)?;
-    let expected: Vec<Vec<i8>> = (0..images.len())
-        .map(|i| m.graph.output_bytes(&acts, i).context("simulator output"))
-        .collect::<Result<_>>()?;
-    // Every blob of every image, for the firmware's per-step trace.
-    let trace = if x.trace {
-        let mut blobs = std::collections::BTreeMap::new();
-        for b in m.graph.blobs.keys() {
-            if let Some(v) = (0..images.len())
-                .map(|i| acts.image(b, i).map(<[i8]>::to_vec))
-                .collect::<Option<Vec<_>>>()
-            {
-                blobs.insert(b.clone(), v);
-            }
+impl Args {
+    /// The library's options for these flags (and the command line's extra ones).
+    pub fn options(&self, x: Extra) -> pipeline::Options {
+        pipeline::Options {
+            model: self.model.clone(),
+            data: self.data.opts(),
+            count: self.count,
+            target: self.target.clone(),
+            count_instructions: self.count_instructions,
+            work_dir: self.work_dir.clone(),
+            ram_budget: self.ram_budget,
+            flash_budget: self.flash_budget,
+            report: self.report.clone(),
+            timeout: x.timeout,
+            trace: x.trace,
+            quiet: x.quiet,
         }
-        Some(verify::trace::Expected { blobs })
-    } else {
-        None
-    };
-    let per_image = if x.trace { 5.0 } else { 2.0 };
-    let timeout = x.timeout.unwrap_or(300.0 + per_image * images.len() as f64);
-    let work_dir = a
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| verify::default_work_dir(&a.model, &a.target));
-    let r = verify::verify(&Request {
-        model: &m,
-        target: t,
-        images,
-        expected,
-        count_instructions: a.count_instructions,
-        work_dir,
-        ram_budget: a.ram_budget,
-        flash_budget: a.flash_budget,
-        timeout: Some(std::time::Duration::from_secs_f64(timeout)),
-        quiet: x.quiet,
-        trace,
-    })?;
-    if let (Some(path), Some(mem)) = (&a.report, &r.memory) {
-        let mut f = super::codegen::figures(&r.target, mem);
-        if let (Some(s), Some(h), Some(total)) = (&r.sizes, r.stack_high_water, r.total_ram) {
-            f.measured = Some(crate::report::MeasuredFigures {
-                stack_high_water_bytes: h,
-                total_ram_bytes: total,
-                flash_bytes: s.text + s.rodata + s.data,
-                instructions_per_inference: r.instructions_per_inference,
-                per_step_instructions: r
-                    .per_step_instructions
-                    .iter()
-                    .map(|s| (s.step.clone(), s.instructions))
-                    .collect(),
-            });
-        }
-        super::codegen::attach_to_report(path, f)?;
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+}
+
+fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
+    let r = pipeline::run(&a.options(x))?;
+    print(&r, a.json)
+}
+
+/// The comparison and the figures (or the result as JSON); exit code 1 on a mismatch.
+pub(super) fn print(r: &crate::verify::VerifyResult, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
     } else {
         println!(
             "{}: {}/{} images byte-identical to the simulator, {} mismatching bytes, checksum {}",
@@ -211,11 +158,7 @@ fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
             );
         }
     }
-    let traced_equal = r
-        .trace
-        .as_ref()
-        .is_none_or(|t| t.first_divergence.is_none());
-    Ok(if r.mismatching_bytes == 0 && traced_equal {
+    Ok(if pipeline::identical(r) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -9,7 +9,6 @@ pub mod target;
 pub mod write;
 
 use crate::fixed::graph::{QGraph, QOp};
-use crate::fixed::kernels;
 use crate::model::NnqModel;
 use crate::ops;
 use anyhow::{ensure, Context as _, Result};
@@ -361,6 +360,21 @@ pub(crate) struct ArrayCtx {
 }
 
 impl ArrayCtx {
+    /// Words written in hex (pre-widened weights: pairs of i16 read as one register).
+    pub(crate) fn u32_hex(name: String, doc: String, v: &[u32]) -> Self {
+        ArrayCtx {
+            name,
+            doc,
+            ty: "u32",
+            len: v.len(),
+            bytes: 4 * v.len(),
+            values: v
+                .iter()
+                .map(|w| format!("{w:#010x}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
     pub(crate) fn i8(name: String, doc: String, v: &[i8]) -> Self {
         ArrayCtx {
             name,
@@ -491,148 +505,8 @@ fn layer_contexts(
             }
         }
         let (kind, comment) = match &l.op {
-            QOp::Conv(c) => {
-                e.param("IN", "Dims", dims(c.in_dims));
-                e.param("OUT", "Dims", dims(c.out_dims));
-                e.param("KERNEL", "Pair", pair(c.kernel));
-                e.param("PAD", "Pair", pair(c.pad));
-                e.param("STRIDE", "Pair", pair(c.stride));
-                e.param("DILATION", "Pair", pair(c.dilation));
-                e.param("GROUPS", "usize", c.groups.to_string());
-                match &c.per_channel {
-                    None => {
-                        e.param("BIAS_LSHIFT", "i32", c.bias_lshift.to_string());
-                        e.param("OUT_RSHIFT", "i32", c.out_rshift.to_string());
-                        e.param("WEIGHT_FRAC_BITS", "i32", c.weight_frac_bits.to_string());
-                        e.param("BIAS_FRAC_BITS", "i32", c.bias_frac_bits.to_string());
-                    }
-                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
-                }
-                let doc = format!(
-                    "`{}` weights [{}][{}][{}][{}] (out, ky, kx, in/group), {} fraction bits",
-                    l.name,
-                    c.out_dims.c,
-                    c.kernel.h,
-                    c.kernel.w,
-                    c.in_dims.c / c.groups,
-                    c.weight_frac_bits
-                );
-                let depthwise = kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups);
-                // Dilated layers that are not depthwise run the kernels' direct path, which
-                // reads the i8 weights: they keep those (no pre-widened copy).
-                if dsp && widened(c) {
-                    // DSP targets get the weights pre-widened to i16 pairs in the layout of
-                    // their kernel (`kernels::widen_conv_weights`: the patches' layout, or the
-                    // channel quads of the depthwise path): no SXTB16 on weights in the loop.
-                    let (ic, oc) = (c.in_dims.c, c.out_dims.c);
-                    let ksize = c.kernel.h * c.kernel.w * (ic / c.groups.max(1));
-                    let mut wq = vec![0u32; kernels::conv_widened_len(ic, oc, c.groups, ksize)];
-                    let (bls, ors) = c.shifts();
-                    kernels::widen_conv_weights(
-                        &c.weights, &c.bias, bls, ors, ic, oc, c.groups, ksize, &mut wq,
-                    )
-                    .map_err(|e| {
-                        anyhow::anyhow!("layer '{}': cannot widen weights: {e:?}", l.name)
-                    })?;
-                    let layout = if depthwise {
-                        "SMLABB/SMLATT (`kernels::widen_conv_weights`, depthwise: per quad of channels and tap, words (c0, c2), (c1, c3) of two i16, then per quad its output stage: four accumulator starts and the packed shifts)"
-                    } else {
-                        "SMLAD (`kernels::widen_weights`: per channel pair and 4 elements, words of two i16)"
-                    };
-                    e.arrays.push(ArrayCtx {
-                        name: format!("{p}_WEIGHTS_Q15"),
-                        doc: format!("{doc}, pre-widened for {layout}."),
-                        ty: "u32",
-                        len: wq.len(),
-                        bytes: 4 * wq.len(),
-                        values: wq
-                            .iter()
-                            .map(|w| format!("{w:#010x}"))
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                } else {
-                    e.arrays.push(ArrayCtx::i8(
-                        format!("{p}_WEIGHTS"),
-                        format!("{doc}."),
-                        &c.weights,
-                    ));
-                }
-                e.arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {} fraction bits.",
-                        l.name,
-                        c.bias.len(),
-                        c.bias_frac_bits
-                    ),
-                    &c.bias,
-                ));
-                (
-                    if matches!(step.kind, steps::StepKind::ConvPool { .. }) {
-                        Call::ConvPool
-                    } else {
-                        Call::Conv
-                    },
-                    format!(
-                        "{}: {}convolution {}x{} /{} pad {}{}{}, {} -> {}",
-                        step.name,
-                        if depthwise { "depthwise " } else { "" },
-                        c.kernel.h,
-                        c.kernel.w,
-                        c.stride.h,
-                        c.pad.h,
-                        if c.dilation.h != 1 || c.dilation.w != 1 {
-                            format!(" dilation {}", c.dilation)
-                        } else {
-                            String::new()
-                        },
-                        match step.kind {
-                            steps::StepKind::Layer => "",
-                            steps::StepKind::ConvRelu => " + ReLU",
-                            steps::StepKind::ConvPool { .. } => " fused with its pool (row ring)",
-                        },
-                        l.inputs[0],
-                        step.output
-                    ),
-                )
-            }
-            QOp::Fc(f) => {
-                match &f.per_channel {
-                    None => {
-                        e.param("BIAS_LSHIFT", "i32", f.bias_lshift.to_string());
-                        e.param("OUT_RSHIFT", "i32", f.out_rshift.to_string());
-                        e.param("WEIGHT_FRAC_BITS", "i32", f.weight_frac_bits.to_string());
-                        e.param("BIAS_FRAC_BITS", "i32", f.bias_frac_bits.to_string());
-                    }
-                    Some(pc) => e.arrays.extend(channel_arrays(&p, &l.name, pc)),
-                }
-                e.arrays.push(ArrayCtx::i8(
-                    format!("{p}_WEIGHTS"),
-                    format!(
-                        "`{}` weights [{}][{}] (out, HWC-flattened in), {} fraction bits.",
-                        l.name, f.out_len, f.in_len, f.weight_frac_bits
-                    ),
-                    &f.weights,
-                ));
-                e.arrays.push(ArrayCtx::i8(
-                    format!("{p}_BIAS"),
-                    format!(
-                        "`{}` biases [{}], {} fraction bits.",
-                        l.name,
-                        f.bias.len(),
-                        f.bias_frac_bits
-                    ),
-                    &f.bias,
-                ));
-                (
-                    Call::Fc,
-                    format!(
-                        "{}: fully connected {} -> {}, {} -> {}",
-                        l.name, f.in_len, f.out_len, l.inputs[0], l.output
-                    ),
-                )
-            }
+            QOp::Conv(c) => ops::conv::emit(&mut e, c, step.kind, dsp, &step.name, &step.output)?,
+            QOp::Fc(f) => ops::inner_product::emit(&mut e, f),
             QOp::MaxPool(q) => ops::pool::emit(&mut e, q, true),
             QOp::AvePool(q) => ops::pool::emit(&mut e, q, false),
             QOp::Relu => ops::relu::emit(&mut e),
@@ -692,7 +566,7 @@ fn layer_contexts(
             max,
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
             acc: pl.in_place_input.get(&step.name).copied().unwrap_or(0),
-            wq: dsp && matches!(&l.op, QOp::Conv(c) if widened(c)),
+            wq: dsp && matches!(&l.op, QOp::Conv(c) if ops::conv::widened(c)),
             pc: match &l.op {
                 QOp::Conv(c) => c.per_channel.is_some(),
                 QOp::Fc(f) => f.per_channel.is_some(),
@@ -720,7 +594,11 @@ fn layer_contexts(
 
 /// The per-channel shift arrays of a conv/fc (flash, in weights.rs), documented with the
 /// per-channel fraction bits they come from.
-fn channel_arrays(p: &str, layer: &str, pc: &crate::fixed::graph::ChannelFormats) -> [ArrayCtx; 2] {
+pub(crate) fn channel_arrays(
+    p: &str,
+    layer: &str,
+    pc: &crate::fixed::graph::ChannelFormats,
+) -> [ArrayCtx; 2] {
     let range = |v: &[i32]| {
         let (lo, hi) = (v.iter().min(), v.iter().max());
         format!("{}..={}", lo.unwrap_or(&0), hi.unwrap_or(&0))
@@ -742,13 +620,6 @@ fn channel_arrays(p: &str, layer: &str, pc: &crate::fixed::graph::ChannelFormats
             &pc.out_rshift,
         ),
     ]
-}
-
-/// Whether a conv's firmware weights are pre-widened on DSP targets (all but dilated layers
-/// that are not depthwise, see `layer_contexts`).
-fn widened(c: &crate::fixed::graph::QConv) -> bool {
-    kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups)
-        || (c.dilation.h == 1 && c.dilation.w == 1)
 }
 
 /// The arena ranges a step borrows (inputs `in0…`, `output`, temporaries by role), sorted by

@@ -122,7 +122,7 @@ impl Frac {
     }
 
     /// Check the channel count: per-channel lists must have one count per output channel.
-    fn check_len(&self, what: &str, out_c: usize) -> Result<()> {
+    pub(crate) fn check_len(&self, what: &str, out_c: usize) -> Result<()> {
         if let Frac::Channels(v) = self {
             ensure!(
                 v.len() == out_c,
@@ -587,7 +587,6 @@ impl QGraph {
                         .with_context(|| format!("{}: input blob '{b}' is unknown", ctx()))
                 })
                 .collect::<Result<_>>()?;
-            let in0 = ins[0].clone();
             let out_shape = g.shape(out).to_vec();
             let given = lookup(out);
             // The output format: forced for format-preserving ops, from the file otherwise
@@ -610,124 +609,9 @@ impl QGraph {
             let (op, frac, layout) = match &n.op {
                 Op::Convolution(c) => {
                     let out_frac = required()?;
-                    let lf = layer_format()?;
-                    let in_dims = in0.layout;
-                    ensure!(in0.shape.len() == 3 && hwc_of(&in0.shape) == Some(in0.layout), "{}: convolution needs a C×H×W feature map as input; '{}' is {:?} stored as {}×{}×{} (after a Permute or Reshape)", ctx(), n.inputs[0], in0.shape, in0.layout.h, in0.layout.w, in0.layout.c);
-                    let out_dims = hwc_of(&out_shape).context("conv output is not C×H×W")?;
-                    let cin_g = in_dims.c / c.group;
-                    let (kh, kw) = (c.kernel.h, c.kernel.w);
-                    let w = &n
-                        .weights
-                        .first()
-                        .with_context(|| format!("{}: no weights attached", ctx()))?
-                        .data;
-                    lf.weight_frac_bits
-                        .check_len(&format!("layers.{}.weight_frac_bits", n.name), c.num_output)?;
-                    let mut weights = vec![0i8; w.len()];
-                    // Caffe [O][I/g][KH][KW] -> kernels [O][KH][KW][I/g].
-                    for o in 0..c.num_output {
-                        let wq = QFormat::new(lf.weight_frac_bits.channel(o));
-                        for i in 0..cin_g {
-                            for y in 0..kh {
-                                for x in 0..kw {
-                                    let src = ((o * cin_g + i) * kh + y) * kw + x;
-                                    let dst = ((o * kh + y) * kw + x) * cin_g + i;
-                                    weights[dst] = wq.quantize(w[src]);
-                                }
-                            }
-                        }
-                    }
-                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, c.num_output)?;
-                    super::headroom::dense_channels(
-                        &n.name,
-                        &weights,
-                        c.num_output,
-                        &bias,
-                        &pc.bias_lshift,
-                        &pc.out_rshift,
-                    )?;
-                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, per_channel) =
-                        pc.into_fields();
-                    let op = QOp::Conv(QConv {
-                        in_dims,
-                        out_dims,
-                        kernel: c.kernel,
-                        pad: c.pad,
-                        stride: c.stride,
-                        dilation: c.dilation,
-                        groups: c.group,
-                        weights,
-                        bias,
-                        weight_frac_bits,
-                        bias_frac_bits,
-                        bias_lshift,
-                        out_rshift,
-                        per_channel,
-                    });
-                    (op, out_frac, out_dims)
+                    ops::conv::lower(&x, c, layer_format()?, out_frac)?
                 }
-                Op::InnerProduct(p) => {
-                    ensure!(
-                        p.axis == 1,
-                        "{}: inner product over axis {} (only axis 1) has no q7 kernel",
-                        ctx(),
-                        p.axis
-                    );
-                    let out_frac = required()?;
-                    let lf = layer_format()?;
-                    let l = in0.layout;
-                    let k = l.len();
-                    let no = p.num_output;
-                    let w = &n
-                        .weights
-                        .first()
-                        .with_context(|| format!("{}: no weights attached", ctx()))?
-                        .data;
-                    lf.weight_frac_bits
-                        .check_len(&format!("layers.{}.weight_frac_bits", n.name), no)?;
-                    let mut weights = vec![0i8; w.len()];
-                    // Caffe flattens C-major (c, y, x); the q7 input is HWC (y, x, c).
-                    for o in 0..no {
-                        let wq = QFormat::new(lf.weight_frac_bits.channel(o));
-                        for ch in 0..l.c {
-                            for y in 0..l.h {
-                                for x in 0..l.w {
-                                    let logical = (ch * l.h + y) * l.w + x;
-                                    let phys = (y * l.w + x) * l.c + ch;
-                                    let src = if p.transpose {
-                                        logical * no + o
-                                    } else {
-                                        o * k + logical
-                                    };
-                                    weights[o * k + phys] = wq.quantize(w[src]);
-                                }
-                            }
-                        }
-                    }
-                    let (bias, pc) = shifts(n, lf, in0.frac_bits, out_frac, no)?;
-                    super::headroom::dense_channels(
-                        &n.name,
-                        &weights,
-                        no,
-                        &bias,
-                        &pc.bias_lshift,
-                        &pc.out_rshift,
-                    )?;
-                    let (weight_frac_bits, bias_frac_bits, bias_lshift, out_rshift, per_channel) =
-                        pc.into_fields();
-                    let op = QOp::Fc(QFc {
-                        in_len: k,
-                        out_len: no,
-                        weights,
-                        bias,
-                        weight_frac_bits,
-                        bias_frac_bits,
-                        bias_lshift,
-                        out_rshift,
-                        per_channel,
-                    });
-                    (op, out_frac, Hwc { h: 1, w: 1, c: no })
-                }
+                Op::InnerProduct(p) => ops::inner_product::lower(&x, p, &mut layer_format)?,
                 Op::Pooling(p) => ops::pool::lower(&x, p)?,
                 Op::ReLU { negative_slope } => ops::relu::lower(&x, *negative_slope)?,
                 Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::lower_reshape(&x)?,

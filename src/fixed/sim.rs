@@ -329,61 +329,8 @@ impl<'g> Simulator<'g> {
                 continue;
             }
             prep.push(match &l.op {
-                QOp::Conv(c) => {
-                    ensure!(
-                        c.groups > 0 && c.in_dims.c % c.groups == 0 && c.out_dims.c % c.groups == 0,
-                        "layer '{}': bad groups",
-                        l.name
-                    );
-
-                    let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
-                    let dilated = c.dilation.h != 1 || c.dilation.w != 1;
-                    if kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups) || dilated {
-                        let (bls, ors) = c.shifts();
-                        check_dense(&c.weights, c.out_dims.c, k, &c.bias, bls, ors, &l.name)?;
-                        ensure!(
-                            c.dilation.h > 0 && c.dilation.w > 0,
-                            "layer '{}': dilation must be positive",
-                            l.name
-                        );
-                        match depthwise::DwConv::new(c) {
-                            Some(d) => Prep::Dw(d),
-                            None => Prep::Reference,
-                        }
-                    } else {
-                        let spec = direct::ConvSpec {
-                            ind: c.in_dims,
-                            outd: c.out_dims,
-                            kernel: (c.kernel.h, c.kernel.w),
-                            stride: (c.stride.h, c.stride.w),
-                            pad: (c.pad.h, c.pad.w),
-                            groups: c.groups,
-                            weights: &c.weights,
-                            bias: &c.bias,
-                            bias_lshift: c.shifts().0,
-                            out_rshift: c.shifts().1,
-                        };
-                        let dense = k;
-                        dense_prep(path, &spec, dense, &l.name, Prep::Conv)?
-                    }
-                }
-                QOp::Fc(f) => {
-                    let one = |c| graph::Hwc { h: 1, w: 1, c };
-                    let spec = direct::ConvSpec {
-                        ind: one(f.in_len),
-                        outd: one(f.out_len),
-                        kernel: (1, 1),
-                        stride: (1, 1),
-                        pad: (0, 0),
-                        groups: 1,
-                        weights: &f.weights,
-                        bias: &f.bias,
-                        bias_lshift: f.shifts().0,
-                        out_rshift: f.shifts().1,
-                    };
-                    let dense = f.in_len;
-                    dense_prep(path, &spec, dense, &l.name, Prep::Fc)?
-                }
+                QOp::Conv(c) => conv_prep(path, c, &l.name)?,
+                QOp::Fc(f) => fc_prep(path, f, &l.name)?,
                 QOp::MaxPool(_)
                 | QOp::AvePool(_)
                 | QOp::Relu
@@ -545,7 +492,7 @@ impl<'g> Simulator<'g> {
                     d.run(x, &mut y, &mut s.sum);
                     Ok(())
                 }
-                (QOp::Conv(c), Prep::Reference) => conv_reference(x, c, &mut y),
+                (QOp::Conv(c), Prep::Reference) => ops::conv::reference(x, c, &mut y),
                 (QOp::Conv(c), Prep::Conv(gm)) => {
                     conv_fast(x, c, gm, &mut y, &mut s.col);
                     Ok(())
@@ -634,6 +581,70 @@ impl<'g> Simulator<'g> {
 /// A conv/fc for `path`: checked, then prepared for its direct-convolution kernel, or widened for
 /// the portable GEMM (`gemm` wraps it as a conv or an fc) when the path has none. `k`: the
 /// layer's reduction length; the shifts are checked before `spec` is used.
+/// A convolution prepared for `path`: the channel-parallel depthwise path, `kernels.rs` itself
+/// for dilated layers that are not depthwise, else the path's direct kernel or the GEMM.
+fn conv_prep(path: SimdPath, c: &graph::QConv, layer: &str) -> Result<Prep> {
+    ensure!(
+        c.groups > 0
+            && c.in_dims.c.is_multiple_of(c.groups)
+            && c.out_dims.c.is_multiple_of(c.groups),
+        "layer '{}': bad groups",
+        layer
+    );
+
+    let k = c.kernel.h * c.kernel.w * c.in_dims.c / c.groups;
+    let dilated = c.dilation.h != 1 || c.dilation.w != 1;
+    Ok(
+        if kernels::is_depthwise(c.in_dims.c, c.out_dims.c, c.groups) || dilated {
+            let (bls, ors) = c.shifts();
+            check_dense(&c.weights, c.out_dims.c, k, &c.bias, bls, ors, layer)?;
+            ensure!(
+                c.dilation.h > 0 && c.dilation.w > 0,
+                "layer '{}': dilation must be positive",
+                layer
+            );
+            match depthwise::DwConv::new(c) {
+                Some(d) => Prep::Dw(d),
+                None => Prep::Reference,
+            }
+        } else {
+            let spec = direct::ConvSpec {
+                ind: c.in_dims,
+                outd: c.out_dims,
+                kernel: (c.kernel.h, c.kernel.w),
+                stride: (c.stride.h, c.stride.w),
+                pad: (c.pad.h, c.pad.w),
+                groups: c.groups,
+                weights: &c.weights,
+                bias: &c.bias,
+                bias_lshift: c.shifts().0,
+                out_rshift: c.shifts().1,
+            };
+            let dense = k;
+            dense_prep(path, &spec, dense, layer, Prep::Conv)?
+        },
+    )
+}
+
+/// A fully connected layer prepared for `path`: a 1×1 convolution of a 1×1 image.
+fn fc_prep(path: SimdPath, f: &graph::QFc, layer: &str) -> Result<Prep> {
+    let one = |c| graph::Hwc { h: 1, w: 1, c };
+    let spec = direct::ConvSpec {
+        ind: one(f.in_len),
+        outd: one(f.out_len),
+        kernel: (1, 1),
+        stride: (1, 1),
+        pad: (0, 0),
+        groups: 1,
+        weights: &f.weights,
+        bias: &f.bias,
+        bias_lshift: f.shifts().0,
+        out_rshift: f.shifts().1,
+    };
+    let dense = f.in_len;
+    dense_prep(path, &spec, dense, layer, Prep::Fc)
+}
+
 fn dense_prep(
     path: SimdPath,
     spec: &direct::ConvSpec,
@@ -740,26 +751,6 @@ fn conv_fast(x: &[i8], c: &super::graph::QConv, gm: &Gemm, y: &mut [i8], col: &m
     }
 }
 
-/// One conv through `kernels.rs` (the reference path, and dilated non-depthwise layers).
-fn conv_reference(x: &[i8], c: &graph::QConv, y: &mut [i8]) -> kernels::KResult {
-    let (bias_lshift, out_rshift) = c.shifts();
-    kernels::conv_hwc_q7_pc(
-        x,
-        c.in_dims.dims(),
-        &c.weights,
-        pair(c.kernel),
-        pair(c.pad),
-        pair(c.stride),
-        pair(c.dilation),
-        c.groups,
-        &c.bias,
-        bias_lshift,
-        out_rshift,
-        y,
-        c.out_dims.dims(),
-    )
-}
-
 /// The reference path: `kernels.rs` image by image, whole graph, every blob kept. Slow; for
 /// tests and for cross-checking the simulator.
 pub fn run_reference(g: &QGraph, input: &[i8], n: usize) -> Result<Activations> {
@@ -820,11 +811,8 @@ fn reference_layer(
     let r = ops::Run { g, l, ins };
     let x = r.ins[0];
     match &l.op {
-        QOp::Conv(c) => conv_reference(x, c, y),
-        QOp::Fc(f) => {
-            let (bl, or) = f.shifts();
-            kernels::fc_q7_pc(x, &f.weights, &f.bias, bl, or, y)
-        }
+        QOp::Conv(c) => ops::conv::run(&r, c, y),
+        QOp::Fc(f) => ops::inner_product::run(&r, f, y),
         QOp::MaxPool(p) => ops::pool::run(p, true, x, y),
         QOp::AvePool(p) => ops::pool::run(p, false, x, y),
         QOp::Deconv(c) => ops::deconv::run(&r, c, y),

@@ -8,10 +8,9 @@
 //! lengths, shifts in the ranges the kernels take, the shifts against the fraction bits they
 //! derive from, and the overflow proof ([`super::headroom`]).
 
-use super::graph::{ChannelFormats, Hwc, QBlob, QConv, QFc, QGraph, QOp};
-use super::headroom::{self, Headroom};
+use super::graph::{ChannelFormats, Hwc, QBlob, QGraph, QOp};
+use super::headroom::Headroom;
 use super::qformat::MAX_FRAC_BITS;
-use crate::ir::shape;
 use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
@@ -140,7 +139,7 @@ pub(crate) fn check_dense_shifts(
 /// The per-channel formats of a conv/fc (when present): one value per output, each channel's
 /// shifts consistent with its formats, channel 0 repeated in the scalar fields.
 #[allow(clippy::too_many_arguments)]
-fn check_channel_shifts(
+pub(crate) fn check_channel_shifts(
     layer: &str,
     pc: &Option<ChannelFormats>,
     scalars: (i32, i32, i32, i32),
@@ -189,150 +188,6 @@ fn check_channel_shifts(
     Ok(())
 }
 
-fn conv(
-    layer: &str,
-    c: &QConv,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<Headroom> {
-    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
-    ensure!(
-        input.shape.len() == 3,
-        "layer '{layer}': a convolution needs a C×H×W input, '{in_name}' is {:?}",
-        input.shape
-    );
-    ensure!(
-        c.groups > 0
-            && c.in_dims.c.is_multiple_of(c.groups)
-            && c.out_dims.c.is_multiple_of(c.groups),
-        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
-        c.groups,
-        c.in_dims.c,
-        c.out_dims.c
-    );
-    ensure!(
-        c.kernel.h > 0 && c.kernel.w > 0 && c.stride.h > 0 && c.stride.w > 0,
-        "layer '{layer}': kernel {}×{} and stride {}×{} must be positive",
-        c.kernel.h,
-        c.kernel.w,
-        c.stride.h,
-        c.stride.w
-    );
-    ensure!(
-        c.dilation.h > 0 && c.dilation.w > 0,
-        "layer '{layer}': dilation {}×{} must be positive",
-        c.dilation.h,
-        c.dilation.w
-    );
-    for (axis, i, k, s, p, d, o) in conv_axes(c) {
-        let want = shape::conv_out(i, k, s, p, d)
-            .with_context(|| format!("layer '{layer}': axis {axis}"))?;
-        ensure!(
-            o == want,
-            "layer '{layer}': out_dims.{axis} is {o}, but input {i}, kernel {k}, stride {s}, pad {p}, dilation {d} give {want}"
-        );
-    }
-    let k = c.kernel.h * c.kernel.w * (c.in_dims.c / c.groups);
-    let want = c
-        .out_dims
-        .c
-        .checked_mul(k)
-        .context("weights size overflows")?;
-    ensure!(
-        c.weights.len() == want,
-        "layer '{layer}': weights has {} values, but out_c {} × kernel {}×{} × in_c/groups {} = {want}",
-        c.weights.len(),
-        c.out_dims.c,
-        c.kernel.h,
-        c.kernel.w,
-        c.in_dims.c / c.groups
-    );
-    ensure!(
-        c.bias.len() == c.out_dims.c,
-        "layer '{layer}': bias has {} values for {} output channels",
-        c.bias.len(),
-        c.out_dims.c
-    );
-    check_channel_shifts(
-        layer,
-        &c.per_channel,
-        (
-            c.weight_frac_bits,
-            c.bias_frac_bits,
-            c.bias_lshift,
-            c.out_rshift,
-        ),
-        c.out_dims.c,
-        input.frac_bits,
-        output.frac_bits,
-    )?;
-    let (bls, ors) = c.shifts();
-    headroom::dense_channels(layer, &c.weights, c.out_dims.c, &c.bias, bls, ors)
-}
-
-fn fc(
-    layer: &str,
-    f: &QFc,
-    input: &QBlob,
-    output: &QBlob,
-    in_name: &str,
-    out_name: &str,
-) -> Result<Headroom> {
-    ensure!(
-        f.in_len == input.layout.len() && f.in_len > 0,
-        "layer '{layer}': in_len {} does not match blob '{in_name}' ({} values)",
-        f.in_len,
-        input.layout.len()
-    );
-    ensure!(
-        f.out_len == output.layout.len()
-            && output.layout
-                == (Hwc {
-                    h: 1,
-                    w: 1,
-                    c: f.out_len
-                }),
-        "layer '{layer}': out_len {} does not match blob '{out_name}' (layout {:?})",
-        f.out_len,
-        output.layout
-    );
-    let want = f
-        .in_len
-        .checked_mul(f.out_len)
-        .context("weights size overflows")?;
-    ensure!(
-        f.weights.len() == want,
-        "layer '{layer}': weights has {} values, but in_len {} × out_len {} = {want}",
-        f.weights.len(),
-        f.in_len,
-        f.out_len
-    );
-    ensure!(
-        f.bias.len() == f.out_len,
-        "layer '{layer}': bias has {} values for out_len {}",
-        f.bias.len(),
-        f.out_len
-    );
-    check_channel_shifts(
-        layer,
-        &f.per_channel,
-        (
-            f.weight_frac_bits,
-            f.bias_frac_bits,
-            f.bias_lshift,
-            f.out_rshift,
-        ),
-        f.out_len,
-        input.frac_bits,
-        output.frac_bits,
-    )?;
-    let (bls, ors) = f.shifts();
-    headroom::dense_channels(layer, &f.weights, f.out_len, &f.bias, bls, ors)
-}
-
 /// Check everything; the headroom of every conv/fc/Eltwise layer, by name.
 pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
     for (name, b) in &g.blobs {
@@ -372,23 +227,10 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
         }
         let out = blob(&l.output)?;
         ensure!(produced.insert(l.output.as_str()), "layer '{name}': its output '{}' is already produced by an earlier layer (blobs are written once)", l.output);
-        let arity = |n: usize| -> Result<()> {
-            ensure!(
-                l.inputs.len() == n,
-                "layer '{name}': takes {n} input(s), the file gives {}",
-                l.inputs.len()
-            );
-            Ok(())
-        };
-        let in0_name = l.inputs.first().map(String::as_str).unwrap_or("");
         let chk = ops::Check { g, l, out };
         match &l.op {
             QOp::Conv(c) => {
-                arity(1)?;
-                heads.insert(
-                    l.name.clone(),
-                    conv(name, c, blob(in0_name)?, out, in0_name, &l.output)?,
-                );
+                heads.insert(l.name.clone(), ops::conv::check(&chk, c)?);
             }
             QOp::Deconv(c) => {
                 heads.insert(l.name.clone(), ops::deconv::check(&chk, c)?);
@@ -404,11 +246,7 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
             QOp::Mul { out_rshift } => ops::eltwise::check_mul(&chk, *out_rshift)?,
             QOp::ScaleBias(s) => ops::scale::check(&chk, s)?,
             QOp::Fc(f) => {
-                arity(1)?;
-                heads.insert(
-                    l.name.clone(),
-                    fc(name, f, blob(in0_name)?, out, in0_name, &l.output)?,
-                );
+                heads.insert(l.name.clone(), ops::inner_product::check(&chk, f)?);
             }
             QOp::MaxPool(p) | QOp::AvePool(p) => ops::pool::check(&chk, p)?,
             QOp::Relu => ops::relu::check(&chk)?,
@@ -442,31 +280,4 @@ pub fn validate(g: &QGraph) -> Result<BTreeMap<String, Headroom>> {
         }
     }
     Ok(heads)
-}
-
-/// Per axis of a convolution or deconvolution: `(name, input, kernel, stride, pad, dilation,
-/// output)`, what its shape rule is checked on.
-pub(crate) fn conv_axes(
-    c: &QConv,
-) -> [(&'static str, usize, usize, usize, usize, usize, usize); 2] {
-    [
-        (
-            "h",
-            c.in_dims.h,
-            c.kernel.h,
-            c.stride.h,
-            c.pad.h,
-            c.dilation.h,
-            c.out_dims.h,
-        ),
-        (
-            "w",
-            c.in_dims.w,
-            c.kernel.w,
-            c.stride.w,
-            c.pad.w,
-            c.dilation.w,
-            c.out_dims.w,
-        ),
-    ]
 }

@@ -17,9 +17,9 @@
 mod chain;
 #[cfg(test)]
 mod chain_tests;
-mod conv;
+pub(crate) mod conv;
 pub(crate) mod deconv;
-mod dense;
+pub(crate) mod dense;
 mod direct;
 pub(crate) mod elementwise;
 mod gemm;
@@ -375,9 +375,9 @@ fn kernel_for<'g>(g: &'g Graph, node: &'g Node) -> Result<Kernel<'g>> {
         );
     }
     Ok(match &node.op {
-        Op::Convolution(p) => Kernel::Conv(conv::Conv::new(p, input, output, w)?),
+        Op::Convolution(p) => ops::conv::float(p, input, output, w)?,
         Op::Deconvolution(p) => ops::deconv::float(p, input, output, w)?,
-        Op::InnerProduct(p) => Kernel::Dense(dense::Dense::new(p, input, w)?),
+        Op::InnerProduct(p) => ops::inner_product::float(p, input, w)?,
         Op::Pooling(p) => ops::pool::float(p, input, output)?,
         Op::ReLU { negative_slope } => ops::relu::float(*negative_slope),
         Op::Sigmoid => ops::lut::float(ops::lut::Function::Sigmoid),

@@ -139,35 +139,10 @@ pub(crate) fn canonical_axis(axis: i64, rank_with_batch: usize) -> Result<usize>
 pub fn node_output_shapes(node: &Node, inputs: &[&[usize]]) -> Result<Vec<Vec<usize>>> {
     let first = inputs.first().copied().context("layer has no input")?;
     let out: Vec<usize> = match &node.op {
-        Op::Convolution(c) => {
-            let (ch, h, w) = expect_chw(node, first)?;
-            ensure!(
-                c.group > 0 && ch % c.group == 0 && c.num_output % c.group == 0,
-                "group {} must divide both the input channels {} and num_output {}",
-                c.group,
-                ch,
-                c.num_output
-            );
-            ensure!(c.num_output > 0, "num_output must be positive");
-            vec![
-                c.num_output,
-                conv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
-                conv_out(w, c.kernel.w, c.stride.w, c.pad.w, c.dilation.w)?,
-            ]
-        }
+        Op::Convolution(c) => ops::conv::shape(node, c, first)?,
         Op::Deconvolution(c) => ops::deconv::shape(node, c, first)?,
         Op::Pooling(p) => ops::pool::shape(node, p, first)?,
-        Op::InnerProduct(p) => {
-            ensure!(p.num_output > 0, "num_output must be positive");
-            let axis = p.axis;
-            ensure!(
-                axis >= 1 && axis <= first.len(),
-                "inner product axis {axis} is out of range for input shape {first:?}"
-            );
-            let mut s = first[..axis - 1].to_vec();
-            s.push(p.num_output);
-            s
-        }
+        Op::InnerProduct(p) => ops::inner_product::shape(p, first)?,
         Op::ReLU { .. }
         | Op::PReLU { .. }
         | Op::Softmax { .. }

@@ -7,24 +7,16 @@ use crate::codegen::{self, ArrayCtx, Call};
 use crate::fixed::graph::{hwc_of, Frac, LayerFormat, QConv, QOp};
 use crate::fixed::headroom::{self, Headroom};
 use crate::fixed::kernels::{self, KResult};
-use crate::fixed::validate::{check_dense_shifts, same_layout};
+use crate::fixed::validate::check_dense_shifts;
 use crate::fixed::QFormat;
 use crate::float::{deconv, Kernel};
-use crate::ir::shape::{deconv_out, expect_chw};
+use crate::ir::shape::deconv_out;
 use crate::ir::{ConvParams, Hw, Node, Tensor};
 use anyhow::{bail, ensure, Context as _, Result};
 
 /// `stride·(in - 1) + dilation·(k - 1) + 1 - 2·pad` per axis.
 pub fn shape(node: &Node, c: &ConvParams, first: &[usize]) -> Result<Vec<usize>> {
-    let (ch, h, w) = expect_chw(node, first)?;
-    ensure!(
-        c.group > 0 && ch.is_multiple_of(c.group) && c.num_output.is_multiple_of(c.group),
-        "group {} must divide both the input channels {} and num_output {}",
-        c.group,
-        ch,
-        c.num_output
-    );
-    ensure!(c.num_output > 0, "num_output must be positive");
+    let (h, w) = super::conv::grouped_input(node, c, first)?;
     Ok(vec![
         c.num_output,
         deconv_out(h, c.kernel.h, c.stride.h, c.pad.h, c.dilation.h)?,
@@ -146,27 +138,10 @@ pub fn weights(
 }
 
 /// A Deconvolution: the convolution's checks with Caffe's transposed size rule (kept apart
-/// from `fixed::validate::conv` so that each rule reads on its own).
+/// from `conv::check` so that each rule reads on its own; the layout and group checks are
+/// shared, `conv::check_io`).
 pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
-    chk.arity(1)?;
-    let (in_name, input) = chk.in0()?;
-    let (layer, output, out_name) = (chk.name(), chk.out, chk.l.output.as_str());
-    same_layout(layer, "in_dims", c.in_dims, in_name, input)?;
-    same_layout(layer, "out_dims", c.out_dims, out_name, output)?;
-    ensure!(
-        input.shape.len() == 3,
-        "layer '{layer}': a deconvolution needs a C×H×W input, '{in_name}' is {:?}",
-        input.shape
-    );
-    ensure!(
-        c.groups > 0
-            && c.in_dims.c.is_multiple_of(c.groups)
-            && c.out_dims.c.is_multiple_of(c.groups),
-        "layer '{layer}': groups {} must divide the input channels {} and the output channels {}",
-        c.groups,
-        c.in_dims.c,
-        c.out_dims.c
-    );
+    let (layer, input, output) = super::conv::check_io(chk, c, "deconvolution")?;
     ensure!(
         c.kernel.h > 0
             && c.kernel.w > 0
@@ -176,7 +151,7 @@ pub fn check(chk: &Check, c: &QConv) -> Result<Headroom> {
             && c.dilation.w > 0,
         "layer '{layer}': kernel, stride and dilation must be positive"
     );
-    for (axis, i, k, s, p, d, o) in crate::fixed::validate::conv_axes(c) {
+    for (axis, i, k, s, p, d, o) in super::conv::conv_axes(c) {
         let want =
             deconv_out(i, k, s, p, d).with_context(|| format!("layer '{layer}': axis {axis}"))?;
         ensure!(
@@ -261,16 +236,7 @@ pub fn emit(e: &mut Emit, c: &QConv) -> (Call, String) {
             ),
             &c.weights,
         ));
-    e.arrays.push(ArrayCtx::i8(
-        format!("{}_BIAS", e.p),
-        format!(
-            "`{}` biases [{}], {} fraction bits.",
-            e.l.name,
-            c.bias.len(),
-            c.bias_frac_bits
-        ),
-        &c.bias,
-    ));
+    e.bias(&c.bias, c.bias_frac_bits);
     (
         Call::Deconv,
         format!(

@@ -16,14 +16,16 @@
 //! the op's module, so a new variant makes the compiler name each place it must be handled.
 //! The arithmetic itself stays in `fixed/kernels.rs`, shared verbatim with the firmware.
 //!
-//! Convolution and InnerProduct (with the ReLU and pooling fused into a convolution's firmware
-//! step) are still handled where they were (`ir::shape`, `float`, `fixed::graph`,
-//! `fixed::validate`, `fixed::sim` with its SIMD paths, `codegen`), dispatched from the same
-//! enums; pooling's and ReLU's faster simulator paths stay in `fixed::sim`.
+//! Convolution (`conv`) and InnerProduct (`inner_product`) follow the same pattern; their
+//! simulator fast paths (the SIMD direct convolutions, the depthwise path, the i16 GEMM) are
+//! prepared in `fixed::sim` beside those kernels (`conv_prep`, `fc_prep`), as are pooling's and
+//! ReLU's; the convolution-fused ReLU/pool firmware steps are grouped in `codegen::steps`.
 
 pub mod concat;
+pub mod conv;
 pub mod deconv;
 pub mod eltwise;
+pub mod inner_product;
 pub mod lrn;
 pub mod lut;
 pub mod pool;
@@ -252,5 +254,40 @@ impl Emit<'_> {
 
     pub fn in_name(&self, i: usize) -> &str {
         &self.l.inputs[i]
+    }
+
+    /// A conv/fc's shifts: constants for per-layer formats `(weight_frac_bits,
+    /// bias_frac_bits, bias_lshift, out_rshift)`, else the per-channel shift arrays.
+    pub fn dense_shifts(
+        &mut self,
+        per_channel: &Option<crate::fixed::graph::ChannelFormats>,
+        (wf, bf, bl, or): (i32, i32, i32, i32),
+    ) {
+        match per_channel {
+            None => {
+                self.param("BIAS_LSHIFT", "i32", bl.to_string());
+                self.param("OUT_RSHIFT", "i32", or.to_string());
+                self.param("WEIGHT_FRAC_BITS", "i32", wf.to_string());
+                self.param("BIAS_FRAC_BITS", "i32", bf.to_string());
+            }
+            Some(pc) => {
+                self.arrays
+                    .extend(crate::codegen::channel_arrays(self.p, &self.l.name, pc))
+            }
+        }
+    }
+
+    /// The layer's `{p}_BIAS` array.
+    pub fn bias(&mut self, bias: &[i8], frac: i32) {
+        self.arrays.push(ArrayCtx::i8(
+            format!("{}_BIAS", self.p),
+            format!(
+                "`{}` biases [{}], {} fraction bits.",
+                self.l.name,
+                bias.len(),
+                frac
+            ),
+            bias,
+        ));
     }
 }

@@ -128,27 +128,71 @@ pub fn demo_file(p: &str) -> PathBuf {
 /// The demo model quantized without a search (fast; the formats do not matter to the caller)
 /// into `dir`: (model, report).
 pub fn quantized_demo(dir: &Path) -> (PathBuf, PathBuf) {
+    quantize_ok(
+        dir,
+        &[
+            &"--model",
+            &demo_file("glyphs.prototxt"),
+            &"--weights",
+            &demo_file("glyphs.caffemodel"),
+            &"--calib",
+            &demo_file("calib_u8_hwc.npy"),
+            &"--eval",
+            &demo_file("test_u8_hwc.npy"),
+            &"--search",
+            &"none",
+        ],
+    );
+    (dir.join("m.nnq.json"), dir.join("r.json"))
+}
+
+/// `nnquant quantize` with `args` (model, data, search, preprocessing flags) writing
+/// `dir/m.nnq.json` and `dir/r.json` quietly; asserts it succeeded: (model file, report JSON).
+pub fn quantize_ok(
+    dir: &Path,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+) -> (PathBuf, serde_json::Value) {
     let (m, r) = (dir.join("m.nnq.json"), dir.join("r.json"));
-    let o = nnquant(&[
-        &"quantize",
-        &"--model",
-        &demo_file("glyphs.prototxt"),
-        &"--weights",
-        &demo_file("glyphs.caffemodel"),
-        &"--calib",
-        &demo_file("calib_u8_hwc.npy"),
-        &"--eval",
-        &demo_file("test_u8_hwc.npy"),
-        &"--search",
-        &"none",
-        &"-o",
-        &m,
-        &"--report",
-        &r,
-        &"--quiet",
-    ]);
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"quantize"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[&"-o", &m, &"--report", &r, &"--quiet"]);
+    let o = nnquant(&all);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    (m, r)
+    let report = serde_json::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
+    (m, report)
+}
+
+/// `nnquant verify` of `model` on `count` images of `data` for `target` (the crate generated,
+/// built and run in `work_dir`), with `extra` flags; asserts every image byte-identical to the
+/// simulator: its stdout.
+pub fn verify_identical(
+    model: &Path,
+    data: &Path,
+    target: &str,
+    count: usize,
+    work_dir: &Path,
+    extra: &[&str],
+) -> String {
+    let count_s = count.to_string();
+    let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"verify",
+        &model,
+        &"--data",
+        &data,
+        &"--target",
+        &target,
+        &"--count",
+        &count_s,
+        &"--work-dir",
+        &work_dir,
+        &"--quiet",
+    ];
+    all.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+    let o = nnquant(&all);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let want = format!("{count}/{count} images byte-identical");
+    assert!(o.stdout.contains(&want), "{}", o.stdout);
+    o.stdout
 }
 
 /// The members of a .npz (stored zip, as `npy_out::npz` and `numpy.savez` write it), read from
