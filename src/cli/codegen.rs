@@ -95,7 +95,7 @@ impl Args {
 
 fn run_with(a: Args, x: Extra) -> Result<ExitCode> {
     let o = a.options(x);
-    let gen = pipeline::run(o.clone())?;
+    let gen = pipeline::run(&o)?;
     print(&o, &gen, a.json)?;
     Ok(ExitCode::SUCCESS)
 }

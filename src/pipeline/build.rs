@@ -379,7 +379,7 @@ pub fn run(a: &Options, ev: &mut dyn Events) -> Result<Option<crate::verify::Ver
             weights_section: None,
             arena_section: None,
         };
-        let gen = codegen::run(o.clone())?;
+        let gen = codegen::run(&o)?;
         ev.generated(&o, &gen)?;
         state.codegen = Some(c_fp);
         std::fs::write(&state_path, serde_json::to_string_pretty(&state)?)?;

@@ -42,7 +42,7 @@ pub struct Generated {
 }
 
 /// Generate the crate and write it (and the report update).
-pub fn run(a: Options) -> Result<Generated> {
+pub fn run(a: &Options) -> Result<Generated> {
     let m = NnqModel::read(&a.model)?;
     let t = target::by_name(&a.target)?;
     let (images, _) = test_images(&m, &a.data, a.count)?;
@@ -53,8 +53,8 @@ pub fn run(a: Options) -> Result<Generated> {
             flash_budget: a.flash_budget,
             standalone: a.standalone,
             sections: codegen::Sections {
-                weights: a.weights_section,
-                arena: a.arena_section,
+                weights: a.weights_section.clone(),
+                arena: a.arena_section.clone(),
             },
             ..codegen::Options::new(t, &a.crate_name, images)
         },
