@@ -115,7 +115,7 @@ def sim_bench(shared, threads):
         raise caffe_to_onnx.ConvertError("cargo bench --bench sim failed:\n" + proc.stderr[-2000:])
     out = {}
     for line in proc.stdout.splitlines():
-        m = re.match(r"sim path (\S+) .* ([0-9]+) images/s", line)
+        m = re.match(r"sim path (\S+) .* ([0-9.]+) images/s", line)
         if m:
             out[m.group(1)] = float(m.group(2))
     if not out:
