@@ -419,4 +419,43 @@ mod tests {
             assert!(local.iter().any(|&i| targets[i] == c), "class {c}");
         }
     }
+
+    /// `for_logical` with `deq_table` pairs every float value with the q7 value that
+    /// `objective::deq_logical` puts at its place, for feature maps (HWC → NCHW) and flat blobs,
+    /// with and without the ReLU.
+    #[test]
+    fn table_pairing_equals_dequantizing_in_logical_order() {
+        use crate::fixed::graph::Hwc;
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 56) as i8
+        };
+        for layout in [
+            Hwc { h: 3, w: 5, c: 7 },
+            Hwc { h: 1, w: 1, c: 10 },
+            Hwc { h: 4, w: 2, c: 1 },
+        ] {
+            let len = layout.h * layout.w * layout.c;
+            let q: Vec<i8> = (0..len).map(|_| next()).collect();
+            let f: Vec<f32> = (0..len).map(|_| next() as f32 / 7.0).collect();
+            for (frac, relu) in [(-2, false), (3, true), (0, true)] {
+                let mut deq = Vec::new();
+                super::super::objective::deq_logical(&q, layout, frac, &mut deq);
+                let want: Vec<(f32, f64)> = f
+                    .iter()
+                    .zip(&deq)
+                    .map(|(&x, &y)| (x, if relu { y.max(0.0) } else { y }))
+                    .collect();
+                let table = deq_table(frac, relu);
+                let mut got = Vec::new();
+                for_logical(&q, layout, &f, |x, v| {
+                    got.push((x, table[v as u8 as usize]))
+                });
+                assert_eq!(got, want, "{layout:?} frac {frac} relu {relu}");
+            }
+        }
+    }
 }
