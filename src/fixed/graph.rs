@@ -469,6 +469,40 @@ pub enum QOp {
     ScaleBias(QScaleBias),
 }
 
+/// A q7 layer with weights: the dense products (see [`QOp::dense`]).
+#[derive(Debug, Clone, Copy)]
+pub enum QDense<'a> {
+    Conv(&'a QConv),
+    Deconv(&'a QConv),
+    Fc(&'a QFc),
+}
+
+impl QOp {
+    /// The op as a layer with weights (conv, deconv, fc), or `None`: the one exhaustive list
+    /// for the places that treat those three apart from the rest.
+    pub fn dense(&self) -> Option<QDense<'_>> {
+        match self {
+            QOp::Conv(c) => Some(QDense::Conv(c)),
+            QOp::Deconv(c) => Some(QDense::Deconv(c)),
+            QOp::Fc(f) => Some(QDense::Fc(f)),
+            QOp::MaxPool(_)
+            | QOp::AvePool(_)
+            | QOp::Relu
+            | QOp::Add { .. }
+            | QOp::Concat { .. }
+            | QOp::Reshape
+            | QOp::Permute { .. }
+            | QOp::Lut { .. }
+            | QOp::PRelu { .. }
+            | QOp::Max { .. }
+            | QOp::Softmax { .. }
+            | QOp::Lrn { .. }
+            | QOp::Mul { .. }
+            | QOp::ScaleBias { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QLayer {
     pub name: String,

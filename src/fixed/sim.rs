@@ -18,7 +18,7 @@
 //! Images run in parallel on rayon's pool. Property tests (`tests/fixed_sim_props.rs`) pin every
 //! path the CPU supports to `kernels.rs`.
 
-use super::graph::{self, pair, QGraph, QOp};
+use super::graph::{self, pair, QDense, QGraph, QOp};
 use super::kernels;
 use crate::ops;
 use anyhow::{bail, ensure, Context, Result};
@@ -328,24 +328,10 @@ impl<'g> Simulator<'g> {
                 prep.push(Prep::Other);
                 continue;
             }
-            prep.push(match &l.op {
-                QOp::Conv(c) => conv_prep(path, c, &l.name)?,
-                QOp::Fc(f) => fc_prep(path, f, &l.name)?,
-                QOp::MaxPool(_)
-                | QOp::AvePool(_)
-                | QOp::Relu
-                | QOp::Add { .. }
-                | QOp::Concat { .. }
-                | QOp::Reshape
-                | QOp::Permute { .. }
-                | QOp::Lut { .. }
-                | QOp::PRelu { .. }
-                | QOp::Max { .. }
-                | QOp::Softmax { .. }
-                | QOp::Deconv(_)
-                | QOp::Lrn { .. }
-                | QOp::Mul { .. }
-                | QOp::ScaleBias { .. } => Prep::Other,
+            prep.push(match l.op.dense() {
+                Some(QDense::Conv(c)) => conv_prep(path, c, &l.name)?,
+                Some(QDense::Fc(f)) => fc_prep(path, f, &l.name)?,
+                Some(QDense::Deconv(_)) | None => Prep::Other,
             });
         }
         Ok(Simulator {

@@ -193,7 +193,41 @@ pub enum Op {
     },
 }
 
+/// A layer with learned weights that the q7 graph runs as a dense product (see [`Op::dense`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Dense<'a> {
+    Convolution(&'a ConvParams),
+    Deconvolution(&'a ConvParams),
+    InnerProduct(&'a InnerProductParams),
+}
+
 impl Op {
+    /// The op as a dense layer (Convolution, Deconvolution, InnerProduct), or `None`: the one
+    /// exhaustive list of which ops are, for the places that treat those three apart from the
+    /// rest (weights and MACs, folding, headroom, start formats).
+    pub fn dense(&self) -> Option<Dense<'_>> {
+        match self {
+            Op::Convolution(c) => Some(Dense::Convolution(c)),
+            Op::Deconvolution(c) => Some(Dense::Deconvolution(c)),
+            Op::InnerProduct(p) => Some(Dense::InnerProduct(p)),
+            Op::Pooling(_)
+            | Op::ReLU { .. }
+            | Op::PReLU { .. }
+            | Op::Softmax { .. }
+            | Op::Sigmoid
+            | Op::TanH
+            | Op::Lrn(_)
+            | Op::BatchNorm { .. }
+            | Op::Scale { .. }
+            | Op::Bias { .. }
+            | Op::Eltwise { .. }
+            | Op::Concat { .. }
+            | Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. } => None,
+        }
+    }
+
     /// Caffe's layer type name, used in tables and error messages.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -481,50 +515,22 @@ pub fn layer_cost(g: &Graph, n: &Node) -> LayerCost {
     // From the declared shapes, so that counts are known without a weights file.
     let shapes = expected_weight_shapes(&n.op, g.shape(&n.inputs[0]));
     let count = |i: usize| shapes.get(i).map_or(0, |s| s.iter().product::<usize>());
-    let (weights, biases) = match &n.op {
-        Op::Convolution(_) | Op::Deconvolution(_) | Op::InnerProduct(_) => (count(0), count(1)),
-        Op::Pooling(_)
-        | Op::ReLU { .. }
-        | Op::PReLU { .. }
-        | Op::Softmax { .. }
-        | Op::Sigmoid
-        | Op::TanH
-        | Op::Lrn(_)
-        | Op::BatchNorm { .. }
-        | Op::Scale { .. }
-        | Op::Bias { .. }
-        | Op::Eltwise { .. }
-        | Op::Concat { .. }
-        | Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. } => (0, 0),
+    let (weights, biases) = match n.op.dense() {
+        Some(_) => (count(0), count(1)),
+        None => (0, 0),
     };
-    let macs = match &n.op {
-        Op::Convolution(c) => {
+    let macs = match n.op.dense() {
+        Some(Dense::Convolution(c)) => {
             let in_c = g.shape(&n.inputs[0])[0] / c.group;
             out_elems * (in_c * c.kernel.h * c.kernel.w) as u64
         }
         // Every input value meets every weight of its group once (the scatter form).
-        Op::Deconvolution(c) => {
+        Some(Dense::Deconvolution(c)) => {
             let in_elems: u64 = g.shape(&n.inputs[0]).iter().product::<usize>() as u64;
             in_elems * (c.num_output / c.group.max(1) * c.kernel.h * c.kernel.w) as u64
         }
-        Op::InnerProduct(p) => weights as u64 / p.num_output.max(1) as u64 * out_elems,
-        Op::Pooling(_)
-        | Op::ReLU { .. }
-        | Op::PReLU { .. }
-        | Op::Softmax { .. }
-        | Op::Sigmoid
-        | Op::TanH
-        | Op::Lrn(_)
-        | Op::BatchNorm { .. }
-        | Op::Scale { .. }
-        | Op::Bias { .. }
-        | Op::Eltwise { .. }
-        | Op::Concat { .. }
-        | Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. } => 0,
+        Some(Dense::InnerProduct(p)) => weights as u64 / p.num_output.max(1) as u64 * out_elems,
+        None => 0,
     };
     LayerCost {
         params: (0..shapes.len()).map(count).sum(),

@@ -1,7 +1,7 @@
 //! Graph rewrites that keep the function of the network and make it cheaper or simpler to
 //! quantize.
 
-use super::{Graph, Op, Tensor};
+use super::{Dense, Graph, Op, Tensor};
 use anyhow::{ensure, Context, Result};
 
 /// Per-channel affine map `y = a·x + b` described by a BatchNorm, Scale or Bias node, if the node
@@ -90,26 +90,10 @@ pub fn fold_batchnorm(g: &mut Graph) -> Result<Vec<String>> {
                 continue;
             }
             let prev = &g.nodes[p];
-            let channels = match &prev.op {
-                Op::Convolution(c) => c.num_output,
-                Op::InnerProduct(ip) if !ip.transpose && ip.axis == 1 => ip.num_output,
-                Op::InnerProduct(_)
-                | Op::Deconvolution(_)
-                | Op::Pooling(_)
-                | Op::ReLU { .. }
-                | Op::PReLU { .. }
-                | Op::Softmax { .. }
-                | Op::Sigmoid
-                | Op::TanH
-                | Op::Lrn(_)
-                | Op::BatchNorm { .. }
-                | Op::Scale { .. }
-                | Op::Bias { .. }
-                | Op::Eltwise { .. }
-                | Op::Concat { .. }
-                | Op::Flatten { .. }
-                | Op::Reshape { .. }
-                | Op::Permute { .. } => continue,
+            let channels = match prev.op.dense() {
+                Some(Dense::Convolution(c)) => c.num_output,
+                Some(Dense::InnerProduct(ip)) if !ip.transpose && ip.axis == 1 => ip.num_output,
+                Some(Dense::InnerProduct(_) | Dense::Deconvolution(_)) | None => continue,
             };
             if let Some(ab) = channel_affine(&n.op, &n.weights, channels)? {
                 found = Some((p, i, ab));

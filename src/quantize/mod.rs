@@ -784,61 +784,34 @@ fn layer_reports(
     g: &Graph,
     heads: &BTreeMap<String, crate::fixed::headroom::Headroom>,
 ) -> Vec<LayerReport> {
-    use crate::fixed::graph::QOp;
+    use crate::fixed::graph::QDense;
     qg.layers
         .iter()
         .map(|l| {
             let in_frac = qg.blobs[&l.inputs[0]].frac_bits;
             let out_frac = qg.blobs[&l.output].frac_bits;
-            let per_channel = match &l.op {
-                QOp::Conv(c) => c.per_channel.as_ref(),
-                QOp::Fc(f) => f.per_channel.as_ref(),
-                QOp::MaxPool(_)
-                | QOp::AvePool(_)
-                | QOp::Relu
-                | QOp::Add { .. }
-                | QOp::Concat { .. }
-                | QOp::Reshape
-                | QOp::Permute { .. }
-                | QOp::Lut { .. }
-                | QOp::PRelu { .. }
-                | QOp::Max { .. }
-                | QOp::Softmax { .. }
-                | QOp::Deconv(_)
-                | QOp::Lrn { .. }
-                | QOp::Mul { .. }
-                | QOp::ScaleBias { .. } => None,
+            let per_channel = match l.op.dense() {
+                Some(QDense::Conv(c)) => c.per_channel.as_ref(),
+                Some(QDense::Fc(f)) => f.per_channel.as_ref(),
+                Some(QDense::Deconv(_)) | None => None,
             }
             .map(crate::report::ChannelRanges::of);
-            let (w, b, bl, or, sat) = match &l.op {
-                QOp::Conv(c) | QOp::Deconv(c) => (
+            let (w, b, bl, or, sat) = match l.op.dense() {
+                Some(QDense::Conv(c) | QDense::Deconv(c)) => (
                     Some(c.weight_frac_bits),
                     Some(c.bias_frac_bits),
                     Some(c.bias_lshift as u32),
                     Some(c.out_rshift as u32),
                     saturated(&c.weights) + saturated(&c.bias),
                 ),
-                QOp::Fc(f) => (
+                Some(QDense::Fc(f)) => (
                     Some(f.weight_frac_bits),
                     Some(f.bias_frac_bits),
                     Some(f.bias_lshift as u32),
                     Some(f.out_rshift as u32),
                     saturated(&f.weights) + saturated(&f.bias),
                 ),
-                QOp::MaxPool(_)
-                | QOp::AvePool(_)
-                | QOp::Relu
-                | QOp::Add { .. }
-                | QOp::Concat { .. }
-                | QOp::Reshape
-                | QOp::Permute { .. }
-                | QOp::Lut { .. }
-                | QOp::PRelu { .. }
-                | QOp::Max { .. }
-                | QOp::Softmax { .. }
-                | QOp::Lrn { .. }
-                | QOp::Mul { .. }
-                | QOp::ScaleBias { .. } => (None, None, None, None, 0),
+                None => (None, None, None, None, 0),
             };
             LayerReport {
                 name: l.name.clone(),

@@ -8,19 +8,19 @@
 use crate::fixed::graph::{Frac, LayerFormat};
 use crate::fixed::headroom;
 use crate::fixed::qformat::QFormat;
-use crate::ir::{Node, Op};
+use crate::ir::{Dense, Node};
 
 /// The int8 weights of a conv/fc grouped by output (each output's weights contiguous, output
 /// `o` quantized with `wf.channel(o)` fraction bits), for the headroom bound; `None` for other
 /// layers.
 fn rows(n: &Node, wf: &Frac) -> Option<(Vec<i8>, usize)> {
     let w = &n.weights.first()?.data;
-    let (no, transpose) = match &n.op {
-        Op::Convolution(c) => (c.num_output, false),
-        Op::InnerProduct(p) => (p.num_output, p.transpose),
+    let (no, transpose) = match n.op.dense()? {
+        Dense::Convolution(c) => (c.num_output, false),
+        Dense::InnerProduct(p) => (p.num_output, p.transpose),
         // Deconvolution weights take one format per layer (a per-channel list is
         // QGraph::quantize's to refuse). The shape was checked when the graph was built.
-        Op::Deconvolution(c) => {
+        Dense::Deconvolution(c) => {
             if matches!(wf, Frac::Channels(_)) {
                 return None;
             }
@@ -30,21 +30,6 @@ fn rows(n: &Node, wf: &Frac) -> Option<(Vec<i8>, usize)> {
                 crate::fixed::graph::deconv_weights(w, in_c, c.num_output, c.group, c.kernel, q)?;
             return Some((wq, c.num_output));
         }
-        Op::Pooling(_)
-        | Op::ReLU { .. }
-        | Op::PReLU { .. }
-        | Op::Softmax { .. }
-        | Op::Sigmoid
-        | Op::TanH
-        | Op::Lrn(_)
-        | Op::BatchNorm { .. }
-        | Op::Scale { .. }
-        | Op::Bias { .. }
-        | Op::Eltwise { .. }
-        | Op::Concat { .. }
-        | Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. } => return None,
     };
     if no == 0 || !w.len().is_multiple_of(no) || matches!(wf, Frac::Channels(v) if v.len() != no) {
         return None;

@@ -17,7 +17,7 @@
 
 use super::subset::{self, Holdout};
 use super::{format_layers, get, pick_pixels, set, Evaluator, Param};
-use crate::fixed::graph::{Formats, QGraph, QOp};
+use crate::fixed::graph::{Formats, QDense, QGraph, QOp};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
 use crate::report::LocalStep;
@@ -200,23 +200,10 @@ fn only_relu_reads(qg: &QGraph, blob: &str) -> bool {
 fn layer_key(qg: &QGraph, k: usize) -> Vec<i64> {
     let l = &qg.layers[k];
     let mut key = vec![i64::from(qg.frac_bits(&l.output).unwrap_or(i32::MIN))];
-    let (w, b, (lshift, rshift)) = match &l.op {
-        QOp::Conv(c) | QOp::Deconv(c) => (&c.weights, &c.bias, c.shifts()),
-        QOp::Fc(f) => (&f.weights, &f.bias, f.shifts()),
-        QOp::MaxPool(_)
-        | QOp::AvePool(_)
-        | QOp::Relu
-        | QOp::Add { .. }
-        | QOp::Concat { .. }
-        | QOp::Reshape
-        | QOp::Permute { .. }
-        | QOp::Lut { .. }
-        | QOp::PRelu { .. }
-        | QOp::Max { .. }
-        | QOp::Softmax { .. }
-        | QOp::Lrn { .. }
-        | QOp::Mul { .. }
-        | QOp::ScaleBias { .. } => return key,
+    let (w, b, (lshift, rshift)) = match l.op.dense() {
+        Some(QDense::Conv(c) | QDense::Deconv(c)) => (&c.weights, &c.bias, c.shifts()),
+        Some(QDense::Fc(f)) => (&f.weights, &f.bias, f.shifts()),
+        None => return key,
     };
     key.extend(super::dense_key(w, b, lshift, rshift));
     key

@@ -252,25 +252,12 @@ pub fn start_formats_with(
 /// per-layer formats) until `out_rshift[c] ≥ 0` for every channel. Channels whose accumulator
 /// could wrap then take fewer weight fraction bits, one channel at a time.
 fn channel_start(n: &crate::ir::Node, in_frac: i32, out_max: i32) -> Result<(LayerFormat, i32)> {
-    let (no, transpose) = match &n.op {
-        Op::Convolution(c) => (c.num_output, false),
-        Op::InnerProduct(p) => (p.num_output, p.transpose),
-        Op::Deconvolution(_)
-        | Op::Pooling(_)
-        | Op::ReLU { .. }
-        | Op::PReLU { .. }
-        | Op::Softmax { .. }
-        | Op::Sigmoid
-        | Op::TanH
-        | Op::Lrn(_)
-        | Op::BatchNorm { .. }
-        | Op::Scale { .. }
-        | Op::Bias { .. }
-        | Op::Eltwise { .. }
-        | Op::Concat { .. }
-        | Op::Flatten { .. }
-        | Op::Reshape { .. }
-        | Op::Permute { .. } => unreachable!("channel_start is called for conv/fc only"),
+    let (no, transpose) = match n.op.dense() {
+        Some(crate::ir::Dense::Convolution(c)) => (c.num_output, false),
+        Some(crate::ir::Dense::InnerProduct(p)) => (p.num_output, p.transpose),
+        Some(crate::ir::Dense::Deconvolution(_)) | None => {
+            unreachable!("channel_start is called for conv/fc only")
+        }
     };
     let w = &n.weights[0].data;
     ensure!(
