@@ -53,15 +53,20 @@ fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// [`check`] on `input`, then on `input` made non-negative (`|x|`, 127 at most: the values a
-/// ReLU leaves), which the AVX2 path runs with its own exact kernel (`vpmaddubsw`).
+/// [`check`] on `input`, then on `input` made non-negative (`|x|`, at most 127: the values a
+/// ReLU leaves; then at most 64), which the AVX2 path runs with its own exact kernels
+/// (`vpmaddubsw`; up to 64 always, and up to 127 for small enough weights, two steps summed as
+/// `i16`).
 fn check_signed_and_nonneg(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     check(g, input, n)?;
-    let nonneg: Vec<i8> = input
-        .iter()
-        .map(|v| v.unsigned_abs().min(127) as i8)
-        .collect();
-    check(g, &nonneg, n)
+    for top in [127, 64] {
+        let nonneg: Vec<i8> = input
+            .iter()
+            .map(|v| v.unsigned_abs().min(top) as i8)
+            .collect();
+        check(g, &nonneg, n)?;
+    }
+    Ok(())
 }
 
 /// The property tests above run every supported path; this one says which (on stderr, so that

@@ -506,6 +506,7 @@ impl<'g> Simulator<'g> {
                     Ok(())
                 }
                 (QOp::MaxPool(p), _) => elementwise::maxpool(
+                    self.path.elementwise_avx512(),
                     x,
                     p.in_dims.dims(),
                     pair(p.kernel),
@@ -516,6 +517,7 @@ impl<'g> Simulator<'g> {
                     &mut s.rowmax,
                 ),
                 (QOp::AvePool(p), _) => elementwise::avepool(
+                    self.path.elementwise_avx512(),
                     x,
                     p.in_dims.dims(),
                     pair(p.kernel),
@@ -527,7 +529,7 @@ impl<'g> Simulator<'g> {
                     p.rounding.nearest(),
                 ),
                 (QOp::Relu, _) => {
-                    elementwise::relu(x, &mut y);
+                    elementwise::relu(self.path.elementwise_avx512(), x, &mut y);
                     Ok(())
                 }
                 (

@@ -84,9 +84,59 @@ pub(super) struct YConv {
     bias: Vec<i32>,
     /// `[group][block][8]`: `out_rshift` of each lane's channel.
     rshift: Vec<i32>,
-    /// [`Isa::Avx2`] only: the geometry and `i8` weights (`[group][block][kp / 4][8][4]`) of the
-    /// `vpmaddubsw` kernel for non-negative inputs (same bias and shifts).
-    nonneg: Option<Box<(Geometry, Vec<u8>)>>,
+    /// [`Isa::Avx2`] only: the `vpmaddubsw` kernel for non-negative inputs (same bias and
+    /// shifts).
+    nonneg: Option<Box<NonNeg>>,
+}
+
+/// The weights of the `vpmaddubsw` kernel, and how large the input may be for the paired form.
+struct NonNeg {
+    geo: Geometry,
+    /// `i8` weights, `[group][block][kp / 4][8][4]`.
+    w: Vec<u8>,
+    /// The paired form ([`NonNegPairDot`]) is exact when every input value is at most this.
+    pair_limit: i8,
+}
+
+impl NonNeg {
+    fn new(c: &ConvSpec) -> NonNeg {
+        let geo = c.geometry(4);
+        let wk = geo.reorder(c.weights);
+        let pair_limit = pair_limit(&geo, &wk);
+        let w = geo.pack(&wk, LANES, 4).iter().map(|&v| v as u8).collect();
+        NonNeg { geo, w, pair_limit }
+    }
+}
+
+/// The largest input value (at most 127) for which [`NonNegPairDot`] is exact on these weights
+/// (`[out_c][kp]`, from [`Geometry::reorder`]).
+///
+/// The paired form adds two `vpmaddubsw` results (two steps of 4 bytes) as `i16` before widening.
+/// Each `i16` lane then holds `Σ xₖwₖ` over four weights (bytes 0, 1, 4, 5 or 2, 3, 6, 7 of the
+/// 8 the two steps cover), which lies in `[-x·Σw⁻, x·Σw⁺]` for inputs in `[0, x]`. Steps pair up
+/// from the start of each segment, as the kernel walks them; a segment's odd last step runs
+/// alone. So the limit is the largest `x` with `x·Σw⁺ ≤ 32767` and `x·Σw⁻ ≤ 32768` over every
+/// channel, pair of steps and lane.
+fn pair_limit(geo: &Geometry, wk: &[i8]) -> i8 {
+    let (mut pos, mut neg) = (1i32, 1i32);
+    for w in wk.chunks_exact(geo.kp) {
+        let mut at = 0;
+        for s in &geo.segs[0] {
+            for two in w[at..at + s.len].chunks_exact(8) {
+                for lane in [[0, 1, 4, 5], [2, 3, 6, 7]] {
+                    let (p, n) = lane.iter().fold((0i32, 0i32), |(p, n), &i| {
+                        let v = two[i] as i32;
+                        (p + v.max(0), n + (-v).max(0))
+                    });
+                    pos = pos.max(p);
+                    neg = neg.max(n);
+                }
+            }
+            at += s.len;
+        }
+    }
+    let limit = (i16::MAX as i32 / pos).min(-(i16::MIN as i32) / neg);
+    limit.min(i8::MAX as i32) as i8
 }
 
 impl YConv {
@@ -108,11 +158,7 @@ impl YConv {
             }
         });
         let rshift = geo.per_lane(LANES, |o| c.rshift(o) as i32);
-        let nonneg = (isa == Isa::Avx2).then(|| {
-            let geo4 = c.geometry(4);
-            let w4 = geo4.pack(&geo4.reorder(c.weights), LANES, 4);
-            Box::new((geo4, w4.iter().map(|&v| v as u8).collect()))
-        });
+        let nonneg = (isa == Isa::Avx2).then(|| Box::new(NonNeg::new(c)));
         let packed = geo.pack(&wk, LANES, g);
         let w = match isa {
             Isa::Avx2 => packed
@@ -147,12 +193,19 @@ impl YConv {
                 eb: self.isa.elem_bytes(),
             };
             match self.isa {
-                Isa::Avx2 => match self.nonneg.as_deref() {
-                    // A fold that vectorizes, unlike an early-exit `all`.
-                    Some((geo, w)) if x.iter().fold(0i8, |m, &v| m.min(v)) >= 0 => {
-                        geo.pad_image(x, |v| v as u8, 0, img8);
-                        let k = Weights { geo, w, eb: 1 };
-                        run_avx2_nonneg(self, &k, img8.as_ptr(), y)
+                Isa::Avx2 => match (self.nonneg.as_deref(), min_max(x)) {
+                    (Some(nn), (lo, hi)) if lo >= 0 => {
+                        nn.geo.pad_image(x, |v| v as u8, 0, img8);
+                        let k = Weights {
+                            geo: &nn.geo,
+                            w: &nn.w,
+                            eb: 1,
+                        };
+                        if hi <= nn.pair_limit {
+                            run_avx2_nonneg_pairs(self, &k, img8.as_ptr(), y)
+                        } else {
+                            run_avx2_nonneg(self, &k, img8.as_ptr(), y)
+                        }
                     }
                     _ => {
                         self.geo.pad_image(x, |v| v as i16, 0, img16);
@@ -172,10 +225,26 @@ impl YConv {
     }
 }
 
+/// `(min, max)` of `x`, in one pass that vectorizes (unlike an early-exit `all`).
+fn min_max(x: &[i8]) -> (i8, i8) {
+    x.iter()
+        .fold((i8::MAX, i8::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
 /// The one instruction that differs between the ISAs: `acc + Σ (4 bytes of a) · (4 bytes of w)`
 /// per `i32` lane.
 trait Dot {
+    /// True when [`dot2`](Self::dot2) is cheaper than two [`dot`](Self::dot)s; the kernel then
+    /// walks each segment two steps at a time.
+    const PAIRED: bool = false;
+
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i;
+
+    /// Two steps: `dot(dot(acc, a1, w1), a2, w2)`.
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, a1: __m256i, w1: __m256i, a2: __m256i, w2: __m256i) -> __m256i {
+        Self::dot(Self::dot(acc, a1, w1), a2, w2)
+    }
 }
 
 struct Avx2Dot;
@@ -194,6 +263,25 @@ impl Dot for NonNegDot {
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         let pairs = _mm256_maddubs_epi16(a, w);
         _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+}
+
+/// [`NonNegDot`] two steps at a time: the two `vpmaddubsw` results are added as `i16` before one
+/// `vpmaddwd`, 3 multiplies per 64 products instead of 4. Exact only when the inputs are at most
+/// [`pair_limit`] (the caller checks).
+struct NonNegPairDot;
+impl Dot for NonNegPairDot {
+    const PAIRED: bool = true;
+
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
+        NonNegDot::dot(acc, a, w)
+    }
+
+    #[inline(always)]
+    unsafe fn dot2(acc: __m256i, a1: __m256i, w1: __m256i, a2: __m256i, w2: __m256i) -> __m256i {
+        let sum = _mm256_add_epi16(_mm256_maddubs_epi16(a1, w1), _mm256_maddubs_epi16(a2, w2));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(sum, _mm256_set1_epi16(1)))
     }
 }
 
@@ -229,6 +317,11 @@ unsafe fn run_avx2(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) {
 #[target_feature(enable = "avx2")]
 unsafe fn run_avx2_nonneg(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) {
     run_generic::<NonNegDot>(c, k, img, y)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2_nonneg_pairs(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) {
+    run_generic::<NonNegPairDot>(c, k, img, y)
 }
 
 #[target_feature(enable = "avx2,avxvnni")]
@@ -301,12 +394,15 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                         }
                     };
                 }
+                // The paired form holds twice the weights and broadcasts (and the ones): fewer
+                // accumulators.
                 macro_rules! wide {
                     ($st:literal) => {
-                        if mb == 2 {
-                            run!(2, 6, $st);
-                        } else {
-                            run!(1, 12, $st);
+                        match (mb == 2, D::PAIRED) {
+                            (true, false) => run!(2, 6, $st),
+                            (true, true) => run!(2, 3, $st),
+                            (false, false) => run!(1, 12, $st),
+                            (false, true) => run!(1, 8, $st),
                         }
                     };
                 }
@@ -360,6 +456,26 @@ unsafe fn tile<D: Dot, const MB: usize, const P: usize, const ST: usize>(
         let base = inp.add(s.off * t.eb);
         let end = s.len * t.eb;
         let mut kb = 0;
+        if D::PAIRED {
+            while kb + 8 <= end {
+                let mut w1 = [_mm256_setzero_si256(); MB];
+                let mut w2 = [_mm256_setzero_si256(); MB];
+                for m in 0..MB {
+                    w1[m] = _mm256_loadu_si256(wp.add(m * t.blk_bytes) as *const __m256i);
+                    w2[m] = _mm256_loadu_si256(wp.add(m * t.blk_bytes + 32) as *const __m256i);
+                }
+                for p in 0..P {
+                    let at = base.add(p * st + kb);
+                    let a1 = _mm256_set1_epi32((at as *const i32).read_unaligned());
+                    let a2 = _mm256_set1_epi32((at.add(4) as *const i32).read_unaligned());
+                    for m in 0..MB {
+                        acc[m][p] = D::dot2(acc[m][p], a1, w1[m], a2, w2[m]);
+                    }
+                }
+                wp = wp.add(64);
+                kb += 8;
+            }
+        }
         while kb < end {
             let mut wv = [_mm256_setzero_si256(); MB];
             for m in 0..MB {
@@ -390,5 +506,121 @@ unsafe fn tile<D: Dot, const MB: usize, const P: usize, const ST: usize>(
                 std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, t.valid[m]);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::graph::Hwc;
+    use crate::fixed::kernels::{self, Dims, Pair};
+
+    /// A 1×1 conv of a 1×1×8 image into 8 channels, every weight `w`: each channel sums
+    /// `8·x·w`, and each `i16` lane of the paired form holds four of those products.
+    fn uniform(w: i8) -> (Vec<i8>, Vec<i8>, Hwc) {
+        (vec![w; 64], vec![0; 8], Hwc { h: 1, w: 1, c: 8 })
+    }
+
+    fn spec<'a>(w: &'a [i8], b: &'a [i8], d: Hwc, sh: &'a [i32]) -> ConvSpec<'a> {
+        ConvSpec {
+            ind: d,
+            outd: d,
+            kernel: (1, 1),
+            stride: (1, 1),
+            pad: (0, 0),
+            groups: 1,
+            weights: w,
+            bias: b,
+            bias_lshift: &sh[..1],
+            out_rshift: &sh[1..],
+        }
+    }
+
+    fn reference(c: &ConvSpec, x: &[i8]) -> Vec<i8> {
+        let d = |h: Hwc| Dims {
+            h: h.h,
+            w: h.w,
+            c: h.c,
+        };
+        let mut y = vec![0i8; c.outd.len()];
+        let one = Pair { h: 1, w: 1 };
+        let zero = Pair { h: 0, w: 0 };
+        kernels::conv_hwc_q7(
+            x,
+            d(c.ind),
+            c.weights,
+            one,
+            zero,
+            one,
+            one,
+            1,
+            c.bias,
+            c.bias_lshift[0],
+            c.out_rshift[0],
+            &mut y,
+            d(c.outd),
+        )
+        .expect("valid conv");
+        y
+    }
+
+    /// The paired kernel itself, whatever the input.
+    fn paired(c: &YConv, x: &[i8]) -> Vec<i8> {
+        let nn = c.nonneg.as_deref().expect("AVX2 conv");
+        let mut img = Vec::new();
+        nn.geo.pad_image(x, |v| v as u8, 0, &mut img);
+        let k = Weights {
+            geo: &nn.geo,
+            w: &nn.w,
+            eb: 1,
+        };
+        let mut y = vec![0i8; c.geo.outd.len()];
+        // SAFETY: AVX2 is available (checked by the callers); `img` is the padded image.
+        unsafe { run_avx2_nonneg_pairs(c, &k, img.as_ptr(), &mut y) };
+        y
+    }
+
+    /// `pair_limit` is exact and tight: at the limit the paired kernel equals `kernels.rs`; one
+    /// above it, it wraps an `i16` and differs, and `run` then takes the unpaired kernel.
+    #[test]
+    fn pair_limit_is_exact_and_tight() {
+        if !Isa::Avx2.available() {
+            println!("avx256: no AVX2 on this CPU, pair_limit not exercised");
+            return;
+        }
+        // Shift 8 keeps the largest sums (±33k) inside i8 after the shift, so that a wrapped i16
+        // shows in the output.
+        let shifts = [0, 8];
+        for (w, limit) in [(-128i8, 64i8), (127, 64)] {
+            let (wt, b, d) = uniform(w);
+            let c = spec(&wt, &b, d, &shifts);
+            let y = YConv::new(Isa::Avx2, &c);
+            assert_eq!(y.nonneg.as_ref().unwrap().pair_limit, limit, "weights {w}");
+            let at = vec![limit; 8];
+            assert_eq!(
+                paired(&y, &at),
+                reference(&c, &at),
+                "weights {w}, x = {limit}"
+            );
+            let above = vec![limit + 1; 8];
+            let want = reference(&c, &above);
+            assert_ne!(
+                paired(&y, &above),
+                want,
+                "weights {w}: the limit is not tight"
+            );
+            let (mut img8, mut img16) = (Vec::new(), Vec::new());
+            let mut got = vec![0i8; 8];
+            y.run(&above, &mut got, &mut img8, &mut img16);
+            assert_eq!(got, want, "weights {w}: run above the limit");
+        }
+    }
+
+    /// Small weights never limit the paired form below 127.
+    #[test]
+    fn pair_limit_caps_at_127() {
+        let (wt, b, d) = uniform(3);
+        let geo = spec(&wt, &b, d, &[0, 0]).geometry(4);
+        assert_eq!(pair_limit(&geo, &geo.reorder(&wt)), 127);
     }
 }

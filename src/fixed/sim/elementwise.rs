@@ -225,11 +225,14 @@ fn relu_body(x: &[i8], y: &mut [i8]) {
     }
 }
 
-/// Compile `$body` three times (AVX-512BW, AVX2, baseline) behind one dispatching function.
+/// Compile `$body` three times (AVX-512BW, AVX2, baseline) behind one dispatching function,
+/// which takes AVX-512 only when `avx512` allows it (see [`SimdPath::elementwise_avx512`]).
+///
+/// [`SimdPath::elementwise_avx512`]: super::SimdPath::elementwise_avx512
 macro_rules! multiversion {
     ($name:ident, $body:ident, ($($arg:ident : $ty:ty),*)) => {
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        fn $name(avx512: bool, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw")]
@@ -242,7 +245,7 @@ macro_rules! multiversion {
                 unsafe fn v256($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512bw") {
+                if avx512 && std::arch::is_x86_feature_detected!("avx512bw") {
                     // SAFETY: the CPU has AVX-512F/BW (checked).
                     return unsafe { v512($($arg),*) };
                 }
@@ -251,6 +254,7 @@ macro_rules! multiversion {
                     return unsafe { v256($($arg),*) };
                 }
             }
+            let _ = avx512;
             $body($($arg),*)
         }
     };
@@ -260,9 +264,10 @@ multiversion!(maxpool_mv, maxpool_body, (input: &[i8], ind: Dims, k: Pair, pad: 
 multiversion!(avepool_mv, avepool_body, (input: &[i8], ind: Dims, k: Pair, pad: Pair, s: Pair, out: &mut [i8], outd: Dims, sum: &mut Vec<i32>, round: bool));
 multiversion!(relu_mv, relu_body, (x: &[i8], y: &mut [i8]));
 
-/// `kernels::maxpool_hwc_q7`, vectorized (`rowmax` is scratch).
+/// `kernels::maxpool_hwc_q7`, vectorized (`rowmax` is scratch; `avx512`: may use AVX-512).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn maxpool(
+    avx512: bool,
     input: &[i8],
     ind: Dims,
     k: Pair,
@@ -275,7 +280,7 @@ pub(super) fn maxpool(
     if !pool_ok(input, ind, s, out, outd) {
         return kernels::maxpool_hwc_q7(input, ind, k, pad, s, out, outd);
     }
-    maxpool_mv(input, ind, k, pad, s, out, outd, rowmax);
+    maxpool_mv(avx512, input, ind, k, pad, s, out, outd, rowmax);
     Ok(())
 }
 
@@ -283,6 +288,7 @@ pub(super) fn maxpool(
 /// (`kh · kw ≥ 2^16`) go to `kernels.rs`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn avepool(
+    avx512: bool,
     input: &[i8],
     ind: Dims,
     k: Pair,
@@ -297,12 +303,12 @@ pub(super) fn avepool(
     if !pool_ok(input, ind, s, out, outd) || !small {
         return kernels::avepool_hwc_q7(input, ind, k, pad, s, out, outd, round);
     }
-    avepool_mv(input, ind, k, pad, s, out, outd, sum, round);
+    avepool_mv(avx512, input, ind, k, pad, s, out, outd, sum, round);
     Ok(())
 }
 
 /// `y = max(x, 0)` (`kernels::relu_q7` on a copy), vectorized.
-pub(super) fn relu(x: &[i8], y: &mut [i8]) {
+pub(super) fn relu(avx512: bool, x: &[i8], y: &mut [i8]) {
     assert_eq!(x.len(), y.len(), "relu: lengths");
-    relu_mv(x, y)
+    relu_mv(avx512, x, y)
 }

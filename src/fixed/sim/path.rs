@@ -88,6 +88,20 @@ impl SimdPath {
         }
     }
 
+    /// True when the pools and ReLU may use AVX-512 on this path: only on the AVX-512 paths, so
+    /// that a forced 256-bit path (`NNQUANT_SIMD=avx2`) runs, and measures, what a CPU without
+    /// AVX-512 would.
+    pub fn elementwise_avx512(self) -> bool {
+        match self {
+            SimdPath::Avx512Vnni | SimdPath::Avx512VnniYmm => true,
+            SimdPath::AvxVnni
+            | SimdPath::Avx2
+            | SimdPath::NeonDotprod
+            | SimdPath::Neon
+            | SimdPath::Portable => false,
+        }
+    }
+
     /// Every path this CPU can run, fastest first.
     pub fn supported_paths() -> Vec<SimdPath> {
         Self::ALL.into_iter().filter(|p| p.supported()).collect()
