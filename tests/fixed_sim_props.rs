@@ -54,12 +54,12 @@ fn check(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
 }
 
 /// [`check`] on `input`, then on `input` made non-negative (`|x|`, at most 127: the values a
-/// ReLU leaves; then at most 64), which the AVX2 path runs with its own exact kernels
-/// (`vpmaddubsw`; up to 64 always, and up to 127 for small enough weights, two steps summed as
-/// `i16`).
+/// ReLU leaves), which the AVX2 path runs with its own exact kernels (`vpmaddubsw`), grouping
+/// 2, 4 or 8 steps as `i16` when the input is small enough for the weights: whatever the
+/// weights, inputs up to 64, 32 and 16 take those groups, so cap the values there too.
 fn check_signed_and_nonneg(g: &QGraph, input: &[i8], n: usize) -> Result<(), TestCaseError> {
     check(g, input, n)?;
-    for top in [127, 64] {
+    for top in [127, 64, 32, 16] {
         let nonneg: Vec<i8> = input
             .iter()
             .map(|v| v.unsigned_abs().min(top) as i8)

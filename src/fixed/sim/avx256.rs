@@ -89,45 +89,51 @@ pub(super) struct YConv {
     nonneg: Option<Box<NonNeg>>,
 }
 
-/// The weights of the `vpmaddubsw` kernel, and how large the input may be for the paired form.
+/// The weights of the `vpmaddubsw` kernel, and how large the input may be for each grouped form.
 struct NonNeg {
     geo: Geometry,
     /// `i8` weights, `[group][block][kp / 4][8][4]`.
     w: Vec<u8>,
-    /// The paired form ([`NonNegPairDot`]) is exact when every input value is at most this.
-    pair_limit: i8,
+    /// `limits[i]`: [`Grouped`] with `GROUPS[i]` steps is exact when every input value is at
+    /// most this.
+    limits: [i8; GROUPS.len()],
 }
 
 impl NonNeg {
     fn new(c: &ConvSpec) -> NonNeg {
         let geo = c.geometry(4);
         let wk = geo.reorder(c.weights);
-        let pair_limit = pair_limit(&geo, &wk);
+        let limits = GROUPS.map(|steps| group_limit(&geo, &wk, steps));
         let w = geo.pack(&wk, LANES, 4).iter().map(|&v| v as u8).collect();
-        NonNeg { geo, w, pair_limit }
+        NonNeg { geo, w, limits }
     }
 }
 
-/// The largest input value (at most 127) for which [`NonNegPairDot`] is exact on these weights
-/// (`[out_c][kp]`, from [`Geometry::reorder`]).
+/// The step counts of the [`Grouped`] kernels, largest first.
+const GROUPS: [usize; 3] = [8, 4, 2];
+
+/// The largest input value (at most 127) for which [`Grouped`] with `steps` steps is exact on
+/// these weights (`[out_c][kp]`, from [`Geometry::reorder`]).
 ///
-/// The paired form adds two `vpmaddubsw` results (two steps of 4 bytes) as `i16` before widening.
-/// Each `i16` lane then holds `Σ xₖwₖ` over four weights (bytes 0, 1, 4, 5 or 2, 3, 6, 7 of the
-/// 8 the two steps cover), which lies in `[-x·Σw⁻, x·Σw⁺]` for inputs in `[0, x]`. Steps pair up
-/// from the start of each segment, as the kernel walks them; a segment's odd last step runs
-/// alone. So the limit is the largest `x` with `x·Σw⁺ ≤ 32767` and `x·Σw⁻ ≤ 32768` over every
-/// channel, pair of steps and lane.
-fn pair_limit(geo: &Geometry, wk: &[i8]) -> i8 {
+/// The grouped form adds `steps` `vpmaddubsw` results (4 bytes each) as `i16` before widening.
+/// Each `i16` lane then holds `Σ xₖwₖ` over bytes `4j + 2q` and `4j + 2q + 1` of the group's
+/// steps `j` (`q`: the lane's half of the 4 bytes), which lies in `[-x·Σw⁻, x·Σw⁺]` for inputs in
+/// `[0, x]`. Groups start at each segment's start, as the kernel walks them; a segment's last
+/// group may be shorter. So the limit is the largest `x` with `x·Σw⁺ ≤ 32767` and
+/// `x·Σw⁻ ≤ 32768` over every channel, group and lane.
+fn group_limit(geo: &Geometry, wk: &[i8], steps: usize) -> i8 {
     let (mut pos, mut neg) = (1i32, 1i32);
     for w in wk.chunks_exact(geo.kp) {
         let mut at = 0;
         for s in &geo.segs[0] {
-            for two in w[at..at + s.len].chunks_exact(8) {
-                for lane in [[0, 1, 4, 5], [2, 3, 6, 7]] {
-                    let (p, n) = lane.iter().fold((0i32, 0i32), |(p, n), &i| {
-                        let v = two[i] as i32;
-                        (p + v.max(0), n + (-v).max(0))
-                    });
+            for group in w[at..at + s.len].chunks(4 * steps) {
+                for q in 0..2 {
+                    let (p, n) = group
+                        .chunks_exact(4)
+                        .flat_map(|step| &step[2 * q..2 * q + 2])
+                        .fold((0i32, 0i32), |(p, n), &v| {
+                            (p + (v as i32).max(0), n + (-(v as i32)).max(0))
+                        });
                     pos = pos.max(p);
                     neg = neg.max(n);
                 }
@@ -201,10 +207,12 @@ impl YConv {
                             w: &nn.w,
                             eb: 1,
                         };
-                        if hi <= nn.pair_limit {
-                            run_avx2_nonneg_pairs(self, &k, img8.as_ptr(), y)
-                        } else {
-                            run_avx2_nonneg(self, &k, img8.as_ptr(), y)
+                        // The largest group whose limit the input respects.
+                        match GROUPS.iter().zip(nn.limits).find(|&(_, l)| hi <= l) {
+                            Some((8, _)) => run_avx2_grouped::<8>(self, &k, img8.as_ptr(), y),
+                            Some((4, _)) => run_avx2_grouped::<4>(self, &k, img8.as_ptr(), y),
+                            Some(_) => run_avx2_grouped::<2>(self, &k, img8.as_ptr(), y),
+                            None => run_avx2_nonneg(self, &k, img8.as_ptr(), y),
                         }
                     }
                     _ => {
@@ -234,17 +242,11 @@ fn min_max(x: &[i8]) -> (i8, i8) {
 /// The one instruction that differs between the ISAs: `acc + Σ (4 bytes of a) · (4 bytes of w)`
 /// per `i32` lane.
 trait Dot {
-    /// True when [`dot2`](Self::dot2) is cheaper than two [`dot`](Self::dot)s; the kernel then
-    /// walks each segment two steps at a time.
-    const PAIRED: bool = false;
+    /// Steps whose products are summed as `i16` before widening ([`Grouped`]); 1: every step
+    /// goes through [`dot`](Self::dot).
+    const STEPS: usize = 1;
 
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i;
-
-    /// Two steps: `dot(dot(acc, a1, w1), a2, w2)`.
-    #[inline(always)]
-    unsafe fn dot2(acc: __m256i, a1: __m256i, w1: __m256i, a2: __m256i, w2: __m256i) -> __m256i {
-        Self::dot(Self::dot(acc, a1, w1), a2, w2)
-    }
 }
 
 struct Avx2Dot;
@@ -266,22 +268,17 @@ impl Dot for NonNegDot {
     }
 }
 
-/// [`NonNegDot`] two steps at a time: the two `vpmaddubsw` results are added as `i16` before one
-/// `vpmaddwd`, 3 multiplies per 64 products instead of 4. Exact only when the inputs are at most
-/// [`pair_limit`] (the caller checks).
-struct NonNegPairDot;
-impl Dot for NonNegPairDot {
-    const PAIRED: bool = true;
+/// [`NonNegDot`] `S` steps at a time: the `vpmaddubsw` results of a group of steps are added as
+/// `i16` ([`group`]) before one `vpmaddwd`: `S + 1` multiplies per `32·S` products instead of
+/// `2·S`. Exact only when the inputs are at most the weights' [`group_limit`] (the caller
+/// checks).
+struct Grouped<const S: usize>;
+impl<const S: usize> Dot for Grouped<S> {
+    const STEPS: usize = S;
 
     #[inline(always)]
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         NonNegDot::dot(acc, a, w)
-    }
-
-    #[inline(always)]
-    unsafe fn dot2(acc: __m256i, a1: __m256i, w1: __m256i, a2: __m256i, w2: __m256i) -> __m256i {
-        let sum = _mm256_add_epi16(_mm256_maddubs_epi16(a1, w1), _mm256_maddubs_epi16(a2, w2));
-        _mm256_add_epi32(acc, _mm256_madd_epi16(sum, _mm256_set1_epi16(1)))
     }
 }
 
@@ -320,8 +317,8 @@ unsafe fn run_avx2_nonneg(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) 
 }
 
 #[target_feature(enable = "avx2")]
-unsafe fn run_avx2_nonneg_pairs(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) {
-    run_generic::<NonNegPairDot>(c, k, img, y)
+unsafe fn run_avx2_grouped<const S: usize>(c: &YConv, k: &Weights, img: *const u8, y: &mut [i8]) {
+    run_generic::<Grouped<S>>(c, k, img, y)
 }
 
 #[target_feature(enable = "avx2,avxvnni")]
@@ -394,11 +391,10 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                         }
                     };
                 }
-                // The paired form holds twice the weights and broadcasts (and the ones): fewer
-                // accumulators.
+                // The grouped form holds its `i16` sums too: fewer accumulators.
                 macro_rules! wide {
                     ($st:literal) => {
-                        match (mb == 2, D::PAIRED) {
+                        match (mb == 2, D::STEPS > 1) {
                             (true, false) => run!(2, 6, $st),
                             (true, true) => run!(2, 3, $st),
                             (false, false) => run!(1, 12, $st),
@@ -432,6 +428,41 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
     }
 }
 
+/// `steps` steps of the [`Grouped`] kernel into `acc`: each step's `vpmaddubsw` products (weights
+/// at `wp`, activations broadcast from `inp + p·st`) summed as `i16`, then widened once.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // sum[m][p] reads better than nested iterators
+unsafe fn group<const MB: usize, const P: usize>(
+    steps: usize,
+    acc: &mut [[__m256i; P]; MB],
+    wp: *const u8,
+    blk_bytes: usize,
+    inp: *const u8,
+    st: usize,
+) {
+    let mut sum = [[_mm256_setzero_si256(); P]; MB];
+    for j in 0..steps {
+        let mut wv = [_mm256_setzero_si256(); MB];
+        for m in 0..MB {
+            wv[m] = _mm256_loadu_si256(wp.add(m * blk_bytes + 32 * j) as *const __m256i);
+        }
+        for p in 0..P {
+            let a = _mm256_set1_epi32((inp.add(p * st + 4 * j) as *const i32).read_unaligned());
+            for m in 0..MB {
+                sum[m][p] = _mm256_add_epi16(sum[m][p], _mm256_maddubs_epi16(a, wv[m]));
+            }
+        }
+    }
+    for m in 0..MB {
+        for p in 0..P {
+            acc[m][p] = _mm256_add_epi32(
+                acc[m][p],
+                _mm256_madd_epi16(sum[m][p], _mm256_set1_epi16(1)),
+            );
+        }
+    }
+}
+
 /// `MB` blocks of 8 output channels × `P` horizontally adjacent pixels starting at `inp` (pixel
 /// base in the padded image), written at `out`. `ST` is the pixel stride in bytes when known at
 /// compile time (`t.st` is used when `ST == 0`).
@@ -456,24 +487,17 @@ unsafe fn tile<D: Dot, const MB: usize, const P: usize, const ST: usize>(
         let base = inp.add(s.off * t.eb);
         let end = s.len * t.eb;
         let mut kb = 0;
-        if D::PAIRED {
-            while kb + 8 <= end {
-                let mut w1 = [_mm256_setzero_si256(); MB];
-                let mut w2 = [_mm256_setzero_si256(); MB];
-                for m in 0..MB {
-                    w1[m] = _mm256_loadu_si256(wp.add(m * t.blk_bytes) as *const __m256i);
-                    w2[m] = _mm256_loadu_si256(wp.add(m * t.blk_bytes + 32) as *const __m256i);
-                }
-                for p in 0..P {
-                    let at = base.add(p * st + kb);
-                    let a1 = _mm256_set1_epi32((at as *const i32).read_unaligned());
-                    let a2 = _mm256_set1_epi32((at.add(4) as *const i32).read_unaligned());
-                    for m in 0..MB {
-                        acc[m][p] = D::dot2(acc[m][p], a1, w1[m], a2, w2[m]);
-                    }
-                }
-                wp = wp.add(64);
-                kb += 8;
+        if D::STEPS > 1 {
+            while kb + 4 * D::STEPS <= end {
+                group::<MB, P>(D::STEPS, &mut acc, wp, t.blk_bytes, base.add(kb), st);
+                wp = wp.add(32 * D::STEPS);
+                kb += 4 * D::STEPS;
+            }
+            if kb < end {
+                let rest = (end - kb) / 4;
+                group::<MB, P>(rest, &mut acc, wp, t.blk_bytes, base.add(kb), st);
+                wp = wp.add(32 * rest);
+                kb = end;
             }
         }
         while kb < end {
@@ -515,16 +539,16 @@ mod tests {
     use crate::fixed::graph::Hwc;
     use crate::fixed::kernels::{self, Dims, Pair};
 
-    /// A 1×1 conv of a 1×1×8 image into 8 channels, every weight `w`: each channel sums
-    /// `8·x·w`, and each `i16` lane of the paired form holds four of those products.
-    fn uniform(w: i8) -> (Vec<i8>, Vec<i8>, Hwc) {
-        (vec![w; 64], vec![0; 8], Hwc { h: 1, w: 1, c: 8 })
+    /// A 1×1 conv of a 1×1×`c` image into 8 channels, every weight `w`: each channel sums
+    /// `c·x·w`, and with `c = 4·steps` each `i16` lane of [`Grouped`] holds half of them.
+    fn uniform(w: i8, c: usize) -> (Vec<i8>, Vec<i8>, Hwc) {
+        (vec![w; 8 * c], vec![0; 8], Hwc { h: 1, w: 1, c })
     }
 
     fn spec<'a>(w: &'a [i8], b: &'a [i8], d: Hwc, sh: &'a [i32]) -> ConvSpec<'a> {
         ConvSpec {
             ind: d,
-            outd: d,
+            outd: Hwc { h: 1, w: 1, c: 8 },
             kernel: (1, 1),
             stride: (1, 1),
             pad: (0, 0),
@@ -564,8 +588,8 @@ mod tests {
         y
     }
 
-    /// The paired kernel itself, whatever the input.
-    fn paired(c: &YConv, x: &[i8]) -> Vec<i8> {
+    /// The grouped kernel with `steps` steps itself, whatever the input.
+    fn grouped(c: &YConv, x: &[i8], steps: usize) -> Vec<i8> {
         let nn = c.nonneg.as_deref().expect("AVX2 conv");
         let mut img = Vec::new();
         nn.geo.pad_image(x, |v| v as u8, 0, &mut img);
@@ -576,51 +600,65 @@ mod tests {
         };
         let mut y = vec![0i8; c.geo.outd.len()];
         // SAFETY: AVX2 is available (checked by the callers); `img` is the padded image.
-        unsafe { run_avx2_nonneg_pairs(c, &k, img.as_ptr(), &mut y) };
+        unsafe {
+            match steps {
+                8 => run_avx2_grouped::<8>(c, &k, img.as_ptr(), &mut y),
+                4 => run_avx2_grouped::<4>(c, &k, img.as_ptr(), &mut y),
+                _ => run_avx2_grouped::<2>(c, &k, img.as_ptr(), &mut y),
+            }
+        }
         y
     }
 
-    /// `pair_limit` is exact and tight: at the limit the paired kernel equals `kernels.rs`; one
-    /// above it, it wraps an `i16` and differs, and `run` then takes the unpaired kernel.
+    /// `group_limit` is exact and tight for every group size: at the limit the grouped kernel
+    /// equals `kernels.rs`; one above it, it wraps an `i16` and differs, and `run` then takes a
+    /// smaller group or the ungrouped kernel.
     #[test]
-    fn pair_limit_is_exact_and_tight() {
+    fn group_limits_are_exact_and_tight() {
         if !Isa::Avx2.available() {
-            println!("avx256: no AVX2 on this CPU, pair_limit not exercised");
+            println!("avx256: no AVX2 on this CPU, group_limit not exercised");
             return;
         }
-        // Shift 8 keeps the largest sums (±33k) inside i8 after the shift, so that a wrapped i16
-        // shows in the output.
+        // Shift 8: a wrapped i16 flips the sign of the sum, which shows after saturation.
         let shifts = [0, 8];
-        for (w, limit) in [(-128i8, 64i8), (127, 64)] {
-            let (wt, b, d) = uniform(w);
-            let c = spec(&wt, &b, d, &shifts);
-            let y = YConv::new(Isa::Avx2, &c);
-            assert_eq!(y.nonneg.as_ref().unwrap().pair_limit, limit, "weights {w}");
-            let at = vec![limit; 8];
-            assert_eq!(
-                paired(&y, &at),
-                reference(&c, &at),
-                "weights {w}, x = {limit}"
-            );
-            let above = vec![limit + 1; 8];
-            let want = reference(&c, &above);
-            assert_ne!(
-                paired(&y, &above),
-                want,
-                "weights {w}: the limit is not tight"
-            );
-            let (mut img8, mut img16) = (Vec::new(), Vec::new());
-            let mut got = vec![0i8; 8];
-            y.run(&above, &mut got, &mut img8, &mut img16);
-            assert_eq!(got, want, "weights {w}: run above the limit");
+        for (i, steps) in GROUPS.into_iter().enumerate() {
+            // 2·steps products per i16 lane: 32768 / (2·steps·128), 32767 / (2·steps·127).
+            let limit = (128 / steps) as i8;
+            for w in [-128i8, 127] {
+                let (wt, b, d) = uniform(w, 4 * steps);
+                let c = spec(&wt, &b, d, &shifts);
+                let y = YConv::new(Isa::Avx2, &c);
+                let limits = y.nonneg.as_ref().unwrap().limits;
+                assert_eq!(limits[i], limit, "{steps} steps, weights {w}: {limits:?}");
+                let at = vec![limit; d.c];
+                let want = reference(&c, &at);
+                assert_eq!(
+                    grouped(&y, &at, steps),
+                    want,
+                    "{steps} steps, weights {w}, x = {limit}"
+                );
+                let above = vec![limit + 1; d.c];
+                let want = reference(&c, &above);
+                let wrapped = grouped(&y, &above, steps);
+                assert_ne!(
+                    wrapped, want,
+                    "{steps} steps, weights {w}: the limit is not tight"
+                );
+                let (mut img8, mut img16) = (Vec::new(), Vec::new());
+                let mut got = vec![0i8; 8];
+                y.run(&above, &mut got, &mut img8, &mut img16);
+                assert_eq!(got, want, "{steps} steps, weights {w}: run above the limit");
+            }
         }
     }
 
-    /// Small weights never limit the paired form below 127.
+    /// Small weights never limit a group below 127.
     #[test]
-    fn pair_limit_caps_at_127() {
-        let (wt, b, d) = uniform(3);
+    fn group_limit_caps_at_127() {
+        let (wt, b, d) = uniform(1, 32);
         let geo = spec(&wt, &b, d, &[0, 0]).geometry(4);
-        assert_eq!(pair_limit(&geo, &geo.reorder(&wt)), 127);
+        for steps in GROUPS {
+            assert_eq!(group_limit(&geo, &geo.reorder(&wt), steps), 127);
+        }
     }
 }
