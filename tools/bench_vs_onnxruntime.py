@@ -12,8 +12,8 @@ thread count (every SIMD path this CPU has, plus the general NCHW path); measure
 repeat (--rounds, default 3: other processes on a shared machine move every figure within
 seconds, so each nnquant run is compared with the better of the two onnxruntime runs around it);
 print each round and the medians over the rounds of the figures and of the ratios. Then the
-bit-exact q7 simulator (`cargo bench --bench sim`, every SIMD path this CPU has) between two more
-onnxruntime runs.
+bit-exact q7 simulator (`cargo bench --bench sim`, every SIMD path this CPU has), also in rounds
+between onnxruntime runs, with the median ratio per path (`--sim-only` skips the float engine).
 
 Which ISA: nnquant's bench prints the kernel set of each path. onnxruntime's MLAS picks its SGEMM
 kernels from CPUID at load time and does not report the choice; the script prints the CPU's
@@ -132,6 +132,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="nnquant runs, each between two onnxruntime runs (load on a shared machine "
                          "changes within seconds)")
+    ap.add_argument("--sim-only", action="store_true",
+                    help="skip the float engine; only the bit-exact simulator against onnxruntime")
     a = ap.parse_args()
     shared = Path(a.shared)
     model = shared / "models/arm-cifar10-m4"
@@ -171,7 +173,7 @@ def main():
             ort_runs = [ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[:2]]
             print(f"  onnxruntime                  best {ort_runs[-1][0]:8.0f}  median {ort_runs[-1][1]:8.0f}")
             rounds = []
-            for _ in range(a.rounds):
+            for _ in range(0 if a.sim_only else a.rounds):
                 default, ours, diffs = nnquant_bench(shared, a.threads)
                 for name, (best, med) in ours.items():
                     print(f"  nnquant {name:<20} best {best:8.0f}  median {med:8.0f}")
@@ -181,33 +183,54 @@ def main():
                 ob = max(ort_runs[-2][0], ort_runs[-1][0])
                 om = max(ort_runs[-2][1], ort_runs[-1][1])
                 rounds.append((ours, ob, om))
-            print(f"\nper path: images/s and ratio to the better neighbouring onnxruntime run, "
-                  f"median over {a.rounds} rounds (best-rep / median-rep figures)")
-            print(f"{'onnxruntime ' + ort.__version__:<30} best {np.median([r[1] for r in rounds]):8.0f}  "
-                  f"median {np.median([r[2] for r in rounds]):8.0f} images/s   max |logit - ref| {diff:.2e}")
-            for name in rounds[0][0]:
-                bests = [r[0][name][0] for r in rounds]
-                meds = [r[0][name][1] for r in rounds]
-                rb = np.median([r[0][name][0] / r[1] for r in rounds])
-                rm = np.median([r[0][name][1] / r[2] for r in rounds])
-                tag = " (default)" if name == default else ""
-                print(f"nnquant {name + tag:<22} best {np.median(bests):8.0f}  median {np.median(meds):8.0f} "
-                      f"images/s   ratio: best {rb:5.2f}x  median {rm:5.2f}x   "
-                      f"max |logit - ref| {diffs.get(name, float('nan')):.2e}")
-            # The bit-exact q7 simulator (what the format search runs), between two more
-            # onnxruntime runs, against the better of them.
-            ort_before = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[:2]
-            sims = sim_bench(shared, a.threads)
-            ort_after = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[:2]
-            ob = max(ort_before[0], ort_after[0])
-            print(f"\nbit-exact q7 simulator ({a.threads} threads, 1,017 images) vs onnxruntime float32 "
-                  f"(best {ort_before[0]:.0f} / {ort_after[0]:.0f} images/s before / after)")
-            for name, ips in sims.items():
-                print(f"nnquant sim {name:<18} {ips:8.0f} images/s   ratio {ips / ob:5.2f}x")
+            if rounds:
+                float_summary(rounds, ort.__version__, diff, default, diffs)
+            sim_rounds(onnx_path, x, a, shared, ort_runs[-1][0])
     except (caffe_to_onnx.ConvertError, OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def float_summary(rounds, version, diff, default, diffs):
+    """The float rounds' medians: images/s and ratios per path."""
+    print(f"\nper path: images/s and ratio to the better neighbouring onnxruntime run, "
+          f"median over {len(rounds)} rounds (best-rep / median-rep figures)")
+    print(f"{'onnxruntime ' + version:<30} best {np.median([r[1] for r in rounds]):8.0f}  "
+          f"median {np.median([r[2] for r in rounds]):8.0f} images/s   max |logit - ref| {diff:.2e}")
+    for name in rounds[0][0]:
+        bests = [r[0][name][0] for r in rounds]
+        meds = [r[0][name][1] for r in rounds]
+        rb = np.median([r[0][name][0] / r[1] for r in rounds])
+        rm = np.median([r[0][name][1] / r[2] for r in rounds])
+        tag = " (default)" if name == default else ""
+        print(f"nnquant {name + tag:<22} best {np.median(bests):8.0f}  median {np.median(meds):8.0f} "
+              f"images/s   ratio: best {rb:5.2f}x  median {rm:5.2f}x   "
+              f"max |logit - ref| {diffs.get(name, float('nan')):.2e}")
+
+
+def sim_rounds(onnx_path, x, a, shared, ort_last):
+    """The bit-exact q7 simulator (what the format search runs, every path this CPU has), in
+    rounds like the float engine: each `cargo bench --bench sim` between two onnxruntime runs,
+    against the better of them; the medians over the rounds."""
+    print(f"\nbit-exact q7 simulator ({a.threads} threads, 1,017 images) vs onnxruntime float32, "
+          f"{a.rounds} rounds")
+    ort_prev, rounds = ort_last, []
+    for _ in range(a.rounds):
+        sims = sim_bench(shared, a.threads)
+        ort_next = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[0]
+        ob = max(ort_prev, ort_next)
+        print("  " + "  ".join(f"{n} {v:.0f}" for n, v in sims.items())
+              + f"   onnxruntime {ort_next:.0f} (ratios against {ob:.0f})")
+        rounds.append((sims, ob))
+        ort_prev = ort_next
+    print(f"onnxruntime float32: median of the better neighbouring runs "
+          f"{np.median([r[1] for r in rounds]):.0f} images/s")
+    for name in rounds[0][0]:
+        ips = np.median([r[0][name] for r in rounds])
+        ratios = [r[0][name] / r[1] for r in rounds]
+        print(f"nnquant sim {name:<18} {ips:8.0f} images/s   ratio: median {np.median(ratios):5.2f}x "
+              f"(rounds {', '.join(f'{v:.2f}' for v in ratios)})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@
 //!   per image): then `x ≤ 127`, a pair `x₁w₁ + x₂w₂` lies in `[-32512, 32258]` and cannot
 //!   saturate, so `vpmaddubsw` (x as `u8` × w as `i8`, four bytes per lane) then `vpmaddwd` with
 //!   ones is exact. It takes 3 instructions per 32 products instead of 4 and half the broadcasts
-//!   (the `u8` image, weights packed four per lane as for VNNI).
+//!   (the `u8` image, weights packed four per lane as for VNNI). When the image's largest value
+//!   is small enough for the layer's weights ([`group_limit`], computed once per layer), the
+//!   `vpmaddubsw` results of 8, 4 or 2 steps are summed as `i16` before one `vpmaddwd`
+//!   ([`Grouped`]): each `i16` lane then provably holds its exact sum.
 //! - **VNNI on 256 bits**: `vpdpbusd ymm`, four `u8 × i8` products per lane, with `u = x + 128`
 //!   and `128·Σw` taken off the bias as in `vnni.rs`. [`Isa::AvxVnni`] is the VEX encoding (CPUs
 //!   with AVX-VNNI but no AVX-512: Alder Lake and later, Zen 5 desktop); [`Isa::Avx512VnniYmm`]
