@@ -1,7 +1,9 @@
 //! Simulator throughput on ARM's CIFAR-10 model: 1017 test images, 2 threads, images/s and
 //! GMAC/s (6,558,720 MAC per image). Plain `main` with `std::time`; skips when `../shared` is
 //! missing. Run: `cargo bench --bench sim`. On a busy machine, `SIM_BENCH_REPS=20` (default 5)
-//! and `SIM_BENCH_THREADS=1` (default 2) make comparisons steadier.
+//! and `SIM_BENCH_THREADS=1` (default 2) make comparisons steadier. `SIM_BENCH_SECONDS=0.3`
+//! makes each rep run the batch again until 0.3 s have passed (default: once), which is how
+//! `tools/bench_vs_onnxruntime.py` times onnxruntime and, with the same numbers, this bench.
 //!
 //! `SIM_BENCH_MODEL=M.nnq.json SIM_BENCH_DATA=D.npy` (uint8 HWC images of the model's input size)
 //! measures that quantized model instead (images/s only), e.g. a depthwise trunk such as
@@ -74,6 +76,10 @@ fn run_all(q: &QGraph, input: &[i8], mac: Option<f64>) {
     };
     let threads = env("SIM_BENCH_THREADS", 2);
     let reps = env("SIM_BENCH_REPS", 5);
+    let seconds: f64 = std::env::var("SIM_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -85,19 +91,30 @@ fn run_all(q: &QGraph, input: &[i8], mac: Option<f64>) {
     };
     for path in paths {
         let sim = Simulator::with_path(q, path).expect("simulator");
-        pool.install(|| bench(&sim, input, n, threads, reps, mac));
+        pool.install(|| bench(&sim, input, n, threads, (reps, seconds), mac));
     }
 }
 
-fn bench(sim: &Simulator, input: &[i8], n: usize, threads: usize, reps: usize, mac: Option<f64>) {
+/// The best of `reps` reps, each running the batch until `seconds` have passed (at least once).
+fn bench(
+    sim: &Simulator,
+    input: &[i8],
+    n: usize,
+    threads: usize,
+    (reps, seconds): (usize, f64),
+    mac: Option<f64>,
+) {
     {
         sim.run(input, n, &Keep::Outputs).expect("warm-up");
         let mut best = f64::INFINITY;
         for _ in 0..reps {
-            let t = Instant::now();
-            let out = sim.run(input, n, &Keep::Outputs).expect("run");
-            std::hint::black_box(&out);
-            best = best.min(t.elapsed().as_secs_f64());
+            let (t, mut runs) = (Instant::now(), 0);
+            while runs == 0 || t.elapsed().as_secs_f64() < seconds {
+                let out = sim.run(input, n, &Keep::Outputs).expect("run");
+                std::hint::black_box(&out);
+                runs += 1;
+            }
+            best = best.min(t.elapsed().as_secs_f64() / runs as f64);
         }
         let ips = n as f64 / best;
         let gmac = mac.map_or(String::new(), |m| format!(", {:.1} GMAC/s", ips * m / 1e9));

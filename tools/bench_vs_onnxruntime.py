@@ -106,9 +106,11 @@ def nnquant_bench(shared, threads):
     return default, results, diffs
 
 
-def sim_bench(shared, threads):
-    """nnquant's bit-exact q7 simulator (`cargo bench --bench sim`): images/s per SIMD path."""
-    env = dict(os.environ, NNQUANT_SHARED=str(shared), SIM_BENCH_THREADS=str(threads))
+def sim_bench(shared, threads, reps, seconds):
+    """nnquant's bit-exact q7 simulator (`cargo bench --bench sim`): images/s per SIMD path,
+    timed as onnxruntime is: the best of `reps` reps of at least `seconds` each."""
+    env = dict(os.environ, NNQUANT_SHARED=str(shared), SIM_BENCH_THREADS=str(threads),
+               SIM_BENCH_REPS=str(reps), SIM_BENCH_SECONDS=str(seconds))
     proc = subprocess.run(["cargo", "bench", "--bench", "sim"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -213,11 +215,11 @@ def sim_rounds(onnx_path, x, a, shared, ort_last):
     """The bit-exact q7 simulator (what the format search runs, every path this CPU has), in
     rounds like the float engine: each `cargo bench --bench sim` between two onnxruntime runs,
     against the better of them; the medians over the rounds."""
-    print(f"\nbit-exact q7 simulator ({a.threads} threads, 1,017 images) vs onnxruntime float32, "
-          f"{a.rounds} rounds")
+    print(f"\nbit-exact q7 simulator ({a.threads} threads, 1,017 images; {a.reps} reps of ~0.3 s, as "
+          f"onnxruntime) vs onnxruntime float32, {a.rounds} rounds")
     ort_prev, rounds = ort_last, []
     for _ in range(a.rounds):
-        sims = sim_bench(shared, a.threads)
+        sims = sim_bench(shared, a.threads, a.reps, 0.3)
         ort_next = ort_bench(onnx_path, x, a.threads, a.reps, 0.3)[0]
         ob = max(ort_prev, ort_next)
         print("  " + "  ".join(f"{n} {v:.0f}" for n, v in sims.items())
