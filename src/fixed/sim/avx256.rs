@@ -394,14 +394,14 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                         }
                     };
                 }
-                // The grouped form holds its `i16` sums too: fewer accumulators.
+                // The grouped form holds its `i16` sums too: half the accumulators.
                 macro_rules! wide {
                     ($st:literal) => {
                         match (mb == 2, D::STEPS > 1) {
                             (true, false) => run!(2, 6, $st),
                             (true, true) => run!(2, 3, $st),
                             (false, false) => run!(1, 12, $st),
-                            (false, true) => run!(1, 8, $st),
+                            (false, true) => run!(1, 6, $st),
                         }
                     };
                 }
@@ -414,14 +414,25 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                     128 => wide!(128),
                     _ => {}
                 }
+                match (mb == 2, D::STEPS > 1) {
+                    (true, false) => {
+                        run!(2, 6, 0);
+                        run!(2, 4, 0);
+                    }
+                    (true, true) => run!(2, 3, 0),
+                    (false, false) => {
+                        run!(1, 8, 0);
+                        run!(1, 4, 0);
+                    }
+                    (false, true) => {
+                        run!(1, 6, 0);
+                        run!(1, 4, 0);
+                    }
+                }
                 if mb == 2 {
-                    run!(2, 6, 0);
-                    run!(2, 4, 0);
                     run!(2, 2, 0);
                     run!(2, 1, 0);
                 } else {
-                    run!(1, 8, 0);
-                    run!(1, 4, 0);
                     run!(1, 2, 0);
                     run!(1, 1, 0);
                 }
