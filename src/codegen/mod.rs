@@ -8,7 +8,7 @@ pub mod steps;
 pub mod target;
 pub mod write;
 
-use crate::fixed::graph::{QGraph, QOp};
+use crate::fixed::graph::{QDense, QGraph, QOp};
 use crate::model::NnqModel;
 use crate::ops;
 use anyhow::{ensure, Context as _, Result};
@@ -567,24 +567,11 @@ fn layer_contexts(
             has_scratch: regions.iter().any(|r| r.var == "scratch"),
             acc: pl.in_place_input.get(&step.name).copied().unwrap_or(0),
             wq: dsp && matches!(&l.op, QOp::Conv(c) if ops::conv::widened(c)),
-            pc: match &l.op {
-                QOp::Conv(c) => c.per_channel.is_some(),
-                QOp::Fc(f) => f.per_channel.is_some(),
-                QOp::MaxPool(_)
-                | QOp::AvePool(_)
-                | QOp::Relu
-                | QOp::Add { .. }
-                | QOp::Concat { .. }
-                | QOp::Reshape
-                | QOp::Permute { .. }
-                | QOp::Lut { .. }
-                | QOp::PRelu { .. }
-                | QOp::Max { .. }
-                | QOp::Softmax { .. }
-                | QOp::Deconv(_)
-                | QOp::Lrn { .. }
-                | QOp::Mul { .. }
-                | QOp::ScaleBias { .. } => false,
+            // Deconvolution takes per-layer formats only.
+            pc: match l.op.dense() {
+                Some(QDense::Conv(c)) => c.per_channel.is_some(),
+                Some(QDense::Fc(f)) => f.per_channel.is_some(),
+                Some(QDense::Deconv(_)) | None => false,
             },
             regions,
         });
