@@ -208,16 +208,21 @@ impl Geometry {
 
     /// `img` = the padded image of `x` with every element mapped by `map`, padding = `fill`,
     /// plus [`SLACK`] elements of `fill`.
+    #[inline]
     pub fn pad_image<T: Copy>(&self, x: &[i8], map: impl Fn(i8) -> T, fill: T, img: &mut Vec<T>) {
         let (c, wp) = (self.ind.c, self.wp);
+        // Only the padding is filled: each image row is written once (this runs per image and
+        // layer, so a memset of the whole image would be a visible share of a small net's time).
         img.clear();
-        img.resize(self.hp * wp * c + SLACK, fill);
         let row = self.ind.w * c;
+        let (left, right) = (self.pad.1 * c, (wp - self.ind.w - self.pad.1) * c);
+        img.resize(self.pad.0 * wp * c, fill);
         for y in 0..self.ind.h {
-            let d = ((y + self.pad.0) * wp + self.pad.1) * c;
-            for (o, &v) in img[d..d + row].iter_mut().zip(&x[y * row..(y + 1) * row]) {
-                *o = map(v);
-            }
+            let xr = &x[y * row..(y + 1) * row];
+            img.extend(std::iter::repeat_n(fill, left));
+            img.extend(xr.iter().map(|&v| map(v)));
+            img.extend(std::iter::repeat_n(fill, right));
         }
+        img.resize(self.hp * wp * c + SLACK, fill);
     }
 }
