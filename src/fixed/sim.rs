@@ -266,6 +266,9 @@ pub struct Simulator<'g> {
     path: SimdPath,
     /// The layers prepared to run (all but for [`Simulator::for_layers`]).
     prepared: std::ops::Range<usize>,
+    /// Per layer, per input: the last earlier layer that writes that blob (`None`: the input,
+    /// or a blob no layer writes). Blob names are looked up once here, not per image.
+    sources: Vec<Vec<Option<usize>>>,
 }
 
 /// Per-thread scratch.
@@ -277,6 +280,8 @@ struct Scratch {
     img16: Vec<i16>,
     sum: Vec<i32>,
     rowmax: Vec<i8>,
+    /// Per layer of the range being run, its output for the current image (reused).
+    outs: Vec<Vec<i8>>,
 }
 
 impl<'g> Simulator<'g> {
@@ -334,10 +339,22 @@ impl<'g> Simulator<'g> {
                 Some(QDense::Deconv(_)) | None => Prep::Other,
             });
         }
+        let sources = g
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(li, l)| {
+                l.inputs
+                    .iter()
+                    .map(|b| g.layers[..li].iter().rposition(|p| &p.output == b))
+                    .collect()
+            })
+            .collect();
         Ok(Simulator {
             g,
             prep,
             path,
+            sources,
             prepared,
         })
     }
@@ -354,12 +371,12 @@ impl<'g> Simulator<'g> {
             "input has {} bytes, expected {n} images × {len}",
             input.len()
         );
-        let mut cache = Activations {
-            n,
-            blobs: BTreeMap::new(),
+        // The input is read in place: no cache holding a copy of it.
+        let input_blob = self.g.input.as_str();
+        let lookup = |b: &str, i: usize| -> Option<&[i8]> {
+            (b == input_blob).then(|| &input[i * len..(i + 1) * len])
         };
-        cache.blobs.insert(self.g.input.clone(), input.to_vec());
-        self.run_from(0, &cache, keep)
+        self.run_images(0..self.g.layers.len(), n, &lookup, keep)
     }
 
     /// Run layers `k..` given a cache holding (at least) every blob those layers read that an
@@ -410,7 +427,20 @@ impl<'g> Simulator<'g> {
                 }
             }
         }
-        let whole = end == g.layers.len();
+        self.run_images(k..end, n, &|b: &str, i: usize| cache.image(b, i), keep)
+    }
+
+    /// Layers `range` on `n` images whose other blobs `lookup(blob, image)` gives; images run in
+    /// parallel and write their kept blobs straight into the result.
+    fn run_images<'a>(
+        &self,
+        range: std::ops::Range<usize>,
+        n: usize,
+        lookup: &(dyn Fn(&str, usize) -> Option<&'a [i8]> + Sync),
+        keep: &Keep,
+    ) -> Result<Activations> {
+        let g = self.g;
+        let whole = range.end == g.layers.len();
         let mut kept: Vec<String> = match keep {
             Keep::Outputs => g.outputs.clone(),
             Keep::All => g.blobs.keys().cloned().collect(),
@@ -422,42 +452,66 @@ impl<'g> Simulator<'g> {
         for b in &kept {
             ensure!(g.blobs.contains_key(b), "unknown blob '{b}'");
         }
-        let per_image: Vec<Result<Vec<Vec<i8>>>> = (0..n)
-            .into_par_iter()
-            .map_init(Scratch::default, |s, i| {
-                self.image(k..end, cache, i, &kept, s)
+        // Where each kept blob comes from: the last layer of the range that writes it, else
+        // `lookup`.
+        let kept_src: Vec<Option<usize>> = kept
+            .iter()
+            .map(|b| {
+                g.layers[range.clone()]
+                    .iter()
+                    .rposition(|l| &l.output == b)
+                    .map(|p| range.start + p)
             })
             .collect();
         let mut out = Activations {
             n,
-            blobs: BTreeMap::new(),
+            blobs: kept
+                .iter()
+                .map(|b| (b.clone(), vec![0i8; n * g.blob_len(b)]))
+                .collect(),
         };
-        for b in &kept {
-            out.blobs
-                .insert(b.clone(), Vec::with_capacity(n * g.blob_len(b)));
-        }
-        for r in per_image {
-            for (b, v) in kept.iter().zip(r?) {
-                out.blobs
-                    .get_mut(b)
-                    .expect("inserted above")
-                    .extend_from_slice(&v);
+        // Image `i`'s slice of every kept blob, in `kept` order.
+        let mut per_image: Vec<Vec<&mut [i8]>> = (0..n).map(|_| Vec::new()).collect();
+        // `blobs` iterates in key order, which is `kept`'s (sorted, deduplicated).
+        for (b, all) in out.blobs.iter_mut() {
+            let len = g.blob_len(b);
+            if len == 0 {
+                per_image.iter_mut().for_each(|v| v.push(&mut []));
+            } else {
+                for (v, part) in per_image.iter_mut().zip(all.chunks_mut(len)) {
+                    v.push(part);
+                }
             }
         }
+        per_image.into_par_iter().enumerate().try_for_each_init(
+            Scratch::default,
+            |s, (i, dst)| {
+                self.image(range.clone(), lookup, i, s)?;
+                for ((b, src), d) in kept.iter().zip(&kept_src).zip(dst) {
+                    let v = match src {
+                        Some(li) => &s.outs[li - range.start][..],
+                        None => lookup(b, i).unwrap_or(&[]),
+                    };
+                    ensure!(v.len() == d.len(), "blob '{b}': no value for image {i}");
+                    d.copy_from_slice(v);
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
-    /// One image through layers `range`; returns the kept blobs in `kept` order.
-    fn image(
+    /// Image `i` through layers `range`: layer `li`'s output ends in `s.outs[li - range.start]`.
+    fn image<'a>(
         &self,
         range: std::ops::Range<usize>,
-        cache: &Activations,
+        lookup: &(dyn Fn(&str, usize) -> Option<&'a [i8]> + Sync),
         i: usize,
-        kept: &[String],
         s: &mut Scratch,
-    ) -> Result<Vec<Vec<i8>>> {
+    ) -> Result<()> {
         let g = self.g;
-        let mut local: BTreeMap<&str, Vec<i8>> = BTreeMap::new();
+        let start = range.start;
+        s.outs.resize_with(range.len(), Vec::new);
         for (li, l) in g
             .layers
             .iter()
@@ -465,14 +519,18 @@ impl<'g> Simulator<'g> {
             .take(range.end)
             .skip(range.start)
         {
-            let get = |b: &str| -> &[i8] {
-                match local.get(b) {
-                    Some(v) => v.as_slice(),
-                    None => cache.image(b, i).unwrap_or(&[]),
+            // This layer's buffer is taken out while the earlier outputs are read.
+            let mut y = std::mem::take(&mut s.outs[li - start]);
+            y.clear();
+            y.resize(g.blob_len(&l.output), 0);
+            let outs = &s.outs;
+            let get = |j: usize| -> &[i8] {
+                match self.sources[li][j] {
+                    Some(p) if p >= start => &outs[p - start],
+                    _ => lookup(&l.inputs[j], i).unwrap_or(&[]),
                 }
             };
-            let x = get(&l.inputs[0]);
-            let mut y = vec![0i8; g.blob_len(&l.output)];
+            let x = get(0);
             let r = match (&l.op, &self.prep[li]) {
                 (QOp::Conv(_), Prep::Dw(d)) => {
                     d.run(x, &mut y, &mut s.sum);
@@ -546,23 +604,15 @@ impl<'g> Simulator<'g> {
                     | QOp::Mul { .. }
                     | QOp::ScaleBias { .. },
                     _,
-                ) => reference_layer(g, l, l.inputs.iter().map(|b| get(b)).collect(), &mut y),
+                ) => reference_layer(g, l, (0..l.inputs.len()).map(get).collect(), &mut y),
                 _ => bail!("layer '{}': internal error, unprepared op", l.name),
             };
             if let Err(e) = r {
                 bail!("layer '{}': kernel refused its arguments ({e:?})", l.name);
             }
-            local.insert(l.output.as_str(), y);
+            s.outs[li - start] = y;
         }
-        Ok(kept
-            .iter()
-            .map(|b| {
-                local
-                    .get(b.as_str())
-                    .cloned()
-                    .unwrap_or_else(|| cache.image(b, i).map(<[i8]>::to_vec).unwrap_or_default())
-            })
-            .collect())
+        Ok(())
     }
 }
 

@@ -239,18 +239,20 @@ impl YConv {
 /// `(min, max)` of `x`, 32 lanes at a time (`vpminsb`/`vpmaxsb`; the caller checked AVX2).
 #[target_feature(enable = "avx2")]
 unsafe fn min_max(x: &[i8]) -> (i8, i8) {
-    let (mut lo, mut hi) = ([i8::MAX; 32], [i8::MIN; 32]);
+    let (mut lo, mut hi) = (_mm256_set1_epi8(i8::MAX), _mm256_set1_epi8(i8::MIN));
     let chunks = x.chunks_exact(32);
     let rest = chunks.remainder();
     for c in chunks {
-        for i in 0..32 {
-            lo[i] = lo[i].min(c[i]);
-            hi[i] = hi[i].max(c[i]);
-        }
+        let v = _mm256_loadu_si256(c.as_ptr() as *const __m256i);
+        lo = _mm256_min_epi8(lo, v);
+        hi = _mm256_max_epi8(hi, v);
     }
-    lo.iter()
+    let (mut l, mut h) = ([0i8; 32], [0i8; 32]);
+    _mm256_storeu_si256(l.as_mut_ptr() as *mut __m256i, lo);
+    _mm256_storeu_si256(h.as_mut_ptr() as *mut __m256i, hi);
+    l.iter()
         .chain(rest)
-        .zip(hi.iter().chain(rest))
+        .zip(h.iter().chain(rest))
         .fold((i8::MAX, i8::MIN), |(l, h), (&a, &b)| (l.min(a), h.max(b)))
 }
 
@@ -260,6 +262,10 @@ trait Dot {
     /// Steps whose products are summed as `i16` before widening ([`Grouped`]); 1: every step
     /// goes through [`dot`](Self::dot).
     const STEPS: usize = 1;
+
+    /// True when an activation of zero is stored as zero (no `u = x + 128` offset with the bias
+    /// corrected for every weight), so that products with the zero padding may be skipped.
+    const ZERO_IS_ZERO: bool = true;
 
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i;
 }
@@ -299,6 +305,8 @@ impl<const S: usize> Dot for Grouped<S> {
 
 struct VexDot;
 impl Dot for VexDot {
+    const ZERO_IS_ZERO: bool = false;
+
     #[inline(always)]
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, a, w)
@@ -307,6 +315,8 @@ impl Dot for VexDot {
 
 struct EvexDot;
 impl Dot for EvexDot {
+    const ZERO_IS_ZERO: bool = false;
+
     #[inline(always)]
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, a, w)
@@ -394,6 +404,20 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
             for oy in 0..oh {
                 let row_in = img.add(oy * geo.stride.0 * geo.wp * c * eb);
                 let row_out = yp.add(oy * ow * oc + ch0);
+                // Without an activation offset, kernel rows in the top or bottom padding add
+                // nothing: skip them and their weights (7.5 % of the products of a 5×5 conv
+                // with pad 2 on 16×16, 15 % on 8×8).
+                let rows = if D::ZERO_IS_ZERO {
+                    geo.row_segments(oy)
+                } else {
+                    0..t.segs.len()
+                };
+                let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len * eb).sum();
+                let t = Tile {
+                    segs: &t.segs[rows],
+                    w: t.w.add(skipped * 32 / 4),
+                    ..t
+                };
                 // Wide tiles first, with the pixel stride a compile-time constant where it is a
                 // common one (pixel loads become base + immediate, which frees registers), then
                 // narrower tails. 16 ymm registers: MB·P accumulators + MB weights + 1 broadcast.

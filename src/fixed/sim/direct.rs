@@ -163,6 +163,19 @@ impl Geometry {
         wk
     }
 
+    /// The segments of output row `oy`'s receptive field that read image rows rather than the
+    /// zero padding above or below it (segments go kernel row by kernel row). A kernel whose
+    /// activation zero is the element zero may skip the others: their products are all zero.
+    pub fn row_segments(&self, oy: usize) -> std::ops::Range<usize> {
+        let top = oy * self.stride.0;
+        let inside = |&(ky, _, _): &(usize, usize, usize)| {
+            top + ky >= self.pad.0 && top + ky < self.pad.0 + self.ind.h
+        };
+        let first = self.taps.iter().position(inside).unwrap_or(0);
+        let end = self.taps.iter().rposition(inside).map_or(0, |e| e + 1);
+        first..end.max(first)
+    }
+
     fn weights_per_output(&self) -> usize {
         self.taps.iter().map(|t| t.2).sum()
     }
@@ -224,5 +237,49 @@ impl Geometry {
             img.extend(std::iter::repeat_n(fill, right));
         }
         img.resize(self.hp * wp * c + SLACK, fill);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(h: usize, kh: usize, pad: usize, stride: usize, groups: usize) -> Geometry {
+        let (c, kw) = (2 * groups, 3);
+        let oh = (h + 2 * pad - kh) / stride + 1;
+        Geometry::new(
+            Hwc { h, w: 4, c },
+            Hwc {
+                h: oh,
+                w: 4 + 2 * pad - kw + 1,
+                c: groups,
+            },
+            (kh, kw),
+            (stride, 1),
+            (pad, pad),
+            groups,
+            2,
+        )
+    }
+
+    #[test]
+    fn row_segments_skip_kernel_rows_in_the_padding() {
+        // 5 kernel rows, pad 2, 3 image rows: output row 0 starts two rows above the image.
+        let g = geo(3, 5, 2, 1, 1);
+        let rows: Vec<_> = (0..g.outd.h).map(|oy| g.row_segments(oy)).collect();
+        assert_eq!(rows, vec![2..5, 1..4, 0..3]);
+        // Stride 2: output row 1 starts at padded row 2, the image's first row.
+        let g = geo(6, 3, 1, 2, 1);
+        assert_eq!(g.row_segments(0), 1..3);
+        assert_eq!(g.row_segments(1), 0..3);
+        assert_eq!(g.row_segments(2), 0..3);
+        // Grouped: one segment per tap, kw = 3 per kernel row.
+        let g = geo(3, 5, 2, 1, 2);
+        assert_eq!(g.segs[0].len(), 15);
+        assert_eq!(g.row_segments(0), 6..15);
+        // A kernel row of 1 entirely in the padding: nothing to read.
+        let g = geo(2, 1, 2, 1, 1);
+        assert_eq!(g.row_segments(0), 0..0);
+        assert_eq!(g.row_segments(2), 0..1);
     }
 }
