@@ -90,6 +90,9 @@ pub(super) struct YConv {
     /// [`Isa::Avx2`] only: the `vpmaddubsw` kernel for non-negative inputs (same bias and
     /// shifts).
     nonneg: Option<Box<NonNeg>>,
+    /// The `u8` kernels only: [`Geometry::segment_offsets`], what a row that skips a segment
+    /// of the padding gives back to the bias (empty for [`Isa::Avx2`], which has no offset).
+    seg_offsets: Vec<i32>,
 }
 
 /// The weights of the `vpmaddubsw` kernel, and how large the input may be for each grouped form.
@@ -168,6 +171,11 @@ impl YConv {
         });
         let rshift = geo.per_lane(LANES, |o| c.rshift(o) as i32);
         let nonneg = (isa == Isa::Avx2).then(|| Box::new(NonNeg::new(c)));
+        let seg_offsets = if offset {
+            geo.segment_offsets(&wk, LANES)
+        } else {
+            Vec::new()
+        };
         let packed = geo.pack(&wk, LANES, g);
         let w = match isa {
             Isa::Avx2 => packed
@@ -184,6 +192,7 @@ impl YConv {
             bias: b,
             rshift,
             nonneg,
+            seg_offsets,
         }
     }
 
@@ -263,10 +272,6 @@ trait Dot {
     /// goes through [`dot`](Self::dot).
     const STEPS: usize = 1;
 
-    /// True when an activation of zero is stored as zero (no `u = x + 128` offset with the bias
-    /// corrected for every weight), so that products with the zero padding may be skipped.
-    const ZERO_IS_ZERO: bool = true;
-
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i;
 }
 
@@ -305,8 +310,6 @@ impl<const S: usize> Dot for Grouped<S> {
 
 struct VexDot;
 impl Dot for VexDot {
-    const ZERO_IS_ZERO: bool = false;
-
     #[inline(always)]
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_avx_epi32(acc, a, w)
@@ -315,8 +318,6 @@ impl Dot for VexDot {
 
 struct EvexDot;
 impl Dot for EvexDot {
-    const ZERO_IS_ZERO: bool = false;
-
     #[inline(always)]
     unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, a, w)
@@ -401,21 +402,27 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                 out_px: oc,
             };
             let ch0 = g * geo.cout_g + blk * LANES;
+            let first = (g * cv.nb + blk) * LANES;
             for oy in 0..oh {
                 let row_in = img.add(oy * geo.stride.0 * geo.wp * c * eb);
                 let row_out = yp.add(oy * ow * oc + ch0);
-                // Without an activation offset, kernel rows in the top or bottom padding add
-                // nothing: skip them and their weights (7.5 % of the products of a 5×5 conv
-                // with pad 2 on 16×16, 15 % on 8×8).
-                let rows = if D::ZERO_IS_ZERO {
-                    geo.row_segments(oy)
-                } else {
-                    0..t.segs.len()
-                };
+                // Kernel rows in the top or bottom padding are skipped with their weights (7.5 %
+                // of the products of a 5×5 conv with pad 2 on 16×16, 15 % on 8×8): their
+                // products are zero, or `128·Σw` with the `u8` offset, given back to the bias.
+                let rows = geo.row_segments(oy);
+                let mut row_bias = [0i32; 2 * LANES];
+                geo.row_bias(
+                    &cv.bias,
+                    &cv.seg_offsets,
+                    &rows,
+                    first,
+                    &mut row_bias[..mb * LANES],
+                );
                 let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len * eb).sum();
                 let t = Tile {
                     segs: &t.segs[rows],
                     w: t.w.add(skipped * 32 / 4),
+                    bias: row_bias.as_ptr(),
                     ..t
                 };
                 // Wide tiles first, with the pixel stride a compile-time constant where it is a

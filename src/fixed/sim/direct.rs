@@ -176,6 +176,49 @@ impl Geometry {
         first..end.max(first)
     }
 
+    /// `[segment][group][block][lanes]`: `128·Σw` over each segment's weights in `wk` (from
+    /// [`reorder`](Self::reorder)), wrapping. A kernel that reads `u = x + 128` (and took
+    /// `128·Σw` of every weight off the bias) gives a skipped segment's share back to the bias:
+    /// see [`row_bias`](Self::row_bias).
+    pub fn segment_offsets(&self, wk: &[i8], lanes: usize) -> Vec<i32> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for s in &self.segs[0] {
+            out.extend(self.per_lane(lanes, |o| {
+                let w = &wk[o * self.kp + at..o * self.kp + at + s.len];
+                w.iter()
+                    .fold(0i32, |a, &v| a.wrapping_add(v as i32))
+                    .wrapping_mul(128)
+            }));
+            at += s.len;
+        }
+        out
+    }
+
+    /// `out` = the bias of the lanes from `first` on (`bias` laid out as
+    /// [`per_lane`](Self::per_lane)) for an output row that reads only segments `rows`: plus the
+    /// [`segment_offsets`](Self::segment_offsets) of the others (`offsets` empty: no offset, the
+    /// bias as is).
+    pub fn row_bias(
+        &self,
+        bias: &[i32],
+        offsets: &[i32],
+        rows: &std::ops::Range<usize>,
+        first: usize,
+        out: &mut [i32],
+    ) {
+        out.copy_from_slice(&bias[first..first + out.len()]);
+        if offsets.is_empty() {
+            return;
+        }
+        for j in (0..self.segs[0].len()).filter(|j| !rows.contains(j)) {
+            let add = &offsets[j * bias.len() + first..][..out.len()];
+            for (b, &a) in out.iter_mut().zip(add) {
+                *b = b.wrapping_add(a);
+            }
+        }
+    }
+
     fn weights_per_output(&self) -> usize {
         self.taps.iter().map(|t| t.2).sum()
     }

@@ -149,7 +149,16 @@ impl NConv {
                 };
                 let ch0 = g * self.geo.cout_g + blk * 16;
                 for oy in 0..oh {
+                    // Kernel rows in the top or bottom zero padding add nothing (no activation
+                    // offset here): skip them and their weights, 16 lanes × 4 bytes per step.
+                    let rows = self.geo.row_segments(oy);
+                    let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len).sum();
                     unsafe {
+                        let t = Tile {
+                            segs: &t.segs[rows],
+                            w: t.w.add(skipped * 16),
+                            ..t
+                        };
                         let row_in = img.add(oy * self.geo.stride.0 * self.geo.wp * c);
                         let row_out = yp.add(oy * ow * oc + ch0);
                         K::row(&t, row_in, row_out, ow);

@@ -41,6 +41,9 @@ pub(super) struct VConv {
     bias: Vec<i32>,
     /// `[group][block][16]`: `out_rshift` of each lane's channel.
     rshift: Vec<i32>,
+    /// `[segment][group][block][16]`: `128·Σw` over the segment's weights, wrapping: what a
+    /// row that skips the segment gives back to the bias.
+    seg_offsets: Vec<i32>,
 }
 
 impl VConv {
@@ -55,12 +58,14 @@ impl VConv {
             c.bias_term(o).wrapping_sub(sw.wrapping_mul(128))
         });
         let rshift = geo.per_lane(16, |o| c.rshift(o) as i32);
+        let seg_offsets = geo.segment_offsets(&wk, 16);
         VConv {
             nb: geo.blocks(16),
             w: geo.pack(&wk, 16, 4),
             geo,
             bias: b,
             rshift,
+            seg_offsets,
         }
     }
 
@@ -107,7 +112,26 @@ impl VConv {
                     out_px: oc,
                 };
                 let ch0 = g * self.geo.cout_g + blk * 16;
+                let first = (g * self.nb + blk) * 16;
                 for oy in 0..oh {
+                    // Kernel rows in the top or bottom padding are skipped with their weights;
+                    // their `u = 0x80` products (`128·Σw`) go back into the bias instead.
+                    let rows = self.geo.row_segments(oy);
+                    let mut row_bias = [0i32; 32];
+                    self.geo.row_bias(
+                        &self.bias,
+                        &self.seg_offsets,
+                        &rows,
+                        first,
+                        &mut row_bias[..16 * mb],
+                    );
+                    let skipped: usize = segs[..rows.start].iter().map(|s| s.len).sum();
+                    let t = Tile {
+                        segs: &segs[rows],
+                        w: t.w.add(skipped * 16),
+                        bias: row_bias.as_ptr(),
+                        ..t
+                    };
                     let row_in = img.as_ptr().add(oy * self.geo.stride.0 * self.geo.wp * c);
                     let row_out = yp.add(oy * ow * oc + ch0);
                     // Wide tiles first, with the pixel stride a compile-time constant where it
