@@ -180,6 +180,7 @@ impl Geometry {
     /// [`reorder`](Self::reorder)), wrapping. A kernel that reads `u = x + 128` (and took
     /// `128·Σw` of every weight off the bias) gives a skipped segment's share back to the bias:
     /// see [`row_bias`](Self::row_bias).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the offset kernels are x86
     pub fn segment_offsets(&self, wk: &[i8], lanes: usize) -> Vec<i32> {
         let mut out = Vec::new();
         let mut at = 0;
@@ -199,6 +200,7 @@ impl Geometry {
     /// [`per_lane`](Self::per_lane)) for an output row that reads only segments `rows`: plus the
     /// [`segment_offsets`](Self::segment_offsets) of the others (`offsets` empty: no offset, the
     /// bias as is).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the offset kernels are x86
     pub fn row_bias(
         &self,
         bias: &[i32],
