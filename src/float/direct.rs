@@ -89,6 +89,9 @@ pub(super) struct DirectConv {
     /// Padded input width (`w + 2·pad.w`) and height.
     wp: usize,
     hp: usize,
+    /// Input rows (unpadded) and the zero rows above them.
+    h: usize,
+    pad_h: usize,
     /// `[ky][kx][c][op]`, zero beyond `o`.
     weights: Vec<f32>,
     /// `op` values, zero beyond `o` (or all zero without bias).
@@ -153,6 +156,8 @@ impl DirectConv {
             ow: (wp - kw) / sw + 1,
             wp,
             hp,
+            h: g.h,
+            pad_h: g.pad.0,
             weights: packed,
             bias: b,
             relu: None,
@@ -162,6 +167,16 @@ impl DirectConv {
     /// Values of the padded NHWC input this convolution reads.
     pub fn padded_len(&self) -> usize {
         self.hp * self.wp * self.c
+    }
+
+    /// The kernel rows of output row `oy` that read input rows rather than the zero border
+    /// above or below them: the others only add `0·w`, and are skipped (7.5 % of the products
+    /// of a 5×5 conv with pad 2 on 16×16, 15 % on 8×8; the weights are finite, checked at load).
+    fn rows_inside(&self, oy: usize) -> std::ops::Range<usize> {
+        let top = oy * self.sh;
+        let first = self.pad_h.saturating_sub(top).min(self.kh);
+        let end = (self.pad_h + self.h).saturating_sub(top).min(self.kh);
+        first..end.max(first)
     }
 
     /// Values of the NHWC output (`oh × ow × o`).
@@ -209,7 +224,7 @@ macro_rules! simd_backend {
                 xs: k.sw * k.c,
                 row: k.wp * k.c,
                 q: k.kw * k.c,
-                kh: k.kh,
+                ky: 0..k.kh,
                 op: k.op,
                 o: k.o,
                 relu: k.relu,
@@ -220,6 +235,7 @@ macro_rules! simd_backend {
                 $(
                     if block_fits(left, $j, lanes) {
                         for oy in 0..k.oh {
+                            let geo = Geo { ky: k.rows_inside(oy), ..geo.clone() };
                             let mut ox = 0;
                             while ox < k.ow {
                                 let t = (k.ow - ox).min($tmax);
@@ -289,6 +305,7 @@ macro_rules! seq_t {
 }
 
 /// Strides a tile needs, in f32 elements.
+#[derive(Clone)]
 struct Geo {
     /// Between neighbouring output pixels in the input (`stride_w · C`).
     xs: usize,
@@ -296,7 +313,8 @@ struct Geo {
     row: usize,
     /// Taps of one kernel row (`KW · C`).
     q: usize,
-    kh: usize,
+    /// The kernel rows this output row reads (the others lie in the zero border).
+    ky: std::ops::Range<usize>,
     /// Packed weight row length.
     op: usize,
     /// Output channels (= output pixel stride).
@@ -331,7 +349,7 @@ mod avx512 {
         }
         // A constant pixel stride makes every broadcast address one register plus a constant.
         let xs = if XS == 0 { g.xs } else { XS };
-        for ky in 0..g.kh {
+        for ky in g.ky.clone() {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
             for i in 0..g.q {
@@ -397,7 +415,7 @@ mod avx2 {
         }
         // A constant pixel stride makes every broadcast address one register plus a constant.
         let xs = if XS == 0 { g.xs } else { XS };
-        for ky in 0..g.kh {
+        for ky in g.ky.clone() {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
             for i in 0..g.q {
@@ -468,7 +486,7 @@ mod portable {
         }
         // A constant pixel stride makes every broadcast address one register plus a constant.
         let xs = if XS == 0 { g.xs } else { XS };
-        for ky in 0..g.kh {
+        for ky in g.ky.clone() {
             let xr = x.add(ky * g.row);
             let wr = w.add(ky * g.q * g.op);
             for i in 0..g.q {
