@@ -411,18 +411,23 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                 // products are zero, or `128·Σw` with the `u8` offset, given back to the bias.
                 let rows = geo.row_segments(oy);
                 let mut row_bias = [0i32; 2 * LANES];
-                geo.row_bias(
-                    &cv.bias,
-                    &cv.seg_offsets,
-                    &rows,
-                    first,
-                    &mut row_bias[..mb * LANES],
-                );
+                let bias = if cv.seg_offsets.is_empty() {
+                    t.bias
+                } else {
+                    geo.row_bias(
+                        &cv.bias,
+                        &cv.seg_offsets,
+                        &rows,
+                        first,
+                        &mut row_bias[..mb * LANES],
+                    );
+                    row_bias.as_ptr()
+                };
                 let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len * eb).sum();
                 let t = Tile {
                     segs: &t.segs[rows],
                     w: t.w.add(skipped * 32 / 4),
-                    bias: row_bias.as_ptr(),
+                    bias,
                     ..t
                 };
                 // Wide tiles first, with the pixel stride a compile-time constant where it is a
