@@ -339,17 +339,19 @@ impl<'g> Simulator<'g> {
                 Some(QDense::Deconv(_)) | None => Prep::Other,
             });
         }
-        let sources = g
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(li, l)| {
+        // One pass in layer order: each input's writer is the last writer seen so far (this
+        // runs for every candidate of the search's layer-local pass).
+        let mut writer: std::collections::HashMap<&str, usize> = Default::default();
+        let mut sources = Vec::with_capacity(g.layers.len());
+        for (li, l) in g.layers.iter().enumerate() {
+            sources.push(
                 l.inputs
                     .iter()
-                    .map(|b| g.layers[..li].iter().rposition(|p| &p.output == b))
-                    .collect()
-            })
-            .collect();
+                    .map(|b| writer.get(b.as_str()).copied())
+                    .collect(),
+            );
+            writer.insert(l.output.as_str(), li);
+        }
         Ok(Simulator {
             g,
             prep,

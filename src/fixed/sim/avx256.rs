@@ -409,25 +409,20 @@ unsafe fn run_generic<D: Dot>(cv: &YConv, k: &Weights, img: *const u8, y: &mut [
                 // Kernel rows in the top or bottom padding are skipped with their weights (7.5 %
                 // of the products of a 5×5 conv with pad 2 on 16×16, 15 % on 8×8): their
                 // products are zero, or `128·Σw` with the `u8` offset, given back to the bias.
-                let rows = geo.row_segments(oy);
-                let mut row_bias = [0i32; 2 * LANES];
-                let bias = if cv.seg_offsets.is_empty() {
-                    t.bias
-                } else {
-                    geo.row_bias(
-                        &cv.bias,
-                        &cv.seg_offsets,
-                        &rows,
-                        first,
-                        &mut row_bias[..mb * LANES],
-                    );
-                    row_bias.as_ptr()
-                };
-                let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len * eb).sum();
+                let win = geo.row_window(oy);
+                let mut buf = [0i32; 2 * LANES];
+                let bias = geo.row_bias(
+                    &cv.bias,
+                    &cv.seg_offsets,
+                    &win.segs,
+                    first,
+                    &mut buf[..mb * LANES],
+                );
+                // 8 lanes × 4 bytes of weights per 4 bytes of image.
                 let t = Tile {
-                    segs: &t.segs[rows],
-                    w: t.w.add(skipped * 32 / 4),
-                    bias,
+                    segs: &t.segs[win.segs.clone()],
+                    w: t.w.add(win.skipped * eb * 8),
+                    bias: bias.as_ptr(),
                     ..t
                 };
                 // Wide tiles first, with the pixel stride a compile-time constant where it is a

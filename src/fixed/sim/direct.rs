@@ -69,6 +69,16 @@ pub(super) struct Seg {
     pub len: usize,
 }
 
+/// The part of an output row's receptive field that reads image rows, not the zero padding above
+/// or below the image ([`Geometry::row_window`]).
+#[derive(Clone, Debug)]
+pub(super) struct RowWindow {
+    /// The segments read (segments go kernel row by kernel row).
+    pub segs: std::ops::Range<usize>,
+    /// Weight elements per channel before `segs.start`: where the window's weights start.
+    pub skipped: usize,
+}
+
 /// Where a conv (or an fc, as a 1×1 conv on a 1×1 image) reads its input.
 #[derive(Debug)]
 pub(super) struct Geometry {
@@ -87,6 +97,8 @@ pub(super) struct Geometry {
     pub kp: usize,
     /// Per segment, the `(ky, kx)` of its first weight and its unpadded length.
     taps: Vec<(usize, usize, usize)>,
+    /// Per output row, [`row_window`](Self::row_window).
+    windows: Vec<RowWindow>,
     kw: usize,
     cin_g: usize,
 }
@@ -129,7 +141,7 @@ impl Geometry {
             })
             .collect();
         let kp = segs[0].iter().map(|s| s.len).sum();
-        Geometry {
+        let mut geo = Geometry {
             ind,
             outd,
             stride,
@@ -141,9 +153,18 @@ impl Geometry {
             segs,
             kp,
             taps,
+            windows: Vec::new(),
             kw,
             cin_g,
-        }
+        };
+        geo.windows = (0..outd.h)
+            .map(|oy| {
+                let segs = geo.row_segments(oy);
+                let skipped = geo.segs[0][..segs.start].iter().map(|s| s.len).sum();
+                RowWindow { segs, skipped }
+            })
+            .collect();
+        geo
     }
 
     /// Each output channel's weights (`[out_c][kh][kw][in_c / groups]`) in segment order, each
@@ -163,10 +184,16 @@ impl Geometry {
         wk
     }
 
+    /// What output row `oy` reads. The other kernel rows lie in the zero padding above or
+    /// below the image: a kernel skips them (their products are zero, or `128·Σw` for a kernel
+    /// that reads `u = x + 128`, see [`row_bias`](Self::row_bias)).
+    pub fn row_window(&self, oy: usize) -> &RowWindow {
+        &self.windows[oy]
+    }
+
     /// The segments of output row `oy`'s receptive field that read image rows rather than the
-    /// zero padding above or below it (segments go kernel row by kernel row). A kernel whose
-    /// activation zero is the element zero may skip the others: their products are all zero.
-    pub fn row_segments(&self, oy: usize) -> std::ops::Range<usize> {
+    /// zero padding above or below it (segments go kernel row by kernel row).
+    fn row_segments(&self, oy: usize) -> std::ops::Range<usize> {
         let top = oy * self.stride.0;
         let inside = |&(ky, _, _): &(usize, usize, usize)| {
             top + ky >= self.pad.0 && top + ky < self.pad.0 + self.ind.h
@@ -196,29 +223,32 @@ impl Geometry {
         out
     }
 
-    /// `out` = the bias of the lanes from `first` on (`bias` laid out as
-    /// [`per_lane`](Self::per_lane)) for an output row that reads only segments `rows`: plus the
-    /// [`segment_offsets`](Self::segment_offsets) of the others (`offsets` empty: no offset, the
-    /// bias as is).
+    /// The bias of `n` lanes from `first` on (`bias` laid out as [`per_lane`](Self::per_lane))
+    /// for an output row that reads only segments `rows`: `bias` itself when the row skips
+    /// nothing or there is no offset (`offsets` empty), else `buf` holding it plus the
+    /// [`segment_offsets`](Self::segment_offsets) of the skipped segments. (Reading the bias in
+    /// place matters: a copy on every row cost the avx2 kernel 5 %.)
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the offset kernels are x86
-    pub fn row_bias(
+    pub fn row_bias<'a>(
         &self,
-        bias: &[i32],
+        bias: &'a [i32],
         offsets: &[i32],
         rows: &std::ops::Range<usize>,
         first: usize,
-        out: &mut [i32],
-    ) {
-        out.copy_from_slice(&bias[first..first + out.len()]);
-        if offsets.is_empty() {
-            return;
+        buf: &'a mut [i32],
+    ) -> &'a [i32] {
+        let n = buf.len();
+        if offsets.is_empty() || rows.len() == self.segs[0].len() {
+            return &bias[first..first + n];
         }
+        buf.copy_from_slice(&bias[first..first + n]);
         for j in (0..self.segs[0].len()).filter(|j| !rows.contains(j)) {
-            let add = &offsets[j * bias.len() + first..][..out.len()];
-            for (b, &a) in out.iter_mut().zip(add) {
+            let add = &offsets[j * bias.len() + first..][..n];
+            for (b, &a) in buf.iter_mut().zip(add) {
                 *b = b.wrapping_add(a);
             }
         }
+        buf
     }
 
     fn weights_per_output(&self) -> usize {

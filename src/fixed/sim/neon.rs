@@ -151,12 +151,11 @@ impl NConv {
                 for oy in 0..oh {
                     // Kernel rows in the top or bottom zero padding add nothing (no activation
                     // offset here): skip them and their weights, 16 lanes × 4 bytes per step.
-                    let rows = self.geo.row_segments(oy);
-                    let skipped: usize = t.segs[..rows.start].iter().map(|s| s.len).sum();
+                    let win = self.geo.row_window(oy);
                     unsafe {
                         let t = Tile {
-                            segs: &t.segs[rows],
-                            w: t.w.add(skipped * 16),
+                            segs: &t.segs[win.segs.clone()],
+                            w: t.w.add(win.skipped * 16),
                             ..t
                         };
                         let row_in = img.add(oy * self.geo.stride.0 * self.geo.wp * c);

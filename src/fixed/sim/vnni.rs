@@ -116,20 +116,20 @@ impl VConv {
                 for oy in 0..oh {
                     // Kernel rows in the top or bottom padding are skipped with their weights;
                     // their `u = 0x80` products (`128·Σw`) go back into the bias instead.
-                    let rows = self.geo.row_segments(oy);
-                    let mut row_bias = [0i32; 32];
-                    self.geo.row_bias(
+                    let win = self.geo.row_window(oy);
+                    let mut buf = [0i32; 32];
+                    let bias = self.geo.row_bias(
                         &self.bias,
                         &self.seg_offsets,
-                        &rows,
+                        &win.segs,
                         first,
-                        &mut row_bias[..16 * mb],
+                        &mut buf[..16 * mb],
                     );
-                    let skipped: usize = segs[..rows.start].iter().map(|s| s.len).sum();
+                    // 16 lanes of weights per image byte.
                     let t = Tile {
-                        segs: &segs[rows],
-                        w: t.w.add(skipped * 16),
-                        bias: row_bias.as_ptr(),
+                        segs: &segs[win.segs.clone()],
+                        w: t.w.add(win.skipped * 16),
+                        bias: bias.as_ptr(),
                         ..t
                     };
                     let row_in = img.as_ptr().add(oy * self.geo.stride.0 * self.geo.wp * c);
