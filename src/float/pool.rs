@@ -53,43 +53,57 @@ impl Pool {
 
     pub fn run(&self, input: &[f32], n: usize, out: &mut [f32]) {
         let (plane, oplane) = (self.h * self.w, self.oh * self.ow);
+        if oplane == 0 {
+            return; // nothing to write (and `chunks_mut(0)` would panic)
+        }
+        // Each output row's and column's window, clipped to the image, once per layer (not per
+        // output value); the AVE divisor uses the windows before clipping.
+        let axis = |o: usize, k: usize, s: usize, p: usize, size: usize| {
+            let (start, end) = window(o, k, s, p, size);
+            let clipped = (
+                start.max(0) as usize,
+                (end.min(size as isize).max(0) as usize).max(start.max(0) as usize),
+            );
+            (clipped, (end - start) as f32)
+        };
+        let rows: Vec<_> = (0..self.oh)
+            .map(|py| axis(py, self.kernel.h, self.stride.h, self.pad.h, self.h))
+            .collect();
+        let cols: Vec<_> = (0..self.ow)
+            .map(|px| axis(px, self.kernel.w, self.stride.w, self.pad.w, self.w))
+            .collect();
+        // One output row at a time, window row by window row across the whole output row: each
+        // output still takes its values in Caffe's order (rows, then columns), but the outputs'
+        // dependency chains are independent in the inner loop instead of one long serial chain.
+        let max = self.method == PoolMethod::Max;
         for (x, y) in input
             .chunks(plane)
             .zip(out.chunks_mut(oplane))
             .take(n * self.c)
         {
-            for py in 0..self.oh {
-                let (hs, he) = window(py, self.kernel.h, self.stride.h, self.pad.h, self.h);
-                for px in 0..self.ow {
-                    let (ws, we) = window(px, self.kernel.w, self.stride.w, self.pad.w, self.w);
-                    let pool_size = ((he - hs) * (we - ws)) as f32;
-                    let (hs, ws) = (hs.max(0) as usize, ws.max(0) as usize);
-                    let (he, we) = (
-                        he.min(self.h as isize).max(0) as usize,
-                        we.min(self.w as isize).max(0) as usize,
-                    );
-                    y[py * self.ow + px] = match self.method {
-                        PoolMethod::Max => {
-                            let mut m = -f32::MAX;
-                            for r in hs..he {
-                                for &v in &x[r * self.w + ws..r * self.w + we.max(ws)] {
-                                    if v > m {
-                                        m = v;
-                                    }
+            for (&((hs, he), rows_in), y) in rows.iter().zip(y.chunks_mut(self.ow)) {
+                y.fill(if max { -f32::MAX } else { 0.0 });
+                for r in hs..he {
+                    let row = &x[r * self.w..(r + 1) * self.w];
+                    for (&((ws, we), _), y) in cols.iter().zip(y.iter_mut()) {
+                        for &v in &row[ws..we] {
+                            // Caffe's `if (v > max) max = v`, as a select.
+                            *y = if max {
+                                if v > *y {
+                                    v
+                                } else {
+                                    *y
                                 }
-                            }
-                            m
+                            } else {
+                                *y + v
+                            };
                         }
-                        PoolMethod::Ave => {
-                            let mut s = 0.0f32;
-                            for r in hs..he {
-                                for &v in &x[r * self.w + ws..r * self.w + we.max(ws)] {
-                                    s += v;
-                                }
-                            }
-                            s / pool_size
-                        }
-                    };
+                    }
+                }
+                if !max {
+                    for (&(_, cols_in), y) in cols.iter().zip(y.iter_mut()) {
+                        *y /= rows_in * cols_in;
+                    }
                 }
             }
         }
