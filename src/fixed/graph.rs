@@ -3,9 +3,11 @@
 //! model file, and both the simulator and the code generator read only this.
 
 use super::kernels::{Dims, Pair};
+use super::lower_memo::{LowerKey, LowerMemo};
 use super::qformat::QFormat;
 use crate::ir::{Graph, Hw, Node, Op};
 use crate::ops;
+use crate::ops::Lowered;
 /// Moved to their ops' modules; re-exported for the tests and tools that build tables.
 pub use crate::ops::{
     deconv::weights as deconv_weights, lrn::table as lrn_table, lut::table as lut_table,
@@ -554,6 +556,13 @@ impl QGraph {
     /// Quantize a float graph with the given formats. The graph must already be in inference
     /// form (BatchNorm/Scale folded: `ir::passes::fold_batchnorm`).
     pub fn quantize(g: &Graph, f: &Formats) -> Result<QGraph> {
+        Self::quantize_memo(g, f, None)
+    }
+
+    /// [`QGraph::quantize`], taking conv/deconv/fc layers whose lowering inputs are unchanged
+    /// from `memo` (which must only ever see this `g`): the search's candidates differ in one
+    /// layer's formats.
+    pub fn quantize_memo(g: &Graph, f: &Formats, memo: Option<&LowerMemo>) -> Result<QGraph> {
         f.check_ranges()?;
         // Which activation keys got used, to report names that match nothing.
         let mut used: BTreeSet<&str> = BTreeSet::new();
@@ -594,7 +603,7 @@ impl QGraph {
         let mut dropped = BTreeSet::new();
         let mut used_layers = BTreeSet::new();
 
-        for n in &g.nodes {
+        for (node, n) in g.nodes.iter().enumerate() {
             let ctx = || format!("layer '{}' ({})", n.name, n.op.type_name());
             ensure!(
                 n.outputs.len() == 1,
@@ -640,12 +649,38 @@ impl QGraph {
                 used_layers.insert(n.name.as_str());
                 f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))
             };
+            // With a memo: the layer's lowering when nothing it reads has changed.
+            let memoized =
+                |lf: &LayerFormat, out_frac: i32, lower: &dyn Fn() -> Result<Lowered>| {
+                    let key = LowerKey {
+                        node,
+                        ins: &ins,
+                        given,
+                        out_frac,
+                        avepool_rounding: f.avepool_rounding,
+                        layer_format: lf,
+                    };
+                    match memo {
+                        Some(m) => m.get_or(&key, lower),
+                        None => lower(),
+                    }
+                };
             let (op, frac, layout) = match &n.op {
                 Op::Convolution(c) => {
                     let out_frac = required()?;
-                    ops::conv::lower(&x, c, layer_format()?, out_frac)?
+                    let lf = layer_format()?;
+                    memoized(lf, out_frac, &|| ops::conv::lower(&x, c, lf, out_frac))?
                 }
-                Op::InnerProduct(p) => ops::inner_product::lower(&x, p, &mut layer_format)?,
+                // Its lowering checks the axis before the formats: the same errors first.
+                Op::InnerProduct(p) => match (memo, x.required(), f.layers.get(&n.name)) {
+                    (Some(_), Ok(out_frac), Some(lf)) if p.axis == 1 => {
+                        used_layers.insert(n.name.as_str());
+                        memoized(lf, out_frac, &|| {
+                            ops::inner_product::lower(&x, p, || Ok(lf))
+                        })?
+                    }
+                    _ => ops::inner_product::lower(&x, p, &mut layer_format)?,
+                },
                 Op::Pooling(p) => ops::pool::lower(&x, p)?,
                 Op::ReLU { negative_slope } => ops::relu::lower(&x, *negative_slope)?,
                 Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::lower_reshape(&x)?,
@@ -658,7 +693,8 @@ impl QGraph {
                 Op::Softmax { axis } => ops::softmax::lower(&x, *axis)?,
                 Op::Deconvolution(c) => {
                     let out_frac = required()?;
-                    ops::deconv::lower(&x, c, layer_format()?, out_frac)?
+                    let lf = layer_format()?;
+                    memoized(lf, out_frac, &|| ops::deconv::lower(&x, c, lf, out_frac))?
                 }
                 Op::Lrn(p) => ops::lrn::lower(&x, p)?,
                 Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => ops::scale::lower(&x)?,

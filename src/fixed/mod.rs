@@ -10,6 +10,7 @@
 pub mod graph;
 pub mod headroom;
 pub mod kernels;
+pub mod lower_memo;
 pub mod qformat;
 pub mod sim;
 pub mod validate;

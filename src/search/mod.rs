@@ -34,6 +34,7 @@ const CONFIRM: usize = 2;
 
 use crate::fixed::graph::{Formats, Frac, LayerFormat, QGraph, QOp};
 use crate::fixed::kernels;
+use crate::fixed::lower_memo::LowerMemo;
 use crate::fixed::qformat::{self, InputScale, QFormat};
 use crate::fixed::sim::{Activations, Keep, Simulator};
 use crate::ir::{Graph, Op};
@@ -521,11 +522,14 @@ struct Evaluator<'a> {
     /// Single-layer runs of the local pass.
     local_evaluations: usize,
     times: SearchTimes,
+    /// Lowered conv/fc layers of `g` by their formats: a candidate re-quantizes only the layer
+    /// whose formats it changes.
+    memo: LowerMemo,
 }
 
 impl Evaluator<'_> {
     fn quantize(&self, f: &Formats) -> Result<QGraph> {
-        QGraph::quantize(self.g, f)
+        QGraph::quantize_memo(self.g, f, Some(&self.memo))
     }
 
     /// Score the quantized formats `qg` on `set`, whose cache holds the blobs of formats equal to
@@ -853,6 +857,7 @@ pub fn search(
         holdout_evaluations: 0,
         local_evaluations: 0,
         times: SearchTimes::default(),
+        memo: LowerMemo::default(),
     };
     ensure!(
         cal.images > 0 && cal.pixels_hwc.len().is_multiple_of(cal.images),
