@@ -26,6 +26,7 @@ mod gemm;
 pub(crate) mod layout;
 #[cfg(test)]
 mod model_tests;
+mod nchw_direct;
 pub(crate) mod norm;
 pub(crate) mod pool;
 
@@ -108,6 +109,9 @@ pub struct Engine<'g> {
     /// NHWC fast path for chain graphs (`None`: not a chain, or switched off); used by
     /// [`Engine::forward`] with [`Keep::Outputs`].
     chain: Option<chain::Chain>,
+    /// Per step: the convolution on the direct SIMD kernels in the general path (`None`: the
+    /// step's own kernel; all `None` when the fast path is off).
+    direct: Vec<Option<nchw_direct::NchwDirect>>,
 }
 
 impl<'g> Engine<'g> {
@@ -171,7 +175,7 @@ impl<'g> Engine<'g> {
                 .with_context(|| format!("graph output '{o}' is not produced by any layer"))?;
             is_output[id] = true;
         }
-        Ok(Engine {
+        let mut e = Engine {
             g,
             names,
             sizes,
@@ -179,13 +183,16 @@ impl<'g> Engine<'g> {
             last_use,
             is_output,
             chunk_images: 8,
-            // Without AVX2 the portable tiles measured slower than the general path's
-            // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
-            chain: match Isa::detect() {
-                Isa::Portable => None,
-                isa @ Isa::Avx512 | isa @ Isa::Avx2 => chain::Chain::build(g, isa),
-            },
-        })
+            chain: None,
+            direct: Vec::new(),
+        };
+        // Without AVX2 the portable tiles measured slower than the general path's
+        // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
+        match Isa::detect() {
+            Isa::Portable => e.set_fast_path(None)?,
+            isa @ Isa::Avx512 | isa @ Isa::Avx2 => e.set_fast_path(Some(isa))?,
+        }
+        Ok(e)
     }
 
     /// The SIMD kernels the fast path uses, or `None` when this graph runs on the general NCHW
@@ -198,17 +205,29 @@ impl<'g> Engine<'g> {
     /// Choose the fast path's kernels (`Some(isa)`, e.g. to measure AVX2 on an AVX-512 machine)
     /// or switch the fast path off (`None`: every call runs the general NCHW kernels).
     pub fn set_fast_path(&mut self, isa: Option<Isa>) -> Result<()> {
-        self.chain = match isa {
-            None => None,
-            Some(isa) => {
-                ensure!(
-                    isa.available(),
-                    "this CPU cannot run {} kernels",
-                    isa.name()
-                );
-                chain::Chain::build(self.g, isa)
-            }
-        };
+        if let Some(isa) = isa {
+            ensure!(
+                isa.available(),
+                "this CPU cannot run {} kernels",
+                isa.name()
+            );
+        }
+        self.chain = isa.and_then(|isa| chain::Chain::build(self.g, isa));
+        self.direct = self
+            .g
+            .nodes
+            .iter()
+            .map(|node| match (&node.op, isa) {
+                (Op::Convolution(p), Some(isa)) => nchw_direct::NchwDirect::build(
+                    p,
+                    &node.weights,
+                    self.g.shape(&node.inputs[0]),
+                    self.g.shape(&node.outputs[0]),
+                    isa,
+                ),
+                _ => None,
+            })
+            .collect();
         Ok(())
     }
 
@@ -301,7 +320,10 @@ impl<'g> Engine<'g> {
                     .iter()
                     .map(|&i| bufs[i].as_deref().expect("inputs are computed before use"))
                     .collect();
-                self.run_step(&step.kernel, &ins, n, &mut out);
+                match &self.direct[s] {
+                    Some(d) => d.run(ins[0], n, &mut out),
+                    None => self.run_step(&step.kernel, &ins, n, &mut out),
+                }
             }
             bufs[step.output] = Some(Cow::Owned(out));
             if keep == Keep::Outputs {
