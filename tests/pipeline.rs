@@ -405,6 +405,13 @@ fn the_local_pass_reports_each_layer_and_is_deterministic() {
         assert!(key(&s["final_score"]) >= key(&s["start_score"]));
     }
     assert!(r["timing"]["search_local_seconds"].as_f64().unwrap() > 0.0);
+    // Which kernels ran, simulator and float engine.
+    assert!(!r["timing"]["simd_path"].as_str().unwrap().is_empty());
+    let float_path = r["timing"]["float_path"].as_str().unwrap();
+    assert!(
+        ["avx512f", "avx2+fma", "general"].contains(&float_path),
+        "{float_path}"
+    );
     // No descent after a local pass: every trace step is the proposal's check.
     assert!(trace.iter().all(|t| t["layer"] == "(local pass)"));
 

@@ -24,8 +24,22 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The widest ISA this CPU supports.
+    /// The widest ISA this CPU supports, capped by a simulator path forced with `NNQUANT_SIMD`
+    /// (a 256-bit path, `avx2` or `avx-vnni`: AVX2+FMA; a path without x86 SIMD, `portable`,
+    /// `neon`, `neon-dotprod`: portable), so that a forced path measures what such a CPU runs
+    /// from end to end. matrixmultiply (inner products, grouped convolutions) detects the CPU
+    /// itself.
     pub fn detect() -> Isa {
+        let cpu = Self::widest();
+        match std::env::var("NNQUANT_SIMD").as_deref() {
+            Ok("avx2" | "avx-vnni") if cpu == Isa::Avx512 => Isa::Avx2,
+            Ok("portable" | "neon" | "neon-dotprod") => Isa::Portable,
+            _ => cpu,
+        }
+    }
+
+    /// The widest ISA this CPU supports.
+    fn widest() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {

@@ -112,6 +112,8 @@ pub struct Engine<'g> {
     /// Per step: the convolution on the direct SIMD kernels in the general path (`None`: the
     /// step's own kernel; all `None` when the fast path is off).
     direct: Vec<Option<nchw_direct::NchwDirect>>,
+    /// The SIMD kernels of the fast path and of `direct` (`None`: off).
+    isa: Option<Isa>,
 }
 
 impl<'g> Engine<'g> {
@@ -185,6 +187,7 @@ impl<'g> Engine<'g> {
             chunk_images: 8,
             chain: None,
             direct: Vec::new(),
+            isa: None,
         };
         // Without AVX2 the portable tiles measured slower than the general path's
         // matrixmultiply on x86-64, so the fast path starts on only with SIMD kernels.
@@ -212,6 +215,7 @@ impl<'g> Engine<'g> {
                 isa.name()
             );
         }
+        self.isa = isa;
         self.chain = isa.and_then(|isa| chain::Chain::build(self.g, isa));
         self.direct = self
             .g
@@ -229,6 +233,12 @@ impl<'g> Engine<'g> {
             })
             .collect();
         Ok(())
+    }
+
+    /// The SIMD kernels its convolutions run on (the fast path's, and the general path's
+    /// group-1 convolutions), or `None` for the plain NCHW kernels.
+    pub fn isa(&self) -> Option<Isa> {
+        self.isa
     }
 
     /// The graph this engine runs.

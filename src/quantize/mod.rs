@@ -702,6 +702,7 @@ pub fn run(
             search_local_seconds: search_times.local_seconds + local_seconds,
             eval_seconds,
             simd_path: crate::fixed::SimdPath::selected()?.name().into(),
+            float_path: engine.isa().map_or("general", float::Isa::name).into(),
         }),
         preprocessing: Some(preprocessing),
         quality_warnings: vec![],

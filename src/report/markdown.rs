@@ -307,8 +307,9 @@ pub fn render(r: &Report) -> String {
     if let Some(t) = &r.timing {
         let _ = writeln!(
             md,
-            "\n## Timing\n\nfloat {:.2} s, search {:.2} s (local pass {:.2} s; simulator: screening {:.2} s, search part {:.2} s, held-out part {:.2} s; path {}), evaluation {:.2} s",
+            "\n## Timing\n\nfloat {:.2} s (kernels {}), search {:.2} s (local pass {:.2} s; simulator: screening {:.2} s, search part {:.2} s, held-out part {:.2} s; path {}), evaluation {:.2} s",
             t.float_seconds,
+            t.float_path,
             t.search_seconds,
             t.search_local_seconds,
             t.search_screen_seconds,

@@ -365,6 +365,10 @@ pub struct Timing {
     /// The simulator's conv/fc code path (`avx512-vnni`, `avx2`, …).
     #[serde(default)]
     pub simd_path: String,
+    /// The float engine's convolution kernels (`avx512f`, `avx2+fma`, or `general`: the plain
+    /// NCHW GEMM).
+    #[serde(default)]
+    pub float_path: String,
 }
 
 impl Report {
