@@ -27,6 +27,8 @@ pub mod progress;
 pub mod quantize;
 pub mod report;
 pub mod search;
+#[cfg(test)]
+mod test_models;
 pub mod verify;
 
 /// Where the third-party reference material lives: `$NNQUANT_SHARED`, else `../shared` beside

@@ -81,21 +81,13 @@ impl LowerMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caffe::{load_model, LoadOptions};
     use crate::fixed::graph::{Formats, Frac, QGraph};
     use crate::float::{Engine, Keep};
     use std::collections::BTreeMap;
-    use std::path::Path;
 
     /// The glyphs demo's float graph and per-channel max-abs formats.
     fn glyphs() -> (crate::ir::Graph, Formats) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/glyphs");
-        let weights = dir.join("glyphs.caffemodel");
-        let opts = LoadOptions {
-            weights: Some(&weights),
-            input_shape: Some(vec![3, 16, 16]),
-        };
-        let g = load_model(&dir.join("glyphs.prototxt"), &opts).unwrap();
+        let g = crate::test_models::glyphs();
         let n = 8;
         let input: Vec<f32> = (0..n * 3 * 16 * 16)
             .map(|i| ((i * 37 % 256) as f32 - 128.0) / 128.0)

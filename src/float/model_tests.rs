@@ -56,13 +56,8 @@ fn compare(logits: &[f32], reference: &[f32], labels: &[u8]) -> (f32, usize) {
 
 #[test]
 fn glyphs_demo_model_matches_numpy_reference() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/glyphs");
-    let weights = dir.join("glyphs.caffemodel");
-    let opts = LoadOptions {
-        weights: Some(&weights),
-        input_shape: Some(vec![3, 16, 16]),
-    };
-    let g = load_model(&dir.join("glyphs.prototxt"), &opts).unwrap();
+    let dir = crate::test_models::glyphs_dir();
+    let g = crate::test_models::glyphs();
     let (shape, px) = read_npy::<u8>(&dir.join("test_u8_hwc.npy"));
     let input = hwc_to_nchw(&px, &shape, |_, _, p| (p as f32 - 128.0) * 0.0078125);
     let engine = Engine::new(&g).unwrap();

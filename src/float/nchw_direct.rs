@@ -105,48 +105,13 @@ mod tests {
             .into_iter()
             .filter(|i| i.available())
             .collect();
+        #[rustfmt::skip]
         let cases = [
             // (c, h, w, o, kernel, stride, pad, bias)
-            (
-                3,
-                9,
-                8,
-                5,
-                Hw { h: 3, w: 2 },
-                Hw { h: 2, w: 1 },
-                Hw { h: 1, w: 2 },
-                true,
-            ),
-            (
-                16,
-                8,
-                8,
-                16,
-                Hw::square(3),
-                Hw::square(1),
-                Hw::square(1),
-                false,
-            ),
-            (
-                7,
-                6,
-                11,
-                19,
-                Hw::square(5),
-                Hw::square(2),
-                Hw::square(2),
-                true,
-            ),
-            (
-                2,
-                4,
-                4,
-                3,
-                Hw::square(1),
-                Hw::square(1),
-                Hw::square(0),
-                true,
-            ),
+            (3, 9, 8, 5, Hw { h: 3, w: 2 }, Hw { h: 2, w: 1 }, Hw { h: 1, w: 2 }, true),
+            (16, 8, 8, 16, Hw::square(3), Hw::square(1), Hw::square(1), false),
+            (7, 6, 11, 19, Hw::square(5), Hw::square(2), Hw::square(2), true),
+            (2, 4, 4, 3, Hw::square(1), Hw::square(1), Hw::square(0), true),
         ];
         for isa in isas {
             for &(c, h, w, o, kernel, stride, pad, bias) in &cases {
