@@ -644,43 +644,40 @@ impl QGraph {
                 avepool_rounding: f.avepool_rounding,
             };
             let required = || x.required();
-            // The layer's entry of the formats file (layers with weights), marked as used.
-            let mut layer_format = || -> Result<&LayerFormat> {
-                used_layers.insert(n.name.as_str());
+            // The layer's entry of the formats file (layers with weights; the three arms that
+            // read it mark it as used).
+            let layer_format = || -> Result<&LayerFormat> {
                 f.layers.get(&n.name).with_context(|| format!("{}: the formats have no layers.{} entry (weight_frac_bits, bias_frac_bits)", ctx(), n.name))
             };
-            // With a memo: the layer's lowering when nothing it reads has changed.
-            let memoized =
-                |lf: &LayerFormat, out_frac: i32, lower: &dyn Fn() -> Result<Lowered>| {
-                    let key = LowerKey {
+            // With a memo, a layer with weights is lowered once per distinct key: everything its
+            // lowering reads besides the node. Errors are not kept, so they come back the same.
+            let memoized = |lower: &dyn Fn() -> Result<Lowered>| match memo {
+                Some(m) => m.get_or(
+                    &LowerKey {
                         node,
                         ins: &ins,
                         given,
-                        out_frac,
                         avepool_rounding: f.avepool_rounding,
-                        layer_format: lf,
-                    };
-                    match memo {
-                        Some(m) => m.get_or(&key, lower),
-                        None => lower(),
-                    }
-                };
+                        layer_format: f.layers.get(&n.name),
+                    },
+                    lower,
+                ),
+                None => lower(),
+            };
+            if matches!(
+                n.op,
+                Op::Convolution(_) | Op::InnerProduct(_) | Op::Deconvolution(_)
+            ) {
+                used_layers.insert(n.name.as_str());
+            }
             let (op, frac, layout) = match &n.op {
-                Op::Convolution(c) => {
+                Op::Convolution(c) => memoized(&|| {
                     let out_frac = required()?;
-                    let lf = layer_format()?;
-                    memoized(lf, out_frac, &|| ops::conv::lower(&x, c, lf, out_frac))?
+                    ops::conv::lower(&x, c, layer_format()?, out_frac)
+                })?,
+                Op::InnerProduct(p) => {
+                    memoized(&|| ops::inner_product::lower(&x, p, layer_format))?
                 }
-                // Its lowering checks the axis before the formats: the same errors first.
-                Op::InnerProduct(p) => match (memo, x.required(), f.layers.get(&n.name)) {
-                    (Some(_), Ok(out_frac), Some(lf)) if p.axis == 1 => {
-                        used_layers.insert(n.name.as_str());
-                        memoized(lf, out_frac, &|| {
-                            ops::inner_product::lower(&x, p, || Ok(lf))
-                        })?
-                    }
-                    _ => ops::inner_product::lower(&x, p, &mut layer_format)?,
-                },
                 Op::Pooling(p) => ops::pool::lower(&x, p)?,
                 Op::ReLU { negative_slope } => ops::relu::lower(&x, *negative_slope)?,
                 Op::Flatten { .. } | Op::Reshape { .. } => ops::reshape::lower_reshape(&x)?,
@@ -691,11 +688,10 @@ impl QGraph {
                 Op::TanH => ops::lut::lower(&x, ops::lut::Function::TanH)?,
                 Op::PReLU { channel_shared } => ops::prelu::lower(&x, *channel_shared)?,
                 Op::Softmax { axis } => ops::softmax::lower(&x, *axis)?,
-                Op::Deconvolution(c) => {
+                Op::Deconvolution(c) => memoized(&|| {
                     let out_frac = required()?;
-                    let lf = layer_format()?;
-                    memoized(lf, out_frac, &|| ops::deconv::lower(&x, c, lf, out_frac))?
-                }
+                    ops::deconv::lower(&x, c, layer_format()?, out_frac)
+                })?,
                 Op::Lrn(p) => ops::lrn::lower(&x, p)?,
                 Op::Scale { .. } | Op::Bias { .. } | Op::BatchNorm { .. } => ops::scale::lower(&x)?,
             };

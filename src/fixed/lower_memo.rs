@@ -25,28 +25,23 @@ pub struct LowerMemo {
     map: Mutex<HashMap<String, Lowered>>,
 }
 
-/// What a conv/deconv/fc lowering reads besides its node: the input blobs' shapes, layouts and
-/// formats, the output format and the layer's formats entry. `Debug` of the formats is exact
+/// What a conv/deconv/fc lowering reads besides its node (`ops::Lower`'s varying fields and the
+/// layer's formats entry): the input blobs' shapes, layouts and formats, the output format the
+/// formats give, the pool rounding, the layer's entry if any. `Debug` of the formats is exact
 /// (f32 prints its shortest round-trip form; -0.0 and 0.0 differ).
 pub struct LowerKey<'a> {
     pub node: usize,
     pub ins: &'a [&'a QBlob],
     pub given: Option<i32>,
-    pub out_frac: i32,
     pub avepool_rounding: PoolRounding,
-    pub layer_format: &'a LayerFormat,
+    pub layer_format: Option<&'a LayerFormat>,
 }
 
 impl LowerKey<'_> {
     fn text(&self) -> String {
         format!(
-            "{}|{:?}|{:?}|{}|{:?}|{:?}",
-            self.node,
-            self.ins,
-            self.given,
-            self.out_frac,
-            self.avepool_rounding,
-            self.layer_format
+            "{}|{:?}|{:?}|{:?}|{:?}",
+            self.node, self.ins, self.given, self.avepool_rounding, self.layer_format
         )
     }
 }
@@ -54,11 +49,7 @@ impl LowerKey<'_> {
 impl LowerMemo {
     /// The memoized lowering for `key`, or `lower()` (remembered when it succeeds; errors are
     /// not, so they come back the same each time).
-    pub fn get_or(
-        &self,
-        key: &LowerKey,
-        lower: impl FnOnce() -> Result<Lowered>,
-    ) -> Result<Lowered> {
+    pub fn get_or(&self, key: &LowerKey, lower: &dyn Fn() -> Result<Lowered>) -> Result<Lowered> {
         let text = key.text();
         if let Some(l) = self.lock().get(&text) {
             return Ok(l.clone());

@@ -14,7 +14,7 @@
 //! ReLU as `max(x,0) + slope·min(x,0)`. Only the order of the additions inside a convolution
 //! differs (as it does between any two GEMMs).
 
-use super::direct::{ConvGeom, DirectConv, Isa};
+use super::direct::{DirectConv, Isa};
 use super::pool::window;
 use crate::ir::{shape::pool_geometry, Graph, Op, PoolMethod};
 
@@ -118,33 +118,18 @@ impl Chain {
             let out_shape = g.shape(prev);
             match (&node.op, layout) {
                 (Op::Convolution(p), Layout::Hwc { h, w, c }) => {
-                    if p.group != 1 || p.dilation.h != 1 || p.dilation.w != 1 {
-                        return None;
-                    }
-                    let geom = ConvGeom {
-                        c,
-                        h,
-                        w,
-                        o: p.num_output,
-                        kernel: (p.kernel.h, p.kernel.w),
-                        stride: (p.stride.h, p.stride.w),
-                        pad: (p.pad.h, p.pad.w),
-                    };
-                    let bias = p.bias_term.then(|| node.weights[1].data.as_slice());
-                    let k = DirectConv::new(isa, &geom, &node.weights[0].data, bias).ok()?;
+                    let k = DirectConv::caffe(isa, p, &node.weights, &[c, h, w], out_shape)?;
                     let [o, oh, ow] = out_shape[..] else {
                         return None;
                     };
-                    if k.out_len() != o * oh * ow {
-                        return None;
-                    }
                     pad_lens.push(k.padded_len());
+                    let pad = k.pad();
                     stages.push(Stage::Conv {
                         k,
                         h,
                         w,
                         c,
-                        pad: geom.pad,
+                        pad,
                         slot: pad_lens.len() - 1,
                     });
                     layout = Layout::Hwc { h: oh, w: ow, c: o };

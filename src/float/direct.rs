@@ -13,6 +13,7 @@
 //! portable Rust loop (any CPU). Weights are packed once per ISA as `[ky][kx][c][O rounded up to
 //! the lane count]`, zero-padded, so a partial channel block still loads whole vectors.
 
+use crate::ir::{ConvParams, Tensor};
 use anyhow::{bail, Result};
 
 /// Which kernels the direct convolution uses.
@@ -30,10 +31,17 @@ impl Isa {
     /// from end to end. matrixmultiply (inner products, grouped convolutions) detects the CPU
     /// itself.
     pub fn detect() -> Isa {
+        use crate::fixed::SimdPath;
         let cpu = Self::widest();
-        match std::env::var("NNQUANT_SIMD").as_deref() {
-            Ok("avx2" | "avx-vnni") if cpu == Isa::Avx512 => Isa::Avx2,
-            Ok("portable" | "neon" | "neon-dotprod") => Isa::Portable,
+        // Only a path named in the variable caps (the simulator's own choice on an AVX-512 CPU
+        // without VNNI is avx2, which must not cap the float kernels); a name the simulator does
+        // not know is its error to report.
+        let forced = std::env::var("NNQUANT_SIMD")
+            .ok()
+            .and_then(|name| SimdPath::parse(&name));
+        match forced {
+            Some(SimdPath::Portable | SimdPath::Neon | SimdPath::NeonDotprod) => Isa::Portable,
+            Some(p) if !p.elementwise_avx512() && cpu == Isa::Avx512 => Isa::Avx2,
             _ => cpu,
         }
     }
@@ -105,7 +113,7 @@ pub(super) struct DirectConv {
     hp: usize,
     /// Input rows (unpadded) and the zero rows above them.
     h: usize,
-    pad_h: usize,
+    pad: (usize, usize),
     /// `[ky][kx][c][op]`, zero beyond `o`.
     weights: Vec<f32>,
     /// `op` values, zero beyond `o` (or all zero without bias).
@@ -171,11 +179,47 @@ impl DirectConv {
             wp,
             hp,
             h: g.h,
-            pad_h: g.pad.0,
+            pad: g.pad,
             weights: packed,
             bias: b,
             relu: None,
         })
+    }
+
+    /// A Caffe convolution of `[c, h, w]` into `[o, oh, ow]` (Caffe's `[O][C][KH][KW]` weights,
+    /// then the bias if it has one), or `None` when these kernels do not take it: groups,
+    /// dilation, or a geometry whose output is not the graph's.
+    pub fn caffe(
+        isa: Isa,
+        p: &ConvParams,
+        weights: &[Tensor],
+        input: &[usize],
+        output: &[usize],
+    ) -> Option<Self> {
+        if p.group != 1 || p.dilation.h != 1 || p.dilation.w != 1 {
+            return None;
+        }
+        let ([c, h, w], [o, oh, ow]) = (input.try_into().ok()?, output.try_into().ok()?);
+        let geom = ConvGeom {
+            c,
+            h,
+            w,
+            o,
+            kernel: (p.kernel.h, p.kernel.w),
+            stride: (p.stride.h, p.stride.w),
+            pad: (p.pad.h, p.pad.w),
+        };
+        let bias = match p.bias_term {
+            true => Some(weights.get(1)?.data.as_slice()),
+            false => None,
+        };
+        let k = DirectConv::new(isa, &geom, &weights.first()?.data, bias).ok()?;
+        (o == p.num_output && k.out_len() == o * oh * ow).then_some(k)
+    }
+
+    /// The zero border (rows, columns) around the input in the padded buffer.
+    pub fn pad(&self) -> (usize, usize) {
+        self.pad
     }
 
     /// Values of the padded NHWC input this convolution reads.
@@ -188,8 +232,8 @@ impl DirectConv {
     /// of a 5×5 conv with pad 2 on 16×16, 15 % on 8×8; the weights are finite, checked at load).
     fn rows_inside(&self, oy: usize) -> std::ops::Range<usize> {
         let top = oy * self.sh;
-        let first = self.pad_h.saturating_sub(top).min(self.kh);
-        let end = (self.pad_h + self.h).saturating_sub(top).min(self.kh);
+        let first = self.pad.0.saturating_sub(top).min(self.kh);
+        let end = (self.pad.0 + self.h).saturating_sub(top).min(self.kh);
         first..end.max(first)
     }
 

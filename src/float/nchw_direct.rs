@@ -8,7 +8,7 @@
 //! additions inside each output differs from the im2col GEMM (as between any two GEMMs); the
 //! plain NCHW kernels stay what [`super::Engine::set_fast_path`]`(None)` runs.
 
-use super::direct::{ConvGeom, DirectConv, Isa};
+use super::direct::{DirectConv, Isa};
 use crate::ir::ConvParams;
 
 pub(super) struct NchwDirect {
@@ -17,12 +17,11 @@ pub(super) struct NchwDirect {
     h: usize,
     w: usize,
     o: usize,
-    pad: (usize, usize),
 }
 
 impl NchwDirect {
-    /// `None` when the direct kernels do not take this convolution (groups, dilation, a shape
-    /// they do not produce): the caller keeps the im2col GEMM.
+    /// `None` when the direct kernels do not take this convolution ([`DirectConv::caffe`]): the
+    /// caller keeps the im2col GEMM.
     pub fn build(
         p: &ConvParams,
         weights: &[crate::ir::Tensor],
@@ -30,31 +29,14 @@ impl NchwDirect {
         output: &[usize],
         isa: Isa,
     ) -> Option<Self> {
-        if p.group != 1 || p.dilation.h != 1 || p.dilation.w != 1 {
-            return None;
-        }
-        let ([c, h, w], [o, oh, ow]) = (input.try_into().ok()?, output.try_into().ok()?);
-        let geom = ConvGeom {
-            c,
-            h,
-            w,
-            o,
-            kernel: (p.kernel.h, p.kernel.w),
-            stride: (p.stride.h, p.stride.w),
-            pad: (p.pad.h, p.pad.w),
-        };
-        let bias = match p.bias_term {
-            true => Some(weights.get(1)?.data.as_slice()),
-            false => None,
-        };
-        let k = DirectConv::new(isa, &geom, &weights.first()?.data, bias).ok()?;
-        (o == p.num_output && k.out_len() == o * oh * ow).then_some(NchwDirect {
+        let k = DirectConv::caffe(isa, p, weights, input, output)?;
+        let [c, h, w] = input.try_into().ok()?;
+        Some(NchwDirect {
             k,
             c,
             h,
             w,
-            o,
-            pad: geom.pad,
+            o: p.num_output,
         })
     }
 
@@ -62,7 +44,8 @@ impl NchwDirect {
     pub fn run(&self, input: &[f32], n: usize, out: &mut [f32]) {
         let (c, h, w, o) = (self.c, self.h, self.w, self.o);
         let hw_out = self.k.out_len() / o.max(1);
-        let wp = w + 2 * self.pad.1;
+        let pad = self.k.pad();
+        let wp = w + 2 * pad.1;
         // The border stays zero: only the interior is written, image after image.
         let mut padded = vec![0.0f32; self.k.padded_len()];
         let mut y = vec![0.0f32; self.k.out_len()];
@@ -73,7 +56,7 @@ impl NchwDirect {
         {
             for (ch, plane) in x.chunks_exact(h * w).enumerate() {
                 for (r, row) in plane.chunks_exact(w).enumerate() {
-                    let start = ((r + self.pad.0) * wp + self.pad.1) * c + ch;
+                    let start = ((r + pad.0) * wp + pad.1) * c + ch;
                     for (dst, &v) in padded[start..].iter_mut().step_by(c).zip(row) {
                         *dst = v;
                     }
